@@ -1,0 +1,139 @@
+"""The key store's database engine: its own SQLite file, or its own PostgreSQL schema.
+
+SQLite notes. Python's sqlite3 (and aiosqlite on top of it) delays BEGIN until the first
+DML statement, so SELECTs run outside the transaction and a read-then-write upgrades
+its lock mid-way (SQLITE_BUSY without waiting). We switch the driver's transaction
+handling off and emit BEGIN ourselves, as SQLAlchemy's SQLite docs recommend;
+writers use BEGIN IMMEDIATE so they queue on ``busy_timeout`` instead of failing, and
+single-statement reads (:func:`reader`) skip BEGIN altogether.
+``secure_delete`` zeroes deleted cells on every connection, which is what makes a
+DELETE a shred; the WAL checkpoint after it removes the old page images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from keys.errors import KeysError
+from keys.models import SCHEMA
+
+WRITE = {"keys_write": True}
+_SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=15000",
+    "PRAGMA secure_delete=ON",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+)
+
+
+def normalise_url(url: str | sa.URL) -> sa.URL:
+    """Map plain ``sqlite:``/``postgresql:`` URLs onto the async drivers we ship."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise KeysError(
+                "the key store needs a SQLite file: an in-memory store cannot be shredded or kept"
+            )
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise KeysError(f"unsupported key store database {backend!r}: use sqlite or postgresql")
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """A view of the engine for single-statement reads: no BEGIN/ROLLBACK round trips.
+
+    One SELECT is its own consistent snapshot, so the transaction would buy nothing.
+    SQLite skips our BEGIN; PostgreSQL uses driver-level autocommit.
+    """
+    if is_sqlite(engine):
+        return engine.execution_options(keys_read=True)
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def sqlite_path(engine: AsyncEngine) -> Path:
+    return Path(engine.url.database or "")
+
+
+def create_engine(url: str | sa.URL, *, schema: str = SCHEMA, **engine_kw: Any) -> AsyncEngine:
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        _precreate_private_file(Path(parsed.database or ""))
+        engine = create_async_engine(
+            parsed,
+            execution_options={"schema_translate_map": {SCHEMA: None}},
+            **engine_kw,
+        )
+        _install_sqlite_hooks(engine)
+        return engine
+    engine_kw.setdefault("pool_pre_ping", True)
+    return create_async_engine(
+        parsed,
+        execution_options={"schema_translate_map": {SCHEMA: schema}},
+        **engine_kw,
+    )
+
+
+def _precreate_private_file(path: Path) -> None:
+    # SQLite creates files with the umask (often 0644) and gives -wal/-shm the main
+    # file's mode, so creating it 0600 first keeps all three private.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+        cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        options = conn.get_execution_options()
+        if options.get("keys_read"):
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("keys_write") else "BEGIN")
+
+
+async def sqlite_checkpoint(engine: AsyncEngine) -> bool:
+    """Fold the WAL into the main file and truncate it to zero bytes.
+
+    Runs on the raw driver connection, outside any transaction: a checkpoint cannot
+    complete inside one. Returns False when a reader kept it from completing.
+    """
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        row = await cursor.fetchone()
+        await cursor.close()
+    return row is not None and row[0] == 0
+
+
+async def postgres_vacuum(engine: AsyncEngine, table: sa.Table, *, schema: str) -> None:
+    """VACUUM one key table so dead tuples holding overwritten keys are pruned.
+
+    VACUUM refuses to run inside a transaction block, hence the autocommit connection.
+    """
+    quote = engine.dialect.identifier_preparer.quote
+    async with engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await auto.exec_driver_sql(f"VACUUM {quote(schema)}.{quote(table.name)}")

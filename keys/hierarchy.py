@@ -1,0 +1,202 @@
+"""Shared internals of the key store: reading and unwrapping each level, and shredding.
+
+Split from :mod:`keys.store` (the public API) and :mod:`keys.rotation` (KEK versions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from keys import aead, db
+from keys.cache import KeyCache
+from keys.errors import KeyDestroyed, KeyNotFound
+from keys.models import patient_deks, tenant_keks, tenants
+from keys.providers import RootKeyProvider
+
+log = logging.getLogger("keys.store")
+
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class PatientKey:
+    dek_id: str
+    kek_version: int
+    key: bytes = field(repr=False)
+
+
+class ObjectKey(bytes):
+    """A 256-bit object key that also carries its ``key_id`` (the blob header binding).
+
+    It is ``bytes``, so it goes straight into the blob cipher; its repr never shows the key.
+    """
+
+    key_id: str
+
+    def __new__(cls, key: bytes, *, key_id: str) -> ObjectKey:
+        obj = super().__new__(cls, key)
+        obj.key_id = key_id
+        return obj
+
+    def __repr__(self) -> str:
+        return f"ObjectKey(key_id={self.key_id!r})"
+
+    __str__ = __repr__
+
+
+def kek_context(tenant_id: str, version: int) -> dict[str, str]:
+    return {"purpose": "tenant-kek", "tenant": tenant_id, "kek_version": str(version)}
+
+
+def index_key_context(tenant_id: str) -> dict[str, str]:
+    return {"purpose": "blind-index", "tenant": tenant_id}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class KeyHierarchy:
+    def __init__(self, engine: AsyncEngine, root: RootKeyProvider, *, cache: KeyCache, schema: str) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(**db.WRITE)
+        self._reader = db.reader(engine)
+        self._root = root
+        self._cache = cache
+        self._schema = schema
+        self._sqlite = db.is_sqlite(engine)
+
+    def evict(self, tenant_id: str, patient_id: str, object_id: str | None = None) -> None:
+        """Drop cached keys of a patient (or of one object); call it on a peer's erasure NOTIFY."""
+        if object_id is None:
+            self._cache.evict_where(lambda k: k[0] in ("dek", "obj") and k[1:3] == (tenant_id, patient_id))
+        else:
+            self._cache.evict_where(lambda k: k[0] == "obj" and k[1:4] == (tenant_id, patient_id, object_id))
+
+    # -- reading the hierarchy -------------------------------------------------------
+
+    async def _current_version(self, tenant_id: str) -> int:
+        async with self._reader.connect() as conn:
+            version = await conn.scalar(
+                sa.select(tenants.c.current_kek_version).where(tenants.c.tenant_id == tenant_id)
+            )
+        if version is None:
+            raise KeyNotFound("tenant has no key hierarchy; call ensure_tenant first")
+        return int(version)
+
+    async def _lock_tenant(self, conn: AsyncConnection, tenant_id: str) -> int | None:
+        """Serialises writers of one tenant (row lock on PostgreSQL; SQLite writers are serial)."""
+        version = await conn.scalar(
+            sa.select(tenants.c.current_kek_version).where(tenants.c.tenant_id == tenant_id).with_for_update()
+        )
+        return None if version is None else int(version)
+
+    async def _dek_row(self, tenant_id: str, patient_id: str) -> Any:
+        async with self._reader.connect() as conn:
+            result = await conn.execute(
+                sa.select(patient_deks.c.dek_id, patient_deks.c.kek_version, patient_deks.c.wrapped).where(
+                    patient_deks.c.tenant_id == tenant_id, patient_deks.c.patient_id == patient_id
+                )
+            )
+            return result.first()
+
+    async def _unwrap_dek(
+        self, tenant_id: str, patient_id: str, dek_id: str, kek_version: int, wrapped: bytes
+    ) -> PatientKey:
+        cache_key = ("dek", tenant_id, patient_id, dek_id)
+        key = self._cache.get(cache_key)
+        if key is None:
+            kek = await self._kek(tenant_id, kek_version)
+            key = aead.open_sealed(
+                kek, wrapped, aead.aad(aead.LABEL_DEK, tenant_id, patient_id, dek_id, kek_version)
+            )
+            self._cache.put(cache_key, key)
+        return PatientKey(dek_id=dek_id, kek_version=kek_version, key=key)
+
+    async def _kek(self, tenant_id: str, version: int, *, conn: AsyncConnection | None = None) -> bytes:
+        cache_key = ("kek", tenant_id, version)
+        kek = self._cache.get(cache_key)
+        if kek is not None:
+            return kek
+        query = sa.select(tenant_keks.c.wrapped).where(
+            tenant_keks.c.tenant_id == tenant_id, tenant_keks.c.version == version
+        )
+        if conn is None:
+            async with self._reader.connect() as own:
+                wrapped = await own.scalar(query)
+        else:
+            wrapped = await conn.scalar(query)
+        if wrapped is None:
+            raise KeyDestroyed("KEK version is destroyed or missing")
+        kek = await self._root.unwrap(wrapped, kek_context(tenant_id, version))
+        self._cache.put(cache_key, kek)
+        return kek
+
+    async def _index_key(self, tenant_id: str) -> bytes:
+        cache_key = ("idx", tenant_id)
+        key = self._cache.get(cache_key)
+        if key is None:
+            async with self._reader.connect() as conn:
+                wrapped = await conn.scalar(
+                    sa.select(tenants.c.index_key_wrapped).where(tenants.c.tenant_id == tenant_id)
+                )
+            if wrapped is None:
+                raise KeyNotFound("tenant has no key hierarchy; call ensure_tenant first")
+            key = await self._root.unwrap(wrapped, index_key_context(tenant_id))
+            self._cache.put(cache_key, key)
+        return key
+
+    # -- shredding -------------------------------------------------------------------
+
+    async def _overwrite(self, conn: AsyncConnection, table: sa.Table, where: Any) -> None:
+        """Replace ``wrapped`` with same-length noise before a DELETE (PostgreSQL).
+
+        PostgreSQL never overwrites in place (MVCC), but this way the newest tuple
+        version holds no key, and VACUUM afterwards prunes the older one. SQLite needs
+        no pass: ``secure_delete`` zeroes the cell on DELETE.
+        """
+        if self._sqlite:
+            return
+        pk = list(table.primary_key.columns)
+        rows = (
+            await conn.execute(sa.select(*pk, sa.func.length(table.c.wrapped).label("n")).where(where))
+        ).all()
+        for row in rows:
+            if row.n:
+                match = sa.and_(*(col == getattr(row, col.name) for col in pk))
+                await conn.execute(table.update().where(match).values(wrapped=secrets.token_bytes(row.n)))
+
+    async def _harden(self, *tables: sa.Table) -> None:
+        """After a committed shred, remove old page images: WAL checkpoint or VACUUM.
+
+        Best effort, never raised: the key is already gone from the live store, and the
+        caller must still get the destroyed key ids for the shred ledger.
+        """
+        try:
+            if self._sqlite:
+                for _attempt in range(40):
+                    if await db.sqlite_checkpoint(self._engine):
+                        return
+                    await asyncio.sleep(0.05)
+                log.warning("key store WAL checkpoint stayed busy; old pages remain until the next one")
+            else:
+                for table in tables:
+                    await db.postgres_vacuum(self._engine, table, schema=self._schema)
+        except (sa_exc.SQLAlchemyError, OSError) as exc:
+            log.warning("key store hardening after shred failed: %s", type(exc).__name__)

@@ -1,0 +1,94 @@
+"""Key-store tables. They live apart from the vault's metadata tables.
+
+Tables carry the placeholder schema ``keystore``; the engine maps it to the real schema
+on PostgreSQL and to none on SQLite (the key store is its own file there).
+Only wrapped keys are stored; no column holds key material in the clear.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+SCHEMA = "keystore"
+
+metadata = sa.MetaData(schema=SCHEMA)
+
+_ID = sa.String(128)
+_NOW = sa.DateTime(timezone=True)
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("tenant_id", _ID, primary_key=True),
+    sa.Column("current_kek_version", sa.Integer, nullable=False),
+    # The blind-index key is not rotated with the KEK: rotating it would change every index.
+    sa.Column("index_key_wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", _NOW, nullable=False),
+)
+
+tenant_keks = sa.Table(
+    "tenant_keks",
+    metadata,
+    sa.Column("tenant_id", _ID, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=True),  # NULL once destroyed
+    sa.Column("state", sa.String(16), nullable=False),  # active | retired | destroyed
+    sa.Column("created_at", _NOW, nullable=False),
+    sa.Column("destroyed_at", _NOW, nullable=True),
+    sa.CheckConstraint("state IN ('active', 'retired', 'destroyed')", name="ck_tenant_keks_state"),
+    sa.CheckConstraint("(wrapped IS NULL) = (state = 'destroyed')", name="ck_tenant_keks_wrapped"),
+)
+
+patient_deks = sa.Table(
+    "patient_deks",
+    metadata,
+    sa.Column("tenant_id", _ID, primary_key=True),
+    sa.Column("patient_id", _ID, primary_key=True),
+    sa.Column("dek_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("kek_version", sa.Integer, nullable=False),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", _NOW, nullable=False),
+    sa.Index("ix_patient_deks_kek", "tenant_id", "kek_version"),
+)
+
+object_keys = sa.Table(
+    "object_keys",
+    metadata,
+    sa.Column("key_id", sa.String(36), primary_key=True),
+    sa.Column("tenant_id", _ID, nullable=False),
+    sa.Column("patient_id", _ID, nullable=False),
+    sa.Column("object_id", _ID, nullable=False),
+    sa.Column("dek_id", sa.String(36), nullable=False),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", _NOW, nullable=False),
+    sa.UniqueConstraint("tenant_id", "object_id", name="uq_object_keys_object"),
+    sa.Index("ix_object_keys_patient", "tenant_id", "patient_id"),
+    sa.Index("ix_object_keys_dek", "dek_id"),
+)
+
+# Ids only, no key bytes: refuses a new DEK for an erased patient even when a caller races
+# the erasure. The authoritative shred ledger lives in the metadata database.
+erased_patients = sa.Table(
+    "erased_patients",
+    metadata,
+    sa.Column("tenant_id", _ID, primary_key=True),
+    sa.Column("patient_id", _ID, primary_key=True),
+    sa.Column("erased_at", _NOW, nullable=False),
+)
+
+service_keys = sa.Table(
+    "service_keys",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("public_key_pem", sa.Text, nullable=False),
+    sa.Column("created_at", _NOW, nullable=False),
+)
+
+
+def metadata_for(schema: str | None) -> sa.MetaData:
+    """These tables in a real schema (``None`` on SQLite), for migration drift checks."""
+    target = sa.MetaData()
+    for table in metadata.sorted_tables:
+        table.to_metadata(target, schema=schema)
+    return target

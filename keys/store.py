@@ -1,0 +1,362 @@
+"""The key store: tenant KEKs -> patient DEKs -> object keys, and their shredding.
+
+Every read of a patient or object key reads its row (one indexed SELECT) even when the
+unwrapped key is cached: a destroyed key must stop working at once on every node.
+Writers that depend on another row take a lock first (``FOR UPDATE`` on PostgreSQL,
+``BEGIN IMMEDIATE`` on SQLite), and rewrapping is an ``UPDATE ... WHERE kek_version =
+old`` of an existing row, so a rotation racing an erasure can never bring a key back.
+
+    store = await KeyStore.open(url, open_root_key(root_url, production=...))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import unicodedata
+import uuid
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keys import aead, db
+from keys.cache import KeyCache
+from keys.errors import IntegrityError, KeyDestroyed, KeyExists, KeyNotFound, KeysError
+from keys.hierarchy import KEY_BYTES, ObjectKey, PatientKey, index_key_context, kek_context, now
+from keys.models import SCHEMA, erased_patients, object_keys, patient_deks, service_keys, tenant_keks, tenants
+from keys.providers import RootKeyProvider
+from keys.rotation import KekRotation, KekVersion, Progress
+
+__all__ = ["KekVersion", "KeyStore", "ObjectKey", "PatientKey", "Progress", "normalise_for_index"]
+
+_ID_CHUNK = 500
+_SIGNING_KEY = "ed25519"
+_SIGNING_CONTEXT = {"purpose": "service-signing", "name": _SIGNING_KEY}
+
+
+class KeyStore(KekRotation):
+    def __init__(self, engine: AsyncEngine, root: RootKeyProvider, *, cache: KeyCache, schema: str) -> None:
+        super().__init__(engine, root, cache=cache, schema=schema)
+        self._signing: Ed25519PrivateKey | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        root_provider: RootKeyProvider,
+        *,
+        schema: str = SCHEMA,
+        cache_ttl: float = 5.0,
+        cache_size: int = 4096,
+    ) -> KeyStore:
+        """Open a migrated key store (:func:`keys.migrate.upgrade`). The caller owns the provider."""
+        engine = db.create_engine(url, schema=schema)
+        return cls(engine, root_provider, cache=KeyCache(ttl=cache_ttl, size=cache_size), schema=schema)
+
+    async def close(self) -> None:
+        self._cache.clear()
+        await self._engine.dispose()
+
+    async def ensure_tenant(self, tenant_id: str) -> int:
+        """Create the tenant's KEK v1 and blind-index key if absent; return the current KEK version."""
+        try:
+            return await self._current_version(tenant_id)
+        except KeyNotFound:
+            pass
+        kek, index_key = secrets.token_bytes(KEY_BYTES), secrets.token_bytes(KEY_BYTES)
+        wrapped_kek = await self._root.wrap(kek, kek_context(tenant_id, 1))
+        wrapped_index = await self._root.wrap(index_key, index_key_context(tenant_id))
+        created = now()
+        try:
+            async with self._writer.begin() as conn:
+                await conn.execute(
+                    tenants.insert().values(
+                        tenant_id=tenant_id,
+                        current_kek_version=1,
+                        index_key_wrapped=wrapped_index,
+                        created_at=created,
+                    )
+                )
+                await conn.execute(
+                    tenant_keks.insert().values(
+                        tenant_id=tenant_id,
+                        version=1,
+                        wrapped=wrapped_kek,
+                        state="active",
+                        created_at=created,
+                    )
+                )
+        except sa_exc.IntegrityError:
+            pass  # another node created it first; theirs wins
+        return await self._current_version(tenant_id)
+
+    # -- patient keys ----------------------------------------------------------------
+
+    async def create_patient_key(self, tenant_id: str, patient_id: str) -> str:
+        """Create the patient's DEK if absent and return its id; refused once the patient is erased."""
+        existing = await self._dek_row(tenant_id, patient_id)
+        if existing is not None:
+            return existing.dek_id
+        await self._kek(tenant_id, await self._current_version(tenant_id))  # warm it outside the lock
+        async with self._writer.begin() as conn:
+            version = await self._lock_tenant(conn, tenant_id)
+            if version is None:
+                raise KeyNotFound("tenant has no key hierarchy; call ensure_tenant first")
+            erased = await conn.scalar(
+                sa.select(erased_patients.c.erased_at).where(
+                    erased_patients.c.tenant_id == tenant_id, erased_patients.c.patient_id == patient_id
+                )
+            )
+            if erased is not None:
+                raise KeyDestroyed("patient was erased; no key is ever created for them again")
+            dek_id = await conn.scalar(
+                sa.select(patient_deks.c.dek_id).where(
+                    patient_deks.c.tenant_id == tenant_id, patient_deks.c.patient_id == patient_id
+                )
+            )
+            if dek_id is not None:
+                return str(dek_id)
+            kek = await self._kek(tenant_id, version, conn=conn)
+            dek_id = str(uuid.uuid4())
+            associated = aead.aad(aead.LABEL_DEK, tenant_id, patient_id, dek_id, version)
+            await conn.execute(
+                patient_deks.insert().values(
+                    tenant_id=tenant_id,
+                    patient_id=patient_id,
+                    dek_id=dek_id,
+                    kek_version=version,
+                    wrapped=aead.seal(kek, secrets.token_bytes(KEY_BYTES), associated),
+                    created_at=now(),
+                )
+            )
+        return dek_id
+
+    async def patient_key(self, tenant_id: str, patient_id: str) -> PatientKey:
+        row = await self._dek_row(tenant_id, patient_id)
+        if row is None:
+            self.evict(tenant_id, patient_id)
+            raise KeyDestroyed("patient key does not exist")
+        return await self._unwrap_dek(tenant_id, patient_id, row.dek_id, row.kek_version, row.wrapped)
+
+    async def destroy_patient(self, tenant_id: str, patient_id: str) -> list[str]:
+        """Shred the patient's DEK and object keys; return the destroyed key ids, DEK first.
+
+        Idempotent: a second call returns ``[]``. Cost does not grow with the number of
+        objects beyond one DELETE: the DEK is the shred, the object keys die with it.
+        """
+        mine = (patient_deks.c.tenant_id == tenant_id) & (patient_deks.c.patient_id == patient_id)
+        objects = (object_keys.c.tenant_id == tenant_id) & (object_keys.c.patient_id == patient_id)
+        async with self._writer.begin() as conn:
+            await self._lock_tenant(conn, tenant_id)  # serialises with create_patient_key
+            dek_id = await conn.scalar(sa.select(patient_deks.c.dek_id).where(mine))
+            object_ids = (await conn.scalars(sa.select(object_keys.c.key_id).where(objects))).all()
+            erased = await conn.scalar(
+                sa.select(erased_patients.c.erased_at).where(
+                    erased_patients.c.tenant_id == tenant_id, erased_patients.c.patient_id == patient_id
+                )
+            )
+            if erased is None:
+                await conn.execute(
+                    erased_patients.insert().values(
+                        tenant_id=tenant_id, patient_id=patient_id, erased_at=now()
+                    )
+                )
+            if dek_id is not None:
+                await self._overwrite(conn, patient_deks, mine)
+                await conn.execute(patient_deks.delete().where(mine))
+            await conn.execute(object_keys.delete().where(objects))
+        self.evict(tenant_id, patient_id)
+        if dek_id is None and not object_ids:
+            return []
+        await self._harden(patient_deks)
+        return ([str(dek_id)] if dek_id is not None else []) + sorted(object_ids)
+
+    # -- object keys -----------------------------------------------------------------
+
+    async def new_object_key(self, tenant_id: str, patient_id: str, object_id: str) -> ObjectKey:
+        """A fresh random key for one blob, stored wrapped by the patient DEK."""
+        patient = await self.patient_key(tenant_id, patient_id)
+        key = ObjectKey(secrets.token_bytes(KEY_BYTES), key_id=str(uuid.uuid4()))
+        associated = aead.aad(
+            aead.LABEL_OBJECT_KEY, tenant_id, patient_id, object_id, patient.dek_id, key.key_id
+        )
+        try:
+            async with self._writer.begin() as conn:
+                # The DEK row must still be there, under a lock: an erasure that commits
+                # between our read and this insert must win.
+                current = await conn.scalar(
+                    sa.select(patient_deks.c.dek_id)
+                    .where(patient_deks.c.tenant_id == tenant_id, patient_deks.c.patient_id == patient_id)
+                    .with_for_update()
+                )
+                if current != patient.dek_id:
+                    raise KeyDestroyed("patient key does not exist")
+                await conn.execute(
+                    object_keys.insert().values(
+                        key_id=key.key_id,
+                        tenant_id=tenant_id,
+                        patient_id=patient_id,
+                        object_id=object_id,
+                        dek_id=patient.dek_id,
+                        wrapped=aead.seal(patient.key, bytes(key), associated),
+                        created_at=now(),
+                    )
+                )
+        except sa_exc.IntegrityError:
+            raise KeyExists("an object key already exists for this object id") from None
+        self._cache.put(("obj", tenant_id, patient_id, object_id, key.key_id), bytes(key))
+        return key
+
+    async def object_key(self, tenant_id: str, patient_id: str, object_id: str) -> ObjectKey:
+        query = sa.select(
+            object_keys.c.key_id,
+            object_keys.c.wrapped,
+            patient_deks.c.dek_id,
+            patient_deks.c.kek_version,
+            patient_deks.c.wrapped.label("dek_wrapped"),
+        ).where(
+            object_keys.c.tenant_id == tenant_id,
+            object_keys.c.patient_id == patient_id,
+            object_keys.c.object_id == object_id,
+            patient_deks.c.tenant_id == object_keys.c.tenant_id,
+            patient_deks.c.patient_id == object_keys.c.patient_id,
+            patient_deks.c.dek_id == object_keys.c.dek_id,
+        )
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            self.evict(tenant_id, patient_id, object_id)
+            raise KeyDestroyed("object key does not exist")
+        cache_key = ("obj", tenant_id, patient_id, object_id, row.key_id)
+        raw = self._cache.get(cache_key)
+        if raw is None:
+            patient = await self._unwrap_dek(
+                tenant_id, patient_id, row.dek_id, row.kek_version, row.dek_wrapped
+            )
+            associated = aead.aad(
+                aead.LABEL_OBJECT_KEY, tenant_id, patient_id, object_id, row.dek_id, row.key_id
+            )
+            raw = aead.open_sealed(patient.key, row.wrapped, associated)
+            self._cache.put(cache_key, raw)
+        return ObjectKey(raw, key_id=row.key_id)
+
+    async def destroy_object(self, tenant_id: str, patient_id: str, object_id: str) -> str | None:
+        """Shred one object's key; return its key id, or None when there was none."""
+        where = (
+            (object_keys.c.tenant_id == tenant_id)
+            & (object_keys.c.patient_id == patient_id)
+            & (object_keys.c.object_id == object_id)
+        )
+        async with self._writer.begin() as conn:
+            key_id = await conn.scalar(sa.select(object_keys.c.key_id).where(where).with_for_update())
+            if key_id is not None:
+                await self._overwrite(conn, object_keys, where)
+                await conn.execute(object_keys.delete().where(where))
+        self.evict(tenant_id, patient_id, object_id)
+        if key_id is None:
+            return None
+        await self._harden(object_keys)
+        return str(key_id)
+
+    # -- personal fields and blind indexes --------------------------------------------
+
+    async def seal_field(
+        self, tenant_id: str, patient_id: str, *, table: str, column: str, row_id: str, value: bytes | str
+    ) -> bytes:
+        """AES-256-GCM under the patient DEK; AAD names tenant, patient, table, column and row."""
+        patient = await self.patient_key(tenant_id, patient_id)
+        plaintext = value.encode() if isinstance(value, str) else bytes(value)
+        associated = aead.aad(aead.LABEL_FIELD, tenant_id, patient_id, table, column, row_id)
+        return aead.seal(patient.key, plaintext, associated)
+
+    async def open_field(
+        self, tenant_id: str, patient_id: str, *, table: str, column: str, row_id: str, sealed: bytes
+    ) -> bytes:
+        patient = await self.patient_key(tenant_id, patient_id)
+        associated = aead.aad(aead.LABEL_FIELD, tenant_id, patient_id, table, column, row_id)
+        return aead.open_sealed(patient.key, sealed, associated)
+
+    async def blind_index(self, tenant_id: str, purpose: str, value: str) -> str:
+        """Keyed HMAC-SHA256 (hex) of the normalised value, for lookups without plaintext."""
+        if not purpose:
+            raise KeysError("blind index purpose must be a non-empty name")
+        key = await self._index_key(tenant_id)
+        return hmac.new(key, aead.aad(purpose, normalise_for_index(value)), hashlib.sha256).hexdigest()
+
+    # -- backups ---------------------------------------------------------------------
+
+    async def reshred(self, key_ids: Iterable[str]) -> int:
+        """Shred again any of these DEK / object key ids that a restored backup brought back.
+
+        Object keys under a listed DEK go too. Returns the number of rows removed.
+        """
+        ids = sorted(set(key_ids))
+        removed = 0
+        async with self._writer.begin() as conn:
+            for start in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[start : start + _ID_CHUNK]
+                for table, where in (
+                    (patient_deks, patient_deks.c.dek_id.in_(chunk)),
+                    (object_keys, object_keys.c.key_id.in_(chunk) | object_keys.c.dek_id.in_(chunk)),
+                ):
+                    await self._overwrite(conn, table, where)
+                    removed += (await conn.execute(table.delete().where(where))).rowcount
+        if removed:
+            self._cache.clear()
+            await self._harden(patient_deks, object_keys)
+        return removed
+
+    # -- service signing key -----------------------------------------------------------
+
+    async def signing_key(self) -> Ed25519PrivateKey:
+        """The service's Ed25519 key (erasure receipts, audit checkpoints), created on first use."""
+        if self._signing is not None:
+            return self._signing
+        row = await self._signing_row()
+        if row is None:
+            fresh = Ed25519PrivateKey.generate()
+            wrapped = await self._root.wrap(fresh.private_bytes_raw(), _SIGNING_CONTEXT)
+            try:
+                async with self._writer.begin() as conn:
+                    await conn.execute(
+                        service_keys.insert().values(
+                            name=_SIGNING_KEY,
+                            wrapped=wrapped,
+                            public_key_pem=_public_pem(fresh),
+                            created_at=now(),
+                        )
+                    )
+            except sa_exc.IntegrityError:
+                pass  # another node created it first; use theirs
+            row = await self._signing_row()
+        private = Ed25519PrivateKey.from_private_bytes(await self._root.unwrap(row.wrapped, _SIGNING_CONTEXT))
+        if _public_pem(private) != row.public_key_pem:
+            raise IntegrityError("stored signing public key does not match the private key")
+        self._signing = private
+        return private
+
+    async def public_key_pem(self) -> str:
+        return _public_pem(await self.signing_key())
+
+    async def _signing_row(self) -> sa.Row | None:
+        async with self._reader.connect() as conn:
+            result = await conn.execute(sa.select(service_keys).where(service_keys.c.name == _SIGNING_KEY))
+            return result.first()
+
+
+def normalise_for_index(value: str) -> str:
+    """NFKC, case-folded, whitespace collapsed: ``" AB  12 "`` and ``"ab 12"`` index alike."""
+    return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
+
+
+def _public_pem(private: Ed25519PrivateKey) -> str:
+    return (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )

@@ -1,0 +1,100 @@
+import asyncio
+
+import pytest
+from sqlalchemy import text
+
+from vault.actor import Actor
+from vault.appkeys import AUDIT, DB
+from vault.audit.service import AuditEvent
+
+
+async def _make_entries(client, clinic, n: int = 5) -> None:
+    for _ in range(n):
+        resp = await client.get("/v1/audit", headers=clinic.auth("auditor"))
+        assert resp.status == 200
+
+
+async def _verify(client, clinic) -> dict:
+    resp = await client.get("/v1/audit/verify", headers=clinic.auth("auditor"))
+    assert resp.status == 200
+    return await resp.json()
+
+
+async def test_every_read_is_chained_and_verifies(client, clinic):
+    await _make_entries(client, clinic)
+    resp = await client.get("/v1/audit", headers=clinic.auth("dpo"))
+    body = await resp.json()
+    actions = [item["action"] for item in body["items"]]
+    assert actions[0] == "tenant.create"
+    assert actions.count("token.create") == 7
+    assert actions.count("audit.read") == 5
+    seqs = [item["seq"] for item in body["items"]]
+    assert seqs == list(range(1, len(seqs) + 1))
+    result = await _verify(client, clinic)
+    assert result["ok"] is True and result["checked"] == len(seqs) + 1  # + the listing itself
+
+
+async def _sql(client, sql: str, **params) -> None:
+    async with client.server.app[DB].transaction() as session:
+        await session.execute(text(sql), params)
+
+
+@pytest.mark.parametrize(
+    "tamper, bad_seq",
+    [
+        ("UPDATE audit_entries SET action = 'patient.nothing' WHERE tenant_id = :t AND seq = 3", 3),
+        ("UPDATE audit_entries SET outcome = 'ok ' WHERE tenant_id = :t AND seq = 4", 4),
+        ("UPDATE audit_entries SET targets = '{}' WHERE tenant_id = :t AND seq = 2", 2),
+        ("DELETE FROM audit_entries WHERE tenant_id = :t AND seq = 5", 5),
+        ("DELETE FROM audit_entries WHERE tenant_id = :t AND seq = (SELECT MAX(seq) FROM audit_entries WHERE tenant_id = :t)", None),
+    ],
+    ids=["edit-action", "edit-outcome", "edit-targets", "delete-middle", "truncate-tail"],
+)
+async def test_tampering_is_detected(client, clinic, tamper, bad_seq):
+    await _make_entries(client, clinic)
+    assert (await _verify(client, clinic))["ok"]
+    head_seq = (await client.server.app[AUDIT].head(clinic.id))[0]
+    await _sql(client, tamper, t=clinic.id)
+    result = await _verify(client, clinic)
+    assert result["ok"] is False
+    assert result["first_bad_seq"] == (bad_seq if bad_seq is not None else head_seq)
+
+
+async def test_reordering_entries_is_detected(client, clinic):
+    await _make_entries(client, clinic)
+    # Swap entries 3 and 4 by their sequence numbers (through a free number: seq is unique).
+    await _sql(client, "UPDATE audit_entries SET seq = -1 WHERE tenant_id = :t AND seq = 3", t=clinic.id)
+    await _sql(client, "UPDATE audit_entries SET seq = 3 WHERE tenant_id = :t AND seq = 4", t=clinic.id)
+    await _sql(client, "UPDATE audit_entries SET seq = 4 WHERE tenant_id = :t AND seq = -1", t=clinic.id)
+    result = await _verify(client, clinic)
+    assert result["ok"] is False and result["first_bad_seq"] == 3
+
+
+async def test_recomputing_one_hash_still_breaks_the_link(client, clinic):
+    await _make_entries(client, clinic)
+    # An attacker who edits entry 3 and fixes its hash breaks entry 4's prev_hash.
+    await _sql(client, "UPDATE audit_entries SET hash = :h WHERE tenant_id = :t AND seq = 3", h="0" * 64, t=clinic.id)
+    result = await _verify(client, clinic)
+    assert result["ok"] is False and result["first_bad_seq"] == 3
+
+
+async def test_group_commit_writes_every_entry(client, clinic):
+    audit = client.server.app[AUDIT]
+    actor = Actor(clinic.id, "t", "auditor", "r")
+    before_seq = (await audit.head(clinic.id))[0]
+    before_commits = audit.commits
+    await asyncio.gather(*(audit.record(AuditEvent.of(actor, "bench.read", n=str(i))) for i in range(300)))
+    assert (await audit.head(clinic.id))[0] == before_seq + 300
+    assert audit.commits - before_commits < 300  # entries shared commits
+    assert (await _verify(client, clinic))["ok"]
+
+
+async def test_denials_are_audited_with_ids_only(client, clinic, other_clinic):
+    resp = await client.get("/v1/patients/" + "a" * 32, headers=clinic.auth("records"))
+    assert resp.status == 404
+    resp = await client.get("/v1/audit", headers=clinic.auth("records"))
+    assert resp.status == 403
+    entries = await client.server.app[AUDIT].entries(clinic.id, limit=1000)
+    outcomes = {(e.action, e.outcome) for e in entries}
+    assert ("GET /v1/patients/{patient_id}", "not_found") in outcomes
+    assert ("GET /v1/audit", "forbidden") in outcomes

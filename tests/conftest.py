@@ -1,0 +1,109 @@
+"""Shared fixtures. Domain-specific fixtures live beside their tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.support.databases import TestDatabase, backends, fresh_database
+from tests.support.moto import MotoEndpoint, moto_server
+
+os.environ.setdefault("VAULT_LOG_LEVEL", "WARNING")
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoEndpoint]:
+    # boto3 must never pick up a developer's real credentials or config in tests.
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        os.environ.pop(name, None)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session", params=backends())
+def migrated_db(request, tmp_path_factory) -> Iterator[TestDatabase]:
+    """One migrated metadata database and key store per backend for the whole run;
+    tests keep apart by creating their own tenants."""
+    from keys.migrate import upgrade as upgrade_keys
+    from vault.migrate import upgrade
+
+    with fresh_database(request.param, tmp_path_factory.mktemp(f"db-{request.param}")) as db:
+        upgrade(db.url)
+        asyncio.run(upgrade_keys(db.keystore_url))
+        yield db
+
+
+@pytest.fixture
+def settings(migrated_db: TestDatabase, tmp_path_factory):
+    from vault.config import Settings
+
+    data = tmp_path_factory.mktemp("data")
+    return Settings(
+        data_dir=data,
+        database_url=migrated_db.url,
+        keystore_url=migrated_db.keystore_url,
+        storage_url=(data / "blobs").as_uri(),
+        root_key_url=(tmp_path_factory.getbasetemp() / f"root-{migrated_db.backend}.key").as_uri(),
+        key_cache_seconds=5.0,
+        inprocess_jobs=False,
+    )
+
+
+@dataclass
+class Clinic:
+    """A tenant with one token per role."""
+
+    slug: str
+    id: str
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+
+@pytest.fixture
+async def app(settings):
+    from vault.app import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app, aiohttp_client):
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+def make_clinic(client):
+    import secrets
+
+    from vault.appkeys import TENANTS
+    from vault.permissions import ROLES
+
+    async def make() -> Clinic:
+        tenants = client.server.app[TENANTS]
+        slug = "clinic-" + secrets.token_hex(4)
+        tenant = await tenants.create_tenant(slug, request_id="test")
+        clinic = Clinic(slug=slug, id=tenant.id)
+        for role in ROLES:
+            issued = await tenants.create_token(slug, role, label=f"test {role}", request_id="test")
+            clinic.tokens[role] = issued.token
+        return clinic
+
+    return make
+
+
+@pytest.fixture
+async def clinic(make_clinic) -> Clinic:
+    return await make_clinic()
+
+
+@pytest.fixture
+async def other_clinic(make_clinic) -> Clinic:
+    return await make_clinic()

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from vault.config import Settings
+from vault.errors import ConfigError
+
+
+def test_defaults_put_everything_under_the_data_folder(tmp_path):
+    s = Settings.from_env({"VAULT_DATA_DIR": str(tmp_path)})
+    assert s.env == "development"
+    assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'vault.sqlite3'}"
+    assert s.keystore_url == f"sqlite+aiosqlite:///{tmp_path / 'keys.sqlite3'}"
+    assert s.storage_url == (tmp_path / "blobs").as_uri()
+    assert s.root_key_url == (tmp_path / "root.key").as_uri()
+    assert s.inprocess_jobs is True
+
+
+def test_settings_are_frozen(tmp_path):
+    s = Settings.from_env({"VAULT_DATA_DIR": str(tmp_path)})
+    with pytest.raises(AttributeError):
+        s.env = "production"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("VAULT_ENV", "staging"),
+        ("VAULT_LOG_LEVEL", "chatty"),
+        ("VAULT_DATABASE_URL", "mysql://x/y"),
+        ("VAULT_STORAGE_URL", "ftp://host/x"),
+        ("VAULT_ROOT_KEY_URL", "vault://x"),
+        ("VAULT_MAX_PHOTO_BYTES", "lots"),
+        ("VAULT_MAX_PIXELS", "0"),
+        ("VAULT_INPROCESS_JOBS", "maybe"),
+        ("VAULT_FACE_MODEL", "/nonexistent/model.onnx"),
+    ],
+)
+def test_invalid_settings_name_the_setting(tmp_path, name, value):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"VAULT_DATA_DIR": str(tmp_path), name: value})
+    assert err.value.setting == name
+    assert str(err.value).startswith(name)
+
+
+def test_production_refuses_a_local_root_key_file(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"VAULT_DATA_DIR": str(tmp_path), "VAULT_ENV": "production"})
+    assert err.value.setting == "VAULT_ROOT_KEY_URL"
+
+
+def test_production_with_kms_is_accepted(tmp_path):
+    s = Settings.from_env(
+        {
+            "VAULT_DATA_DIR": str(tmp_path),
+            "VAULT_ENV": "production",
+            "VAULT_ROOT_KEY_URL": "aws-kms://alias/vault?region=eu-west-1",
+            "VAULT_DATABASE_URL": "postgresql+asyncpg://vault@db/vault",
+        }
+    )
+    assert s.production and not s.inprocess_jobs
+    assert s.keystore_url == s.database_url
+
+
+def test_face_model_path_must_exist(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    assert Settings.from_env({"VAULT_DATA_DIR": str(tmp_path), "VAULT_FACE_MODEL": str(model)}).face_model == Path(model)

@@ -1,0 +1,1 @@
+"""Secure clinical photo vault."""

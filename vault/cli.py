@@ -1,0 +1,240 @@
+"""The ``vault`` command: serve, migrate, tenants, tokens, audit, keys, jobs.
+
+Secrets (tokens) are printed to standard output only, never logged. The token of
+``vault token create`` is alone on the last line so scripts can take it with
+``tail -n1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+
+from vault.config import Settings
+from vault.errors import ConfigError, VaultError
+
+
+def disable_core_dumps() -> None:
+    # A core dump would write decrypted photos and unwrapped keys to disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def migrate_all(settings: Settings) -> None:
+    from keys.migrate import upgrade as upgrade_keys
+    from vault.migrate import upgrade
+
+    prepare_data_dir(settings)
+    upgrade(settings.database_url)
+    asyncio.run(upgrade_keys(settings.keystore_url))
+
+
+def _request_id() -> str:
+    return "cli-" + secrets.token_hex(8)
+
+
+async def _with_runtime(settings: Settings, action: Callable) -> int:
+    from vault.runtime import runtime
+
+    async with runtime(settings, group_commit=False) as rt:
+        return await action(rt) or 0
+
+
+# -- commands ---------------------------------------------------------------------------
+def cmd_migrate(settings: Settings, args) -> int:
+    migrate_all(settings)
+    print("migrated")
+    return 0
+
+
+def cmd_tenant_create(settings: Settings, args) -> int:
+    async def action(rt):
+        tenant = await rt.tenants.create_tenant(args.slug, request_id=_request_id())
+        print(f"tenant {tenant.slug} created (id {tenant.id})")
+
+    return asyncio.run(_with_runtime(settings, action))
+
+
+def cmd_token_create(settings: Settings, args) -> int:
+    async def action(rt):
+        issued = await rt.tenants.create_token(
+            args.tenant, args.role, label=args.label or f"{args.role} token", request_id=_request_id()
+        )
+        print(f"token id {issued.id} for tenant {issued.tenant_slug}, role {issued.role}; shown once:")
+        print(issued.token)
+
+    return asyncio.run(_with_runtime(settings, action))
+
+
+def cmd_token_list(settings: Settings, args) -> int:
+    async def action(rt):
+        for token, slug in await rt.tenants.tokens(args.tenant):
+            state = "revoked" if token.revoked_at else "active"
+            used = token.last_used_at.isoformat(timespec="seconds") if token.last_used_at else "never"
+            print(f"{token.id}  {slug:<20} {token.role:<12} {state:<8} last used {used}  {token.label}")
+
+    return asyncio.run(_with_runtime(settings, action))
+
+
+def cmd_token_revoke(settings: Settings, args) -> int:
+    async def action(rt):
+        await rt.tenants.revoke_token(args.token_id, request_id=_request_id())
+        print(f"token {args.token_id} revoked")
+
+    return asyncio.run(_with_runtime(settings, action))
+
+
+def cmd_audit_verify(settings: Settings, args) -> int:
+    async def action(rt):
+        tenants = [await rt.tenants.tenant_by_slug(args.tenant)] if args.tenant else await rt.tenants.tenants()
+        failed = 0
+        for tenant in tenants:
+            result = await rt.audit.verify(tenant.id)
+            if result.ok:
+                print(f"{tenant.slug}: intact, {result.checked} entries")
+            else:
+                failed += 1
+                print(f"{tenant.slug}: BROKEN at entry {result.first_bad_seq}: {result.reason}")
+        return 1 if failed else 0
+
+    return asyncio.run(_with_runtime(settings, action))
+
+
+def cmd_worker(settings: Settings, args) -> int:
+    from workers.runner import main as run_worker  # the one place vault/ reaches workers/
+
+    if args.concurrency < 1:
+        print("vault: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    return run_worker(settings, concurrency=args.concurrency)
+
+
+def cmd_jobs_list(settings: Settings, args) -> int:
+    from vault.db import Database
+    from vault.jobs.report import job_report
+
+    async def report() -> str:
+        db = Database(settings.database_url, pool_size=1)
+        try:
+            return await job_report(db)
+        finally:
+            await db.close()
+
+    print(asyncio.run(report()))
+    return 0
+
+
+def cmd_permissions(settings: Settings, args) -> int:
+    from vault.permissions import markdown_table
+
+    print(markdown_table(), end="")
+    return 0
+
+
+def cmd_serve(settings: Settings, args) -> int:
+    from aiohttp import web
+
+    from vault.app import create_app
+    from vault.logs import configure
+
+    configure(settings.log_level)
+    if not settings.production:
+        migrate_all(settings)
+        first = asyncio.run(_bootstrap(settings))
+    else:
+        first = None
+    url = settings.public_url or f"http://{args.host}:{args.port}"
+    print(f"clinical photo vault listening on {url}  (data in {settings.data_dir})", flush=True)
+    if first:
+        # On the terminal only, once: the log never sees a token.
+        print("first start: created tenant 'demo' and a practitioner token (shown once):", flush=True)
+        print(f"  curl -H 'Authorization: Bearer {first}' {url}/v1/patients", flush=True)
+        print(first, flush=True)
+    web.run_app(create_app(settings), host=args.host, port=args.port, access_log=None, print=None, handle_signals=True)
+    return 0
+
+
+async def _bootstrap(settings: Settings) -> str | None:
+    async def action(rt):
+        if await rt.tenants.tenants():
+            return None
+        await rt.tenants.create_tenant("demo", request_id=_request_id())
+        issued = await rt.tenants.create_token("demo", "practitioner", label="first-start demo token", request_id=_request_id())
+        return issued.token
+
+    from vault.runtime import runtime
+
+    async with runtime(settings, group_commit=False) as rt:
+        return await action(rt)
+
+
+# -- parser -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vault", description="Secure clinical photo vault")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="upgrade the metadata database and key store to the newest schema").set_defaults(func=cmd_migrate)
+
+    tenant = sub.add_parser("tenant", help="manage tenants").add_subparsers(dest="tenant_command", required=True)
+    create = tenant.add_parser("create", help="create a tenant (clinic)")
+    create.add_argument("slug")
+    create.set_defaults(func=cmd_tenant_create)
+
+    token = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="token_command", required=True)
+    tcreate = token.add_parser("create", help="create a token; it is printed once, alone on the last line")
+    tcreate.add_argument("--tenant", required=True)
+    tcreate.add_argument("--role", required=True)
+    tcreate.add_argument("--label", help="the person or system that holds it")
+    tcreate.set_defaults(func=cmd_token_create)
+    tlist = token.add_parser("list", help="list tokens (never their values)")
+    tlist.add_argument("--tenant")
+    tlist.set_defaults(func=cmd_token_list)
+    trevoke = token.add_parser("revoke", help="revoke a token by its id")
+    trevoke.add_argument("token_id")
+    trevoke.set_defaults(func=cmd_token_revoke)
+
+    audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="verify the hash chains; non-zero exit names the first bad entry")
+    verify.add_argument("--tenant")
+    verify.set_defaults(func=cmd_audit_verify)
+
+    perms = sub.add_parser("permissions", help="print the role table as Markdown")
+    perms.set_defaults(func=cmd_permissions)
+
+    worker = sub.add_parser("worker", help="run background jobs until SIGTERM/SIGINT")
+    worker.add_argument("--concurrency", type=int, default=4, help="jobs run at the same time (default 4)")
+    worker.set_defaults(func=cmd_worker)
+    jobs = sub.add_parser("jobs", help="background jobs").add_subparsers(dest="jobs_command", required=True)
+    jobs.add_parser("list", help="jobs per state and kind, and recent dead jobs with their last error").set_defaults(func=cmd_jobs_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    disable_core_dumps()
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return args.func(settings, args)
+    except ConfigError as exc:
+        print(f"vault: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except VaultError as exc:
+        print(f"vault: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

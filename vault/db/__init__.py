@@ -1,0 +1,6 @@
+"""The metadata database: engines, sessions and the declarative base."""
+
+from vault.db.base import Base, UTCDateTime, new_id, utcnow
+from vault.db.engine import Database
+
+__all__ = ["Base", "Database", "UTCDateTime", "new_id", "utcnow"]

@@ -1,0 +1,56 @@
+"""Reading and validating JSON bodies and query strings; writing JSON responses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from vault.errors import BadRequest, TooLarge, ValidationFailed
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _problems(exc: ValidationError) -> list[dict[str, Any]]:
+    # Field locations and error kinds only: never echo the submitted values back.
+    return [{"field": ".".join(str(p) for p in err["loc"]), "problem": err["type"]} for err in exc.errors()]
+
+
+async def read_json(request: web.Request, model: type[M], *, limit: int) -> M:
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(details={"limit": limit})
+    if request.content_type != "application/json":
+        raise BadRequest("the body must be application/json")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise TooLarge(details={"limit": limit})
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON") from None
+    try:
+        return model.model_validate(data, strict=False)
+    except ValidationError as exc:
+        raise ValidationFailed(details={"errors": _problems(exc)}) from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    data: dict[str, Any] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        if len(values) > 1:
+            raise ValidationFailed(details={"errors": [{"field": key, "problem": "repeated"}]})
+        data[key] = values[0]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(details={"errors": _problems(exc)}) from None
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    body = json.dumps(data, separators=(",", ":"), default=str)
+    response = web.Response(text=body, status=status, content_type="application/json", headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,108 @@
+"""Middlewares: request id and access log, errors to JSON, authentication and the
+role check from :mod:`vault.permissions`."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+
+from aiohttp import web
+
+from vault import errors
+from vault.http.context import PRINCIPAL, REQUEST_ID
+from vault.http.jsonio import json_response
+from vault.logs import request_id_var
+from vault.permissions import PUBLIC, allowed
+
+log = logging.getLogger("vault.http")
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+def error_body(code: str, message: str, details: dict | None = None) -> dict:
+    return {"error": code, "message": message, "details": details or {}}
+
+
+def route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "<unmatched>"
+
+
+@web.middleware
+async def request_context(request: web.Request, handler):
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(12)
+    request[REQUEST_ID] = request_id
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await _to_json_errors(request, handler)
+        status = response.status
+        response.headers["X-Request-ID"] = request_id
+        return response
+    finally:
+        principal = request.get(PRINCIPAL)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route_template(request),
+                "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "tenant_id": principal.tenant_id if principal else None,
+                "token_id": principal.token_id if principal else None,
+            },
+        )
+        request_id_var.reset(token)
+
+
+async def _to_json_errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.VaultError as exc:
+        if exc.status >= 500:
+            log.error("vault error", extra={"code": exc.code}, exc_info=exc.status == 500)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return json_response(error_body(exc.code, exc.message, exc.details), status=exc.status, headers=headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow",)}
+        return json_response(error_body(code, exc.reason), status=exc.status, headers=headers)
+    except Exception:
+        # The type and frames go to the log; nothing of the exception reaches the client.
+        log.exception("unhandled error")
+        return json_response(error_body("internal", "internal error"), status=500)
+
+
+def authorize_middleware(authenticate, on_denied):
+    """Build the auth middleware around ``authenticate(token) -> Principal``;
+    ``on_denied(request, principal, error)`` audits refusals of known principals."""
+
+    @web.middleware
+    async def authorize(request: web.Request, handler):
+        route = request.match_info.route
+        if route.resource is None or isinstance(request.match_info.http_exception, web.HTTPException):
+            return await handler(request)  # unmatched: the 404/405 handler answers
+        roles = allowed(request.method, route.resource.canonical)
+        if roles == PUBLIC:
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.Unauthorized()
+        principal = await authenticate(token.strip())
+        request[PRINCIPAL] = principal
+        try:
+            if roles is None or principal.role not in roles:
+                raise errors.Forbidden()
+            return await handler(request)
+        except errors.VaultError as exc:
+            if exc.status in (403, 404, 410):
+                await on_denied(request, principal, exc)
+            raise
+
+    return authorize

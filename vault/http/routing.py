@@ -1,0 +1,72 @@
+"""Declarative endpoints: each domain's views list theirs; the app registers them
+and the OpenAPI document is generated from the same list."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    status: int = 200
+    response: type[BaseModel] | None = None
+    request_media: tuple[str, ...] = ()  # raw (non-JSON) request bodies
+    response_media: str = "application/json"
+    errors: tuple[int, ...] = ()
+
+
+@dataclass
+class Endpoints:
+    """The endpoints of one domain, collected by decorators."""
+
+    tag: str
+    items: list[Endpoint] = field(default_factory=list)
+
+    def route(self, method: str, path: str, *, summary: str, **options: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.items.append(
+                Endpoint(method=method, path=path, handler=handler, summary=summary, tag=self.tag, **options)
+            )
+            return handler
+
+        return register
+
+    def get(self, path: str, **options: Any):
+        return self.route("GET", path, **options)
+
+    def post(self, path: str, **options: Any):
+        return self.route("POST", path, **options)
+
+    def put(self, path: str, **options: Any):
+        return self.route("PUT", path, **options)
+
+    def patch(self, path: str, **options: Any):
+        return self.route("PATCH", path, **options)
+
+    def delete(self, path: str, **options: Any):
+        return self.route("DELETE", path, **options)
+
+
+ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
+
+
+def add_endpoints(app: web.Application, endpoints: Endpoints) -> None:
+    registered = app.setdefault(ENDPOINTS, [])
+    for endpoint in endpoints.items:
+        # GET routes answer HEAD too (aiohttp adds it), which the content routes need.
+        app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+        registered.append(endpoint)

@@ -1,0 +1,1 @@
+"""Patients: records whose personal fields are ciphertext under the patient's key."""

@@ -1,0 +1,102 @@
+"""Who may do what: the one declarative table that decides access by role.
+
+Every route the service registers must appear here (a test enforces it); a route
+missing from the table is refused to every role. Access is decided in this order:
+role (403, here), then tenant and ownership (404, in the domain services), then
+the consent gate. The table is rendered into docs/permissions.md by
+``vault permissions --markdown`` and checked by the permission-matrix test.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    DPO = "dpo"
+    PRACTITIONER = "practitioner"
+    RECORDS = "records"
+    MARKETING = "marketing"
+    ERASURE = "erasure"
+    AUDITOR = "auditor"
+
+
+ROLES = tuple(Role)
+A, D, P, R, M, E, U = (
+    Role.ADMIN,
+    Role.DPO,
+    Role.PRACTITIONER,
+    Role.RECORDS,
+    Role.MARKETING,
+    Role.ERASURE,
+    Role.AUDITOR,
+)
+
+PUBLIC = "public"
+
+#: (method, route template) -> roles allowed, or PUBLIC for unauthenticated routes.
+PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/v1/openapi.json"): PUBLIC,
+    ("GET", "/v1/erasure-receipts/public-key"): PUBLIC,
+    # patients
+    ("POST", "/v1/patients"): frozenset({D, P}),
+    ("GET", "/v1/patients"): frozenset({D, P, R}),
+    ("GET", "/v1/patients/{patient_id}"): frozenset({D, P, R}),
+    ("PATCH", "/v1/patients/{patient_id}"): frozenset({D, P}),
+    # treatments and media
+    ("POST", "/v1/patients/{patient_id}/treatments"): frozenset({P}),
+    ("GET", "/v1/patients/{patient_id}/treatments"): frozenset({D, P, R}),
+    ("POST", "/v1/patients/{patient_id}/media"): frozenset({P}),
+    ("GET", "/v1/patients/{patient_id}/media"): frozenset({D, P, R}),
+    ("GET", "/v1/media/{media_id}"): frozenset({D, P, R}),
+    ("PATCH", "/v1/media/{media_id}"): frozenset({D, P}),
+    ("DELETE", "/v1/media/{media_id}"): frozenset({D}),
+    ("GET", "/v1/media/{media_id}/content"): frozenset({D, P, R}),
+    ("GET", "/v1/media/{media_id}/thumbnail"): frozenset({D, P, R}),
+    # consent and release
+    ("POST", "/v1/patients/{patient_id}/consents"): frozenset({D, P}),
+    ("GET", "/v1/patients/{patient_id}/consents"): frozenset({D, P}),
+    ("POST", "/v1/consents/{consent_id}/withdraw"): frozenset({D, P}),
+    ("GET", "/v1/releasable"): frozenset({M}),
+    ("POST", "/v1/media/{media_id}/releases"): frozenset({M}),
+    ("GET", "/v1/releases/{release_id}/download"): frozenset({M}),
+    ("GET", "/v1/releases"): frozenset({D, M}),
+    # lifecycle
+    ("POST", "/v1/patients/{patient_id}/erasure"): frozenset({D, E}),
+    ("PUT", "/v1/patients/{patient_id}/legal-hold"): frozenset({D}),
+    ("DELETE", "/v1/patients/{patient_id}/legal-hold"): frozenset({D}),
+    ("PUT", "/v1/patients/{patient_id}/restriction"): frozenset({D}),
+    ("DELETE", "/v1/patients/{patient_id}/restriction"): frozenset({D}),
+    ("POST", "/v1/patients/{patient_id}/exports"): frozenset({D}),
+    ("GET", "/v1/exports/{export_id}"): frozenset({D}),
+    ("GET", "/v1/exports/{export_id}/download"): frozenset({D}),
+    ("GET", "/v1/retention-policy"): frozenset({A, D}),
+    ("PUT", "/v1/retention-policy"): frozenset({D}),
+    ("POST", "/v1/retention/sweep"): frozenset({D}),
+    ("GET", "/v1/webhooks"): frozenset({A}),
+    ("PUT", "/v1/webhooks"): frozenset({A}),
+    # audit
+    ("GET", "/v1/audit"): frozenset({D, U}),
+    ("GET", "/v1/audit/verify"): frozenset({D, U}),
+}
+
+
+def allowed(method: str, template: str) -> frozenset[Role] | str | None:
+    """Roles allowed on a route, PUBLIC, or None when the route is not in the table."""
+    return PERMISSIONS.get(("GET" if method == "HEAD" else method, template))
+
+
+def markdown_table() -> str:
+    """The table as Markdown, one row per route, one column per role."""
+    lines = ["| method | route | " + " | ".join(ROLES) + " |", "|---|---|" + "---|" * len(ROLES)]
+    for (method, path), roles in PERMISSIONS.items():
+        if roles == PUBLIC:
+            cells = ["public"] + [""] * (len(ROLES) - 1)
+        else:
+            cells = ["✓" if role in roles else "" for role in ROLES]
+        lines.append(f"| {method} | `{path}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+"""Open every client and service the vault needs, in dependency order, and close
+them in reverse. Used by the app factory (as a cleanup context), the CLI and
+workers, so all three run on the same wiring."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from keys.providers import open_root_key
+from keys.store import KeyStore
+from vault.audit.service import AuditLog
+from vault.config import Settings
+from vault.db import Database
+from vault.patients.service import PatientService
+from vault.storage import open_store
+from vault.tenants.service import TenantService
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    audit: AuditLog
+    keys: KeyStore
+    store: object
+    tenants: TenantService
+    patients: PatientService
+
+
+@asynccontextmanager
+async def runtime(settings: Settings, *, group_commit: bool = True) -> AsyncIterator[Runtime]:
+    async with AsyncExitStack() as stack:
+        db = Database(settings.database_url)
+        stack.push_async_callback(db.close)
+        audit = AuditLog(db)
+        if group_commit:
+            await audit.start()
+            stack.push_async_callback(audit.stop)
+        root = open_root_key(settings.root_key_url, production=settings.production)
+        keys = await KeyStore.open(settings.keystore_url, root, cache_ttl=settings.key_cache_seconds)
+        stack.push_async_callback(keys.close)
+        store = open_store(settings.storage_url)
+        stack.push_async_callback(store.close)
+        yield Runtime(
+            settings=settings,
+            db=db,
+            audit=audit,
+            keys=keys,
+            store=store,
+            tenants=TenantService(db, audit, keys),
+            patients=PatientService(db, audit, keys),
+        )

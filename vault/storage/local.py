@@ -1,0 +1,353 @@
+"""Blobs as files in a local folder: the embedded default (``file:`` URLs).
+
+Layout: ``<root>/<key[0:2]>/<key[2:4]>/<key>``, so no folder grows past a few thousand
+entries. A write goes to ``.<key>.<random>.part`` in the blob's own folder (keys never
+contain ``.``, so the name cannot collide with a key), is fsynced, renamed over the final
+name and the folder fsynced: after a crash the blob is either whole or absent, and a
+stray ``.part`` file is invisible to :meth:`LocalStore.keys` until
+:meth:`LocalStore.sweep_partials` removes it. Shard folders are never removed, so a
+concurrent writer never finds its folder gone.
+
+Keys differing only in case are different files: on a case-insensitive filesystem
+(macOS, Windows defaults) use lowercase keys such as :func:`~vault.storage.base.new_key`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from vault.errors import BlobNotFound, ConfigError, StorageError, StorageUnavailable
+from vault.storage.base import (
+    DEFAULT_CHUNK_SIZE,
+    BlobReader,
+    ThreadLane,
+    check_key,
+    check_prefix,
+    check_range,
+    check_size_hint,
+    clamp_range,
+    open_off_loop,
+)
+
+_PART_SUFFIX = ".part"
+# Small chunks are gathered so one thread hop writes about this much.
+_WRITE_BATCH = 1 << 20
+# A full disk or quota is an operator fix, not a bug: callers may retry later.
+_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EINTR}
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+@contextmanager
+def _os_errors(key: str | None = None) -> Iterator[None]:
+    """OS errors become vault errors; the message names only the errno, never a path."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        if key is None:
+            raise StorageError("local storage folder is missing") from None
+        raise BlobNotFound(key) from None
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, "EIO")
+        if exc.errno in _TRANSIENT:
+            raise StorageUnavailable(f"local storage unavailable ({name})") from None
+        raise StorageError(f"local storage failed ({name})") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _TempBlob:
+    """One in-progress write; every method runs in a worker thread."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder = folder
+        self.final = folder / key
+        self.tmp = folder / f".{key}.{secrets.token_hex(6)}{_PART_SUFFIX}"
+        self.renamed = False
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        self.file = open(os.open(self.tmp, flags, _FILE_MODE), "wb")
+
+    def write(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self.file.write(chunk)
+
+    def commit(self, batch: list[bytes]) -> None:
+        self.write(batch)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.final)
+        self.renamed = True
+        _fsync_dir(self.folder)
+
+    def discard(self) -> None:
+        with suppress(OSError):
+            self.file.close()
+        # Renamed but failed or cancelled after: the caller was told the put failed.
+        with suppress(OSError):
+            os.unlink(self.final if self.renamed else self.tmp)
+
+
+class _LocalReader(BlobReader):
+    def __init__(self, fd: int, key: str, *, offset: int, length: int, total_size: int, chunk_size: int) -> None:
+        super().__init__(length=length, total_size=total_size, chunk_size=chunk_size)
+        self._fd = fd
+        self._key = key
+        self._offset = offset
+
+    def _read_blocking(self, n: int) -> bytes:
+        with _os_errors(self._key):
+            data = os.pread(self._fd, n, self._offset)
+        self._offset += len(data)
+        return data
+
+    def _close_blocking(self) -> None:
+        os.close(self._fd)
+
+
+class LocalStore:
+    """A :class:`~vault.storage.base.BlobStore` on a local filesystem."""
+
+    def __init__(self, root: str | os.PathLike[str], *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be > 0")
+        self.root = Path(root).absolute()
+        self._chunk_size = chunk_size
+        # Blocking, but only once at start-up, where failing early names the setting.
+        try:
+            self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("VAULT_STORAGE_URL", f"cannot create the blob folder ({exc.strerror})") from None
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStore:
+        """``file:///absolute/path`` or ``file:relative/path`` (relative to the working folder)."""
+        parts = urlsplit(url)
+        if parts.scheme != "file":
+            raise ConfigError("VAULT_STORAGE_URL", "a local store needs a file: URL")
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError("VAULT_STORAGE_URL", "file: URLs must not name a remote host")
+        if parts.query or parts.fragment:
+            raise ConfigError("VAULT_STORAGE_URL", "file: URLs take no query or fragment")
+        path = unquote(parts.path)
+        if not path:
+            raise ConfigError("VAULT_STORAGE_URL", "file: URL has no path")
+        return cls(path)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _folder(self, key: str) -> Path:
+        return self.root / key[0:2] / key[2:4]
+
+    def _path(self, key: str) -> Path:
+        return self._folder(key) / key
+
+    def _make_folder(self, key: str) -> Path:
+        # A new directory entry is only durable once its parent is fsynced.
+        parent = self.root
+        for name in (key[0:2], key[2:4]):
+            child = parent / name
+            try:
+                child.mkdir(mode=_DIR_MODE)
+            except FileExistsError:
+                pass
+            else:
+                _fsync_dir(parent)
+            parent = child
+        return parent
+
+    def _open_temp(self, key: str) -> _TempBlob:
+        with _os_errors():
+            return _TempBlob(self._make_folder(key), key)
+
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], *, size_hint: int | None = None
+    ) -> int:
+        check_key(key)
+        check_size_hint(size_hint)
+        lane = ThreadLane()
+        opening = lane.start(self._open_temp, key)
+        total = 0
+        batch: list[bytes] = []
+        batched = 0
+        try:
+            blob = await asyncio.shield(opening)
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                # Producers may reuse a buffer once we ask for the next chunk; the write
+                # happens later in a thread, so keep an immutable copy.
+                data = chunk if isinstance(chunk, bytes) else bytes(chunk)
+                batch.append(data)
+                batched += len(data)
+                total += len(data)
+                if batched >= _WRITE_BATCH:
+                    # One write in flight while the next batch arrives.
+                    await lane.wait()
+                    lane.start(self._write, blob, batch)
+                    batch, batched = [], 0
+            await lane.wait()
+            await lane.run(self._commit, blob, batch)
+        except BaseException:
+            # Cancelled awaits leave their thread running: wait for it before cleaning.
+            await lane.settle()
+            if not opening.cancelled() and opening.exception() is None:
+                await asyncio.shield(lane.start(opening.result().discard))
+            raise
+        return total
+
+    @staticmethod
+    def _write(blob: _TempBlob, batch: list[bytes]) -> None:
+        with _os_errors():
+            blob.write(batch)
+
+    @staticmethod
+    def _commit(blob: _TempBlob, batch: list[bytes]) -> None:
+        with _os_errors():
+            blob.commit(batch)
+
+    async def get(self, key: str, *, start: int = 0, end: int | None = None) -> BlobReader:
+        check_key(key)
+        check_range(start, end)
+        fd, size = await open_off_loop(lambda: self._open_blob(key), lambda opened: os.close(opened[0]))
+        lo, hi = clamp_range(start, end, size)
+        return _LocalReader(fd, key, offset=lo, length=hi - lo, total_size=size, chunk_size=self._chunk_size)
+
+    def _open_blob(self, key: str) -> tuple[int, int]:
+        with _os_errors(key):
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return fd, os.fstat(fd).st_size
+            except BaseException:
+                os.close(fd)
+                raise
+
+    async def read(self, key: str, *, start: int = 0, end: int | None = None) -> bytes:
+        check_key(key)
+        check_range(start, end)
+        return await asyncio.to_thread(self._read_range, key, start, end)
+
+    def _read_range(self, key: str, start: int, end: int | None) -> bytes:
+        fd, size = self._open_blob(key)
+        try:
+            lo, hi = clamp_range(start, end, size)
+            parts: list[bytes] = []
+            with _os_errors(key):
+                while lo < hi:
+                    data = os.pread(fd, hi - lo, lo)
+                    if not data:
+                        raise StorageError("a stored object ended before its length")
+                    parts.append(data)
+                    lo += len(data)
+            return b"".join(parts)
+        finally:
+            os.close(fd)
+
+    async def delete(self, key: str) -> None:
+        check_key(key)
+        await asyncio.to_thread(self._unlink, key)
+
+    def _unlink(self, key: str) -> None:
+        with _os_errors():
+            with suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(self._path(key))
+
+    async def exists(self, key: str) -> bool:
+        check_key(key)
+        return await asyncio.to_thread(self._exists, key)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._stat(key)
+        except BlobNotFound:
+            return False
+        return True
+
+    async def size(self, key: str) -> int:
+        check_key(key)
+        return await asyncio.to_thread(self._stat, key)
+
+    def _stat(self, key: str) -> int:
+        with _os_errors(key):
+            return os.stat(self._path(key)).st_size
+
+    async def keys(self, prefix: str = "") -> AsyncIterator[str]:
+        check_prefix(prefix)
+        for first in await asyncio.to_thread(self._subfolders, self.root, prefix[0:2]):
+            for second in await asyncio.to_thread(self._subfolders, self.root / first, prefix[2:4]):
+                for key in await asyncio.to_thread(self._keys_in, first, second, prefix):
+                    yield key
+
+    @staticmethod
+    def _subfolders(folder: Path, prefix: str) -> list[str]:
+        # Shard names are exactly two key characters; anything else is not ours.
+        with _os_errors():
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                return []
+        return sorted(
+            e.name
+            for e in entries
+            if len(e.name) == 2 and e.name.startswith(prefix) and "." not in e.name
+            and e.is_dir(follow_symlinks=False)
+        )
+
+    def _keys_in(self, first: str, second: str, prefix: str) -> list[str]:
+        shard = first + second
+        with _os_errors():
+            try:
+                entries = list(os.scandir(self.root / first / second))
+            except FileNotFoundError:
+                return []
+        found = []
+        for e in entries:
+            name = e.name
+            # Temp files start with "." and fail check_key; a file outside its shard
+            # could not be read back by key, so it is not a key either.
+            if name.startswith(prefix) and name[0:4] == shard and e.is_file(follow_symlinks=False):
+                try:
+                    check_key(name)
+                except ValueError:
+                    continue
+                found.append(name)
+        return sorted(found)
+
+    async def sweep_partials(self, older_than_s: float = 3600.0) -> int:
+        if older_than_s < 0:
+            raise ValueError("older_than_s must be >= 0")
+        return await asyncio.to_thread(self._sweep, time.time() - older_than_s)
+
+    def _sweep(self, cutoff: float) -> int:
+        removed = 0
+        for first in self._subfolders(self.root, ""):
+            for second in self._subfolders(self.root / first, ""):
+                folder = self.root / first / second
+                with _os_errors():
+                    entries = list(os.scandir(folder))
+                for e in entries:
+                    if not (e.name.startswith(".") and e.name.endswith(_PART_SUFFIX)):
+                        continue
+                    with suppress(FileNotFoundError):
+                        if e.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(e.path)
+                            removed += 1
+        return removed
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Tenants (clinics), their API tokens and roles."""

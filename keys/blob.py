@@ -311,16 +311,19 @@ class DecryptingReader(io.RawIOBase):
 
     def __init__(self, key: bytes, binding: Binding, fetch: Fetch, plain_size: int) -> None:
         super().__init__()
+        # Set before anything can fail: IOBase.__del__ calls close() even then.
+        self._plain = bytearray()
+        self._cached = -1
+        self._pos = 0
         if plain_size < 0:
             raise ValueError("plain_size must be >= 0")
         self._fetch = fetch
-        self._cipher = SegmentCipher(key, binding, Header.parse(self._get(0, HEADER_SIZE), binding))
-        self._seg = self._cipher.segment_size
+        header = Header.parse(self._get(0, HEADER_SIZE), binding)
+        self._cipher = SegmentCipher(key, binding, header)
+        self._seg = header.segment_size
         self._size = plain_size
         self._final = segment_count(plain_size, segment_size=self._seg) - 1
         self._plain = bytearray(self._seg)
-        self._cached = -1
-        self._pos = 0
 
     def _get(self, start: int, end: int) -> bytes:
         data = self._fetch(start, end)

@@ -63,10 +63,6 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def sqlite_path(engine: AsyncEngine) -> Path:
-    return Path(engine.url.database or "")
-
-
 def create_engine(url: str | sa.URL, *, schema: str = SCHEMA, **engine_kw: Any) -> AsyncEngine:
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":

@@ -26,14 +26,45 @@ async def _patient(client, clinic) -> str:
     return (await resp.json())["id"]
 
 
-#: how to create, in a clinic, the resource a path parameter names
-RESOURCES = {"patient_id": _patient}
+def _jpeg() -> bytes:
+    import io
 
-#: a valid body for each route that takes one
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 90, 60)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+async def _media(client, clinic) -> str:
+    patient = await _patient(client, clinic)
+    resp = await client.post(
+        f"/v1/patients/{patient}/media", data=_jpeg(), headers={**clinic.auth("practitioner"), "Content-Type": "image/jpeg"}
+    )
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+#: how to create, in a clinic, the resource a path parameter names
+RESOURCES = {"patient_id": _patient, "media_id": _media}
+
+#: a valid body for each route that takes one: JSON, or (bytes, content type)
 BODIES = {
     ("POST", "/v1/patients"): lambda: {"external_ref": "MRN-" + secrets.token_hex(6)},
     ("PATCH", "/v1/patients/{patient_id}"): lambda: {"display_name": "Renamed"},
+    ("POST", "/v1/patients/{patient_id}/treatments"): lambda: {"name": "Filler", "performed_on": "2026-01-02"},
+    ("POST", "/v1/patients/{patient_id}/media"): lambda: (_jpeg(), "image/jpeg"),
+    ("PATCH", "/v1/media/{media_id}"): lambda: {"phase": "after"},
 }
+
+
+def _request_body(body) -> dict:
+    if body is None:
+        return {}
+    value = body()
+    if isinstance(value, tuple):
+        return {"data": value[0], "headers": {"Content-Type": value[1]}}
+    return {"json": value}
 
 
 async def _resources(client, clinic, names) -> dict[str, str]:
@@ -59,9 +90,10 @@ async def test_permission_matrix(client, clinic, other_clinic):
                 owner = clinic if whose == "own" else other_clinic
                 ids = await _resources(client, owner, names)
                 path = ep.path.format(**ids)
-                body = BODIES.get((ep.method, ep.path))
-                resp = await client.request(ep.method, path, json=body() if body else None, headers=clinic.auth(role))
-                text = await resp.text()
+                kwargs = _request_body(BODIES.get((ep.method, ep.path)))
+                headers = {**kwargs.pop("headers", {}), **clinic.auth(role)}
+                resp = await client.request(ep.method, path, headers=headers, **kwargs)
+                text = (await resp.read())[:300]
                 where = f"{ep.method} {ep.path} as {role} on {whose} tenant"
                 if role not in roles:
                     assert resp.status == 403, f"{where}: {resp.status} {text}"

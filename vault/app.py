@@ -20,7 +20,9 @@ from vault.config import Settings
 from vault.http.context import REQUEST_ID
 from vault.http.middleware import authorize_middleware, request_context, route_template
 from vault.http.routing import add_endpoints
+from vault.media import views as media_views
 from vault.patients import views as patient_views
+from vault.treatments import views as treatment_views
 from vault import system
 from vault.runtime import runtime
 
@@ -53,7 +55,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.middlewares.extend([request_context, authorize_middleware(authenticate, on_denied)])
     app.cleanup_ctx.append(_runtime)
-    for routes in (system.routes, patient_views.routes, audit_views.routes):
+    for routes in (system.routes, patient_views.routes, treatment_views.routes, media_views.routes, audit_views.routes):
         add_endpoints(app, routes)
     app.on_response_prepare.append(_security_headers)
     return app
@@ -74,4 +76,6 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.STORE] = rt.store
         app[appkeys.TENANTS] = rt.tenants
         app[appkeys.PATIENTS] = rt.patients
+        app[appkeys.TREATMENTS] = rt.treatments
+        app[appkeys.MEDIA] = rt.media
         yield

@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from vault.audit.service import AuditLog
     from vault.config import Settings
     from vault.db import Database
+    from vault.media.service import MediaService
     from vault.patients.service import PatientService
+    from vault.treatments.service import TreatmentService
     from vault.tenants.service import TenantService
 
 SETTINGS = web.AppKey("settings", "Settings")
@@ -21,4 +23,6 @@ KEYS = web.AppKey("keys", "KeyStore")
 STORE = web.AppKey("store", Any)
 TENANTS = web.AppKey("tenants", "TenantService")
 PATIENTS = web.AppKey("patients", "PatientService")
+TREATMENTS = web.AppKey("treatments", "TreatmentService")
+MEDIA = web.AppKey("media", "MediaService")
 METRICS = web.AppKey("metrics", Any)

@@ -13,9 +13,13 @@ from keys.store import KeyStore
 from vault.audit.service import AuditLog
 from vault.config import Settings
 from vault.db import Database
+from vault.media.processing import PhotoPipeline
+from vault.media.service import MediaService
 from vault.patients.service import PatientService
+from vault.sealed import SealedBlobs
 from vault.storage import open_store
 from vault.tenants.service import TenantService
+from vault.treatments.service import TreatmentService
 
 
 @dataclass
@@ -25,8 +29,11 @@ class Runtime:
     audit: AuditLog
     keys: KeyStore
     store: object
+    sealed: SealedBlobs
     tenants: TenantService
     patients: PatientService
+    treatments: TreatmentService
+    media: MediaService
 
 
 @asynccontextmanager
@@ -43,12 +50,21 @@ async def runtime(settings: Settings, *, group_commit: bool = True) -> AsyncIter
         stack.push_async_callback(keys.close)
         store = open_store(settings.storage_url)
         stack.push_async_callback(store.close)
+        pipeline = PhotoPipeline(
+            max_pixels=settings.max_pixels, face_model=str(settings.face_model) if settings.face_model else None
+        )
+        stack.callback(pipeline.close)
+        sealed = SealedBlobs(keys, store)
+        patients = PatientService(db, audit, keys)
         yield Runtime(
             settings=settings,
             db=db,
             audit=audit,
             keys=keys,
             store=store,
+            sealed=sealed,
             tenants=TenantService(db, audit, keys),
-            patients=PatientService(db, audit, keys),
+            patients=patients,
+            treatments=TreatmentService(db, audit, keys, patients),
+            media=MediaService(db, audit, keys, sealed, patients, pipeline),
         )

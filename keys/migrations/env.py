@@ -29,7 +29,9 @@ def _run(connection: Connection) -> None:
         target_metadata=metadata_for(schema),
         version_table=VERSION_TABLE,
         version_table_schema=schema,
-        include_schemas=False,
+        # Autogenerate/check look only at the key store's own schema.
+        include_schemas=schema is not None,
+        include_name=lambda name, kind, _parent: kind != "schema" or name == schema,
         transaction_per_migration=False,
     )
     with context.begin_transaction():

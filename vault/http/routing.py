@@ -67,6 +67,8 @@ ENDPOINTS = web.AppKey("endpoints", list[Endpoint])
 def add_endpoints(app: web.Application, endpoints: Endpoints) -> None:
     registered = app.setdefault(ENDPOINTS, [])
     for endpoint in endpoints.items:
-        # GET routes answer HEAD too (aiohttp adds it), which the content routes need.
-        app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+        if endpoint.method == "GET":  # GET routes answer HEAD too, which the content routes need
+            app.router.add_get(endpoint.path, endpoint.handler, allow_head=True)
+        else:
+            app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
         registered.append(endpoint)

@@ -10,7 +10,7 @@ put holds at most two parts in memory. S3 shows neither kind until it is complet
 failed or cancelled put aborts its upload. Uploads orphaned by a crash are aborted by
 :meth:`S3Store.sweep_partials` (or a bucket lifecycle rule).
 
-Vendor errors stop here (see :func:`_translated`): a missing object is
+Vendor errors stop here (see :mod:`vault.storage.s3_errors`): a missing object is
 :class:`~vault.errors.BlobNotFound`; timeouts, dropped connections, 5xx and throttling
 (after botocore's own retries) are :class:`~vault.errors.StorageUnavailable`.
 """
@@ -19,28 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError as BotoConnectionError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    SSLError,
-)
+from botocore.exceptions import ClientError
 
-from vault.errors import BlobNotFound, ConfigError, StorageError, StorageUnavailable
+from vault.errors import BlobNotFound, ConfigError, StorageError
 from vault.storage.base import (
     DEFAULT_CHUNK_SIZE,
     BlobReader,
@@ -51,6 +41,7 @@ from vault.storage.base import (
     check_size_hint,
     open_off_loop,
 )
+from vault.storage.s3_errors import error_code, translated
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +49,6 @@ MIN_PART_SIZE = 5 << 20  # S3's floor for every part but the last
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 8 << 20
 
-_MISSING = {"NoSuchKey", "404", "NotFound"}
-_TRANSIENT = {
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
-    "ThrottlingException", "RequestLimitExceeded", "RequestTimeTooSkewed", "503", "500",
-}
 _URL_OPTIONS = {
     "endpoint_url", "region", "addressing_style", "connect_timeout", "read_timeout",
     "max_attempts", "part_size",
@@ -83,41 +69,6 @@ def _new_client(**kwargs: Any) -> Any:
         return _session.client("s3", **kwargs)
 
 
-def _error_code(exc: ClientError) -> tuple[str, int]:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    # The code goes into a message: keep it to a short token, whatever the server sent.
-    return re.sub(r"[^A-Za-z0-9.]", "", code)[:64], status
-
-
-@contextmanager
-def _translated(key: str | None = None) -> Iterator[None]:
-    """Run a boto call, raising only vault errors. Messages never carry bucket or key."""
-    try:
-        yield
-    except ClientError as exc:
-        code, status = _error_code(exc)
-        if key is not None and code in _MISSING:
-            raise BlobNotFound(key) from None
-        if status >= 500 or code in _TRANSIENT:
-            raise StorageUnavailable() from None
-        if code == "NoSuchBucket":
-            raise StorageError("the configured bucket does not exist") from None
-        if status == 403 or code == "AccessDenied":
-            raise StorageError("object storage denied access") from None
-        raise StorageError(f"object storage error ({code or status})") from None
-    except SSLError:
-        # A certificate problem is configuration; retrying will not fix it.
-        raise StorageError("object storage TLS handshake failed") from None
-    except (BotoConnectionError, HTTPClientError, IncompleteReadError):
-        # Refused connections, connect/read timeouts, dropped connections, cut bodies.
-        raise StorageUnavailable() from None
-    except (NoCredentialsError, PartialCredentialsError):
-        raise StorageError("object storage credentials are missing") from None
-    except BotoCoreError as exc:
-        raise StorageError(f"object storage request failed ({type(exc).__name__})") from None
-
-
 class _S3Reader(BlobReader):
     def __init__(self, body: Any, key: str, *, length: int, total_size: int, chunk_size: int) -> None:
         super().__init__(length=length, total_size=total_size, chunk_size=chunk_size)
@@ -125,7 +76,7 @@ class _S3Reader(BlobReader):
         self._key = key
 
     def _read_blocking(self, n: int) -> bytes:
-        with _translated(self._key):
+        with translated(self._key):
             return self._body.read(n)
 
     def _close_blocking(self) -> None:
@@ -192,7 +143,7 @@ class _Upload:
     # The rest runs in worker threads.
 
     def _create(self) -> None:
-        with _translated():
+        with translated():
             resp = self._store._client.create_multipart_upload(
                 Bucket=self._store.bucket, Key=self._object_key,
                 ContentType="application/octet-stream", ChecksumAlgorithm="CRC32",
@@ -200,7 +151,7 @@ class _Upload:
         self._upload_id = resp["UploadId"]
 
     def _upload_part(self, number: int, data: bytes) -> None:
-        with _translated():
+        with translated():
             resp = self._store._client.upload_part(
                 Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id,
                 PartNumber=number, Body=data, ChecksumAlgorithm="CRC32",
@@ -211,7 +162,7 @@ class _Upload:
         self._parts.append(part)
 
     def _complete(self) -> None:
-        with _translated():
+        with translated():
             self._store._client.complete_multipart_upload(
                 Bucket=self._store.bucket, Key=self._object_key, UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
@@ -219,7 +170,7 @@ class _Upload:
         self._stored = True
 
     def _put_single(self, data: bytes) -> None:
-        with _translated():
+        with translated():
             self._store._client.put_object(
                 Bucket=self._store.bucket, Key=self._object_key, Body=data,
                 ContentType="application/octet-stream",
@@ -229,7 +180,7 @@ class _Upload:
     def _undo(self) -> None:
         if self._stored:
             # Cancelled while the last call was landing: the caller was told it failed.
-            with _translated():
+            with translated():
                 self._store._client.delete_object(Bucket=self._store.bucket, Key=self._object_key)
         elif self._upload_id is not None:
             self._store._abort_upload(self._object_key, self._upload_id)
@@ -316,7 +267,7 @@ class S3Store:
 
     async def _call(self, key: str | None, fn: Callable[..., Any], /, **kwargs: Any) -> Any:
         def call() -> Any:
-            with _translated(key):
+            with translated(key):
                 return fn(**kwargs)
 
         return await asyncio.to_thread(call)
@@ -367,13 +318,13 @@ class S3Store:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._object_key(key)}
         if start or end is not None:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        with _translated(key):
+        with translated(key):
             try:
                 resp = self._client.get_object(**kwargs)
             except ClientError as exc:
                 # S3 answers 416 for a start at or past the end (and for any range on
                 # an empty object); slice rules make that an empty read.
-                if _error_code(exc)[0] != "InvalidRange":
+                if error_code(exc)[0] != "InvalidRange":
                     raise
                 return None, 0, self._head(key)
         length = int(resp["ContentLength"])
@@ -381,7 +332,7 @@ class S3Store:
         return resp["Body"], length, total
 
     def _head(self, key: str) -> int:
-        with _translated(key):
+        with translated(key):
             return int(self._client.head_object(Bucket=self.bucket, Key=self._object_key(key))["ContentLength"])
 
     async def read(self, key: str, *, start: int = 0, end: int | None = None) -> bytes:
@@ -394,7 +345,7 @@ class S3Store:
         if body is None:
             return b""
         try:
-            with _translated(key):
+            with translated(key):
                 return body.read()
         finally:
             body.close()
@@ -453,12 +404,12 @@ class S3Store:
         return len(stale)
 
     def _abort_upload(self, object_key: str, upload_id: str) -> None:
-        with _translated():
+        with translated():
             try:
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
             except ClientError as exc:
                 # Another sweeper or the writer itself got there first.
-                if _error_code(exc)[0] != "NoSuchUpload":
+                if error_code(exc)[0] != "NoSuchUpload":
                     raise
 
     async def close(self) -> None:

@@ -1,0 +1,1 @@
+from tests.pipeline.conftest import exiftool, yunet_model  # noqa: F401  (shared fixtures)

@@ -1,0 +1,67 @@
+"""Redaction: opaque fill over every face with a margin, oriented, no metadata."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import skimage.data
+from PIL import Image
+
+from tests.pipeline import samples
+from tests.pipeline.leaks import identifying_tags, planted_markers
+from vault.pipeline import YuNetOnnxDetector, process_photo, redact_faces
+
+MAX_PIXELS = 50_000_000
+
+
+def _astronaut_sideways() -> bytes:
+    """The astronaut stored rotated, with Orientation=6 and every kind of metadata."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = samples.MARKERS["make"]
+    out = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).transpose(Image.Transpose.ROTATE_90).save(
+        out, "JPEG", quality=92, exif=exif.tobytes(), comment=samples.MARKERS["comment"].encode(),
+        icc_profile=samples.srgb_icc())
+    return out.getvalue()
+
+
+def test_redacted_faces_are_opaque_and_undetectable(yunet_model, exiftool):
+    detector = YuNetOnnxDetector(yunet_model)
+    photo = process_photo(_astronaut_sideways(), max_pixels=MAX_PIXELS, detector=detector)
+    assert photo.faces.count == 1
+    redacted = redact_faces(photo.stripped, photo.faces.boxes, margin=0.25)
+
+    image = Image.open(io.BytesIO(redacted))
+    assert image.format == "JPEG" and image.size == (photo.width, photo.height)  # oriented
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    x, y, w, h = photo.faces.boxes[0]
+    margin_x, margin_y = int(w * 0.25), int(h * 0.25)
+    # The face and its margin are black (JPEG ringing only at the very edge).
+    inner = pixels[y - margin_y + 4:y + h + margin_y - 4, x - margin_x + 4:x + w + margin_x - 4]
+    assert inner.max() <= 12
+    # Outside the box, the picture is unchanged apart from re-encoding.
+    original = np.asarray(Image.open(io.BytesIO(photo.thumbnails[1024])).convert("RGB"), dtype=np.int16)
+    assert np.abs(pixels[:, :x - margin_x - 8] - original[:, :x - margin_x - 8]).mean() < 6
+
+    assert detector.detect(np.asarray(image.convert("RGB"))) == []
+    assert identifying_tags(exiftool.tags(redacted)) == []
+    assert planted_markers(redacted) == []
+    assert image.info.get("icc_profile") == samples.srgb_icc()
+
+
+def test_boxes_are_clipped_to_the_image():
+    data = io.BytesIO()
+    samples.picture(100, 80).save(data, "PNG")
+    redacted = Image.open(io.BytesIO(redact_faces(data.getvalue(), [[-20, -20, 50, 50], [90, 70, 40, 40]])))
+    pixels = np.asarray(redacted.convert("RGB"), dtype=np.int16)
+    assert pixels[:28, :28].max() <= 12 and pixels[-5:, -5:].max() <= 12
+    assert pixels[40, 50].max() > 30
+
+
+def test_no_boxes_means_a_clean_reencode():
+    data = io.BytesIO()
+    samples.picture(100, 80).save(data, "PNG")
+    redacted = Image.open(io.BytesIO(redact_faces(data.getvalue(), [])))
+    assert redacted.size == (100, 80) and np.asarray(redacted).max() > 30

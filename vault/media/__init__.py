@@ -1,0 +1,1 @@
+"""Media: photos and videos, their encrypted renditions, upload and fetch."""

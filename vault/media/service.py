@@ -1,0 +1,304 @@
+"""Media use cases: photo upload (strip, thumbnails, faces, encrypt, store, commit),
+metadata, content and thumbnail fetches, listings and reviews.
+
+Ordering on upload: blobs are encrypted and stored first, then one transaction
+writes the media row, its blob rows and the audit entry. If that transaction
+fails, the blobs are shredded (object key first). A crash in between leaves only
+ciphertext whose object keys the clean-up job finds unreferenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vault.actor import Actor
+from vault.audit.service import AuditEvent, AuditLog
+from vault.db import Database, new_id, utcnow
+from vault.errors import IdempotencyConflict, NotFound, NotReady
+from vault.media.models import (
+    ORIGINAL,
+    PHOTO,
+    READY,
+    THUMBNAILS,
+    Media,
+    MediaBlob,
+)
+from vault.media.processing import PhotoPipeline
+from vault.patients.service import PatientService
+from vault.sealed import SealedBlobs, SealedRef
+from vault.treatments.service import TreatmentService
+
+IDEMPOTENCY_INDEX = "media.idempotency-key"
+BODY_INDEX = "media.body"
+
+
+def sealed_ref(blob: MediaBlob) -> SealedRef:
+    return SealedRef(id=blob.id, tenant_id=blob.tenant_id, patient_id=blob.patient_id, plain_size=blob.plain_size)
+
+
+@dataclass(frozen=True)
+class Content:
+    """A rendition to serve: its reference and what the HTTP layer needs."""
+
+    ref: SealedRef
+    mime: str
+    etag: str
+
+
+class MediaService:
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditLog,
+        keys,
+        sealed: SealedBlobs,
+        patients: PatientService,
+        pipeline: PhotoPipeline,
+    ) -> None:
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.sealed = sealed
+        self.patients = patients
+        self.pipeline = pipeline
+
+    # -- loading -------------------------------------------------------------------------
+    async def load(self, session: AsyncSession, actor: Actor, media_id: str, *, lock: bool = False) -> Media:
+        """The media of the actor's tenant whose patient is not erased, else NotFound/Gone."""
+        query = select(Media).where(Media.id == media_id, Media.tenant_id == actor.tenant_id)
+        if lock:
+            query = query.with_for_update()
+        media = (await session.execute(query)).scalar_one_or_none()
+        if media is None:
+            raise NotFound("no such media")
+        await self.patients.load(session, actor, media.patient_id)  # erased patient -> 410
+        return media
+
+    async def _blobs(self, session: AsyncSession, media_id: str) -> dict[str, MediaBlob]:
+        rows = (await session.execute(select(MediaBlob).where(MediaBlob.media_id == media_id))).scalars()
+        return {b.rendition: b for b in rows}
+
+    # -- upload --------------------------------------------------------------------------
+    async def _digests(self, actor: Actor, patient_id: str, idempotency_key: str | None, data: bytes) -> tuple[str | None, str | None]:
+        if idempotency_key is None:
+            return None, None
+        scope = f"{actor.token_id}|{patient_id}|{idempotency_key}"
+        key_digest = await self.keys.blind_index(actor.tenant_id, IDEMPOTENCY_INDEX, scope)
+        # keyed, so the stored digest cannot confirm a guessed photo
+        body_digest = await self.keys.blind_index(actor.tenant_id, BODY_INDEX, hashlib.sha256(data).hexdigest())
+        return key_digest, body_digest
+
+    async def _replay(self, session: AsyncSession, tenant_id: str, key_digest: str, body_digest: str) -> Media | None:
+        existing = (
+            await session.execute(select(Media).where(Media.tenant_id == tenant_id, Media.idempotency_key == key_digest))
+        ).scalar_one_or_none()
+        if existing is not None and existing.body_digest != body_digest:
+            raise IdempotencyConflict()
+        return existing
+
+    async def check_target(self, actor: Actor, patient_id: str, treatment_id: str | None) -> None:
+        async with self.db.session() as session:
+            patient = await self.patients.load(session, actor, patient_id)
+            if treatment_id is not None:
+                await TreatmentService.owned(session, tenant_id=actor.tenant_id, patient_id=patient.id, treatment_id=treatment_id)
+
+    async def upload_photo(
+        self,
+        actor: Actor,
+        patient_id: str,
+        data: bytes,
+        *,
+        phase: str,
+        treatment_id: str | None,
+        idempotency_key: str | None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Returns (media view, created). A replayed Idempotency-Key returns the first media."""
+        key_digest, body_digest = await self._digests(actor, patient_id, idempotency_key, data)
+        async with self.db.session() as session:
+            patient = await self.patients.load(session, actor, patient_id)
+            if treatment_id is not None:
+                await TreatmentService.owned(session, tenant_id=actor.tenant_id, patient_id=patient.id, treatment_id=treatment_id)
+            if key_digest is not None:
+                existing = await self._replay(session, actor.tenant_id, key_digest, body_digest)
+                if existing is not None:
+                    return await self._view_and_audit(actor, existing, "media.upload.replay"), False
+
+        photo = await self.pipeline.process(data)
+        del data
+        media = Media(
+            id=new_id(),
+            tenant_id=actor.tenant_id,
+            patient_id=patient_id,
+            treatment_id=treatment_id,
+            kind=PHOTO,
+            status=READY,
+            phase=phase,
+            mime=photo.mime,
+            width=photo.width,
+            height=photo.height,
+            faces_detected=photo.faces.detected,
+            faces_count=photo.faces.count,
+            faces_boxes=json.dumps(photo.faces.boxes),
+            faces_assumed=photo.faces.assumed,
+            face_detector=photo.faces.detector,
+            idempotency_key=key_digest,
+            body_digest=body_digest,
+            created_by=actor.token_id,
+        )
+        media.capture = await self.keys.seal_field(
+            actor.tenant_id, patient_id, table="media", column="capture", row_id=media.id,
+            value=json.dumps(photo.capture, default=str),
+        )
+        renditions = {ORIGINAL: (photo.stripped, photo.mime)}
+        renditions.update({THUMBNAILS[size]: (data, "image/jpeg") for size, data in photo.thumbnails.items()})
+        refs = await asyncio.gather(*(self.sealed.put_bytes(actor.tenant_id, patient_id, d) for d, _ in renditions.values()))
+        try:
+            async with self.db.transaction() as session:
+                patient = await self.patients.load(session, actor, patient_id, lock=True)  # not erased meanwhile
+                if key_digest is not None:
+                    existing = await self._replay(session, actor.tenant_id, key_digest, body_digest)
+                    if existing is not None:  # a concurrent retry won the race
+                        raise _Superseded(existing)
+                session.add(media)
+                await session.flush()
+                for (rendition, (_, mime)), ref in zip(renditions.items(), refs, strict=True):
+                    session.add(MediaBlob(id=ref.id, media_id=media.id, tenant_id=actor.tenant_id, patient_id=patient_id,
+                                          rendition=rendition, mime=mime, plain_size=ref.plain_size))
+                await self.audit.append(session, AuditEvent.of(actor, "media.upload", patient_id=patient_id, media_id=media.id))
+        except _Superseded as won:
+            await asyncio.gather(*(self.sealed.destroy(ref) for ref in refs))
+            return await self._view_and_audit(actor, won.media, "media.upload.replay"), False
+        except BaseException:
+            await asyncio.gather(*(self.sealed.destroy(ref) for ref in refs), return_exceptions=True)
+            raise
+        return await self.view(media), True
+
+    # -- reading -------------------------------------------------------------------------
+    async def view(self, media: Media, *, with_capture: bool = True) -> dict[str, Any]:
+        capture = None
+        if with_capture and media.capture is not None:
+            capture = json.loads(
+                await self.keys.open_field(media.tenant_id, media.patient_id, table="media", column="capture",
+                                           row_id=media.id, sealed=media.capture)
+            )
+        return {
+            "id": media.id,
+            "patient_id": media.patient_id,
+            "treatment_id": media.treatment_id,
+            "kind": media.kind,
+            "status": media.status,
+            "phase": media.phase,
+            "mime": media.mime,
+            "width": media.width,
+            "height": media.height,
+            "faces": face_summary(media),
+            "capture": capture,
+            "failure_reason": media.failure_reason,
+            "created_at": media.created_at.isoformat(),
+            "updated_at": media.updated_at.isoformat(),
+        }
+
+    async def _view_and_audit(self, actor: Actor, media: Media, action: str) -> dict[str, Any]:
+        view = await self.view(media)
+        await self.audit.record(AuditEvent.of(actor, action, patient_id=media.patient_id, media_id=media.id))
+        return view
+
+    async def get(self, actor: Actor, media_id: str) -> dict[str, Any]:
+        async with self.db.session() as session:
+            media = await self.load(session, actor, media_id)
+        return await self._view_and_audit(actor, media, "media.read")
+
+    async def content(self, actor: Actor, media_id: str, *, rendition: str, action: str) -> Content:
+        """The rendition to serve, after the tenant check and a durable audit entry."""
+        async with self.db.session() as session:
+            media = await self.load(session, actor, media_id)
+            if media.status != READY:
+                raise NotReady(details={"status": media.status})
+            blob = (await self._blobs(session, media.id)).get(rendition)
+        if blob is None:
+            raise NotFound("no such rendition")
+        await self.audit.record(AuditEvent.of(actor, action, patient_id=media.patient_id, media_id=media.id, rendition=rendition))
+        return Content(ref=sealed_ref(blob), mime=blob.mime, etag=f'"{blob.id}"')
+
+    async def read_all(self, content: Content) -> bytes:
+        return await self.sealed.read(content.ref)
+
+    async def stream(self, content: Content, start: int, end: int) -> AsyncIterator[bytes]:
+        return await self.sealed.stream(content.ref, start, end)
+
+    async def page(
+        self,
+        actor: Actor,
+        patient_id: str,
+        *,
+        cursor: str | None,
+        limit: int,
+        phase: str | None,
+        treatment_id: str | None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        async with self.db.session() as session:
+            patient = await self.patients.load(session, actor, patient_id)
+            query = select(Media).where(Media.patient_id == patient.id, Media.tenant_id == actor.tenant_id)
+            if phase:
+                query = query.where(Media.phase == phase)
+            if treatment_id:
+                query = query.where(Media.treatment_id == treatment_id)
+            if cursor:
+                query = query.where(Media.id > cursor)
+            rows = (await session.execute(query.order_by(Media.id).limit(limit + 1))).scalars().all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [await self.view(m, with_capture=False) for m in rows]
+        await self.audit.record(AuditEvent.of(actor, "media.list", patient_id=patient_id, count=str(len(items))))
+        return items, (rows[-1].id if more else None)
+
+    # -- changes -------------------------------------------------------------------------
+    async def update(self, actor: Actor, media_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        async with self.db.transaction() as session:
+            media = await self.load(session, actor, media_id, lock=True)
+            if "treatment_id" in changes and changes["treatment_id"] is not None:
+                await TreatmentService.owned(session, tenant_id=actor.tenant_id, patient_id=media.patient_id,
+                                             treatment_id=changes["treatment_id"])
+            for field in ("phase", "treatment_id"):
+                if field in changes:
+                    setattr(media, field, changes[field])
+            if "identifiable" in changes:
+                value = changes["identifiable"]
+                media.face_review = None if value is None else ("identifiable" if value else "not_identifiable")
+                media.reviewed_by = actor.token_id
+            media.updated_at = utcnow()
+            await self.audit.append(session, AuditEvent.of(actor, "media.update", patient_id=media.patient_id,
+                                                           media_id=media.id, fields=",".join(sorted(changes))))
+        return await self.view(media)
+
+
+def face_summary(media: Media) -> dict[str, Any]:
+    """The detector's finding and a person's review; ``identifiable`` is what counts."""
+    if media.face_review == "identifiable":
+        identifiable = True
+    elif media.face_review == "not_identifiable":
+        identifiable = False
+    else:
+        identifiable = media.faces_detected
+    return {
+        "detected": media.faces_detected,
+        "count": media.faces_count,
+        "boxes": json.loads(media.faces_boxes),
+        "assumed": media.faces_assumed,
+        "detector": media.face_detector,
+        "review": media.face_review,
+        "identifiable": identifiable,
+    }
+
+
+class _Superseded(Exception):
+    def __init__(self, media: Media) -> None:
+        self.media = media

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from vault.appkeys import MEDIA, SETTINGS
+from vault.errors import UnsupportedMedia, ValidationFailed
+from vault.http.context import actor_of
+from vault.http.jsonio import json_response, parse_query, read_json
+from vault.http.ranges import parse_range
+from vault.http.routing import Endpoints
+from vault.media.models import ORIGINAL, THUMBNAILS
+from vault.media.upload import PHOTO_TYPES, VIDEO_TYPES, check_matches, read_photo_body
+from vault.pipeline.sniff import SNIFF_BYTES, sniff
+
+routes = Endpoints("media")
+Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+Phase = Literal["before", "after", "progress", "adverse", "other"]
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic", "video/mp4": "mp4"}
+
+
+class UploadQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    phase: Phase = "other"
+    treatment_id: Id | None = None
+
+
+class MediaQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cursor: Id | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    phase: Phase | None = None
+    treatment_id: Id | None = None
+
+
+class MediaPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    phase: Phase | None = None
+    treatment_id: Id | None = None
+    identifiable: bool | None = Field(default=None, description="a person's review of the face flag; overrides the detector")
+
+
+class ThumbnailQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: Literal["256", "1024"] = "256"
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ValidationFailed("Idempotency-Key must be 1-255 visible ASCII characters")
+    return key
+
+
+@routes.post(
+    "/v1/patients/{patient_id}/media",
+    summary="Upload a photo (raw body with its media type, or multipart field 'file')",
+    query=UploadQuery,
+    request_media=tuple(sorted(PHOTO_TYPES)) + ("multipart/form-data",),
+    status=201,
+    errors=(404, 409, 410, 413, 415, 422),
+)
+async def upload_media(request: web.Request) -> web.Response:
+    query = parse_query(request, UploadQuery)
+    key = _idempotency_key(request)
+    actor = actor_of(request)
+    service = request.app[MEDIA]
+    patient_id = request.match_info["patient_id"]
+    await service.check_target(actor, patient_id, query.treatment_id)  # 404 before reading any body
+    body = await read_photo_body(request, limit=request.app[SETTINGS].max_photo_bytes)
+    sniffed = sniff(body.data[:SNIFF_BYTES])
+    if sniffed is None:
+        raise UnsupportedMedia("not a supported photo type", details={"accepted": sorted(PHOTO_TYPES)})
+    check_matches(body.declared, sniffed)
+    if sniffed in VIDEO_TYPES:
+        raise UnsupportedMedia("video uploads are not accepted yet", details={"detected": sniffed})
+    view, created = await service.upload_photo(
+        actor, patient_id, body.data, phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key
+    )
+    return json_response(view, status=201 if created else 200)
+
+
+@routes.get("/v1/patients/{patient_id}/media", summary="List a patient's media (keyset pages, before/after groups)", query=MediaQuery, errors=(404, 410, 422))
+async def list_media(request: web.Request) -> web.Response:
+    q = parse_query(request, MediaQuery)
+    items, next_cursor = await request.app[MEDIA].page(
+        actor_of(request), request.match_info["patient_id"], cursor=q.cursor, limit=q.limit, phase=q.phase, treatment_id=q.treatment_id
+    )
+    groups: dict[str, dict[str, list[str]]] = {}
+    for item in items:
+        if item["treatment_id"] and item["phase"] in ("before", "after"):
+            groups.setdefault(item["treatment_id"], {"before": [], "after": []})[item["phase"]].append(item["id"])
+    return json_response({"items": items, "next_cursor": next_cursor, "groups": groups})
+
+
+@routes.get("/v1/media/{media_id}", summary="Media metadata", errors=(404, 410))
+async def get_media(request: web.Request) -> web.Response:
+    return json_response(await request.app[MEDIA].get(actor_of(request), request.match_info["media_id"]))
+
+
+@routes.patch("/v1/media/{media_id}", summary="Change phase or treatment, or record a face review", body=MediaPatch, errors=(404, 410, 422))
+async def patch_media(request: web.Request) -> web.Response:
+    body = await read_json(request, MediaPatch, limit=request.app[SETTINGS].max_json_bytes)
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("phase", "") is None:
+        raise ValidationFailed(details={"errors": [{"field": "phase", "problem": "null"}]})
+    view = await request.app[MEDIA].update(actor_of(request), request.match_info["media_id"], changes)
+    return json_response(view)
+
+
+def _private(response: web.StreamResponse, etag: str) -> None:
+    response.headers["Cache-Control"] = "private, no-store"
+    response.headers["ETag"] = etag
+    response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+@routes.get("/v1/media/{media_id}/content", summary="The stripped original (Range and HEAD supported)", response_media="application/octet-stream", errors=(404, 409, 410, 416))
+async def media_content(request: web.Request) -> web.StreamResponse:
+    service = request.app[MEDIA]
+    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=ORIGINAL, action="media.content")
+    size = content.ref.plain_size
+    wanted = parse_range(request.headers.get("Range"), size)
+    start, end = wanted or (0, size)
+    response = web.StreamResponse(status=206 if wanted else 200)
+    response.content_type = content.mime
+    response.content_length = end - start
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["Content-Disposition"] = f'inline; filename="{request.match_info["media_id"]}.{EXTENSIONS.get(content.mime, "bin")}"'
+    if wanted:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    _private(response, content.etag)
+    await response.prepare(request)
+    if request.method != "HEAD" and end > start:
+        async for piece in await service.stream(content, start, end):
+            await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+@routes.get("/v1/media/{media_id}/thumbnail", summary="A JPEG thumbnail, 256 or 1024 px", query=ThumbnailQuery, response_media="image/jpeg", errors=(404, 409, 410, 422))
+async def media_thumbnail(request: web.Request) -> web.Response:
+    q = parse_query(request, ThumbnailQuery)
+    service = request.app[MEDIA]
+    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=THUMBNAILS[int(q.size)], action="media.thumbnail")
+    body = await service.read_all(content)
+    response = web.Response(body=body, content_type="image/jpeg")
+    _private(response, content.etag)
+    return response

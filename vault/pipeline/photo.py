@@ -1,0 +1,70 @@
+"""The photo pipeline: bytes in, everything the vault stores about a photo out.
+
+Pure and synchronous (CPU-bound): no HTTP, database, keys or storage. The caller runs it
+in a process or thread pool, then encrypts and stores each rendition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vault.errors import CorruptMedia, PixelLimit, UnsupportedMedia
+from vault.pipeline.capture import extract_capture
+from vault.pipeline.faces import FaceDetector, Faces, detect_faces
+from vault.pipeline.sanitize import SANITIZERS
+from vault.pipeline.sniff import SNIFF_BYTES, sniff
+from vault.pipeline.thumbnails import decode, make_thumbnails
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedPhoto:
+    """``stripped`` is the file to store (same format as the upload, pixels untouched).
+
+    ``width``/``height`` are as displayed (orientation applied), the frame face boxes refer
+    to; ``orientation`` is the EXIF value (1..8) the stripped file still carries.
+    ``capture`` is personal data: encrypt it under the patient key.
+    """
+
+    mime: str
+    stripped: bytes = field(repr=False)
+    width: int
+    height: int
+    orientation: int
+    capture: dict[str, Any] = field(repr=False)
+    thumbnails: dict[int, bytes] = field(repr=False)
+    faces: Faces
+
+
+def process_photo(data: bytes, *, max_pixels: int, detector: FaceDetector) -> ProcessedPhoto:
+    """Sniff, strip, read capture metadata, decode once, make thumbnails, flag faces.
+
+    Raises ``UnsupportedMedia`` (not a photo type we handle), ``CorruptMedia`` (empty,
+    truncated, damaged or not what it seems) and ``PixelLimit`` (more than ``max_pixels``,
+    checked from the header before any pixel is decoded).
+    """
+    if not data:
+        raise CorruptMedia("the body is empty")
+    mime = sniff(data[:SNIFF_BYTES])
+    sanitizer = SANITIZERS.get(mime) if mime else None
+    if sanitizer is None:
+        raise UnsupportedMedia(details={"detected": mime})
+    sanitized = sanitizer.sanitize(data)
+    if sanitized.pixels > max_pixels:
+        raise PixelLimit(details={"pixels": sanitized.pixels, "max_pixels": max_pixels})
+
+    # Decode the stripped bytes: the renditions come from exactly what is stored.
+    decoded = decode(sanitized.data, mime=sanitized.mime, max_pixels=max_pixels)
+    width, height = decoded.size
+    capture = extract_capture(sanitized.original_exif, orientation=sanitized.orientation,
+                              width=width, height=height)
+    return ProcessedPhoto(
+        mime=sanitized.mime,
+        stripped=sanitized.data,
+        width=width,
+        height=height,
+        orientation=sanitized.orientation,
+        capture=capture,
+        thumbnails=make_thumbnails(decoded),
+        faces=detect_faces(decoded.image, full_size=decoded.size, detector=detector),
+    )

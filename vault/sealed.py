@@ -1,0 +1,111 @@
+"""Sealed blobs: the one place that joins the key store and the blob store.
+
+Every blob gets a fresh random id, which is both its storage key (no patient
+identifier in any path) and its key-store object id: a new 256-bit object key,
+wrapped by the patient DEK, so no (key, nonce) pair is ever reused and one blob
+can be shredded alone. Decryption binds the ids the caller got from the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+
+from keys.blob import Binding, decrypt_bytes, decrypt_range_stream, encrypt_bytes, encrypt_stream
+from keys.blobio import ciphertext_size
+from keys.errors import KeyDestroyed, KeyNotFound
+from vault.db import new_id
+from vault.errors import Gone
+
+
+@dataclass(frozen=True)
+class SealedRef:
+    """What the database keeps about a stored blob."""
+
+    id: str
+    tenant_id: str
+    patient_id: str
+    plain_size: int
+
+    @property
+    def binding(self) -> Binding:
+        return Binding(tenant_id=self.tenant_id, patient_id=self.patient_id, object_id=self.id, key_id=self.id)
+
+
+class SealedBlobs:
+    def __init__(self, keys, store) -> None:
+        self.keys = keys
+        self.store = store
+
+    async def _new(self, tenant_id: str, patient_id: str, plain_size: int) -> tuple[SealedRef, bytes]:
+        ref = SealedRef(id=new_id(), tenant_id=tenant_id, patient_id=patient_id, plain_size=plain_size)
+        key = await self.keys.new_object_key(tenant_id, patient_id, ref.id)
+        return ref, key
+
+    async def put_bytes(self, tenant_id: str, patient_id: str, data: bytes) -> SealedRef:
+        ref, key = await self._new(tenant_id, patient_id, len(data))
+        sealed = encrypt_bytes(key, ref.binding, data)
+
+        async def one():
+            yield sealed
+
+        try:
+            await self.store.put(ref.id, one(), size_hint=len(sealed))
+        except BaseException:
+            await self.keys.destroy_object(tenant_id, patient_id, ref.id)
+            raise
+        return ref
+
+    async def put_stream(self, tenant_id: str, patient_id: str, chunks: AsyncIterable[bytes]) -> SealedRef:
+        """Encrypt and store a stream; the plaintext size is known only at the end."""
+        ref, key = await self._new(tenant_id, patient_id, 0)
+        counted = _Counter(chunks)
+        try:
+            await self.store.put(ref.id, encrypt_stream(key, ref.binding, counted))
+        except BaseException:
+            await self.keys.destroy_object(tenant_id, patient_id, ref.id)
+            raise
+        return SealedRef(id=ref.id, tenant_id=tenant_id, patient_id=patient_id, plain_size=counted.size)
+
+    async def _key(self, ref: SealedRef) -> bytes:
+        try:
+            return await self.keys.object_key(ref.tenant_id, ref.patient_id, ref.id)
+        except (KeyDestroyed, KeyNotFound):
+            raise Gone("the data has been erased") from None
+
+    async def read(self, ref: SealedRef) -> bytes:
+        key = await self._key(ref)
+        return decrypt_bytes(key, ref.binding, await self.store.read(ref.id))
+
+    async def stream(self, ref: SealedRef, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Plaintext ``[start, end)``; reads and decrypts only the segments it touches."""
+        key = await self._key(ref)
+        end = ref.plain_size if end is None else end
+
+        async def fetch(cstart: int, cend: int) -> bytes:
+            return await self.store.read(ref.id, start=cstart, end=cend)
+
+        return decrypt_range_stream(key, ref.binding, fetch, start, end, ref.plain_size)
+
+    async def destroy(self, ref: SealedRef) -> None:
+        """Shred first (the key), then delete the bytes; a crash in between leaves only ciphertext."""
+        await self.keys.destroy_object(ref.tenant_id, ref.patient_id, ref.id)
+        await self.store.delete(ref.id)
+
+    @staticmethod
+    def stored_size(plain_size: int) -> int:
+        return ciphertext_size(plain_size)
+
+
+class _Counter:
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self.chunks = chunks
+        self.size = 0
+
+    def __aiter__(self):
+        return self._run()
+
+    async def _run(self):
+        async for chunk in self.chunks:
+            self.size += len(chunk)
+            yield chunk

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vault.actor import Actor
+from vault.audit.service import AuditEvent, AuditLog
+from vault.db import Database, new_id
+from vault.errors import NotFound
+from vault.patients.service import PatientService
+from vault.treatments.models import Treatment
+
+SEALED = ("name", "area", "details")
+
+
+@dataclass(frozen=True)
+class TreatmentView:
+    id: str
+    patient_id: str
+    name: str
+    area: str | None
+    details: str | None
+    performed_on: date
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "patient_id": self.patient_id,
+            "name": self.name,
+            "area": self.area,
+            "details": self.details,
+            "performed_on": self.performed_on.isoformat(),
+        }
+
+
+class TreatmentService:
+    def __init__(self, db: Database, audit: AuditLog, keys, patients: PatientService) -> None:
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.patients = patients
+
+    async def _seal(self, t: Treatment, column: str, value: str | None) -> bytes | None:
+        if value is None:
+            return None
+        return await self.keys.seal_field(t.tenant_id, t.patient_id, table="treatments", column=column, row_id=t.id, value=value)
+
+    async def view(self, t: Treatment) -> TreatmentView:
+        values = {}
+        for column in SEALED:
+            sealed = getattr(t, column)
+            values[column] = None if sealed is None else (
+                await self.keys.open_field(t.tenant_id, t.patient_id, table="treatments", column=column, row_id=t.id, sealed=sealed)
+            ).decode()
+        return TreatmentView(id=t.id, patient_id=t.patient_id, performed_on=t.performed_on, **values)
+
+    async def create(self, actor: Actor, patient_id: str, *, name: str, performed_on: date, area: str | None, details: str | None) -> TreatmentView:
+        async with self.db.transaction() as session:
+            patient = await self.patients.load(session, actor, patient_id, lock=True)
+            t = Treatment(id=new_id(), tenant_id=patient.tenant_id, patient_id=patient.id, performed_on=performed_on, created_by=actor.token_id)
+            t.name = await self._seal(t, "name", name)
+            t.area = await self._seal(t, "area", area)
+            t.details = await self._seal(t, "details", details)
+            session.add(t)
+            await session.flush()
+            await self.audit.append(session, AuditEvent.of(actor, "treatment.create", patient_id=patient.id, treatment_id=t.id))
+        return await self.view(t)
+
+    async def list(self, actor: Actor, patient_id: str) -> list[TreatmentView]:
+        async with self.db.session() as session:
+            patient = await self.patients.load(session, actor, patient_id)
+            rows = (
+                await session.execute(select(Treatment).where(Treatment.patient_id == patient.id).order_by(Treatment.performed_on, Treatment.id))
+            ).scalars().all()
+        views = [await self.view(t) for t in rows]
+        await self.audit.record(AuditEvent.of(actor, "treatment.list", patient_id=patient_id))
+        return views
+
+    @staticmethod
+    async def owned(session: AsyncSession, *, tenant_id: str, patient_id: str, treatment_id: str) -> Treatment:
+        """The treatment, if it belongs to this patient of this tenant (invariant 7)."""
+        t = (
+            await session.execute(
+                select(Treatment).where(Treatment.id == treatment_id, Treatment.patient_id == patient_id, Treatment.tenant_id == tenant_id)
+            )
+        ).scalar_one_or_none()
+        if t is None:
+            raise NotFound("no such treatment for this patient", details={"field": "treatment_id"})
+        return t

@@ -67,6 +67,11 @@ def create_engine(url: str | sa.URL, *, schema: str = SCHEMA, **engine_kw: Any) 
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         _precreate_private_file(Path(parsed.database or ""))
+        # A fixed pool: overflow connections would each start an aiosqlite thread and
+        # re-run the PRAGMAs on every burst of concurrent key lookups.
+        engine_kw.setdefault("pool_size", 16)
+        engine_kw.setdefault("max_overflow", 0)
+        engine_kw.setdefault("pool_timeout", 60)
         engine = create_async_engine(
             parsed,
             execution_options={"schema_translate_map": {SCHEMA: None}},

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
-from vault.errors import IdempotencyConflict, NotFound, NotReady
+from vault.errors import IdempotencyConflict, NotFound, NotReady, PatientErased
 from vault.media.models import (
     ORIGINAL,
     PHOTO,
@@ -32,6 +32,7 @@ from vault.media.models import (
     MediaBlob,
 )
 from vault.media.processing import PhotoPipeline
+from vault.patients.models import ERASED, Patient
 from vault.patients.service import PatientService
 from vault.sealed import SealedBlobs, SealedRef
 from vault.treatments.service import TreatmentService
@@ -217,16 +218,29 @@ class MediaService:
         return await self._view_and_audit(actor, media, "media.read")
 
     async def content(self, actor: Actor, media_id: str, *, rendition: str, action: str) -> Content:
-        """The rendition to serve, after the tenant check and a durable audit entry."""
+        """The rendition to serve, after the tenant check and a durable audit entry.
+
+        One query on the hot path (thumbnails): the media of the actor's tenant, its
+        patient's status and the rendition's blob row."""
+        query = (
+            select(Media.status, Media.patient_id, Patient.status.label("patient_status"), MediaBlob.id, MediaBlob.mime, MediaBlob.plain_size)
+            .join(Patient, Patient.id == Media.patient_id)
+            .outerjoin(MediaBlob, (MediaBlob.media_id == Media.id) & (MediaBlob.rendition == rendition))
+            .where(Media.id == media_id, Media.tenant_id == actor.tenant_id)
+        )
         async with self.db.session() as session:
-            media = await self.load(session, actor, media_id)
-            if media.status != READY:
-                raise NotReady(details={"status": media.status})
-            blob = (await self._blobs(session, media.id)).get(rendition)
-        if blob is None:
+            row = (await session.execute(query)).first()
+        if row is None:
+            raise NotFound("no such media")
+        if row.patient_status == ERASED:
+            raise PatientErased()
+        if row.status != READY:
+            raise NotReady(details={"status": row.status})
+        if row.id is None:
             raise NotFound("no such rendition")
-        await self.audit.record(AuditEvent.of(actor, action, patient_id=media.patient_id, media_id=media.id, rendition=rendition))
-        return Content(ref=sealed_ref(blob), mime=blob.mime, etag=f'"{blob.id}"')
+        await self.audit.record(AuditEvent.of(actor, action, patient_id=row.patient_id, media_id=media_id, rendition=rendition))
+        ref = SealedRef(id=row.id, tenant_id=actor.tenant_id, patient_id=row.patient_id, plain_size=row.plain_size)
+        return Content(ref=ref, mime=row.mime, etag=f'"{row.id}"')
 
     async def read_all(self, content: Content) -> bytes:
         return await self.sealed.read(content.ref)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -27,6 +28,10 @@ from vault.tenants.models import ApiToken, Tenant
 TOKEN_PREFIX = "vt_"
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+#: how long a resolved token is trusted without asking the database again; a token
+#: revoked on another node stops working within this time (in this process: at once)
+TOKEN_CACHE_SECONDS = 2.0
+TOKEN_CACHE_SIZE = 10_000
 
 
 def hash_token(token: str) -> str:
@@ -43,10 +48,12 @@ class IssuedToken:
 
 
 class TenantService:
-    def __init__(self, db: Database, audit: AuditLog, keys) -> None:
+    def __init__(self, db: Database, audit: AuditLog, keys, *, cache_seconds: float = TOKEN_CACHE_SECONDS) -> None:
         self.db = db
         self.audit = audit
         self.keys = keys
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Principal]] = {}
 
     async def create_tenant(self, slug: str, *, request_id: str) -> Tenant:
         if not _SLUG.match(slug):
@@ -99,6 +106,7 @@ class TenantService:
                 raise NotFound("no such token")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
+            self._cache.pop(row.token_hash, None)
             await self.audit.append(session, AuditEvent.of(Actor.cli(row.tenant_id, request_id), "token.revoke", token_id=row.id))
 
     async def tokens(self, slug: str | None = None) -> list[tuple[ApiToken, str]]:
@@ -110,6 +118,10 @@ class TenantService:
 
     async def authenticate(self, token: str) -> Principal:
         digest = hash_token(token)
+        now_mono = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now_mono:
+            return cached[1]
         async with self.db.session() as session:
             row = (
                 await session.execute(
@@ -122,7 +134,12 @@ class TenantService:
         now = utcnow()
         if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
             await self._touch(row.id, now)
-        return Principal(tenant_id=row.tenant_id, token_id=row.id, role=row.role)
+        principal = Principal(tenant_id=row.tenant_id, token_id=row.id, role=row.role)
+        if self.cache_seconds > 0:
+            if len(self._cache) >= TOKEN_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[digest] = (now_mono + self.cache_seconds, principal)
+        return principal
 
     async def _touch(self, token_id: str, now: datetime) -> None:
         # Recorded to the minute: a write per request would serialise every read on SQLite.

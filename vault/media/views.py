@@ -13,7 +13,7 @@ from vault.http.jsonio import json_response, parse_query, read_json
 from vault.http.ranges import parse_range
 from vault.http.routing import Endpoints
 from vault.media.models import ORIGINAL, THUMBNAILS
-from vault.media.upload import PHOTO_TYPES, VIDEO_TYPES, check_matches, read_photo_body
+from vault.media.upload import PHOTO_TYPES, VIDEO_TYPES, check_matches, open_upload
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
 
 routes = Endpoints("media")
@@ -71,15 +71,17 @@ async def upload_media(request: web.Request) -> web.Response:
     service = request.app[MEDIA]
     patient_id = request.match_info["patient_id"]
     await service.check_target(actor, patient_id, query.treatment_id)  # 404 before reading any body
-    body = await read_photo_body(request, limit=request.app[SETTINGS].max_photo_bytes)
-    sniffed = sniff(body.data[:SNIFF_BYTES])
+    settings = request.app[SETTINGS]
+    stream = await open_upload(request, limit=max(settings.max_photo_bytes, settings.max_video_bytes))
+    sniffed = sniff(await stream.head(SNIFF_BYTES))
     if sniffed is None:
-        raise UnsupportedMedia("not a supported photo type", details={"accepted": sorted(PHOTO_TYPES)})
-    check_matches(body.declared, sniffed)
+        raise UnsupportedMedia("not a supported photo or video type", details={"accepted": sorted(PHOTO_TYPES | VIDEO_TYPES)})
+    check_matches(stream.declared, sniffed)
     if sniffed in VIDEO_TYPES:
         raise UnsupportedMedia("video uploads are not accepted yet", details={"detected": sniffed})
+    data = await stream.read_all(limit=settings.max_photo_bytes)
     view, created = await service.upload_photo(
-        actor, patient_id, body.data, phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key
+        actor, patient_id, data, phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key
     )
     return json_response(view, status=201 if created else 200)
 

@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 
 EXIFTOOL = "/usr/bin/exiftool"
-YUNET_MODEL = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "face_detection_yunet.onnx"
+# CI names the model with VAULT_TEST_FACE_MODEL; locally the shared copy beside the repo.
+YUNET_MODEL = Path(os.environ.get("VAULT_TEST_FACE_MODEL")
+                   or Path(__file__).resolve().parents[2].parent / "shared" / "models" / "face_detection_yunet.onnx")
+# CI sets VAULT_TEST_REQUIRE_EXIFTOOL=1: there a missing oracle is a failure, not a skip.
+REQUIRE_EXIFTOOL = os.environ.get("VAULT_TEST_REQUIRE_EXIFTOOL") == "1"
 
 
 class Exiftool:
@@ -78,7 +82,10 @@ class Exiftool:
 def exiftool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exiftool]:
     path = EXIFTOOL if os.path.exists(EXIFTOOL) else shutil.which("exiftool")
     if path is None:
-        pytest.skip("exiftool is not installed (/usr/bin/exiftool): the metadata oracle is unavailable")
+        reason = "exiftool is not installed (/usr/bin/exiftool): the metadata oracle is unavailable"
+        if REQUIRE_EXIFTOOL:
+            pytest.fail(reason)
+        pytest.skip(reason)
     tool = Exiftool(path, tmp_path_factory.mktemp("exiftool"))
     yield tool
     tool.close()
@@ -87,5 +94,8 @@ def exiftool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exiftool]:
 @pytest.fixture(scope="session")
 def yunet_model() -> str:
     if not YUNET_MODEL.is_file():
-        pytest.skip(f"YuNet model not found at {YUNET_MODEL} (see shared/models/README.md)")
+        reason = f"YuNet model not found at {YUNET_MODEL} (see shared/models/README.md)"
+        if os.environ.get("VAULT_TEST_FACE_MODEL"):
+            pytest.fail(reason)  # named explicitly (CI): missing is an error
+        pytest.skip(reason)
     return str(YUNET_MODEL)

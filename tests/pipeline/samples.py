@@ -7,6 +7,7 @@ test can grep the cleaned bytes for all of them at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import struct
@@ -52,7 +53,9 @@ MODIFIED = "2020:01:02 03:04:05"
 ASCII, SHORT, LONG, RATIONAL, UNDEFINED = 2, 3, 4, 5, 7
 
 
+@functools.cache
 def srgb_icc() -> bytes:
+    # Cached: littleCMS stamps each new profile with the current time.
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from tests.pipeline import samples
-from vault.pipeline import extract_capture, sanitize
+from vault.pipeline import extract_capture, strip_metadata
 from vault.pipeline.tiff import read_ifds
 
 
 def test_capture_from_a_camera_jpeg():
     original = samples.jpeg_with_everything(orientation=6)
-    stripped = sanitize("image/jpeg", original)
+    stripped = strip_metadata("image/jpeg", original)
     capture = extract_capture(stripped.original_exif, orientation=stripped.orientation, width=240, height=320)
     assert capture == {
         "captured_at": "2019-07-14T09:30:05.123+02:00",
@@ -29,7 +29,7 @@ def test_capture_never_holds_gps_serials_or_names():
                            ("image/png", samples.png_with_everything()),
                            ("image/webp", samples.webp_with_everything()),
                            ("image/heic", samples.heic_with_everything())):
-        stripped = sanitize(mime, original)
+        stripped = strip_metadata(mime, original)
         assert stripped.original_exif is not None, mime
         capture = extract_capture(stripped.original_exif, orientation=1, width=1, height=1)
         assert capture["captured_at"] == "2019-07-14T09:30:05.123+02:00", mime  # read, so the EXIF was there

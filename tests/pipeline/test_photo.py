@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.pipeline import samples
 from vault.errors import CorruptMedia, MediaRejected, PixelLimit, UnsupportedMedia
-from vault.pipeline import Faces, NoDetector, process_photo, sanitize
+from vault.pipeline import Faces, NoDetector, process_photo, strip_metadata
 
 MAX_PIXELS = 50_000_000
 
@@ -22,7 +22,7 @@ def test_processed_photo_fields():
     original = samples.jpeg_with_everything(orientation=6)
     photo = process_photo(original, max_pixels=MAX_PIXELS, detector=NoDetector())
     assert photo.mime == "image/jpeg"
-    assert photo.stripped == sanitize("image/jpeg", original).data
+    assert photo.stripped == strip_metadata("image/jpeg", original).data
     assert (photo.width, photo.height, photo.orientation) == (240, 320, 6)
     assert photo.capture["captured_at"] == "2019-07-14T09:30:05.123+02:00"
     assert (photo.capture["width"], photo.capture["height"]) == (240, 320)

@@ -12,8 +12,8 @@ from PIL import Image, ImageOps, ImageSequence
 
 from tests.pipeline import samples
 from tests.pipeline.leaks import identifying_tags, planted_markers
-from vault.errors import CorruptMedia
-from vault.pipeline import SANITIZERS, sanitize, sniff
+from vault.errors import CorruptMedia, UnsupportedMedia
+from vault.pipeline import SANITIZERS, sniff, strip_metadata
 
 _EXIF_PLACES = {"GPS:GPSLatitude", "IFD0:Make", "IFD0:Model", "IFD0:Artist", "ExifIFD:SerialNumber",
                 "ExifIFD:LensSerialNumber", "ExifIFD:DateTimeOriginal", "ExifIFD:UserComment", "Canon:SerialNumber",
@@ -53,7 +53,7 @@ def files() -> dict[str, tuple[bytes, bytes, int]]:
     for name, (build, _, orientation) in CASES.items():
         original = build()
         mime = sniff(original[:64])
-        built[name] = (original, sanitize(mime, original).data, orientation)
+        built[name] = (original, strip_metadata(mime, original).data, orientation)
     return built
 
 
@@ -100,13 +100,13 @@ def test_orientation_kept(name, files):
     if not name.startswith("heic"):
         # HEIC displays through its irot/imir boxes (kept); pillow-heif resets EXIF to 1.
         assert Image.open(io.BytesIO(stripped)).getexif().get(0x0112, 1) == orientation
-    assert sanitize(sniff(original[:64]), original).orientation == orientation
+    assert strip_metadata(sniff(original[:64]), original).orientation == orientation
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_sanitizing_twice_changes_nothing(name, files):
     _, stripped, _ = files[name]
-    assert sanitize(sniff(stripped[:64]), stripped).data == stripped
+    assert strip_metadata(sniff(stripped[:64]), stripped).data == stripped
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -154,7 +154,7 @@ def test_trailers_after_riff_and_iend_are_dropped():
     for mime, original in (("image/webp", samples.webp_with_everything(trailer=True)),
                            ("image/png", samples.png_with_everything())):
         assert samples.MARKERS["trailer"].encode() in original
-        stripped = sanitize(mime, original).data
+        stripped = strip_metadata(mime, original).data
         assert planted_markers(stripped) == []
         assert stripped.endswith(b"IEND\xaeB`\x82") or len(stripped) == 8 + int.from_bytes(stripped[4:8], "little")
 
@@ -171,7 +171,7 @@ def test_xmp_only_orientation_is_honoured():
     plain = io.BytesIO()
     samples.picture().save(plain, "JPEG", xmp=samples.xmp_packet(orientation=6))
     original = plain.getvalue()
-    stripped = sanitize("image/jpeg", original)
+    stripped = strip_metadata("image/jpeg", original)
     assert stripped.orientation == 6
     before = ImageOps.exif_transpose(Image.open(io.BytesIO(original)))
     after = ImageOps.exif_transpose(Image.open(io.BytesIO(stripped.data)))
@@ -182,6 +182,50 @@ def test_registry_is_explicit():
     assert set(SANITIZERS) == {"image/jpeg", "image/png", "image/webp", "image/heic", "image/heif"}
     for mime, sanitizer in SANITIZERS.items():
         assert mime in sanitizer.mimetypes
+
+
+def _heic_with_hidden_places() -> bytes:
+    """HEIC plus: orphan bytes inside mdat that no item lists, an unknown top-level box,
+    and a property renamed to ``udes`` (HEIF's user description: names, tags)."""
+    data = bytearray(samples.heic_with_everything())
+    mdat = data.rindex(b"mdat") - 4  # pillow-heif writes ftyp, meta, mdat (last)
+    orphan = samples.MARKERS["vendor"].encode()
+    size = int.from_bytes(data[mdat:mdat + 4], "big")
+    data[mdat:mdat + 4] = (size + len(orphan)).to_bytes(4, "big")
+    data += orphan
+    secret = samples.MARKERS["trailer"].encode()
+    data += (8 + 16 + len(secret)).to_bytes(4, "big") + b"uuid" + bytes(16) + secret
+    pixi = data.index(b"pixi")
+    data[pixi:pixi + 4] = b"udes"
+    return bytes(data)
+
+
+def test_heic_hidden_places_are_neutralised():
+    original = _heic_with_hidden_places()
+    stripped = strip_metadata("image/heic", original).data
+    assert len(stripped) == len(original)  # in place: every offset still valid
+    assert planted_markers(stripped) == []
+    assert b"udes" not in stripped and b"uuid" not in stripped
+    assert np.array_equal(_frames(original)[0], _frames(stripped)[0])
+
+
+def _many_scans(data: bytes, copies: int) -> bytes:
+    sos = data.rindex(b"\xff\xda")
+    scan = data[sos:-2]
+    return data[:sos] + scan * copies + b"\xff\xd9"
+
+
+def test_jpeg_with_thousands_of_scans_is_refused():
+    data = samples.jpeg_with_everything(trailer="")
+    with pytest.raises(CorruptMedia):
+        strip_metadata("image/jpeg", _many_scans(data, 300))
+
+
+def test_jpeg_lossless_coding_is_unsupported():
+    data = bytearray(samples.jpeg_with_everything(trailer=""))
+    data[data.rindex(b"\xff\xc0") + 1] = 0xC3
+    with pytest.raises(UnsupportedMedia):
+        strip_metadata("image/jpeg", bytes(data))
 
 
 # -------------------------------------------------------------- refusals
@@ -223,4 +267,4 @@ REFUSED = {
 def test_damaged_files_are_refused(name):
     build, mime = REFUSED[name]
     with pytest.raises(CorruptMedia):
-        sanitize(mime, build())
+        strip_metadata(mime, build())

@@ -6,7 +6,6 @@ import io
 import struct
 
 import pytest
-from PIL import Image
 
 from tests.pipeline import samples
 from vault.pipeline import SNIFF_BYTES, sniff

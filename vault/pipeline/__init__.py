@@ -18,7 +18,7 @@ from vault.pipeline.faces import (
 )
 from vault.pipeline.photo import ProcessedPhoto, process_photo
 from vault.pipeline.redact import redact_faces
-from vault.pipeline.sanitize import SANITIZERS, Sanitized, Sanitizer, sanitize
+from vault.pipeline.sanitize import SANITIZERS, Sanitized, Sanitizer, strip_metadata
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
 from vault.pipeline.thumbnails import THUMBNAIL_SIZES
 
@@ -40,6 +40,6 @@ __all__ = [
     "load_detector",
     "process_photo",
     "redact_faces",
-    "sanitize",
     "sniff",
+    "strip_metadata",
 ]

@@ -27,7 +27,7 @@ THUMBNAIL_QUALITY = 85
 _FORMATS = {JPEG: ("JPEG",), PNG: ("PNG",), WEBP: ("WEBP",), HEIC: ("HEIF",), HEIF: ("HEIF",)}
 # What Pillow and pillow-heif raise on damaged input.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, RuntimeError, IndexError, KeyError,
-                 struct.error, zlib.error)
+                 struct.error, zlib.error, ImageCms.PyCMSError)
 _ICC_SPACES = {"RGB": b"RGB ", "L": b"GRAY"}
 
 

@@ -31,8 +31,9 @@ def sanitizer_for(mime: str | None) -> Sanitizer:
         raise UnsupportedMedia(details={"detected": mime}) from None
 
 
-def sanitize(mime: str, data: bytes) -> Sanitized:
+def strip_metadata(mime: str, data: bytes) -> Sanitized:
+    """Strip ``data`` of type ``mime`` (as sniffed) with its registered sanitizer."""
     return sanitizer_for(mime).sanitize(data)
 
 
-__all__ = ["SANITIZERS", "Sanitized", "Sanitizer", "sanitize", "sanitizer_for"]
+__all__ = ["SANITIZERS", "Sanitized", "Sanitizer", "sanitizer_for", "strip_metadata"]

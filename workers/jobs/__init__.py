@@ -1,0 +1,6 @@
+"""The job modules a worker loads: the explicit list of every job kind's home.
+
+A new job module is added here; ``VAULT_WORKER_IMPORTS`` adds more (tests, extensions).
+"""
+
+MODULES: tuple[str, ...] = ("workers.jobs.maintenance",)

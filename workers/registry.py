@@ -1,0 +1,150 @@
+"""Job kinds and their handlers, in an explicit registry.
+
+A handler is a plain ``async def handler(ctx, payload)`` that is idempotent (a job
+may run again after a crash) and commits its effect through ``ctx.transaction()``
+(see :class:`workers.context.JobContext`). Its options are typed and checked at
+import::
+
+    @job("media.process_video", time_limit=timedelta(minutes=30), max_attempts=3)
+    async def process_video(ctx: JobContext, payload: dict) -> None: ...
+
+    @periodic("retention.sweep", every=timedelta(hours=1), time_limit=timedelta(minutes=10))
+    async def sweep_retention(ctx: JobContext, payload: dict) -> None: ...
+
+The worker imports the modules listed in :data:`workers.jobs.MODULES` — the explicit
+list of job modules — plus ``Settings.worker_imports`` (``VAULT_WORKER_IMPORTS``), a
+hook for tests and extensions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.context import JobContext
+
+Handler = Callable[["JobContext", dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backoff:
+    """Exponential backoff with jitter: attempt n waits between half and all of
+    ``min(cap, base * 2**(n-1))``, so retries of a shared failure spread out."""
+
+    base: timedelta = timedelta(seconds=10)
+    cap: timedelta = timedelta(hours=1)
+
+    def __post_init__(self) -> None:
+        if self.base <= timedelta(0) or self.cap < self.base:
+            raise ValueError("backoff needs 0 < base <= cap")
+
+    def delay(self, attempt: int, *, rng: Callable[[], float] = random.random) -> timedelta:
+        ceiling = min(self.cap, self.base * 2 ** min(max(attempt - 1, 0), 32))
+        return ceiling / 2 + ceiling / 2 * rng()
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    name: str
+    handler: Handler
+    time_limit: timedelta = timedelta(minutes=5)
+    max_attempts: int = 5
+    backoff: Backoff = field(default_factory=Backoff)
+    # Exceptions that no retry can cure (a corrupt upload): the job goes dead at once.
+    no_retry: tuple[type[BaseException], ...] = ()
+    every: timedelta | None = None  # periodic when set
+
+    def __post_init__(self) -> None:
+        if not inspect.iscoroutinefunction(self.handler):
+            raise TypeError(f"the handler of job {self.name!r} must be an async function")
+        if self.time_limit <= timedelta(0):
+            raise ValueError(f"job {self.name!r}: time_limit must be positive")
+        if self.max_attempts < 1:
+            raise ValueError(f"job {self.name!r}: max_attempts must be at least 1")
+        if self.every is not None and self.every < timedelta(seconds=1):
+            raise ValueError(f"job {self.name!r}: a period is at least one second")
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._specs: dict[str, JobSpec] = {}
+
+    def register(self, spec: JobSpec) -> JobSpec:
+        existing = self._specs.get(spec.name)
+        if existing is not None and existing.handler is not spec.handler:
+            raise ValueError(f"job kind {spec.name!r} is registered twice")
+        self._specs[spec.name] = spec
+        return spec
+
+    def job(
+        self,
+        name: str,
+        *,
+        time_limit: timedelta = timedelta(minutes=5),
+        max_attempts: int = 5,
+        backoff: Backoff | None = None,
+        no_retry: tuple[type[BaseException], ...] = (),
+    ) -> Callable[[Handler], Handler]:
+        def decorate(handler: Handler) -> Handler:
+            self.register(
+                JobSpec(
+                    name=name, handler=handler, time_limit=time_limit, max_attempts=max_attempts,
+                    backoff=backoff or Backoff(), no_retry=no_retry,
+                )
+            )
+            return handler
+
+        return decorate
+
+    def periodic(
+        self,
+        name: str,
+        *,
+        every: timedelta,
+        time_limit: timedelta = timedelta(minutes=5),
+        max_attempts: int = 3,
+        backoff: Backoff | None = None,
+    ) -> Callable[[Handler], Handler]:
+        def decorate(handler: Handler) -> Handler:
+            self.register(
+                JobSpec(
+                    name=name, handler=handler, time_limit=time_limit, max_attempts=max_attempts,
+                    backoff=backoff or Backoff(), every=every,
+                )
+            )
+            return handler
+
+        return decorate
+
+    def get(self, name: str) -> JobSpec:
+        return self._specs[name]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(sorted(self._specs))
+
+    @property
+    def schedule(self) -> dict[str, timedelta]:
+        """Periodic kinds and their periods."""
+        return {name: spec.every for name, spec in self._specs.items() if spec.every is not None}
+
+
+registry = Registry()
+job = registry.job
+periodic = registry.periodic
+
+
+def load(extra: Iterable[str] = ()) -> Registry:
+    """Import every job module (the explicit list, then ``extra``) and return the
+    registry they declared their jobs in."""
+    from workers.jobs import MODULES
+
+    for module in (*MODULES, *extra):
+        importlib.import_module(module)
+    return registry

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keys import aead, db
 from keys.cache import KeyCache
-from keys.errors import IntegrityError, KeyDestroyed, KeyExists, KeyNotFound, KeysError
+from keys.errors import IntegrityError, KeyDestroyed, KeyExists, KeyInUse, KeyNotFound, KeysError
 from keys.hierarchy import KEY_BYTES, ObjectKey, PatientKey, index_key_context, kek_context, now
 from keys.models import SCHEMA, erased_patients, object_keys, patient_deks, service_keys, tenant_keks, tenants
 from keys.providers import RootKeyProvider
@@ -144,17 +144,18 @@ class KeyStore(KekRotation):
         return await self._unwrap_dek(tenant_id, patient_id, row.dek_id, row.kek_version, row.wrapped)
 
     async def destroy_patient(self, tenant_id: str, patient_id: str) -> list[str]:
-        """Shred the patient's DEK and object keys; return the destroyed key ids, DEK first.
+        """Shred the patient's DEK; return the destroyed key ids (``[dek_id]``).
 
-        Idempotent: a second call returns ``[]``. Cost does not grow with the number of
-        objects beyond one DELETE: the DEK is the shred, the object keys die with it.
+        Idempotent: a second call returns ``[]``. O(1) in the number of objects: the DEK
+        is the shred — every object key is wrapped by it and dies with it (reads check
+        the DEK row, so none unwraps afterwards). The dead object-key rows, ciphertext
+        under a key that no longer exists, are removed later in bulk by
+        :meth:`purge_object_keys`, off the erasure's critical path.
         """
         mine = (patient_deks.c.tenant_id == tenant_id) & (patient_deks.c.patient_id == patient_id)
-        objects = (object_keys.c.tenant_id == tenant_id) & (object_keys.c.patient_id == patient_id)
         async with self._writer.begin() as conn:
             await self._lock_tenant(conn, tenant_id)  # serialises with create_patient_key
             dek_id = await conn.scalar(sa.select(patient_deks.c.dek_id).where(mine))
-            object_ids = (await conn.scalars(sa.select(object_keys.c.key_id).where(objects))).all()
             erased = await conn.scalar(
                 sa.select(erased_patients.c.erased_at).where(
                     erased_patients.c.tenant_id == tenant_id, erased_patients.c.patient_id == patient_id
@@ -169,12 +170,27 @@ class KeyStore(KekRotation):
             if dek_id is not None:
                 await self._overwrite(conn, patient_deks, mine)
                 await conn.execute(patient_deks.delete().where(mine))
-            await conn.execute(object_keys.delete().where(objects))
         self.evict(tenant_id, patient_id)
-        if dek_id is None and not object_ids:
+        if dek_id is None:
             return []
         await self._harden(patient_deks)
-        return ([str(dek_id)] if dek_id is not None else []) + sorted(object_ids)
+        return [str(dek_id)]
+
+    async def purge_object_keys(self, tenant_id: str, patient_id: str) -> list[str]:
+        """Delete, in bulk, the object-key rows of a patient whose DEK is destroyed (they
+        can no longer be unwrapped); returns their ids. Refused while the DEK exists."""
+        mine = (patient_deks.c.tenant_id == tenant_id) & (patient_deks.c.patient_id == patient_id)
+        objects = (object_keys.c.tenant_id == tenant_id) & (object_keys.c.patient_id == patient_id)
+        async with self._writer.begin() as conn:
+            if await conn.scalar(sa.select(patient_deks.c.dek_id).where(mine)) is not None:
+                raise KeyInUse("the patient's key still exists: destroy it first")
+            object_ids = (await conn.scalars(sa.select(object_keys.c.key_id).where(objects))).all()
+            if object_ids:
+                await self._overwrite(conn, object_keys, objects)
+                await conn.execute(object_keys.delete().where(objects))
+        if object_ids:
+            await self._harden(object_keys)
+        return sorted(str(i) for i in object_ids)
 
     # -- object keys -----------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import secrets
 
 import pytest
 
+from vault.consent.gate import PURPOSES
 from vault.http.routing import ENDPOINTS
 from vault.permissions import PERMISSIONS, PUBLIC, ROLES, allowed
 
@@ -42,11 +43,62 @@ async def _media(client, clinic) -> str:
         f"/v1/patients/{patient}/media", data=_jpeg(), headers={**clinic.auth("practitioner"), "Content-Type": "image/jpeg"}
     )
     assert resp.status == 201, await resp.text()
+    media = (await resp.json())["id"]
+    # Consent for every purpose, so that the release routes succeed for marketing.
+    resp = await client.post(
+        f"/v1/patients/{patient}/consents", json={"purposes": list(PURPOSES), "identifiable": True}, headers=clinic.auth("dpo")
+    )
+    assert resp.status == 201, await resp.text()
+    return media
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 16), (250, 250, 250)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def _consent(client, clinic) -> str:
+    import base64
+
+    patient = await _patient(client, clinic)
+    evidence = {"content_type": "image/png", "data": base64.b64encode(_png()).decode()}
+    resp = await client.post(
+        f"/v1/patients/{patient}/consents", json={"purposes": ["education"], "identifiable": False, "evidence": evidence},
+        headers=clinic.auth("practitioner"),
+    )
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+async def _release(client, clinic) -> str:
+    media = await _media(client, clinic)
+    resp = await client.post(
+        f"/v1/media/{media}/releases", json={"purpose": "education", "recipient": "Dermatology journal"},
+        headers=clinic.auth("marketing"),
+    )
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+async def _export(client, clinic) -> str:
+    from tests.lifecycle.support import drain
+    from vault.appkeys import RUNTIME
+
+    patient = await _patient(client, clinic)
+    resp = await client.post(f"/v1/patients/{patient}/exports", headers=clinic.auth("dpo"))
+    assert resp.status == 202, await resp.text()
+    await drain(client.server.app[RUNTIME], "lifecycle.build_export")  # ready, so its one download succeeds
     return (await resp.json())["id"]
 
 
 #: how to create, in a clinic, the resource a path parameter names
-RESOURCES = {"patient_id": _patient, "media_id": _media}
+RESOURCES = {"patient_id": _patient, "media_id": _media, "consent_id": _consent, "release_id": _release,
+             "export_id": _export}
 
 #: a valid body for each route that takes one: JSON, or (bytes, content type)
 BODIES = {
@@ -55,6 +107,14 @@ BODIES = {
     ("POST", "/v1/patients/{patient_id}/treatments"): lambda: {"name": "Filler", "performed_on": "2026-01-02"},
     ("POST", "/v1/patients/{patient_id}/media"): lambda: (_jpeg(), "image/jpeg"),
     ("PATCH", "/v1/media/{media_id}"): lambda: {"phase": "after"},
+    ("POST", "/v1/patients/{patient_id}/consents"): lambda: {"purposes": ["education", "social_media"], "identifiable": False},
+    ("POST", "/v1/media/{media_id}/releases"): lambda: {"purpose": "social_media", "recipient": "Clinic Instagram"},
+    # no endpoint: deliveries queued here would outlive the test (tests/webhooks checks destinations)
+    ("PUT", "/v1/webhooks"): lambda: {"urls": []},
+    ("POST", "/v1/patients/{patient_id}/erasure"): lambda: {"reason": "asked by the patient"},
+    ("PUT", "/v1/patients/{patient_id}/legal-hold"): lambda: {"reason": "pending claim"},
+    ("PUT", "/v1/retention-policy"): lambda: {"rules": [{"clock": "last_treatment", "erase_after": "P7Y"}]},
+    ("POST", "/v1/retention/sweep"): lambda: {"dry_run": True},
 }
 
 

@@ -17,12 +17,16 @@ from vault.actor import Actor
 from vault.audit import views as audit_views
 from vault.audit.service import AuditEvent
 from vault.config import Settings
+from vault.consent import views as consent_views
 from vault.http.context import REQUEST_ID
 from vault.http.middleware import authorize_middleware, request_context, route_template
 from vault.http.routing import add_endpoints
+from vault.lifecycle import views as lifecycle_views
 from vault.media import views as media_views
 from vault.patients import views as patient_views
+from vault.shredding import views as shredding_views
 from vault.treatments import views as treatment_views
+from vault.webhooks import views as webhook_views
 from vault import system
 from vault.runtime import runtime
 
@@ -55,7 +59,10 @@ def create_app(settings: Settings) -> web.Application:
 
     app.middlewares.extend([request_context, authorize_middleware(authenticate, on_denied)])
     app.cleanup_ctx.append(_runtime)
-    for routes in (system.routes, patient_views.routes, treatment_views.routes, media_views.routes, audit_views.routes):
+    for routes in (system.routes, patient_views.routes, treatment_views.routes, media_views.routes, audit_views.routes,
+                   shredding_views.routes):
+        add_endpoints(app, routes)
+    for routes in (consent_views.routes, webhook_views.routes, lifecycle_views.routes):
         add_endpoints(app, routes)
     app.on_response_prepare.append(_security_headers)
     return app
@@ -70,6 +77,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     async with runtime(app[appkeys.SETTINGS]) as rt:
+        app[appkeys.RUNTIME] = rt
         app[appkeys.DB] = rt.db
         app[appkeys.AUDIT] = rt.audit
         app[appkeys.KEYS] = rt.keys
@@ -78,4 +86,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.PATIENTS] = rt.patients
         app[appkeys.TREATMENTS] = rt.treatments
         app[appkeys.MEDIA] = rt.media
+        app[appkeys.CONSENTS] = rt.consents
+        app[appkeys.RELEASES] = rt.releases
+        app[appkeys.WEBHOOKS] = rt.webhooks
         yield

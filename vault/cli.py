@@ -15,6 +15,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable
 
+from vault import cli_keys
 from vault.config import Settings
 from vault.errors import ConfigError, VaultError
 
@@ -93,13 +94,16 @@ def cmd_token_revoke(settings: Settings, args) -> int:
 
 
 def cmd_audit_verify(settings: Settings, args) -> int:
+    from vault.audit.checkpoints import Checkpoints
+
     async def action(rt):
         tenants = [await rt.tenants.tenant_by_slug(args.tenant)] if args.tenant else await rt.tenants.tenants()
         failed = 0
+        checkpoints = Checkpoints(rt.db, rt.audit, rt.keys)
         for tenant in tenants:
-            result = await rt.audit.verify(tenant.id)
+            result = await checkpoints.verify(tenant.id)
             if result.ok:
-                print(f"{tenant.slug}: intact, {result.checked} entries")
+                print(f"{tenant.slug}: intact, {result.checked} entries, {result.checkpoints} signed checkpoints")
             else:
                 failed += 1
                 print(f"{tenant.slug}: BROKEN at entry {result.first_bad_seq}: {result.reason}")
@@ -109,7 +113,7 @@ def cmd_audit_verify(settings: Settings, args) -> int:
 
 
 def cmd_worker(settings: Settings, args) -> int:
-    from workers.runner import main as run_worker  # the one place vault/ reaches workers/
+    from workers.runner import main as run_worker  # vault/ reaches workers/ only in this CLI
 
     if args.concurrency < 1:
         print("vault: --concurrency must be at least 1", file=sys.stderr)
@@ -158,8 +162,26 @@ def cmd_serve(settings: Settings, args) -> int:
         print("first start: created tenant 'demo' and a practitioner token (shown once):", flush=True)
         print(f"  curl -H 'Authorization: Bearer {first}' {url}/v1/patients", flush=True)
         print(first, flush=True)
-    web.run_app(create_app(settings), host=args.host, port=args.port, access_log=None, print=None, handle_signals=True)
+    app = create_app(settings)
+    if settings.inprocess_jobs:
+        app.cleanup_ctx.append(_inprocess_worker)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, handle_signals=True)
     return 0
+
+
+async def _inprocess_worker(app):
+    """The embedded default runs its jobs inside ``vault serve``: no second command.
+    It shares the app's runtime, so SQLite keeps one write connection per process."""
+    from vault.appkeys import RUNTIME, SETTINGS
+    from workers.runner import run_in_process
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_in_process(app[SETTINGS], concurrency=2, stop_event=stop, runtime=app[RUNTIME]), name="in-process worker"
+    )
+    yield
+    stop.set()
+    await task
 
 
 async def _bootstrap(settings: Settings) -> str | None:
@@ -210,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit.add_parser("verify", help="verify the hash chains; non-zero exit names the first bad entry")
     verify.add_argument("--tenant")
     verify.set_defaults(func=cmd_audit_verify)
+    cli_keys.add_audit_commands(audit)
+    cli_keys.add_keys_commands(sub)
 
     perms = sub.add_parser("permissions", help="print the role table as Markdown")
     perms.set_defaults(func=cmd_permissions)

@@ -38,12 +38,16 @@ class Settings:
     max_pixels: int = 100_000_000
     face_model: Path | None = None
     backup_window_days: int = 35
+    kek_rotation_days: int = 7
     inprocess_jobs: bool = True
     key_cache_seconds: float = 5.0
     public_url: str | None = None
     job_lease_seconds: int = 60
     job_poll_ms: int = 1000
     worker_imports: tuple[str, ...] = ()  # extra job modules, for tests and extensions
+    webhooks_allow_http_loopback: bool = False  # plain http to loopback webhooks: tests only
+    retention_max_erasures: int = 10  # patients one unreviewed retention sweep may erase
+    export_ttl_hours: int = 72  # an unread subject-access export is shredded after this
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -84,6 +88,13 @@ class Settings:
                 "a local root-key file is for development only; use aws-kms: in production",
             )
 
+        backup_window_days = _int(env, "VAULT_BACKUP_WINDOW", 35, minimum=1)
+        kek_rotation_days = _int(env, "VAULT_KEK_ROTATION_DAYS", 7, minimum=1)
+        if kek_rotation_days > backup_window_days:
+            # A version must be retired before it is old enough to destroy, or erasures
+            # would stay recoverable past the time their receipts promise.
+            raise ConfigError("VAULT_KEK_ROTATION_DAYS", "must not be longer than VAULT_BACKUP_WINDOW")
+
         face_model = get("VAULT_FACE_MODEL")
         if face_model is not None and not Path(face_model).is_file():
             raise ConfigError("VAULT_FACE_MODEL", f"no model file at {face_model}")
@@ -101,13 +112,17 @@ class Settings:
             max_json_bytes=_int(env, "VAULT_MAX_JSON_BYTES", 64 * 1024, minimum=1024),
             max_pixels=_int(env, "VAULT_MAX_PIXELS", 100_000_000, minimum=1),
             face_model=Path(face_model).resolve() if face_model else None,
-            backup_window_days=_int(env, "VAULT_BACKUP_WINDOW", 35, minimum=1),
+            backup_window_days=backup_window_days,
+            kek_rotation_days=kek_rotation_days,
             inprocess_jobs=_bool(env, "VAULT_INPROCESS_JOBS", default=database_url.startswith("sqlite")),
             key_cache_seconds=float(_int(env, "VAULT_KEY_CACHE_SECONDS", 5, minimum=0)),
             public_url=get("VAULT_PUBLIC_URL"),
             job_lease_seconds=_int(env, "VAULT_JOB_LEASE_SECONDS", 60, minimum=1),
             job_poll_ms=_int(env, "VAULT_JOB_POLL_MS", 1000, minimum=10),
             worker_imports=_modules("VAULT_WORKER_IMPORTS", get("VAULT_WORKER_IMPORTS", "")),
+            webhooks_allow_http_loopback=_loopback_webhooks(env, mode),
+            retention_max_erasures=_int(env, "VAULT_RETENTION_MAX_ERASURES", 10, minimum=1),
+            export_ttl_hours=_int(env, "VAULT_EXPORT_TTL_HOURS", 72, minimum=1),
         )
 
     def replace(self, **changes) -> Settings:
@@ -146,6 +161,13 @@ def _modules(name: str, raw: str) -> tuple[str, ...]:
         if not all(piece.isidentifier() for piece in module.split(".")):
             raise ConfigError(name, "must be comma-separated dotted module names")
     return modules
+
+
+def _loopback_webhooks(env: Mapping[str, str], mode: str) -> bool:
+    allowed = _bool(env, "VAULT_WEBHOOKS_ALLOW_HTTP_LOOPBACK", default=False)
+    if allowed and mode == "production":
+        raise ConfigError("VAULT_WEBHOOKS_ALLOW_HTTP_LOOPBACK", "plain-http loopback webhooks are for tests, not production")
+    return allowed
 
 
 def _bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:

@@ -57,11 +57,18 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("DELETE", "/v1/media/{media_id}"): frozenset({D}),
     ("GET", "/v1/media/{media_id}/content"): frozenset({D, P, R}),
     ("GET", "/v1/media/{media_id}/thumbnail"): frozenset({D, P, R}),
+    ("POST", "/v1/media/{media_id}/playback"): frozenset({D, P, R}),
+    # a <video> element cannot send a bearer header: the signed link (bound to the media
+    # and to the token that asked for it, which must still hold a role above) authorises
+    ("GET", "/v1/playback/{media_id}"): PUBLIC,
     # consent and release
     ("POST", "/v1/patients/{patient_id}/consents"): frozenset({D, P}),
     ("GET", "/v1/patients/{patient_id}/consents"): frozenset({D, P}),
     ("POST", "/v1/consents/{consent_id}/withdraw"): frozenset({D, P}),
+    ("GET", "/v1/consents/{consent_id}/evidence"): frozenset({D, P}),
     ("GET", "/v1/releasable"): frozenset({M}),
+    # no bearer (an <img> cannot send one): the signed URL is the authorisation (vault/signedurls.py)
+    ("GET", "/v1/releasable/{media_id}/thumbnail"): PUBLIC,
     ("POST", "/v1/media/{media_id}/releases"): frozenset({M}),
     ("GET", "/v1/releases/{release_id}/download"): frozenset({M}),
     ("GET", "/v1/releases"): frozenset({D, M}),

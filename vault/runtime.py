@@ -6,20 +6,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from keys.providers import open_root_key
 from keys.store import KeyStore
 from vault.audit.service import AuditLog
 from vault.config import Settings
+from vault.consent.releases import ReleaseService
+from vault.consent.service import ConsentService
 from vault.db import Database
+from vault.lifecycle.service import Lifecycle
 from vault.media.processing import PhotoPipeline
 from vault.media.service import MediaService
 from vault.patients.service import PatientService
 from vault.sealed import SealedBlobs
+from vault.shredding.service import ShredLedger
 from vault.storage import open_store
 from vault.tenants.service import TenantService
 from vault.treatments.service import TreatmentService
+from vault.webhooks.service import WebhookService
 
 
 @dataclass
@@ -30,10 +35,15 @@ class Runtime:
     keys: KeyStore
     store: object
     sealed: SealedBlobs
+    ledger: ShredLedger
     tenants: TenantService
     patients: PatientService
     treatments: TreatmentService
     media: MediaService
+    webhooks: WebhookService
+    consents: ConsentService
+    releases: ReleaseService
+    lifecycle: Lifecycle = field(init=False)  # built from the services above
 
 
 @asynccontextmanager
@@ -54,17 +64,29 @@ async def runtime(settings: Settings, *, group_commit: bool = True) -> AsyncIter
             max_pixels=settings.max_pixels, face_model=str(settings.face_model) if settings.face_model else None
         )
         stack.callback(pipeline.close)
-        sealed = SealedBlobs(keys, store)
+        ledger = ShredLedger(db, keys)
+        sealed = SealedBlobs(keys, store, ledger=ledger)
         patients = PatientService(db, audit, keys)
-        yield Runtime(
+        webhooks = WebhookService(db, audit, keys, allow_http_loopback=settings.webhooks_allow_http_loopback)
+        rt = Runtime(
             settings=settings,
             db=db,
             audit=audit,
             keys=keys,
             store=store,
             sealed=sealed,
+            ledger=ledger,
             tenants=TenantService(db, audit, keys),
             patients=patients,
             treatments=TreatmentService(db, audit, keys, patients),
             media=MediaService(db, audit, keys, sealed, patients, pipeline),
+            webhooks=webhooks,
+            consents=ConsentService(db, audit, keys, sealed, patients, webhooks),
+            releases=ReleaseService(db, audit, keys, sealed, patients, max_pixels=settings.max_pixels,
+                                    public_url=settings.public_url),
         )
+        rt.lifecycle = Lifecycle.build(
+            settings, db=db, audit=audit, keys=keys, ledger=ledger, sealed=sealed, store=store, patients=patients,
+            treatments=rt.treatments, media=rt.media, consents=rt.consents, webhooks=webhooks,
+        )
+        yield rt

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from keys.blob import Binding, decrypt_bytes, decrypt_range_stream, encrypt_bytes, encrypt_stream
 from keys.blobio import ciphertext_size
 from keys.errors import KeyDestroyed, KeyNotFound
 from vault.db import new_id
 from vault.errors import Gone
+from vault.shredding.models import OBJECT_DELETE, UPLOAD_ROLLBACK
+
+if TYPE_CHECKING:
+    from vault.shredding.service import ShredLedger
 
 
 @dataclass(frozen=True)
@@ -33,9 +38,12 @@ class SealedRef:
 
 
 class SealedBlobs:
-    def __init__(self, keys, store) -> None:
+    def __init__(self, keys, store, *, ledger: ShredLedger | None = None) -> None:
         self.keys = keys
         self.store = store
+        # Records every destroyed object key in the shred ledger (None: tools and tests
+        # that run without a metadata database).
+        self.ledger = ledger
 
     async def _new(self, tenant_id: str, patient_id: str, plain_size: int) -> tuple[SealedRef, bytes]:
         ref = SealedRef(id=new_id(), tenant_id=tenant_id, patient_id=patient_id, plain_size=plain_size)
@@ -52,7 +60,7 @@ class SealedBlobs:
         try:
             await self.store.put(ref.id, one(), size_hint=len(sealed))
         except BaseException:
-            await self.keys.destroy_object(tenant_id, patient_id, ref.id)
+            await self._shred(ref, cause=UPLOAD_ROLLBACK)
             raise
         return ref
 
@@ -63,7 +71,7 @@ class SealedBlobs:
         try:
             await self.store.put(ref.id, encrypt_stream(key, ref.binding, counted))
         except BaseException:
-            await self.keys.destroy_object(tenant_id, patient_id, ref.id)
+            await self._shred(ref, cause=UPLOAD_ROLLBACK)
             raise
         return SealedRef(id=ref.id, tenant_id=tenant_id, patient_id=patient_id, plain_size=counted.size)
 
@@ -87,10 +95,17 @@ class SealedBlobs:
 
         return decrypt_range_stream(key, ref.binding, fetch, start, end, ref.plain_size)
 
-    async def destroy(self, ref: SealedRef) -> None:
-        """Shred first (the key), then delete the bytes; a crash in between leaves only ciphertext."""
-        await self.keys.destroy_object(ref.tenant_id, ref.patient_id, ref.id)
+    async def destroy(self, ref: SealedRef, *, cause: str = OBJECT_DELETE) -> None:
+        """Shred first (the key, then its ledger row), then delete the bytes; a crash in
+        between leaves only ciphertext. ``cause``: ``object_delete`` or ``upload_rollback``."""
+        await self._shred(ref, cause=cause)
         await self.store.delete(ref.id)
+
+    async def _shred(self, ref: SealedRef, *, cause: str) -> None:
+        if self.ledger is None:
+            await self.keys.destroy_object(ref.tenant_id, ref.patient_id, ref.id)
+        else:
+            await self.ledger.shred_object(ref.tenant_id, ref.patient_id, ref.id, cause=cause)
 
     @staticmethod
     def stored_size(plain_size: int) -> int:

@@ -36,3 +36,21 @@ def identifying_tags(tags: dict[str, object]) -> list[str]:
 def planted_markers(data: bytes) -> list[bytes]:
     """Planted marker strings still present anywhere in ``data``."""
     return [marker for marker in MARKER_BYTES if marker in data]
+
+
+def identifying_video_tags(tags: dict[str, object]) -> dict[str, str]:
+    from tests.pipeline.videos import MARKERS  # the planted video markers
+
+    """Tags that tell who, where or when, by category ('Group:Name' -> category)."""
+    found = {}
+    for key, value in tags.items():
+        name, text = key.split(":", 1)[1], str(value)
+        if "GPS" in name or "Location" in name or "48 deg" in text or "+48.8584" in text:
+            found[key] = "location"
+        elif name in ("Make", "Model") or MARKERS["make"] in text or MARKERS["model"] in text:
+            found[key] = "device"
+        elif ("Date" in name or name == "CreationTime") and text != "0000:00:00 00:00:00":
+            found[key] = "date"
+        elif name in ("Software", "SoftwareVersion", "Encoder", "Title") or any(m in text for m in MARKERS.values()):
+            found[key] = "handler" if name == "HandlerDescription" else "software"
+    return found

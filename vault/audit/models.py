@@ -37,3 +37,18 @@ class AuditHead(Base):
     seq: Mapped[int] = mapped_column(BigInteger, default=0)
     hash: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AuditCheckpoint(Base):
+    """A tenant's chain head at ``seq``, signed with the service key (vault/audit/checkpoints.py).
+
+    A later truncation or full recompute of the chain no longer matches it."""
+
+    __tablename__ = "audit_checkpoints"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    signature: Mapped[str] = mapped_column(String(128))  # base64 Ed25519, 88 characters
+    key_fingerprint: Mapped[str] = mapped_column(String(64))

@@ -7,7 +7,8 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from vault.appkeys import AUDIT
+from vault.appkeys import AUDIT, DB, KEYS
+from vault.audit.checkpoints import Checkpoints
 from vault.audit.service import AuditEvent
 from vault.http.context import actor_of
 from vault.http.jsonio import json_response, parse_query
@@ -53,9 +54,10 @@ async def list_audit(request: web.Request) -> web.Response:
     return json_response({"items": items, "next_cursor": next_cursor})
 
 
-@routes.get("/v1/audit/verify", summary="Verify the tenant's audit hash chain")
+@routes.get("/v1/audit/verify", summary="Verify the tenant's audit hash chain and its signed checkpoints")
 async def verify_audit(request: web.Request) -> web.Response:
     actor = actor_of(request)
-    result = await request.app[AUDIT].verify(actor.tenant_id)
+    checkpoints = Checkpoints(request.app[DB], request.app[AUDIT], request.app[KEYS])
+    result = await checkpoints.verify(actor.tenant_id)
     await request.app[AUDIT].record(AuditEvent.of(actor, "audit.verify", outcome="ok" if result.ok else "broken"))
     return json_response(result.as_dict())

@@ -18,14 +18,23 @@ def _problems(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"field": ".".join(str(p) for p in err["loc"]), "problem": err["type"]} for err in exc.errors()]
 
 
+async def read_capped(request: web.Request, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes (``StreamReader.read(n)``
+    returns what has arrived, not ``n`` bytes: a body spans several reads)."""
+    buffer = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        buffer += chunk
+        if len(buffer) > limit:
+            raise TooLarge(details={"limit": limit})
+    return bytes(buffer)
+
+
 async def read_json(request: web.Request, model: type[M], *, limit: int) -> M:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(details={"limit": limit})
     if request.content_type != "application/json":
         raise BadRequest("the body must be application/json")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise TooLarge(details={"limit": limit})
+    raw = await read_capped(request, limit)
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -9,6 +9,7 @@ from vault.db import Base, UTCDateTime, new_id, utcnow
 
 PHOTO, VIDEO = "photo", "video"
 PROCESSING, READY, FAILED = "processing", "ready", "failed"
+DELETED = "deleted"  # shredded by DELETE /v1/media/{id}: every path answers 410 (vault/lifecycle/erasure.py)
 PHASES = ("before", "after", "progress", "adverse", "other")
 ORIGINAL, THUMB_256, THUMB_1024 = "original", "thumb256", "thumb1024"
 THUMBNAILS = {256: THUMB_256, 1024: THUMB_1024}

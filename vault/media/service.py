@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from datetime import timedelta
+from urllib.parse import urlencode
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
-from vault.errors import IdempotencyConflict, NotFound, NotReady, PatientErased
+from vault.errors import Gone, IdempotencyConflict, NotFound, NotReady, PatientErased
 from vault.media.models import (
+    DELETED,
     ORIGINAL,
     PHOTO,
     READY,
@@ -34,10 +37,14 @@ from vault.media.models import (
 from vault.media.processing import PhotoPipeline
 from vault.patients.models import ERASED, Patient
 from vault.patients.service import PatientService
+from vault.permissions import allowed
+from vault import signedurls
 from vault.sealed import SealedBlobs, SealedRef
 from vault.treatments.service import TreatmentService
 
 IDEMPOTENCY_INDEX = "media.idempotency-key"
+PLAYBACK = "media-playback"
+PLAYBACK_LINK_LIFETIME = timedelta(minutes=10)
 BODY_INDEX = "media.body"
 
 
@@ -81,6 +88,8 @@ class MediaService:
         if media is None:
             raise NotFound("no such media")
         await self.patients.load(session, actor, media.patient_id)  # erased patient -> 410
+        if media.status == DELETED:
+            raise Gone("the media has been deleted")
         return media
 
     async def _blobs(self, session: AsyncSession, media_id: str) -> dict[str, MediaBlob]:
@@ -234,6 +243,8 @@ class MediaService:
             raise NotFound("no such media")
         if row.patient_status == ERASED:
             raise PatientErased()
+        if row.status == DELETED:
+            raise Gone("the media has been deleted")
         if row.status != READY:
             raise NotReady(details={"status": row.status})
         if row.id is None:
@@ -241,6 +252,32 @@ class MediaService:
         await self.audit.record(AuditEvent.of(actor, action, patient_id=row.patient_id, media_id=media_id, rendition=rendition))
         ref = SealedRef(id=row.id, tenant_id=actor.tenant_id, patient_id=row.patient_id, plain_size=row.plain_size)
         return Content(ref=ref, mime=row.mime, etag=f'"{row.id}"')
+
+    async def playback_link(self, actor: Actor, media_id: str) -> dict[str, str]:
+        async with self.db.session() as session:
+            media = await self.load(session, actor, media_id)
+        if media.status != READY:
+            raise NotReady(details={"status": media.status})
+        expires_at = utcnow() + PLAYBACK_LINK_LIFETIME
+        params = await signedurls.sign(
+            self.keys, actor.tenant_id, purpose=PLAYBACK, resource=media.id, token_id=actor.token_id, expires_at=expires_at
+        )
+        await self.audit.record(AuditEvent.of(actor, "media.playback_link", patient_id=media.patient_id, media_id=media.id))
+        return {"url": f"/v1/playback/{media.id}?{urlencode(params.query())}", "expires_at": expires_at.isoformat()}
+
+    async def playback_actor(self, media_id: str, query: dict[str, str], *, request_id: str) -> Actor:
+        """The actor a signed playback link stands for: its token must be live and still
+        hold a role that may read content; the signature binds media, token and expiry."""
+        try:
+            params = signedurls.SignedParams(token_id=query["token"], expires=int(query["expires"]), signature=query["signature"])
+        except (KeyError, ValueError):
+            raise Forbidden("the link is not valid") from None
+        async with self.db.session() as session:
+            principal = await signedurls.signer(session, params.token_id)
+        await signedurls.verify(self.keys, principal.tenant_id, purpose=PLAYBACK, resource=media_id, params=params, now=utcnow())
+        if principal.role not in allowed("GET", "/v1/media/{media_id}/content"):
+            raise Forbidden("the link is not valid")
+        return Actor(tenant_id=principal.tenant_id, token_id=principal.token_id, role=principal.role, request_id=request_id)
 
     async def read_all(self, content: Content) -> bytes:
         return await self.sealed.read(content.ref)
@@ -260,7 +297,8 @@ class MediaService:
     ) -> tuple[list[dict[str, Any]], str | None]:
         async with self.db.session() as session:
             patient = await self.patients.load(session, actor, patient_id)
-            query = select(Media).where(Media.patient_id == patient.id, Media.tenant_id == actor.tenant_id)
+            query = select(Media).where(Media.patient_id == patient.id, Media.tenant_id == actor.tenant_id,
+                                        Media.status != DELETED)
             if phase:
                 query = query.where(Media.phase == phase)
             if treatment_id:

@@ -8,13 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from vault.appkeys import MEDIA, SETTINGS
 from vault.errors import UnsupportedMedia, ValidationFailed
-from vault.http.context import actor_of
+from vault.http.context import REQUEST_ID, actor_of
 from vault.http.jsonio import json_response, parse_query, read_json
 from vault.http.ranges import parse_range
 from vault.http.routing import Endpoints
 from vault.media.models import ORIGINAL, THUMBNAILS
+from vault.media.video import upload_video
 from vault.media.upload import PHOTO_TYPES, VIDEO_TYPES, check_matches, open_upload
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
+from vault.pipeline.video import looks_like_video
 
 routes = Endpoints("media")
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
@@ -58,9 +60,9 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 @routes.post(
     "/v1/patients/{patient_id}/media",
-    summary="Upload a photo (raw body with its media type, or multipart field 'file')",
+    summary="Upload a photo or video (raw body with its media type, or multipart field 'file'); a video is `processing` until its finishing job is done",
     query=UploadQuery,
-    request_media=tuple(sorted(PHOTO_TYPES)) + ("multipart/form-data",),
+    request_media=tuple(sorted(PHOTO_TYPES | VIDEO_TYPES)) + ("multipart/form-data",),
     status=201,
     errors=(404, 409, 410, 413, 415, 422),
 )
@@ -73,12 +75,17 @@ async def upload_media(request: web.Request) -> web.Response:
     await service.check_target(actor, patient_id, query.treatment_id)  # 404 before reading any body
     settings = request.app[SETTINGS]
     stream = await open_upload(request, limit=max(settings.max_photo_bytes, settings.max_video_bytes))
-    sniffed = sniff(await stream.head(SNIFF_BYTES))
+    head = await stream.head(SNIFF_BYTES)
+    sniffed = sniff(head) or looks_like_video(head)  # old QuickTime files start without ftyp
     if sniffed is None:
         raise UnsupportedMedia("not a supported photo or video type", details={"accepted": sorted(PHOTO_TYPES | VIDEO_TYPES)})
     check_matches(stream.declared, sniffed)
     if sniffed in VIDEO_TYPES:
-        raise UnsupportedMedia("video uploads are not accepted yet", details={"detected": sniffed})
+        view, created = await upload_video(
+            service, actor, patient_id, stream.chunks(limit=settings.max_video_bytes),
+            phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key,
+        )
+        return json_response(view, status=201 if created else 200)
     data = await stream.read_all(limit=settings.max_photo_bytes)
     view, created = await service.upload_photo(
         actor, patient_id, data, phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key
@@ -124,6 +131,11 @@ def _private(response: web.StreamResponse, etag: str) -> None:
 async def media_content(request: web.Request) -> web.StreamResponse:
     service = request.app[MEDIA]
     content = await service.content(actor_of(request), request.match_info["media_id"], rendition=ORIGINAL, action="media.content")
+    return await _serve(request, service, content)
+
+
+async def _serve(request: web.Request, service, content) -> web.StreamResponse:
+    """Stream a rendition, or the byte range asked for, decrypting only the segments it touches."""
     size = content.ref.plain_size
     wanted = parse_range(request.headers.get("Range"), size)
     start, end = wanted or (0, size)
@@ -141,6 +153,25 @@ async def media_content(request: web.Request) -> web.StreamResponse:
             await response.write(piece)
     await response.write_eof()
     return response
+
+
+class PlaybackLink(BaseModel):
+    url: str
+    expires_at: str
+
+
+@routes.post("/v1/media/{media_id}/playback", summary="A short-lived signed playback URL for a <video> element, bound to this media and this token", response=PlaybackLink, errors=(404, 409, 410))
+async def create_playback(request: web.Request) -> web.Response:
+    link = await request.app[MEDIA].playback_link(actor_of(request), request.match_info["media_id"])
+    return json_response(link)
+
+
+@routes.get("/v1/playback/{media_id}", summary="Play media through a signed link (Range and HEAD supported; no bearer header)", response_media="application/octet-stream", errors=(403, 404, 409, 410, 416))
+async def playback(request: web.Request) -> web.StreamResponse:
+    service = request.app[MEDIA]
+    actor = await service.playback_actor(request.match_info["media_id"], dict(request.query), request_id=request[REQUEST_ID])
+    content = await service.content(actor, request.match_info["media_id"], rendition=ORIGINAL, action="media.playback")
+    return await _serve(request, service, content)
 
 
 @routes.get("/v1/media/{media_id}/thumbnail", summary="A JPEG thumbnail, 256 or 1024 px", query=ThumbnailQuery, response_media="image/jpeg", errors=(404, 409, 410, 422))

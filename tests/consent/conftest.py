@@ -1,0 +1,99 @@
+"""Consent and release test helpers: patients, photos (one with a face), consents, releases."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from dataclasses import dataclass
+
+import pytest
+import skimage.data
+from PIL import Image
+from sqlalchemy import update
+
+from tests.pipeline import samples
+from tests.pipeline.conftest import exiftool  # noqa: F401  (shared fixture)
+from vault.appkeys import DB
+
+
+def plain_jpeg(color=(120, 90, 60), size=(96, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def face_jpeg() -> bytes:
+    """The astronaut stored rotated (Orientation=6) with a maker, a comment and an ICC profile."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = samples.MARKERS["make"]
+    out = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).transpose(Image.Transpose.ROTATE_90).save(
+        out, "JPEG", quality=92, exif=exif.tobytes(), comment=samples.MARKERS["comment"].encode(),
+        icc_profile=samples.srgb_icc())
+    return out.getvalue()
+
+
+@dataclass
+class Api:
+    client: object
+    clinic: object
+
+    async def patient(self) -> str:
+        resp = await self.client.post("/v1/patients", json={"external_ref": "MRN-" + secrets.token_hex(6)},
+                                      headers=self.clinic.auth("practitioner"))
+        assert resp.status == 201, await resp.text()
+        return (await resp.json())["id"]
+
+    async def treatment(self, patient_id: str) -> str:
+        resp = await self.client.post(f"/v1/patients/{patient_id}/treatments", json={"name": "Filler", "performed_on": "2026-03-01"},
+                                      headers=self.clinic.auth("practitioner"))
+        assert resp.status == 201, await resp.text()
+        return (await resp.json())["id"]
+
+    async def photo(self, patient_id: str, data: bytes | None = None, *, treatment_id: str | None = None) -> dict:
+        params = {"phase": "after", **({"treatment_id": treatment_id} if treatment_id else {})}
+        resp = await self.client.post(f"/v1/patients/{patient_id}/media", data=data or plain_jpeg(), params=params,
+                                      headers={**self.clinic.auth("practitioner"), "Content-Type": "image/jpeg"})
+        assert resp.status == 201, await resp.text()
+        return await resp.json()
+
+    async def consent(self, patient_id: str, *, status: int = 201, role: str = "dpo", **body) -> dict:
+        body.setdefault("purposes", ["education"])
+        body.setdefault("identifiable", True)
+        resp = await self.client.post(f"/v1/patients/{patient_id}/consents", json=body, headers=self.clinic.auth(role))
+        assert resp.status == status, await resp.text()
+        return await resp.json()
+
+    async def withdraw(self, consent_id: str, *, status: int = 201, **body) -> dict:
+        resp = await self.client.post(f"/v1/consents/{consent_id}/withdraw", json=body or None, headers=self.clinic.auth("dpo"))
+        assert resp.status == status, await resp.text()
+        return await resp.json()
+
+    async def release(self, media_id: str, *, purpose: str = "education", recipient: str = "Journal of Skin", status: int = 201,
+                      role: str = "marketing") -> dict:
+        resp = await self.client.post(f"/v1/media/{media_id}/releases", json={"purpose": purpose, "recipient": recipient},
+                                      headers=self.clinic.auth(role))
+        assert resp.status == status, await resp.text()
+        return await resp.json()
+
+    async def releasable(self, purpose: str | None = "education") -> dict[str, dict]:
+        params = {"purpose": purpose} if purpose else {}
+        resp = await self.client.get("/v1/releasable", params=params, headers=self.clinic.auth("marketing"))
+        assert resp.status == 200, await resp.text()
+        return {(i["media_id"], i["purpose"]): i for i in (await resp.json())["items"]}
+
+    async def set(self, model, row_id: str, **values) -> None:
+        """Change a row behind the API's back: time passing, or another issue's feature."""
+        async with self.client.server.app[DB].transaction() as session:
+            await session.execute(update(model).where(model.id == row_id).values(**values))
+
+
+@pytest.fixture
+def api(client, clinic) -> Api:
+    return Api(client, clinic)
+
+
+@pytest.fixture
+def other_api(client, other_clinic) -> Api:
+    return Api(client, other_clinic)

@@ -1,0 +1,216 @@
+"""``vault keys ...`` and ``vault audit checkpoint``: operator actions on keys, the shred
+ledger, receipts and audit checkpoints. Every action on a tenant is audited in its
+chain (actor ``cli``); ``verify-receipt`` needs only a public key and no database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+from pathlib import Path
+
+from vault.config import Settings
+
+
+def _request_id() -> str:
+    return "cli-" + secrets.token_hex(8)
+
+
+def _run(settings: Settings, action) -> int:
+    from vault.runtime import runtime
+
+    async def main() -> int:
+        async with runtime(settings, group_commit=False) as rt:
+            return await action(rt) or 0
+
+    return asyncio.run(main())
+
+
+def _ops(rt):
+    from vault.keyops import KeyOperations
+
+    return KeyOperations.of(rt)
+
+
+def _bar():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("rewrapping patient keys"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+
+
+# -- keys ---------------------------------------------------------------------------------
+def cmd_keys_versions(settings: Settings, args) -> int:
+    from vault.actor import Actor
+
+    async def action(rt):
+        tenant = await rt.tenants.tenant_by_slug(args.tenant)
+        versions = await _ops(rt).versions(tenant.id, actor=Actor.cli(tenant.id, _request_id()))
+        print(f"{'version':>7}  {'state':<9} {'created':<25} {'destroyed':<25} {'DEKs':>8}")
+        for v in versions:
+            destroyed = v.destroyed_at.isoformat(timespec="seconds") if v.destroyed_at else "-"
+            print(f"{v.version:>7}  {v.state:<9} {v.created_at.isoformat(timespec='seconds'):<25} {destroyed:<25} {v.dek_count:>8}")
+
+    return _run(settings, action)
+
+
+def cmd_keys_rotate(settings: Settings, args) -> int:
+    from vault.actor import Actor
+
+    async def action(rt):
+        tenant = await rt.tenants.tenant_by_slug(args.tenant)
+        with _bar() as bar:
+            task = bar.add_task("rewrap", total=None)
+            version, count = await _ops(rt).rotate(
+                tenant.id, actor=Actor.cli(tenant.id, _request_id()),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        print(f"{tenant.slug}: KEK version {version} is current; {count} patient keys rewrapped")
+
+    return _run(settings, action)
+
+
+def cmd_keys_rewrap(settings: Settings, args) -> int:
+    from vault.actor import Actor
+
+    async def action(rt):
+        tenant = await rt.tenants.tenant_by_slug(args.tenant)
+        with _bar() as bar:
+            task = bar.add_task("rewrap", total=None)
+            count = await _ops(rt).rewrap(
+                tenant.id, actor=Actor.cli(tenant.id, _request_id()),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        print(f"{tenant.slug}: {count} patient keys rewrapped under the current KEK version")
+
+    return _run(settings, action)
+
+
+def cmd_keys_destroy_version(settings: Settings, args) -> int:
+    from vault.actor import Actor
+
+    async def action(rt):
+        tenant = await rt.tenants.tenant_by_slug(args.tenant)
+        await _ops(rt).destroy_version(tenant.id, args.version, actor=Actor.cli(tenant.id, _request_id()))
+        print(f"{tenant.slug}: KEK version {args.version} destroyed")
+
+    return _run(settings, action)
+
+
+def cmd_keys_reshred(settings: Settings, args) -> int:
+    async def action(rt):
+        repaired = await rt.ledger.reconcile()
+        removed = await _ops(rt).reshred(request_id=_request_id())
+        slugs = {t.id: t.slug for t in await rt.tenants.tenants()}
+        for tenant_id, count in sorted(removed.items(), key=lambda item: slugs.get(item[0], item[0])):
+            print(f"{slugs.get(tenant_id, tenant_id)}: {count} key rows re-shredded")
+        total = sum(removed.values())
+        print(f"re-shredded {total} key rows from the shred ledger"
+              + (f"; recorded {repaired} erased patients missing from it" if repaired else ""))
+
+    return _run(settings, action)
+
+
+def cmd_keys_verify_receipt(settings: Settings, args) -> int:
+    from vault.receipts import verify_receipt
+
+    try:
+        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"INVALID: cannot read a receipt from {args.file}: {type(exc).__name__}")
+        return 1
+    if not isinstance(data, dict) or not isinstance(data.get("receipt"), dict) or not isinstance(data.get("signature"), str):
+        print('INVALID: expected {"receipt": {...}, "signature": "..."}')
+        return 1
+    if args.public_key:
+        try:
+            pem = Path(args.public_key).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"vault: cannot read the public key {args.public_key}: {type(exc).__name__}", file=sys.stderr)
+            return 2
+    else:
+        pem = asyncio.run(_service_public_key(settings))
+    try:
+        valid = verify_receipt(data["receipt"], data["signature"], pem)
+    except ValueError as exc:
+        print(f"vault: {exc}", file=sys.stderr)
+        return 2
+    receipt = data["receipt"]
+    if not valid:
+        print("INVALID: the signature does not match this receipt and key")
+        return 1
+    print(f"valid erasure receipt {receipt.get('receipt_id')}: {len(receipt.get('destroyed_key_ids', []))} keys destroyed "
+          f"at {receipt.get('completed_at')}; irrecoverable everywhere after {receipt.get('irrecoverable_after')}")
+    return 0
+
+
+async def _service_public_key(settings: Settings) -> str:
+    from keys.providers import open_root_key
+    from keys.store import KeyStore
+
+    root = open_root_key(settings.root_key_url, production=settings.production)
+    try:
+        keys = await KeyStore.open(settings.keystore_url, root)
+        try:
+            return await keys.public_key_pem()
+        finally:
+            await keys.close()
+    finally:
+        await root.close()
+
+
+# -- audit --------------------------------------------------------------------------------
+def cmd_audit_checkpoint(settings: Settings, args) -> int:
+    from vault.audit.checkpoints import Checkpoints, checkpoint_document
+
+    async def action(rt):
+        tenants = [await rt.tenants.tenant_by_slug(args.tenant)] if args.tenant else await rt.tenants.tenants()
+        checkpoints = Checkpoints(rt.db, rt.audit, rt.keys)
+        for tenant in tenants:
+            cp = await checkpoints.checkpoint(tenant.id)
+            if cp is None:
+                print(f"{tenant.slug}: empty chain, nothing to sign")
+            elif args.json:
+                print(json.dumps({"checkpoint": checkpoint_document(cp), "signature": cp.signature}, sort_keys=True))
+            else:
+                print(f"{tenant.slug}: checkpoint at entry {cp.seq}, head {cp.hash[:16]}…, signed {cp.signed_at.isoformat()}")
+
+    return _run(settings, action)
+
+
+def add_audit_commands(audit: argparse._SubParsersAction) -> None:
+    checkpoint = audit.add_parser("checkpoint", help="sign each tenant's audit-chain head with the service key")
+    checkpoint.add_argument("--tenant", help="only this tenant (slug)")
+    checkpoint.add_argument("--json", action="store_true", help="print the signed checkpoints as JSON lines, to keep elsewhere")
+    checkpoint.set_defaults(func=cmd_audit_checkpoint)
+
+
+def add_keys_commands(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="tenant KEKs, the shred ledger, erasure receipts").add_subparsers(
+        dest="keys_command", required=True
+    )
+    versions = keys.add_parser("versions", help="a tenant's KEK versions, their state and how many DEKs each wraps")
+    versions.add_argument("--tenant", required=True)
+    versions.set_defaults(func=cmd_keys_versions)
+    rotate = keys.add_parser("rotate", help="new KEK version; rewrap every patient key under it (reads keep working)")
+    rotate.add_argument("--tenant", required=True)
+    rotate.set_defaults(func=cmd_keys_rotate)
+    rewrap = keys.add_parser("rewrap", help="finish an interrupted rotation: rewrap keys still under old versions")
+    rewrap.add_argument("--tenant", required=True)
+    rewrap.set_defaults(func=cmd_keys_rewrap)
+    destroy = keys.add_parser("destroy-kek-version", help="shred an old KEK version (refused while any DEK uses it)")
+    destroy.add_argument("--tenant", required=True)
+    destroy.add_argument("--version", type=int, required=True)
+    destroy.set_defaults(func=cmd_keys_destroy_version)
+    reshred = keys.add_parser("reshred", help="after restoring a key-store backup: destroy again every key in the shred ledger")
+    reshred.set_defaults(func=cmd_keys_reshred)
+    verify = keys.add_parser("verify-receipt", help="check an erasure receipt's signature; exit 0 valid, 1 invalid")
+    verify.add_argument("file", help='JSON {"receipt": {...}, "signature": "..."} as an erasure returned it')
+    verify.add_argument("--public-key", metavar="PEMFILE",
+                        help="the published public key (GET /v1/erasure-receipts/public-key); default: the key store's")
+    verify.set_defaults(func=cmd_keys_verify_receipt)

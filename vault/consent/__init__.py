@@ -1,0 +1,1 @@
+"""Consent records, the consent gate and the release paths that ask it."""

@@ -1,0 +1,197 @@
+"""HTTP handlers for consent records and release paths. Role checks happen in the
+middleware (vault/permissions.py); tenant, ownership and the consent gate in the services."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Literal
+
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from vault.appkeys import CONSENTS, RELEASES, SETTINGS
+from vault.errors import TooLarge, UnsupportedMedia, ValidationFailed
+from vault.http.context import REQUEST_ID, actor_of
+from vault.http.jsonio import json_response, parse_query, read_json
+from vault.http.routing import Endpoints
+from vault.signedurls import SignedParams
+
+routes = Endpoints("consent")
+Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+Purpose = Literal["education", "social_media", "marketing", "publication"]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+MAX_EVIDENCE_BYTES = 8 * 1024 * 1024
+EVIDENCE_TYPES = {b"%PDF-": "application/pdf", b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
+
+
+class Evidence(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content_type: Literal["application/pdf", "image/jpeg", "image/png"]
+    data: str = Field(description="the signed consent form (PDF, JPEG or PNG, at most 8 MiB), base64")
+
+
+class ConsentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purposes: list[Purpose] = Field(min_length=1, max_length=4)
+    identifiable: bool = Field(description="true: may show the person; false: de-identified use only")
+    treatment_id: Id | None = Field(default=None, description="scope: this treatment's media")
+    media_ids: list[Id] | None = Field(default=None, min_length=1, max_length=500, description="scope: these media")
+    expires_at: AwareDatetime | None = None
+    evidence: Evidence | None = None
+    notes: Text | None = None
+
+
+class WithdrawIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purposes: list[Purpose] | None = Field(default=None, min_length=1, max_length=4, description="default: all of the consent's")
+    notes: Text | None = None
+
+
+class ReleasableQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purpose: Purpose | None = Field(default=None, description="default: every purpose")
+    cursor: Id | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class SignedThumbnailQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purpose: Purpose
+    rendition: Literal["original", "deidentified"]
+    token: Id
+    expires: int = Field(ge=0, le=2**40)
+    signature: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purpose: Purpose
+    recipient: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)] = Field(
+        description="who receives it, or the channel"
+    )
+
+
+class ReleasesQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    media_id: Id | None = None
+    patient_id: Id | None = None
+    cursor: Id | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+def _evidence(evidence: Evidence) -> tuple[bytes, str]:
+    try:
+        data = base64.b64decode(evidence.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed(details={"errors": [{"field": "evidence.data", "problem": "base64"}]}) from None
+    if not data or len(data) > MAX_EVIDENCE_BYTES:
+        raise TooLarge("evidence is at most 8 MiB", details={"limit": MAX_EVIDENCE_BYTES})
+    sniffed = next((mime for magic, mime in EVIDENCE_TYPES.items() if data.startswith(magic)), None)
+    if sniffed != evidence.content_type:
+        raise UnsupportedMedia("the evidence is not the PDF, JPEG or PNG it claims to be", details={"accepted": sorted(set(EVIDENCE_TYPES.values()))})
+    return data, sniffed
+
+
+# -- consents ------------------------------------------------------------------------------
+@routes.post("/v1/patients/{patient_id}/consents", summary="Record a consent (append-only); evidence as base64",
+             body=ConsentIn, status=201, errors=(400, 404, 410, 413, 415, 422))
+async def record_consent(request: web.Request) -> web.Response:
+    limit = request.app[SETTINGS].max_json_bytes + (MAX_EVIDENCE_BYTES * 4) // 3 + 4
+    body = await read_json(request, ConsentIn, limit=limit)
+    view = await request.app[CONSENTS].record(
+        actor_of(request), request.match_info["patient_id"], purposes=list(body.purposes), identifiable=body.identifiable,
+        treatment_id=body.treatment_id, media_ids=body.media_ids, expires_at=body.expires_at,
+        evidence=_evidence(body.evidence) if body.evidence else None, notes=body.notes,
+    )
+    return json_response(view, status=201)
+
+
+@routes.get("/v1/patients/{patient_id}/consents", summary="A patient's consent history, oldest first", errors=(404, 410))
+async def list_consents(request: web.Request) -> web.Response:
+    items = await request.app[CONSENTS].history(actor_of(request), request.match_info["patient_id"])
+    return json_response({"items": items, "next_cursor": None})
+
+
+@routes.get("/v1/consents/{consent_id}/evidence", summary="The signed consent form", response_media="application/octet-stream",
+            errors=(404, 410))
+async def consent_evidence(request: web.Request) -> web.Response:
+    data, mime = await request.app[CONSENTS].evidence(actor_of(request), request.match_info["consent_id"])
+    response = web.Response(body=data, content_type=mime)
+    response.headers["Cache-Control"] = "private, no-store"
+    response.headers["Content-Disposition"] = "attachment"
+    return response
+
+
+@routes.post("/v1/consents/{consent_id}/withdraw", summary="Withdraw a consent (all or some purposes); returns the recall list",
+             body=WithdrawIn, status=201, errors=(400, 404, 409, 410, 422))
+async def withdraw_consent(request: web.Request) -> web.Response:
+    if request.can_read_body:
+        body = await read_json(request, WithdrawIn, limit=request.app[SETTINGS].max_json_bytes)
+    else:
+        body = WithdrawIn()
+    result = await request.app[CONSENTS].withdraw(actor_of(request), request.match_info["consent_id"],
+                                                  purposes=list(body.purposes) if body.purposes else None, notes=body.notes)
+    return json_response(result, status=201)
+
+
+# -- release paths --------------------------------------------------------------------------
+@routes.get("/v1/releasable", summary="What the consent gate allows now, with signed thumbnail URLs", query=ReleasableQuery,
+            errors=(422,))
+async def list_releasable(request: web.Request) -> web.Response:
+    q = parse_query(request, ReleasableQuery)
+    items, next_cursor = await request.app[RELEASES].releasable(actor_of(request), purpose=q.purpose, cursor=q.cursor, limit=q.limit)
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+@routes.get("/v1/releasable/{media_id}/thumbnail", summary="Signed thumbnail of the rendition that would be released (no bearer)",
+            query=SignedThumbnailQuery, response_media="image/jpeg", errors=(403, 404, 410, 422))
+async def releasable_thumbnail(request: web.Request) -> web.Response:
+    q = parse_query(request, SignedThumbnailQuery)
+    data = await request.app[RELEASES].thumbnail(
+        media_id=request.match_info["media_id"], purpose=q.purpose, rendition=q.rendition,
+        params=SignedParams(token_id=q.token, expires=q.expires, signature=q.signature), request_id=request[REQUEST_ID],
+    )
+    response = web.Response(body=data, content_type="image/jpeg")
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@routes.post("/v1/media/{media_id}/releases", summary="Release one photo or video for a purpose (the gate decides the rendition)",
+             body=ReleaseIn, status=201, errors=(404, 422))
+async def create_release(request: web.Request) -> web.Response:
+    body = await read_json(request, ReleaseIn, limit=request.app[SETTINGS].max_json_bytes)
+    view = await request.app[RELEASES].release(actor_of(request), request.match_info["media_id"], purpose=body.purpose,
+                                               recipient=body.recipient)
+    return json_response(view, status=201)
+
+
+@routes.get("/v1/releases/{release_id}/download", summary="The released file, once, before the link expires (gate re-checked)",
+            response_media="application/octet-stream", errors=(404, 410))
+async def download_release(request: web.Request) -> web.StreamResponse:
+    service = request.app[RELEASES]
+    # HEAD checks everything but must not spend the one download.
+    download = await service.open_download(actor_of(request), request.match_info["release_id"], claim=request.method != "HEAD")
+    try:
+        response = web.StreamResponse()
+        response.content_type = download.mime
+        response.content_length = download.ref.plain_size
+        response.headers["Cache-Control"] = "private, no-store"
+        response.headers["Content-Disposition"] = f'attachment; filename="{download.filename}"'
+        await response.prepare(request)
+        if request.method != "HEAD":
+            async for piece in await service.stream(download):
+                await response.write(piece)
+        await response.write_eof()
+        return response
+    finally:
+        await service.finish_download(download)
+
+
+@routes.get("/v1/releases", summary="Releases made (the recall list), filtered by media or patient", query=ReleasesQuery,
+            errors=(404, 422))
+async def list_releases(request: web.Request) -> web.Response:
+    q = parse_query(request, ReleasesQuery)
+    items, next_cursor = await request.app[RELEASES].page(actor_of(request), media_id=q.media_id, patient_id=q.patient_id,
+                                                          cursor=q.cursor, limit=q.limit)
+    return json_response({"items": items, "next_cursor": next_cursor})

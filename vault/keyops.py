@@ -1,0 +1,158 @@
+"""Operator and scheduled actions on tenant KEKs and the shred ledger, each audited in
+the tenant's chain: list versions, rotate, rewrap, destroy an old version, re-shred.
+
+KEK epochs: the periodic job (:func:`rotate_and_expire`) rotates a tenant's KEK once
+the current version is ``VAULT_KEK_ROTATION_DAYS`` old, and destroys every version
+created more than ``VAULT_BACKUP_WINDOW`` days ago once no DEK uses it (rewrapping
+first). The version that wrapped an erased patient's DEK was created before the
+erasure, so it is gone by ``completed_at + backup window`` (plus one job period) —
+the ``irrecoverable_after`` an erasure receipt states.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from keys.errors import KeyInUse, KeyNotFound
+from keys.rotation import KekVersion, Progress
+from keys.store import KeyStore
+from vault.actor import Actor
+from vault.audit.service import AuditEvent, AuditLog
+from vault.errors import Conflict, NotFound
+from vault.shredding.service import ShredLedger
+
+if TYPE_CHECKING:
+    from vault.runtime import Runtime
+
+log = logging.getLogger("vault.keys")
+
+DESTROYED = "destroyed"
+
+
+def scheduler(tenant_id: str, request_id: str) -> Actor:
+    """The actor the periodic job's audit entries name."""
+    return Actor(tenant_id=tenant_id, token_id="job:keys.rotate", role="system", request_id=request_id)
+
+
+class KeyOperations:
+    def __init__(self, *, keys: KeyStore, audit: AuditLog, ledger: ShredLedger) -> None:
+        self.keys = keys
+        self.audit = audit
+        self.ledger = ledger
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> KeyOperations:
+        return cls(keys=runtime.keys, audit=runtime.audit, ledger=runtime.ledger)
+
+    async def versions(self, tenant_id: str, *, actor: Actor) -> list[KekVersion]:
+        try:
+            versions = await self.keys.kek_versions(tenant_id)
+        except KeyNotFound:
+            raise NotFound("the tenant has no key hierarchy") from None
+        await self.audit.record(AuditEvent.of(actor, "keys.versions"))
+        return versions
+
+    async def rotate(self, tenant_id: str, *, actor: Actor, progress: Progress | None = None) -> tuple[int, int]:
+        """New KEK version, every DEK rewrapped under it; returns (version, DEKs rewrapped)."""
+        seen = _Seen(progress)
+        try:
+            version = await self.keys.rotate_kek(tenant_id, progress=seen)
+        except KeyNotFound:
+            raise NotFound("the tenant has no key hierarchy") from None
+        await self.audit.record(
+            AuditEvent.of(actor, "keys.rotate", kek_version=str(version), rewrapped=str(seen.done))
+        )
+        return version, seen.done
+
+    async def rewrap(self, tenant_id: str, *, actor: Actor, progress: Progress | None = None) -> int:
+        """Finish an interrupted rotation: rewrap DEKs still under older versions."""
+        try:
+            count = await self.keys.rewrap(tenant_id, progress=progress)
+        except KeyNotFound:
+            raise NotFound("the tenant has no key hierarchy") from None
+        await self.audit.record(AuditEvent.of(actor, "keys.rewrap", rewrapped=str(count)))
+        return count
+
+    async def destroy_version(self, tenant_id: str, version: int, *, actor: Actor) -> None:
+        """Shred one old KEK version; ``Conflict`` while it is current or wraps any DEK."""
+        try:
+            await self.keys.destroy_kek_version(tenant_id, version)
+        except KeyInUse as exc:
+            await self.audit.record(
+                AuditEvent.of(actor, "keys.destroy_kek_version", outcome="key_in_use", kek_version=str(version))
+            )
+            raise Conflict(
+                f"KEK version {version} cannot be destroyed: {exc}. "
+                "Rewrap first (vault keys rewrap / vault keys rotate), then try again."
+            ) from None
+        except KeyNotFound:
+            raise NotFound(f"no KEK version {version} for this tenant") from None
+        await self.audit.record(AuditEvent.of(actor, "keys.destroy_kek_version", kek_version=str(version)))
+
+    async def reshred(self, *, request_id: str) -> dict[str, int]:
+        """Re-shred a restored key-store backup from the ledger; key rows removed per tenant."""
+        removed = await self.ledger.reshred()
+        for tenant_id, count in removed.items():
+            await self.audit.record(AuditEvent.of(Actor.cli(tenant_id, request_id), "keys.reshred", removed=str(count)))
+        return removed
+
+
+@dataclass(frozen=True)
+class KekUpkeep:
+    """What one run of :func:`rotate_and_expire` did for a tenant."""
+
+    rotated_to: int | None = None
+    rewrapped: int = 0
+    destroyed: tuple[int, ...] = ()
+    kept: tuple[int, ...] = field(default=())  # old enough, but still wrapping DEKs
+
+
+async def rotate_and_expire(runtime: Runtime, tenant_id: str, *, now: datetime, request_id: str = "job") -> KekUpkeep:
+    """Rotate the tenant's KEK when due, then destroy versions older than the backup window."""
+    settings = runtime.settings
+    ops = KeyOperations.of(runtime)
+    actor = scheduler(tenant_id, request_id)
+    versions = await runtime.keys.kek_versions(tenant_id)
+    current = _current(versions)
+    rotated_to, rewrapped = None, 0
+    if now - current.created_at >= timedelta(days=settings.kek_rotation_days):
+        rotated_to, rewrapped = await ops.rotate(tenant_id, actor=actor)
+    elif any(v.dek_count for v in versions if v.version != current.version):
+        rewrapped = await ops.rewrap(tenant_id, actor=actor)  # an interrupted rotation
+    window = timedelta(days=settings.backup_window_days)
+    versions = await runtime.keys.kek_versions(tenant_id)
+    current = _current(versions)
+    destroyed, kept = [], []
+    for v in versions:
+        if v.state == DESTROYED or v.version == current.version or now - v.created_at < window:
+            continue
+        try:
+            await ops.destroy_version(tenant_id, v.version, actor=actor)
+        except Conflict:
+            # A DEK still under it after the rewrap above: a rewrap lost a race with a
+            # peer's rotation. The next run tries again; nothing is lost by waiting.
+            kept.append(v.version)
+            continue
+        destroyed.append(v.version)
+    return KekUpkeep(rotated_to=rotated_to, rewrapped=rewrapped, destroyed=tuple(destroyed), kept=tuple(kept))
+
+
+def _current(versions: list[KekVersion]) -> KekVersion:
+    active = [v for v in versions if v.state == "active"]
+    return active[-1] if active else max((v for v in versions if v.state != DESTROYED), key=lambda v: v.version)
+
+
+class _Seen:
+    """Passes progress on and remembers how many DEKs were rewrapped."""
+
+    def __init__(self, inner: Progress | None) -> None:
+        self.inner = inner
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = done
+        if self.inner is not None:
+            self.inner(done, total)

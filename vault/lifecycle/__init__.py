@@ -1,0 +1,1 @@
+"""Patient rights and the data lifecycle: erasure, legal hold, restriction, retention, exports."""

@@ -1,0 +1,86 @@
+"""Legal hold and restriction of processing.
+
+A legal hold blocks erasure of the patient and deletion of any of their media, by
+request or by retention sweep, until it is lifted. Its reason is sealed under the
+patient DEK and never leaves the service (not in responses, logs or audit entries).
+
+Restriction (GDPR art. 18) sets the patient's status to ``restricted``: the consent
+gate then denies every release and the releasable listing skips the patient, while
+storage, clinical reads and the patient's own subject-access export go on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from vault.actor import Actor
+from vault.audit.service import AuditEvent, AuditLog
+from vault.db import Database, utcnow
+from vault.errors import Conflict
+from vault.lifecycle.models import PENDING, ErasureRequest, LegalHold
+from vault.lifecycle.reasons import seal_hold_reason
+from vault.patients.models import ACTIVE, RESTRICTED
+from vault.patients.service import PatientService
+
+
+class HoldService:
+    def __init__(self, *, db: Database, audit: AuditLog, keys, patients: PatientService) -> None:
+        self.db = db
+        self.audit = audit
+        self.keys = keys
+        self.patients = patients
+
+    async def place_hold(self, actor: Actor, patient_id: str, *, reason: str) -> dict[str, Any]:
+        async with self.db.transaction() as session:
+            patient = await self.patients.load(session, actor, patient_id, lock=True)
+            pending = (await session.execute(
+                select(ErasureRequest.id).where(ErasureRequest.patient_id == patient.id, ErasureRequest.state == PENDING)
+            )).first()
+            if pending is not None:
+                raise Conflict("an erasure of this patient is already under way", details={"reason": "erasure_in_progress"})
+            sealed = await seal_hold_reason(self.keys, patient.tenant_id, patient.id, reason)
+            hold = await session.get(LegalHold, patient.id, with_for_update=True)
+            now = utcnow()
+            if hold is None:
+                hold = LegalHold(patient_id=patient.id, tenant_id=patient.tenant_id)
+                session.add(hold)
+            hold.reason, hold.placed_by, hold.placed_at, hold.lifted_by, hold.lifted_at = sealed, actor.token_id, now, None, None
+            await session.flush()
+            await self.audit.append(session, AuditEvent.of(actor, "patient.legal_hold.place", patient_id=patient.id))
+            return _hold_view(patient.id, hold)
+
+    async def lift_hold(self, actor: Actor, patient_id: str) -> dict[str, Any]:
+        async with self.db.transaction() as session:
+            patient = await self.patients.load(session, actor, patient_id, lock=True)
+            hold = await session.get(LegalHold, patient.id, with_for_update=True)
+            outcome = "not_held"
+            if hold is not None and hold.lifted_at is None:
+                hold.lifted_by, hold.lifted_at, outcome = actor.token_id, utcnow(), "ok"
+            await self.audit.append(session, AuditEvent.of(actor, "patient.legal_hold.lift", outcome=outcome,
+                                                           patient_id=patient.id))
+            return _hold_view(patient.id, hold)
+
+    async def restrict(self, actor: Actor, patient_id: str, *, restricted: bool) -> dict[str, Any]:
+        async with self.db.transaction() as session:
+            patient = await self.patients.load(session, actor, patient_id, lock=True)
+            wanted = RESTRICTED if restricted else ACTIVE
+            outcome = "ok" if patient.status != wanted else "unchanged"
+            # updated_at is left alone: it is the "last contact" retention clock, and a
+            # DPO's restriction is not contact with the patient.
+            patient.status = wanted
+            action = "patient.restrict" if restricted else "patient.unrestrict"
+            await self.audit.append(session, AuditEvent.of(actor, action, outcome=outcome, patient_id=patient.id))
+            return {"patient_id": patient.id, "status": patient.status}
+
+
+def _hold_view(patient_id: str, hold: LegalHold | None) -> dict[str, Any]:
+    active = hold is not None and hold.lifted_at is None
+    return {
+        "patient_id": patient_id,
+        "legal_hold": active,
+        "placed_at": hold.placed_at.isoformat() if hold is not None else None,
+        "placed_by": hold.placed_by if hold is not None else None,
+        "lifted_at": hold.lifted_at.isoformat() if hold is not None and hold.lifted_at else None,
+    }

@@ -1,0 +1,82 @@
+"""Short-lived signed URLs, for what a browser fetches without a bearer header
+(an ``<img>`` thumbnail now, video playback later).
+
+A signature is HMAC-SHA256 over ``v1|purpose|resource|token id|expiry`` under the
+tenant's blind-index key (:meth:`KeyStore.blind_index`: one key per tenant, held in
+the key store, the same on every node). It binds what may be fetched (purpose and
+resource, e.g. ``release-thumbnail:education`` and ``<media id>:deidentified``), who
+asked (the token id) and until when. Verifying compares in constant time, and the
+caller must still check that the token is live and re-run its own authorisation
+(for release paths: the consent gate) — a signature only says "we issued this".
+
+    params = await sign(keys, tenant_id, purpose=p, resource=r, token_id=t, expires_at=when)
+    url = f"/v1/...?{urlencode(params.query())}"
+    principal = await signer(session, params.token_id)           # live token, its tenant
+    await verify(keys, principal.tenant_id, purpose=p, resource=r, params=params, now=utcnow())
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from vault.actor import Principal
+from vault.errors import Forbidden, Gone
+from vault.tenants.models import ApiToken
+
+INDEX_PURPOSE = "signed-url"
+# Every field is lowercase ASCII without separators or spaces, so the key store's
+# normalisation (NFKC, case-fold, whitespace) is the identity and fields cannot run together.
+_FIELD = re.compile(r"^[a-z0-9_.:-]{1,200}$")
+SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignedParams:
+    token_id: str
+    expires: int  # Unix seconds
+    signature: str
+
+    def query(self) -> dict[str, str]:
+        return {"token": self.token_id, "expires": str(self.expires), "signature": self.signature}
+
+
+def _payload(*, purpose: str, resource: str, token_id: str, expires: int) -> str:
+    for value in (purpose, resource, token_id):
+        if not _FIELD.match(value):
+            raise ValueError("signed URL fields are lowercase ids and names")
+    return f"v1|{purpose}|{resource}|{token_id}|{int(expires)}"
+
+
+async def sign(keys, tenant_id: str, *, purpose: str, resource: str, token_id: str, expires_at: datetime) -> SignedParams:
+    expires = int(expires_at.timestamp())
+    payload = _payload(purpose=purpose, resource=resource, token_id=token_id, expires=expires)
+    return SignedParams(token_id=token_id, expires=expires, signature=await keys.blind_index(tenant_id, INDEX_PURPOSE, payload))
+
+
+async def verify(keys, tenant_id: str, *, purpose: str, resource: str, params: SignedParams, now: datetime) -> None:
+    """Raise Forbidden for a wrong signature, Gone for an expired one."""
+    if not SIGNATURE.match(params.signature) or not _FIELD.match(params.token_id):
+        raise Forbidden("the link is not valid")
+    payload = _payload(purpose=purpose, resource=resource, token_id=params.token_id, expires=params.expires)
+    expected = await keys.blind_index(tenant_id, INDEX_PURPOSE, payload)
+    if not hmac.compare_digest(expected, params.signature):
+        raise Forbidden("the link is not valid")
+    if params.expires <= now.timestamp():
+        raise Gone("the link has expired")
+
+
+async def signer(session: AsyncSession, token_id: str) -> Principal:
+    """The live token a signed link was issued to; Forbidden when unknown or revoked
+    (the same answer for both, so a link reveals nothing about tokens)."""
+    row = (
+        await session.execute(select(ApiToken.tenant_id, ApiToken.role, ApiToken.revoked_at).where(ApiToken.id == token_id))
+    ).first()
+    if row is None or row.revoked_at is not None:
+        raise Forbidden("the link is not valid")
+    return Principal(tenant_id=row.tenant_id, token_id=token_id, role=row.role)

@@ -1,0 +1,14 @@
+"""Release upkeep: redacted renditions of expired, unused release links are shredded."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from workers.context import JobContext
+from workers.registry import periodic
+
+
+@periodic("releases.shred_expired", every=timedelta(minutes=15), time_limit=timedelta(minutes=10))
+async def shred_expired_renditions(ctx: JobContext, payload: dict) -> None:
+    # Each shred commits on its own and is idempotent, so a rerun after a crash is harmless.
+    await ctx.runtime.releases.shred_expired()

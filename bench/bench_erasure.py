@@ -35,14 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from keys import db as keys_db  # noqa: E402
 from keys.migrate import upgrade as upgrade_keys  # noqa: E402
-from keys.models import erased_patients, object_keys, patient_deks  # noqa: E402
+from keys.models import object_keys  # noqa: E402
 from vault.actor import Actor  # noqa: E402
 from vault.config import Settings  # noqa: E402
 from vault.db import new_id  # noqa: E402
 from vault.media.models import Media, MediaBlob  # noqa: E402
 from vault.migrate import upgrade  # noqa: E402
 from vault.runtime import runtime  # noqa: E402
-from vault.shredding.models import ShredRecord  # noqa: E402
 
 RENDITIONS = ("original", "thumb256", "thumb1024")
 _CHUNK = 2000

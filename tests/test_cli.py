@@ -10,7 +10,6 @@ import urllib.request
 import json
 import socket
 
-import pytest
 
 
 def _env(tmp_path, migrated_db=None) -> dict[str, str]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
 import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from vault import cli_keys
 from vault.config import Settings

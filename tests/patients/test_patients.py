@@ -54,7 +54,7 @@ async def test_external_ref_is_unique_per_tenant_only(client, clinic, other_clin
 
 
 async def test_renaming_to_a_taken_ref_is_refused(client, clinic):
-    (r1, b1), (r2, _) = await create(client, clinic), await create(client, clinic)
+    (_, b1), (r2, _) = await create(client, clinic), await create(client, clinic)
     second = (await r2.json())["id"]
     resp = await client.patch(f"/v1/patients/{second}", json={"external_ref": b1["external_ref"]}, headers=clinic.auth("dpo"))
     assert resp.status == 409

@@ -26,6 +26,7 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault import signedurls
+from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.consent import gate
@@ -74,10 +75,7 @@ class ReleaseService:
 
     # -- the gate with fresh rows --------------------------------------------------------
     async def _media(self, session: AsyncSession, tenant_id: str, media_id: str) -> Media:
-        media = (await session.execute(select(Media).where(Media.id == media_id, Media.tenant_id == tenant_id))).scalar_one_or_none()
-        if media is None:
-            raise NotFound("no such media")
-        return media
+        return await owned(session, Media, media_id, tenant_id, what="media")
 
     async def _decide(self, session: AsyncSession, actor: Actor, media: Media, purpose: str, now: datetime,
                       *, lock: bool = False) -> gate.Decision:

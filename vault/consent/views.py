@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from vault.appkeys import CONSENTS, RELEASES, SETTINGS
 from vault.errors import TooLarge, UnsupportedMedia, ValidationFailed
 from vault.http.context import REQUEST_ID, actor_of
+from vault.http.downloads import send_once
 from vault.http.jsonio import json_response, parse_query, read_json
 from vault.http.routing import Endpoints
 from vault.signedurls import SignedParams
@@ -172,20 +173,7 @@ async def download_release(request: web.Request) -> web.StreamResponse:
     service = request.app[RELEASES]
     # HEAD checks everything but must not spend the one download.
     download = await service.open_download(actor_of(request), request.match_info["release_id"], claim=request.method != "HEAD")
-    try:
-        response = web.StreamResponse()
-        response.content_type = download.mime
-        response.content_length = download.ref.plain_size
-        response.headers["Cache-Control"] = "private, no-store"
-        response.headers["Content-Disposition"] = f'attachment; filename="{download.filename}"'
-        await response.prepare(request)
-        if request.method != "HEAD":
-            async for piece in await service.stream(download):
-                await response.write(piece)
-        await response.write_eof()
-        return response
-    finally:
-        await service.finish_download(download)
+    return await send_once(request, service, download, content_type=download.mime)
 
 
 @routes.get("/v1/releases", summary="Releases made (the recall list), filtered by media or patient", query=ReleasesQuery,

@@ -33,13 +33,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keys.errors import KeyDestroyed
 from vault import receipts
+from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.consent.models import ConsentRecord, Release
 from vault.consent.service import recall, release_view
 from vault.db import Database, new_id, utcnow
 from vault.errors import LegalHold as LegalHoldError
-from vault.errors import NotFound
 from vault.jobs import enqueue
 from vault.lifecycle.models import BY_REQUEST, DONE, PENDING, ErasureReceipt, ErasureRequest, Export, LegalHold
 from vault.lifecycle.reasons import seal_erasure_reason
@@ -244,13 +244,7 @@ class ErasureService:
 
     @staticmethod
     async def _media(session: AsyncSession, actor: Actor, media_id: str, *, lock: bool = False) -> Media:
-        query = select(Media).where(Media.id == media_id, Media.tenant_id == actor.tenant_id)
-        if lock:
-            query = query.with_for_update()
-        media = (await session.execute(query)).scalar_one_or_none()
-        if media is None:
-            raise NotFound("no such media")
-        return media
+        return await owned(session, Media, media_id, actor.tenant_id, lock=lock, what="media")
 
 
 async def _media_blob_ids(session: AsyncSession, media_id: str) -> list[str]:

@@ -19,12 +19,13 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.consent.models import Release
 from vault.consent.service import release_view
 from vault.db import Database, new_id, utcnow
-from vault.errors import Gone, NotFound, NotReady
+from vault.errors import Gone, NotReady
 from vault.jobs import enqueue
 from vault.lifecycle.archive import MediaFile, zip_stream
 from vault.lifecycle.erasure import system_actor
@@ -82,12 +83,7 @@ class ExportService:
         return view(export)
 
     async def _load(self, session: AsyncSession, actor: Actor, export_id: str, *, lock: bool = False) -> Export:
-        query = select(Export).where(Export.id == export_id, Export.tenant_id == actor.tenant_id)
-        if lock:
-            query = query.with_for_update()
-        export = (await session.execute(query)).scalar_one_or_none()
-        if export is None:
-            raise NotFound("no such export")
+        export = await owned(session, Export, export_id, actor.tenant_id, lock=lock, what="export")
         await self.patients.load(session, actor, export.patient_id)  # erased -> 410
         return export
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from vault.appkeys import RUNTIME, SETTINGS
 from vault.errors import ValidationFailed
 from vault.http.context import actor_of
+from vault.http.downloads import send_once
 from vault.http.jsonio import json_response, read_json
 from vault.http.routing import Endpoints
 from vault.lifecycle.service import Lifecycle
@@ -139,18 +140,5 @@ async def export_download(request: web.Request) -> web.StreamResponse:
     exports = _lifecycle(request).exports
     # HEAD checks everything but must not spend the one download.
     download = await exports.open_download(actor_of(request), request.match_info["export_id"], claim=request.method != "HEAD")
-    try:
-        response = web.StreamResponse()
-        response.content_type = "application/zip"
-        response.content_length = download.ref.plain_size
-        response.headers["Cache-Control"] = "private, no-store"
-        response.headers["Content-Disposition"] = f'attachment; filename="{download.filename}"'
-        await response.prepare(request)
-        if request.method != "HEAD":
-            async for piece in await exports.stream(download):
-                await response.write(piece)
-        await response.write_eof()
-        return response
-    finally:
-        await exports.finish_download(download)
+    return await send_once(request, exports, download, content_type="application/zip")
 

@@ -21,10 +21,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
-from vault.errors import Gone, IdempotencyConflict, NotFound, NotReady, PatientErased
+from vault.errors import Forbidden, Gone, IdempotencyConflict, NotFound, NotReady, PatientErased
 from vault.media.models import (
     DELETED,
     ORIGINAL,
@@ -81,12 +82,7 @@ class MediaService:
     # -- loading -------------------------------------------------------------------------
     async def load(self, session: AsyncSession, actor: Actor, media_id: str, *, lock: bool = False) -> Media:
         """The media of the actor's tenant whose patient is not erased, else NotFound/Gone."""
-        query = select(Media).where(Media.id == media_id, Media.tenant_id == actor.tenant_id)
-        if lock:
-            query = query.with_for_update()
-        media = (await session.execute(query)).scalar_one_or_none()
-        if media is None:
-            raise NotFound("no such media")
+        media = await owned(session, Media, media_id, actor.tenant_id, lock=lock, what="media")
         await self.patients.load(session, actor, media.patient_id)  # erased patient -> 410
         if media.status == DELETED:
             raise Gone("the media has been deleted")

@@ -12,10 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
-from vault.errors import Conflict, NotFound, PatientErased
+from vault.errors import Conflict, PatientErased
 from vault.patients.models import ERASED, Patient
 
 PERSONAL = ("external_ref", "display_name", "date_of_birth", "notes")
@@ -59,12 +60,7 @@ class PatientService:
     # -- loading with tenant checks -------------------------------------------------
     async def load(self, session: AsyncSession, actor: Actor, patient_id: str, *, lock: bool = False, allow_erased: bool = False) -> Patient:
         """The patient of the actor's tenant, or NotFound (another tenant's too)."""
-        query = select(Patient).where(Patient.id == patient_id, Patient.tenant_id == actor.tenant_id)
-        if lock:
-            query = query.with_for_update()
-        patient = (await session.execute(query)).scalar_one_or_none()
-        if patient is None:
-            raise NotFound("no such patient")
+        patient = await owned(session, Patient, patient_id, actor.tenant_id, lock=lock, what="patient")
         if patient.status == ERASED and not allow_erased:
             raise PatientErased()
         return patient

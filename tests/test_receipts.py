@@ -39,11 +39,13 @@ def _edits(receipt: dict) -> list[tuple[str, dict]]:
     return edited
 
 
-async def _erase(client, clinic, settings) -> tuple[str, dict]:
+async def _erase(client, clinic, settings) -> tuple[str, str, dict]:
+    """(patient id, its DEK id, the signed receipt of its erasure)."""
     app = client.server.app
     keys = app[KEYS]
     patient_id = await new_patient(client, clinic)
     await upload_photo(client, clinic, patient_id)
+    dek_id = (await keys.patient_key(clinic.id, patient_id)).dek_id
     requested = utcnow()
     destroyed = await shred_patient(app[DB], keys, clinic.id, patient_id, cause="erasure")
     receipt = build_erasure_receipt(
@@ -56,11 +58,11 @@ async def _erase(client, clinic, settings) -> tuple[str, dict]:
         legal_hold_checked=True,
         backup_window_days=settings.backup_window_days,
     )
-    return patient_id, await sign_receipt(keys, receipt)
+    return patient_id, dek_id, await sign_receipt(keys, receipt)
 
 
 async def test_receipt_verifies_with_the_published_key_and_fails_when_any_field_is_edited(client, clinic, settings):
-    patient_id, signed = await _erase(client, clinic, settings)
+    patient_id, dek_id, signed = await _erase(client, clinic, settings)
     resp = await client.get("/v1/erasure-receipts/public-key")  # public: no token
     assert resp.status == 200
     published = await resp.json()
@@ -71,7 +73,7 @@ async def test_receipt_verifies_with_the_published_key_and_fails_when_any_field_
     receipt = signed["receipt"]
     assert verify_receipt(receipt, signed["signature"], pem)
     assert receipt["type"] == "erasure_receipt" and receipt["signing_key"] == published["fingerprint"]
-    assert len(receipt["destroyed_key_ids"]) == 4  # DEK + original + two thumbnails
+    assert receipt["destroyed_key_ids"] == [dek_id]  # every object key died with the DEK
     completed = datetime.fromisoformat(receipt["completed_at"])
     assert datetime.fromisoformat(receipt["irrecoverable_after"]) - completed == timedelta(days=settings.backup_window_days)
     assert patient_id not in json.dumps(signed)  # pseudonymous
@@ -119,7 +121,7 @@ def test_receipt_fields_are_checked():
 
 
 async def test_verify_receipt_cli_with_the_published_key_or_the_key_store(client, clinic, settings, tmp_path, monkeypatch):
-    _, signed = await _erase(client, clinic, settings)
+    _, _, signed = await _erase(client, clinic, settings)
     pem_file = tmp_path / "vault-receipts.pem"
     pem_file.write_text((await (await client.get("/v1/erasure-receipts/public-key")).json())["public_key_pem"])
     good = tmp_path / "receipt.json"

@@ -180,10 +180,10 @@ class MediaService:
                                           rendition=rendition, mime=mime, plain_size=ref.plain_size))
                 await self.audit.append(session, AuditEvent.of(actor, "media.upload", patient_id=patient_id, media_id=media.id))
         except _Superseded as won:
-            await asyncio.gather(*(self.sealed.destroy(ref) for ref in refs))
+            await asyncio.gather(*(self.sealed.destroy(ref, cause="upload_rollback") for ref in refs))
             return await self._view_and_audit(actor, won.media, "media.upload.replay"), False
         except BaseException:
-            await asyncio.gather(*(self.sealed.destroy(ref) for ref in refs), return_exceptions=True)
+            await asyncio.gather(*(self.sealed.destroy(ref, cause="upload_rollback") for ref in refs), return_exceptions=True)
             raise
         return await self.view(media), True
 

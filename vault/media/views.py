@@ -147,9 +147,12 @@ async def _serve(request: web.Request, service, content) -> web.StreamResponse:
     if wanted:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     _private(response, content.etag)
+    # Unwrap the key before the status line goes out: a key destroyed meanwhile is a
+    # clean 410, not a dropped connection.
+    pieces = await service.stream(content, start, end) if request.method != "HEAD" and end > start else None
     await response.prepare(request)
-    if request.method != "HEAD" and end > start:
-        async for piece in await service.stream(content, start, end):
+    if pieces is not None:
+        async for piece in pieces:
             await response.write(piece)
     await response.write_eof()
     return response

@@ -15,8 +15,9 @@ things close that window:
   restart path).
 
 :meth:`ShredLedger.reshred` replays the ledger against a restored key-store backup:
-``KeyStore.reshred(ids)`` for every recorded id, and ``destroy_patient`` /
-``destroy_object`` by ids for marker rows, whose real ids then replace the marker.
+``KeyStore.reshred(ids)`` for every recorded id (object keys under a listed DEK go
+too), and ``destroy_patient`` / ``destroy_object`` by (tenant, patient[, object]) for
+marker rows, whose real ids then replace the marker.
 
 Callers must not hold the metadata write transaction while calling the ``shred_*``
 methods without passing that transaction's ``session`` (SQLite has one writer
@@ -35,7 +36,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keys.errors import KeyDestroyed, KeysError
 from keys.store import KeyStore
 from vault.db import Database, new_id, utcnow
 from vault.patients.models import ERASED, Patient
@@ -56,20 +56,20 @@ class ShredLedger:
     async def shred_patient(
         self, tenant_id: str, patient_id: str, *, cause: str, session: AsyncSession | None = None
     ) -> list[str]:
-        """Destroy the patient's DEK and object keys, then record the DEK's id; return every
-        destroyed id, DEK first.
+        """Destroy the patient's DEK, then record its id; return ``[dek_id]`` (``[]`` when
+        it was already gone).
+
+        One row whatever the number of photos: every object key is wrapped by the DEK and
+        dies with it, and ``KeyStore.reshred`` of a DEK id also deletes the object keys
+        under it, so the ledger's share of an erasure is O(1) (invariant 2).
 
         With ``session``, the rows join the caller's transaction (an erasure can commit
         them with its own changes); otherwise they are committed here.
         """
         _check_cause(cause)
-        dek_id = await self._dek_id(tenant_id, patient_id)
         ids = await self.keys.destroy_patient(tenant_id, patient_id)
         at = utcnow()
-        rows = [
-            _row(key_id, kind, tenant_id, patient_id, None, at, cause)
-            for key_id, kind in _recorded(ids, dek_id)
-        ]
+        rows = [_row(ids[0], PATIENT_DEK, tenant_id, patient_id, None, at, cause)] if ids else []
         async with self._writing(session, [r["key_id"] for r in rows], tenant_id) as s:
             if rows:
                 await _insert(s, rows)
@@ -96,17 +96,6 @@ class ShredLedger:
             elif not await _covered(s, tenant_id, patient_id, object_id):
                 await _insert(s, [_row(None, OBJECT, tenant_id, patient_id, object_id, at, cause)])
         return key_id
-
-    async def _dek_id(self, tenant_id: str, patient_id: str) -> str | object | None:
-        # Read before destroying, to tell the DEK's id from the object keys' ids.
-        try:
-            return (await self.keys.patient_key(tenant_id, patient_id)).dek_id
-        except KeyDestroyed:
-            return None
-        except KeysError:
-            # The key store could not unwrap (e.g. the root key is unreachable): the
-            # shred must go ahead anyway; destroy_patient lists the DEK first.
-            return _UNKNOWN
 
     @asynccontextmanager
     async def _writing(self, session: AsyncSession | None, ids: list[str], tenant_id: str) -> AsyncIterator[AsyncSession]:
@@ -198,16 +187,16 @@ class ShredLedger:
         removed = 0
         for marker in markers:
             if marker.kind == PATIENT_DEK:
-                dek_id = await self._dek_id(tenant_id, marker.patient_id)
                 ids = await self.keys.destroy_patient(tenant_id, marker.patient_id)
-                recorded = _recorded(ids, dek_id)
+                recorded = [(ids[0], PATIENT_DEK)] if ids else []
             else:
                 one = await self.keys.destroy_object(tenant_id, marker.patient_id, marker.object_id or "")
                 ids = [one] if one else []
                 recorded = [(one, OBJECT)] if one else []
             if not ids:
                 continue
-            removed += len(ids)
+            # destroy_patient leaves the dead object-key rows to a purge; a re-shred takes them now.
+            removed += len(ids) + await self.keys.reshred(ids)
             object_id = marker.object_id if marker.kind == OBJECT else None
             async with self.db.transaction() as s:
                 await _insert(s, [
@@ -248,25 +237,6 @@ async def reshred_all(db: Database, keys: KeyStore) -> int:
 
 
 # -- helpers ------------------------------------------------------------------------------
-_UNKNOWN = object()  # the DEK id could not be read before the shred
-
-
-def _recorded(ids: list[str], dek_id: str | object | None) -> list[tuple[str, str]]:
-    """The (key id, kind) rows a patient shred records: the DEK alone when there is one.
-
-    ``KeyStore.reshred`` also deletes every object key under a listed DEK, so one row
-    covers them all and the ledger's share of an erasure does not grow with the number
-    of photos (invariant 2). Object ids are recorded only for a patient without a DEK.
-    """
-    if not ids:
-        return []
-    if dek_id is _UNKNOWN:  # destroy_patient lists the DEK first
-        dek_id = ids[0]
-    if dek_id in ids:
-        return [(dek_id, PATIENT_DEK)]
-    return [(key_id, OBJECT) for key_id in ids]
-
-
 def _check_cause(cause: str) -> None:
     if cause not in CAUSES:
         raise ValueError(f"shred cause must be one of {', '.join(CAUSES)}")

@@ -7,7 +7,6 @@ import secrets
 from dataclasses import dataclass
 
 import pytest
-import skimage.data
 from PIL import Image
 from sqlalchemy import update
 
@@ -23,15 +22,7 @@ def plain_jpeg(color=(120, 90, 60), size=(96, 64)) -> bytes:
 
 
 def face_jpeg() -> bytes:
-    """The astronaut stored rotated (Orientation=6) with a maker, a comment and an ICC profile."""
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    exif[0x010F] = samples.MARKERS["make"]
-    out = io.BytesIO()
-    Image.fromarray(skimage.data.astronaut()).transpose(Image.Transpose.ROTATE_90).save(
-        out, "JPEG", quality=92, exif=exif.tobytes(), comment=samples.MARKERS["comment"].encode(),
-        icc_profile=samples.srgb_icc())
-    return out.getvalue()
+    return samples.astronaut_sideways()
 
 
 @dataclass

@@ -380,3 +380,17 @@ def heic_with_everything(*, orientation: int = 1, grid: bool = False, size: tupl
     out = io.BytesIO()
     picture(*size).save(out, "HEIF", **options)
     return out.getvalue()
+
+
+def astronaut_sideways() -> bytes:
+    """A real face photo (scikit-image's astronaut) stored rotated with Orientation=6,
+    a maker, a comment and an ICC profile."""
+    import skimage.data
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = MARKERS["make"]
+    out = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).transpose(Image.Transpose.ROTATE_90).save(
+        out, "JPEG", quality=92, exif=exif.tobytes(), comment=MARKERS["comment"].encode(), icc_profile=srgb_icc())
+    return out.getvalue()

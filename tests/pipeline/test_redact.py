@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import skimage.data
 from PIL import Image
 
 from tests.pipeline import samples
@@ -15,21 +14,9 @@ from vault.pipeline import YuNetOnnxDetector, process_photo, redact_faces
 MAX_PIXELS = 50_000_000
 
 
-def _astronaut_sideways() -> bytes:
-    """The astronaut stored rotated, with Orientation=6 and every kind of metadata."""
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    exif[0x010F] = samples.MARKERS["make"]
-    out = io.BytesIO()
-    Image.fromarray(skimage.data.astronaut()).transpose(Image.Transpose.ROTATE_90).save(
-        out, "JPEG", quality=92, exif=exif.tobytes(), comment=samples.MARKERS["comment"].encode(),
-        icc_profile=samples.srgb_icc())
-    return out.getvalue()
-
-
 def test_redacted_faces_are_opaque_and_undetectable(yunet_model, exiftool):
     detector = YuNetOnnxDetector(yunet_model)
-    original = _astronaut_sideways()
+    original = samples.astronaut_sideways()
     photo = process_photo(original, max_pixels=MAX_PIXELS, detector=detector)
     assert photo.faces.count == 1
     redacted = redact_faces(photo.stripped, photo.faces.boxes, margin=0.25)

@@ -319,6 +319,9 @@ class ReleaseService:
         more = len(rows) > limit
         rows = rows[:limit]
         items = [await release_view(self.keys, r) for r in rows]
+        if actor.role == "marketing":  # marketing works with media, never with patients
+            for item in items:
+                item.pop("patient_id", None)
         await self.audit.record(AuditEvent.of(actor, "release.list", patient_id=patient_id, media_id=media_id, count=str(len(items))))
         return items, (rows[-1].id if more else None)
 

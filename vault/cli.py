@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
-import secrets
 import sys
-from collections.abc import Callable
 
 from vault import cli_keys
+from vault.cli_runtime import request_id, run_with_runtime
 from vault.config import Settings
 from vault.errors import ConfigError, VaultError
 
@@ -37,17 +36,6 @@ def migrate_all(settings: Settings) -> None:
     asyncio.run(upgrade_keys(settings.keystore_url))
 
 
-def _request_id() -> str:
-    return "cli-" + secrets.token_hex(8)
-
-
-async def _with_runtime(settings: Settings, action: Callable) -> int:
-    from vault.runtime import runtime
-
-    async with runtime(settings, group_commit=False) as rt:
-        return await action(rt) or 0
-
-
 # -- commands ---------------------------------------------------------------------------
 def cmd_migrate(settings: Settings, args) -> int:
     migrate_all(settings)
@@ -57,21 +45,21 @@ def cmd_migrate(settings: Settings, args) -> int:
 
 def cmd_tenant_create(settings: Settings, args) -> int:
     async def action(rt):
-        tenant = await rt.tenants.create_tenant(args.slug, request_id=_request_id())
+        tenant = await rt.tenants.create_tenant(args.slug, request_id=request_id())
         print(f"tenant {tenant.slug} created (id {tenant.id})")
 
-    return asyncio.run(_with_runtime(settings, action))
+    return run_with_runtime(settings, action)
 
 
 def cmd_token_create(settings: Settings, args) -> int:
     async def action(rt):
         issued = await rt.tenants.create_token(
-            args.tenant, args.role, label=args.label or f"{args.role} token", request_id=_request_id()
+            args.tenant, args.role, label=args.label or f"{args.role} token", request_id=request_id()
         )
         print(f"token id {issued.id} for tenant {issued.tenant_slug}, role {issued.role}; shown once:")
         print(issued.token)
 
-    return asyncio.run(_with_runtime(settings, action))
+    return run_with_runtime(settings, action)
 
 
 def cmd_token_list(settings: Settings, args) -> int:
@@ -81,15 +69,15 @@ def cmd_token_list(settings: Settings, args) -> int:
             used = token.last_used_at.isoformat(timespec="seconds") if token.last_used_at else "never"
             print(f"{token.id}  {slug:<20} {token.role:<12} {state:<8} last used {used}  {token.label}")
 
-    return asyncio.run(_with_runtime(settings, action))
+    return run_with_runtime(settings, action)
 
 
 def cmd_token_revoke(settings: Settings, args) -> int:
     async def action(rt):
-        await rt.tenants.revoke_token(args.token_id, request_id=_request_id())
+        await rt.tenants.revoke_token(args.token_id, request_id=request_id())
         print(f"token {args.token_id} revoked")
 
-    return asyncio.run(_with_runtime(settings, action))
+    return run_with_runtime(settings, action)
 
 
 def cmd_audit_verify(settings: Settings, args) -> int:
@@ -108,7 +96,7 @@ def cmd_audit_verify(settings: Settings, args) -> int:
                 print(f"{tenant.slug}: BROKEN at entry {result.first_bad_seq}: {result.reason}")
         return 1 if failed else 0
 
-    return asyncio.run(_with_runtime(settings, action))
+    return run_with_runtime(settings, action)
 
 
 def cmd_worker(settings: Settings, args) -> int:
@@ -187,8 +175,8 @@ async def _bootstrap(settings: Settings) -> str | None:
     async def action(rt):
         if await rt.tenants.tenants():
             return None
-        await rt.tenants.create_tenant("demo", request_id=_request_id())
-        issued = await rt.tenants.create_token("demo", "practitioner", label="first-start demo token", request_id=_request_id())
+        await rt.tenants.create_tenant("demo", request_id=request_id())
+        issued = await rt.tenants.create_token("demo", "practitioner", label="first-start demo token", request_id=request_id())
         return issued.token
 
     from vault.runtime import runtime

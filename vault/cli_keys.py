@@ -7,25 +7,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import sys
 from pathlib import Path
 
+from vault.cli_runtime import request_id, run_with_runtime
 from vault.config import Settings
-
-
-def _request_id() -> str:
-    return "cli-" + secrets.token_hex(8)
-
-
-def _run(settings: Settings, action) -> int:
-    from vault.runtime import runtime
-
-    async def main() -> int:
-        async with runtime(settings, group_commit=False) as rt:
-            return await action(rt) or 0
-
-    return asyncio.run(main())
 
 
 def _ops(rt):
@@ -50,45 +36,43 @@ def cmd_keys_versions(settings: Settings, args) -> int:
 
     async def action(rt):
         tenant = await rt.tenants.tenant_by_slug(args.tenant)
-        versions = await _ops(rt).versions(tenant.id, actor=Actor.cli(tenant.id, _request_id()))
+        versions = await _ops(rt).versions(tenant.id, actor=Actor.cli(tenant.id, request_id()))
         print(f"{'version':>7}  {'state':<9} {'created':<25} {'destroyed':<25} {'DEKs':>8}")
         for v in versions:
             destroyed = v.destroyed_at.isoformat(timespec="seconds") if v.destroyed_at else "-"
             print(f"{v.version:>7}  {v.state:<9} {v.created_at.isoformat(timespec='seconds'):<25} {destroyed:<25} {v.dek_count:>8}")
 
-    return _run(settings, action)
+    return run_with_runtime(settings, action)
+
+
+async def _with_bar(rt, tenant_id: str, operation):
+    """Run a rewrapping ``operation(tenant_id, actor=..., progress=...)`` under a progress bar."""
+    from vault.actor import Actor
+
+    with _bar() as bar:
+        task = bar.add_task("rewrap", total=None)
+        return await operation(
+            tenant_id, actor=Actor.cli(tenant_id, request_id()),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
 
 
 def cmd_keys_rotate(settings: Settings, args) -> int:
-    from vault.actor import Actor
-
     async def action(rt):
         tenant = await rt.tenants.tenant_by_slug(args.tenant)
-        with _bar() as bar:
-            task = bar.add_task("rewrap", total=None)
-            version, count = await _ops(rt).rotate(
-                tenant.id, actor=Actor.cli(tenant.id, _request_id()),
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+        version, count = await _with_bar(rt, tenant.id, _ops(rt).rotate)
         print(f"{tenant.slug}: KEK version {version} is current; {count} patient keys rewrapped")
 
-    return _run(settings, action)
+    return run_with_runtime(settings, action)
 
 
 def cmd_keys_rewrap(settings: Settings, args) -> int:
-    from vault.actor import Actor
-
     async def action(rt):
         tenant = await rt.tenants.tenant_by_slug(args.tenant)
-        with _bar() as bar:
-            task = bar.add_task("rewrap", total=None)
-            count = await _ops(rt).rewrap(
-                tenant.id, actor=Actor.cli(tenant.id, _request_id()),
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+        count = await _with_bar(rt, tenant.id, _ops(rt).rewrap)
         print(f"{tenant.slug}: {count} patient keys rewrapped under the current KEK version")
 
-    return _run(settings, action)
+    return run_with_runtime(settings, action)
 
 
 def cmd_keys_destroy_version(settings: Settings, args) -> int:
@@ -96,16 +80,16 @@ def cmd_keys_destroy_version(settings: Settings, args) -> int:
 
     async def action(rt):
         tenant = await rt.tenants.tenant_by_slug(args.tenant)
-        await _ops(rt).destroy_version(tenant.id, args.version, actor=Actor.cli(tenant.id, _request_id()))
+        await _ops(rt).destroy_version(tenant.id, args.version, actor=Actor.cli(tenant.id, request_id()))
         print(f"{tenant.slug}: KEK version {args.version} destroyed")
 
-    return _run(settings, action)
+    return run_with_runtime(settings, action)
 
 
 def cmd_keys_reshred(settings: Settings, args) -> int:
     async def action(rt):
         repaired = await rt.ledger.reconcile()
-        removed = await _ops(rt).reshred(request_id=_request_id())
+        removed = await _ops(rt).reshred(request_id=request_id())
         slugs = {t.id: t.slug for t in await rt.tenants.tenants()}
         for tenant_id, count in sorted(removed.items(), key=lambda item: slugs.get(item[0], item[0])):
             print(f"{slugs.get(tenant_id, tenant_id)}: {count} key rows re-shredded")
@@ -113,7 +97,7 @@ def cmd_keys_reshred(settings: Settings, args) -> int:
         print(f"re-shredded {total} key rows from the shred ledger"
               + (f"; recorded {repaired} erased patients missing from it" if repaired else ""))
 
-    return _run(settings, action)
+    return run_with_runtime(settings, action)
 
 
 def cmd_keys_verify_receipt(settings: Settings, args) -> int:
@@ -180,7 +164,7 @@ def cmd_audit_checkpoint(settings: Settings, args) -> int:
             else:
                 print(f"{tenant.slug}: checkpoint at entry {cp.seq}, head {cp.hash[:16]}…, signed {cp.signed_at.isoformat()}")
 
-    return _run(settings, action)
+    return run_with_runtime(settings, action)
 
 
 def add_audit_commands(audit: argparse._SubParsersAction) -> None:

@@ -11,11 +11,14 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
+# Shipped inside the package (wheel included), so an installed vault migrates without
+# the source tree; the repository's alembic.ini points here too, for the alembic CLI.
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["url"] = url
     return cfg
 

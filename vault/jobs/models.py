@@ -53,3 +53,16 @@ class JobSchedule(Base):
     kind: Mapped[str] = mapped_column(String(100), primary_key=True)
     next_run_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WorkerHeartbeat(Base):
+    """One row per running worker (a ``vault worker`` process or the worker inside
+    ``vault serve``), touched every few seconds. Readiness reports a missing or stale
+    heartbeat as *degraded*: jobs wait, but requests still succeed."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kinds: Mapped[int] = mapped_column(Integer, default=0)  # job kinds it runs
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

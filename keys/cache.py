@@ -18,16 +18,20 @@ class KeyCache:
         self.size = size
         self._clock = clock
         self._entries: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()
+        self.hits = self.misses = 0  # plain counters: vault/metrics.py exports them, keys/ stays Prometheus-free
 
     def get(self, key: Hashable) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
+            self.misses += 1
             return None
         expires, value = entry
         if expires <= self._clock():
             del self._entries[key]
+            self.misses += 1
             return None
         self._entries.move_to_end(key)
+        self.hits += 1
         return value
 
     def put(self, key: Hashable, value: bytes) -> None:

@@ -24,9 +24,10 @@ from keys.errors import KeysError
 from keys.models import SCHEMA
 
 WRITE = {"keys_write": True}
+_BUSY_TIMEOUT_MS = 15000
 _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA busy_timeout=15000",
+    f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}",
     "PRAGMA secure_delete=ON",
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
@@ -72,6 +73,7 @@ def create_engine(url: str | sa.URL, *, schema: str = SCHEMA, **engine_kw: Any) 
         engine_kw.setdefault("pool_size", 16)
         engine_kw.setdefault("max_overflow", 0)
         engine_kw.setdefault("pool_timeout", 60)
+        engine_kw.setdefault("hide_parameters", True)  # wrapped keys and ids never reach a log line
         engine = create_async_engine(
             parsed,
             execution_options={"schema_translate_map": {SCHEMA: None}},
@@ -80,6 +82,7 @@ def create_engine(url: str | sa.URL, *, schema: str = SCHEMA, **engine_kw: Any) 
         _install_sqlite_hooks(engine)
         return engine
     engine_kw.setdefault("pool_pre_ping", True)
+    engine_kw.setdefault("hide_parameters", True)
     return create_async_engine(
         parsed,
         execution_options={"schema_translate_map": {SCHEMA: schema}},
@@ -114,19 +117,40 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("keys_write") else "BEGIN")
 
 
-async def sqlite_checkpoint(engine: AsyncEngine) -> bool:
-    """Fold the WAL into the main file and truncate it to zero bytes.
+async def sqlite_checkpoint(engine: AsyncEngine, *, wait_ms: int = 100) -> bool:
+    """Fold the WAL into the main file and truncate it to zero bytes, without waiting.
 
     Runs on the raw driver connection, outside any transaction: a checkpoint cannot
-    complete inside one. Returns False when a reader kept it from completing.
+    complete inside one. ``wal_checkpoint(TRUNCATE)`` waits (through the busy handler)
+    for every reader to leave its snapshot, holding the write lock all the while, so
+    one backup-style reader would stall the caller and every writer behind it. With
+    the busy timeout cut to ``wait_ms`` it copies what it can and returns; False means
+    a reader kept it from completing and it must be retried later (the
+    ``shred.checkpoint`` job does).
     """
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
-        cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        row = await cursor.fetchone()
-        await cursor.close()
+        await driver.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+        try:
+            cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            row = await cursor.fetchone()
+            await cursor.close()
+        finally:
+            # The connection goes back to the pool: later statements wait as usual.
+            await driver.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     return row is not None and row[0] == 0
+
+
+async def postgres_dead_tuples(engine: AsyncEngine, table: sa.Table, *, schema: str) -> int:
+    """Dead tuples the statistics collector counts in one key table (0 when unknown)."""
+    async with engine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        count = await auto.scalar(
+            sa.text("SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = :s AND relname = :t"),
+            {"s": schema, "t": table.name},
+        )
+    return int(count or 0)
 
 
 async def postgres_vacuum(engine: AsyncEngine, table: sa.Table, *, schema: str) -> None:

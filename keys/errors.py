@@ -12,6 +12,7 @@ key bytes, wrapped keys, patient data or vendor error messages: only ids and cod
     ├── KeyExists          -- refusing to replace a key that already exists
     ├── KeyInUse           -- refusing to destroy a KEK version that still wraps DEKs
     ├── ProviderError      -- root-key provider misconfigured or unreachable
+    │   └── RootKeyMissing -- the key store holds keys but its root key is gone
     └── ProductionRefused  -- a development-only backend asked to run in production
 """
 
@@ -44,6 +45,10 @@ class KeyInUse(KeysError):
 
 class ProviderError(KeysError):
     """The root-key provider failed or is misconfigured (vendor detail is not included)."""
+
+
+class RootKeyMissing(ProviderError):
+    """The configured root key does not exist (a data folder restored without it)."""
 
 
 class ProductionRefused(KeysError):

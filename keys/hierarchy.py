@@ -5,11 +5,10 @@ Split from :mod:`keys.store` (the public API) and :mod:`keys.rotation` (KEK vers
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from keys import aead, db
 from keys.cache import KeyCache
 from keys.errors import KeyDestroyed, KeyNotFound
-from keys.models import patient_deks, tenant_keks, tenants
-from keys.providers import RootKeyProvider
+from keys.models import object_keys, patient_deks, tenant_keks, tenants
+from keys.providers import LEGACY_VERSION, RootKeyProvider
 
 log = logging.getLogger("keys.store")
 
@@ -73,8 +72,13 @@ def aware(value: datetime | None) -> datetime | None:
 
 
 class KeyHierarchy:
-    def __init__(self, engine: AsyncEngine, root: RootKeyProvider, *, cache: KeyCache, schema: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, root: RootKeyProvider, *, cache: KeyCache, schema: str,
+        backup_window: timedelta = timedelta(days=35),
+    ) -> None:
         self._engine = engine
+        # Fixes each new root-key version's destroy_after (receipts sign it).
+        self.backup_window = backup_window
         self._writer = engine.execution_options(**db.WRITE)
         self._reader = db.reader(engine)
         self._root = root
@@ -134,17 +138,17 @@ class KeyHierarchy:
         kek = self._cache.get(cache_key)
         if kek is not None:
             return kek
-        query = sa.select(tenant_keks.c.wrapped).where(
+        query = sa.select(tenant_keks.c.wrapped, tenant_keks.c.root_version).where(
             tenant_keks.c.tenant_id == tenant_id, tenant_keks.c.version == version
         )
         if conn is None:
             async with self._reader.connect() as own:
-                wrapped = await own.scalar(query)
+                row = (await own.execute(query)).first()
         else:
-            wrapped = await conn.scalar(query)
-        if wrapped is None:
+            row = (await conn.execute(query)).first()
+        if row is None or row.wrapped is None:
             raise KeyDestroyed("KEK version is destroyed or missing")
-        kek = await self._root.unwrap(wrapped, kek_context(tenant_id, version))
+        kek = await self._root_unwrap(row.root_version, row.wrapped, kek_context(tenant_id, version))
         self._cache.put(cache_key, kek)
         return kek
 
@@ -153,14 +157,19 @@ class KeyHierarchy:
         key = self._cache.get(cache_key)
         if key is None:
             async with self._reader.connect() as conn:
-                wrapped = await conn.scalar(
-                    sa.select(tenants.c.index_key_wrapped).where(tenants.c.tenant_id == tenant_id)
-                )
-            if wrapped is None:
+                row = (await conn.execute(
+                    sa.select(tenants.c.index_key_wrapped, tenants.c.index_root_version)
+                    .where(tenants.c.tenant_id == tenant_id)
+                )).first()
+            if row is None:
                 raise KeyNotFound("tenant has no key hierarchy; call ensure_tenant first")
-            key = await self._root.unwrap(wrapped, index_key_context(tenant_id))
+            key = await self._root_unwrap(row.index_root_version, row.index_key_wrapped, index_key_context(tenant_id))
             self._cache.put(cache_key, key)
         return key
+
+    async def _root_unwrap(self, version_id: str | None, wrapped: bytes, context: dict[str, str]) -> bytes:
+        # NULL in a root_version column: a row from before root-key epochs.
+        return await self._root.unwrap(version_id or LEGACY_VERSION, wrapped, context)
 
     # -- shredding -------------------------------------------------------------------
 
@@ -185,18 +194,35 @@ class KeyHierarchy:
     async def _harden(self, *tables: sa.Table) -> None:
         """After a committed shred, remove old page images: WAL checkpoint or VACUUM.
 
-        Best effort, never raised: the key is already gone from the live store, and the
-        caller must still get the destroyed key ids for the shred ledger.
+        Best effort, never raised and never waiting on readers: the key is already gone
+        from the live store (every node reads the row), and the caller must still get
+        the destroyed key ids for the shred ledger. A reader holding an older snapshot
+        (a backup, a long report) keeps the old page images alive until it ends; the
+        periodic ``shred.checkpoint`` job (:meth:`finish_shreds`) finishes the work then.
         """
         try:
             if self._sqlite:
-                for _attempt in range(40):
-                    if await db.sqlite_checkpoint(self._engine):
-                        return
-                    await asyncio.sleep(0.05)
-                log.warning("key store WAL checkpoint stayed busy; old pages remain until the next one")
+                if not await db.sqlite_checkpoint(self._engine):
+                    log.info("key store WAL checkpoint deferred: a reader holds an older snapshot")
             else:
                 for table in tables:
                     await db.postgres_vacuum(self._engine, table, schema=self._schema)
         except (sa_exc.SQLAlchemyError, OSError) as exc:
             log.warning("key store hardening after shred failed: %s", type(exc).__name__)
+
+    async def finish_shreds(self) -> bool:
+        """Finish removing old page images of shredded keys; True when nothing is left.
+
+        SQLite: ``wal_checkpoint(TRUNCATE)`` with a bounded wait (False while a reader still
+        holds a snapshot older than the shred). PostgreSQL: VACUUM each key table that
+        has dead tuples (a snapshot older than the shred still keeps them; autovacuum
+        and the next run catch up). Cheap when there is nothing to do; idempotent.
+        """
+        if self._sqlite:
+            return await db.sqlite_checkpoint(self._engine)
+        done = True
+        for table in (patient_deks, object_keys, tenant_keks):
+            if await db.postgres_dead_tuples(self._engine, table, schema=self._schema):
+                await db.postgres_vacuum(self._engine, table, schema=self._schema)
+                done = False  # the statistics lag; the next run sees whether it held
+        return done

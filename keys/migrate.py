@@ -17,6 +17,7 @@ from keys import db
 from keys.models import SCHEMA
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+VERSION_TABLE = "keystore_alembic_version"  # as in migrations/env.py
 
 
 def alembic_config() -> Config:
@@ -41,6 +42,45 @@ async def upgrade(url: str | sa.URL, *, schema: str = SCHEMA, revision: str = "h
         async with engine.connect() as conn:
             await conn.run_sync(_upgrade, None if db.is_sqlite(engine) else schema, revision)
             await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+# How a database's schema compares with the migrations this code ships.
+CURRENT, OLDER, NEWER, ABSENT = "current", "older", "newer", "absent"
+
+
+def schema_status(
+    connection: sa.Connection, script_location: Path, *, version_table: str = "alembic_version",
+    schema: str | None = None,
+) -> str:
+    """``current`` (at head), ``older`` (behind: this code needs a migration),
+    ``newer`` (a revision this code does not know: a rolling upgrade ran ahead; fine)
+    or ``absent`` (never migrated). Reads only the version table."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    context = MigrationContext.configure(
+        connection, opts={"version_table": version_table, "version_table_schema": schema}
+    )
+    current = set(context.get_current_heads())
+    if not current:
+        return ABSENT
+    script = ScriptDirectory(str(script_location))
+    if current == set(script.get_heads()):
+        return CURRENT
+    known = {rev.revision for rev in script.walk_revisions()}
+    return OLDER if current <= known else NEWER
+
+
+async def keystore_schema_status(url: str | sa.URL, *, schema: str = SCHEMA) -> str:
+    engine = db.create_engine(url, schema=schema)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                schema_status, MIGRATIONS, version_table=VERSION_TABLE,
+                schema=None if db.is_sqlite(engine) else schema,
+            )
     finally:
         await engine.dispose()
 

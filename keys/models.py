@@ -15,6 +15,7 @@ metadata = sa.MetaData(schema=SCHEMA)
 
 _ID = sa.String(128)
 _NOW = sa.DateTime(timezone=True)
+_VERSION = sa.String(200)
 
 tenants = sa.Table(
     "tenants",
@@ -24,6 +25,9 @@ tenants = sa.Table(
     # The blind-index key is not rotated with the KEK: rotating it would change every index.
     sa.Column("index_key_wrapped", sa.LargeBinary, nullable=False),
     sa.Column("created_at", _NOW, nullable=False),
+    # The root-key version wrapping the index key: the long-lived service version (NULL:
+    # the legacy key of a store made before root-key epochs).
+    sa.Column("index_root_version", _VERSION, nullable=True),
 )
 
 tenant_keks = sa.Table(
@@ -35,6 +39,8 @@ tenant_keks = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),  # active | retired | destroyed
     sa.Column("created_at", _NOW, nullable=False),
     sa.Column("destroyed_at", _NOW, nullable=True),
+    # The root-key version (epoch) that wraps this KEK and no other key; NULL: legacy.
+    sa.Column("root_version", _VERSION, nullable=True),
     sa.CheckConstraint("state IN ('active', 'retired', 'destroyed')", name="ck_tenant_keks_state"),
     sa.CheckConstraint("(wrapped IS NULL) = (state = 'destroyed')", name="ck_tenant_keks_wrapped"),
 )
@@ -83,6 +89,34 @@ service_keys = sa.Table(
     sa.Column("wrapped", sa.LargeBinary, nullable=False),
     sa.Column("public_key_pem", sa.Text, nullable=False),
     sa.Column("created_at", _NOW, nullable=False),
+    sa.Column("root_version", _VERSION, nullable=True),  # NULL: legacy
+)
+
+# Every root-key version this store ever asked its provider for. ``destroy_after`` is
+# fixed when the version is created (a later VAULT_BACKUP_WINDOW affects only new
+# versions), so a receipt signed today stays true; ``irrecoverable_at`` is what the
+# provider answered when it destroyed the version (KMS: the end of the pending window).
+root_versions = sa.Table(
+    "root_versions",
+    metadata,
+    sa.Column("version_id", _VERSION, primary_key=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # tenant-kek | service | legacy
+    sa.Column("tenant_id", _ID, nullable=True),
+    sa.Column("created_at", _NOW, nullable=False),
+    sa.Column("destroy_after", _NOW, nullable=True),  # NULL: never (service) or not yet known (legacy)
+    sa.Column("destroyed_at", _NOW, nullable=True),
+    sa.Column("irrecoverable_at", _NOW, nullable=True),
+    sa.CheckConstraint("kind IN ('tenant-kek', 'service', 'legacy')", name="ck_root_versions_kind"),
+)
+
+# Small facts about this store; ``instance_id`` names its root-key versions, so two
+# vaults (or two data folders on one machine) never share a keyring entry.
+keystore_info = sa.Table(
+    "keystore_info",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
 )
 
 

@@ -17,8 +17,9 @@ import sqlalchemy as sa
 
 from keys import aead
 from keys.errors import KeyInUse, KeyNotFound, KeysError
-from keys.hierarchy import KEY_BYTES, KeyHierarchy, aware, kek_context, now
-from keys.models import patient_deks, tenant_keks, tenants
+from keys.epochs import TENANT_KEK, RootEpochs
+from keys.hierarchy import KEY_BYTES, aware, kek_context, now
+from keys.models import patient_deks, root_versions, tenant_keks, tenants
 
 Progress = Callable[[int, int], Any]
 _REWRAP_BATCH = 200
@@ -31,9 +32,11 @@ class KekVersion:
     created_at: datetime
     destroyed_at: datetime | None
     dek_count: int
+    root_version: str | None = None  # None: the legacy pre-epoch root key
+    destroy_after: datetime | None = None  # when its epoch is due for destruction
 
 
-class KekRotation(KeyHierarchy):
+class KekRotation(RootEpochs):
     async def kek_versions(self, tenant_id: str) -> list[KekVersion]:
         counts = (
             sa.select(patient_deks.c.kek_version, sa.func.count().label("n"))
@@ -42,8 +45,10 @@ class KekRotation(KeyHierarchy):
             .subquery()
         )
         query = (
-            sa.select(tenant_keks, sa.func.coalesce(counts.c.n, 0).label("dek_count"))
+            sa.select(tenant_keks, sa.func.coalesce(counts.c.n, 0).label("dek_count"),
+                      root_versions.c.destroy_after)
             .outerjoin(counts, counts.c.kek_version == tenant_keks.c.version)
+            .outerjoin(root_versions, root_versions.c.version_id == tenant_keks.c.root_version)
             .where(tenant_keks.c.tenant_id == tenant_id)
             .order_by(tenant_keks.c.version)
         )
@@ -52,7 +57,8 @@ class KekRotation(KeyHierarchy):
         if not rows:
             raise KeyNotFound("tenant has no key hierarchy")
         return [
-            KekVersion(r.version, r.state, aware(r.created_at), aware(r.destroyed_at), int(r.dek_count))  # type: ignore[arg-type]
+            KekVersion(r.version, r.state, aware(r.created_at), aware(r.destroyed_at), int(r.dek_count),  # type: ignore[arg-type]
+                       r.root_version, aware(r.destroy_after))
             for r in rows
         ]
 
@@ -62,34 +68,40 @@ class KekRotation(KeyHierarchy):
             current = await self._current_version(tenant_id)
             version = current + 1
             kek = secrets.token_bytes(KEY_BYTES)
-            # Wrapped before the lock is taken: a KMS round trip should not hold it.
-            wrapped = await self._root.wrap(kek, kek_context(tenant_id, version))
+            # A new epoch: its own root-key version. Created and wrapped before the lock
+            # is taken: provider round trips should not hold it.
+            epoch = await self._create_root_version(TENANT_KEK, tenant_id, f"kek-{version}")
+            wrapped = await self._root.wrap(epoch["version_id"], kek, kek_context(tenant_id, version))
             async with self._writer.begin() as conn:
                 if await self._lock_tenant(conn, tenant_id) != current:
-                    continue  # another node rotated meanwhile; go again above theirs
-                await conn.execute(
-                    tenant_keks.update()
-                    .where(tenant_keks.c.tenant_id == tenant_id, tenant_keks.c.state == "active")
-                    .values(state="retired")
-                )
-                await conn.execute(
-                    tenant_keks.insert().values(
-                        tenant_id=tenant_id,
-                        version=version,
-                        wrapped=wrapped,
-                        state="active",
-                        created_at=now(),
-                    )
-                )
-                await conn.execute(
-                    tenants.update()
-                    .where(tenants.c.tenant_id == tenant_id)
-                    .values(current_kek_version=version)
-                )
+                    lost = True
+                else:
+                    lost = False
+                    await conn.execute(root_versions.insert().values(**epoch))
+                    await self._install_version(conn, tenant_id, version, wrapped, epoch)
+            if lost:
+                await self._discard_root_version(epoch["version_id"])
+                continue  # another node rotated meanwhile; go again above theirs
             self._cache.put(("kek", tenant_id, version), kek)
             await self.rewrap(tenant_id, progress=progress)
             return version
         raise KeysError("KEK rotation kept losing races with other rotations")
+
+    async def _install_version(self, conn: Any, tenant_id: str, version: int, wrapped: bytes, epoch: dict) -> None:
+        await conn.execute(
+            tenant_keks.update()
+            .where(tenant_keks.c.tenant_id == tenant_id, tenant_keks.c.state == "active")
+            .values(state="retired")
+        )
+        await conn.execute(
+            tenant_keks.insert().values(
+                tenant_id=tenant_id, version=version, wrapped=wrapped, state="active",
+                created_at=epoch["created_at"], root_version=epoch["version_id"],
+            )
+        )
+        await conn.execute(
+            tenants.update().where(tenants.c.tenant_id == tenant_id).values(current_kek_version=version)
+        )
 
     async def rewrap(self, tenant_id: str, *, progress: Progress | None = None) -> int:
         """Rewrap every DEK still under an older KEK version; resumes an interrupted rotation.
@@ -148,8 +160,11 @@ class KekRotation(KeyHierarchy):
             if progress is not None:
                 progress(min(done, total), max(total, done))
 
-    async def destroy_kek_version(self, tenant_id: str, version: int) -> None:
-        """Shred an old KEK version; refused while it is current or any DEK still uses it."""
+    async def destroy_kek_version(self, tenant_id: str, version: int) -> datetime | None:
+        """Shred an old KEK version and its root-key version (its epoch) in the provider;
+        refused while it is current or any DEK still uses it. Returns when the epoch is
+        irrecoverable everywhere (KMS: the end of the pending-deletion window), or None
+        for a legacy version (the shared pre-epoch key goes later, see upgrade_legacy)."""
         where = (tenant_keks.c.tenant_id == tenant_id) & (tenant_keks.c.version == version)
         async with self._writer.begin() as conn:
             current = await self._lock_tenant(conn, tenant_id)
@@ -157,11 +172,12 @@ class KekRotation(KeyHierarchy):
                 raise KeyNotFound("tenant has no key hierarchy")
             if version == current:
                 raise KeyInUse("cannot destroy the current KEK version; rotate first")
-            state = await conn.scalar(sa.select(tenant_keks.c.state).where(where))
-            if state is None:
+            row = (await conn.execute(sa.select(tenant_keks.c.state, tenant_keks.c.root_version).where(where))).first()
+            if row is None:
                 raise KeyNotFound("no such KEK version")
-            if state == "destroyed":
-                return
+            if row.state == "destroyed":
+                # Idempotent; also finishes a destruction interrupted before the provider's.
+                return await self._finish_epoch(row.root_version)
             in_use = await conn.scalar(
                 sa.select(sa.func.count())
                 .select_from(patient_deks)
@@ -175,3 +191,14 @@ class KekRotation(KeyHierarchy):
             )
         self._cache.evict(("kek", tenant_id, version))
         await self._harden(tenant_keks)
+        # The row first, then the provider: a crash in between leaves a version that
+        # wraps nothing live, which finish_root_destructions (and a retry) destroys.
+        return await self._finish_epoch(row.root_version)
+
+    async def _finish_epoch(self, root_version: str | None) -> datetime | None:
+        if root_version is None:
+            return None
+        (epoch,) = await self.root_versions(ids=[root_version])
+        if epoch.irrecoverable_at is not None:
+            return epoch.irrecoverable_at
+        return await self._destroy_root_version(root_version)

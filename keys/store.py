@@ -17,6 +17,7 @@ import secrets
 import unicodedata
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
@@ -27,21 +28,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from keys import aead, db
 from keys.cache import KeyCache
 from keys.errors import IntegrityError, KeyDestroyed, KeyExists, KeyInUse, KeyNotFound, KeysError
+from keys.epochs import TENANT_KEK, ErasureSchedule, RootVersion, signing_context
 from keys.hierarchy import KEY_BYTES, ObjectKey, PatientKey, index_key_context, kek_context, now
-from keys.models import SCHEMA, erased_patients, object_keys, patient_deks, service_keys, tenant_keks, tenants
+from keys.models import (
+    SCHEMA, erased_patients, object_keys, patient_deks, root_versions, service_keys, tenant_keks, tenants,
+)
 from keys.providers import RootKeyProvider
 from keys.rotation import KekRotation, KekVersion, Progress
 
-__all__ = ["KekVersion", "KeyStore", "ObjectKey", "PatientKey", "Progress", "normalise_for_index"]
+__all__ = ["ErasureSchedule", "KekVersion", "KeyStore", "holds_keys", "ObjectKey", "PatientKey", "Progress",
+           "RootVersion", "normalise_for_index"]
 
 _ID_CHUNK = 500
 _SIGNING_KEY = "ed25519"
-_SIGNING_CONTEXT = {"purpose": "service-signing", "name": _SIGNING_KEY}
+_SIGNING_CONTEXT = signing_context(_SIGNING_KEY)
 
 
 class KeyStore(KekRotation):
-    def __init__(self, engine: AsyncEngine, root: RootKeyProvider, *, cache: KeyCache, schema: str) -> None:
-        super().__init__(engine, root, cache=cache, schema=schema)
+    def __init__(
+        self, engine: AsyncEngine, root: RootKeyProvider, *, cache: KeyCache, schema: str,
+        backup_window: timedelta = timedelta(days=35),
+    ) -> None:
+        super().__init__(engine, root, cache=cache, schema=schema, backup_window=backup_window)
         self._signing: Ed25519PrivateKey | None = None
 
     @classmethod
@@ -53,10 +61,15 @@ class KeyStore(KekRotation):
         schema: str = SCHEMA,
         cache_ttl: float = 5.0,
         cache_size: int = 4096,
+        backup_window_days: int = 35,
     ) -> KeyStore:
-        """Open a migrated key store (:func:`keys.migrate.upgrade`). The caller owns the provider."""
+        """Open a migrated key store (:func:`keys.migrate.upgrade`). The caller owns the provider.
+
+        ``backup_window_days`` fixes the ``destroy_after`` of each root-key version created
+        from now on (existing versions keep theirs)."""
         engine = db.create_engine(url, schema=schema)
-        return cls(engine, root_provider, cache=KeyCache(ttl=cache_ttl, size=cache_size), schema=schema)
+        return cls(engine, root_provider, cache=KeyCache(ttl=cache_ttl, size=cache_size), schema=schema,
+                   backup_window=timedelta(days=backup_window_days))
 
     async def close(self) -> None:
         self._cache.clear()
@@ -69,17 +82,22 @@ class KeyStore(KekRotation):
         except KeyNotFound:
             pass
         kek, index_key = secrets.token_bytes(KEY_BYTES), secrets.token_bytes(KEY_BYTES)
-        wrapped_kek = await self._root.wrap(kek, kek_context(tenant_id, 1))
-        wrapped_index = await self._root.wrap(index_key, index_key_context(tenant_id))
-        created = now()
+        # KEK v1 gets its own epoch; the index key lives under the long-lived version.
+        service = await self._service_version()
+        epoch = await self._create_root_version(TENANT_KEK, tenant_id, "kek-1")
+        wrapped_kek = await self._root.wrap(epoch["version_id"], kek, kek_context(tenant_id, 1))
+        wrapped_index = await self._root.wrap(service, index_key, index_key_context(tenant_id))
+        created = epoch["created_at"]
         try:
             async with self._writer.begin() as conn:
+                await conn.execute(root_versions.insert().values(**epoch))
                 await conn.execute(
                     tenants.insert().values(
                         tenant_id=tenant_id,
                         current_kek_version=1,
                         index_key_wrapped=wrapped_index,
                         created_at=created,
+                        index_root_version=service,
                     )
                 )
                 await conn.execute(
@@ -89,10 +107,12 @@ class KeyStore(KekRotation):
                         wrapped=wrapped_kek,
                         state="active",
                         created_at=created,
+                        root_version=epoch["version_id"],
                     )
                 )
         except sa_exc.IntegrityError:
-            pass  # another node created it first; theirs wins
+            # Another node created it first; theirs wins, and our epoch wraps nothing.
+            await self._discard_root_version(epoch["version_id"])
         return await self._current_version(tenant_id)
 
     # -- patient keys ----------------------------------------------------------------
@@ -327,6 +347,34 @@ class KeyStore(KekRotation):
             await self._harden(patient_deks, object_keys)
         return removed
 
+    # -- health ----------------------------------------------------------------------
+
+    async def schema_status(self) -> str:
+        """How this store's schema compares with the migrations shipped (keys.migrate)."""
+        from keys.migrate import MIGRATIONS, VERSION_TABLE, schema_status
+
+        async with self._reader.connect() as conn:
+            return await conn.run_sync(
+                schema_status, MIGRATIONS, version_table=VERSION_TABLE,
+                schema=None if db.is_sqlite(self._engine) else self._schema,
+            )
+
+    async def check_root_key(self) -> bool:
+        """Prove the configured root key opens this store: unwrap one wrapped key,
+        bypassing the cache. False when the store holds nothing to unwrap yet; raises
+        :class:`IntegrityError` (wrong root key) or :class:`ProviderError`."""
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(sa.select(tenants.c.tenant_id, tenants.c.index_key_wrapped,
+                                                tenants.c.index_root_version).limit(1))).first()
+        if row is not None:
+            await self._root_unwrap(row.index_root_version, row.index_key_wrapped, index_key_context(row.tenant_id))
+            return True
+        signing = await self._signing_row()
+        if signing is not None:
+            await self._root_unwrap(signing.root_version, signing.wrapped, _SIGNING_CONTEXT)
+            return True
+        return False
+
     # -- service signing key -----------------------------------------------------------
 
     async def signing_key(self) -> Ed25519PrivateKey:
@@ -336,13 +384,15 @@ class KeyStore(KekRotation):
         row = await self._signing_row()
         if row is None:
             fresh = Ed25519PrivateKey.generate()
-            wrapped = await self._root.wrap(fresh.private_bytes_raw(), _SIGNING_CONTEXT)
+            service = await self._service_version()  # must verify forever: never destroyed
+            wrapped = await self._root.wrap(service, fresh.private_bytes_raw(), _SIGNING_CONTEXT)
             try:
                 async with self._writer.begin() as conn:
                     await conn.execute(
                         service_keys.insert().values(
                             name=_SIGNING_KEY,
                             wrapped=wrapped,
+                            root_version=service,
                             public_key_pem=_public_pem(fresh),
                             created_at=now(),
                         )
@@ -350,7 +400,8 @@ class KeyStore(KekRotation):
             except sa_exc.IntegrityError:
                 pass  # another node created it first; use theirs
             row = await self._signing_row()
-        private = Ed25519PrivateKey.from_private_bytes(await self._root.unwrap(row.wrapped, _SIGNING_CONTEXT))
+        private = Ed25519PrivateKey.from_private_bytes(
+            await self._root_unwrap(row.root_version, row.wrapped, _SIGNING_CONTEXT))
         if _public_pem(private) != row.public_key_pem:
             raise IntegrityError("stored signing public key does not match the private key")
         self._signing = private
@@ -363,6 +414,22 @@ class KeyStore(KekRotation):
         async with self._reader.connect() as conn:
             result = await conn.execute(sa.select(service_keys).where(service_keys.c.name == _SIGNING_KEY))
             return result.first()
+
+
+async def holds_keys(url: str, *, schema: str = SCHEMA) -> bool:
+    """Whether the key store at ``url`` holds anything wrapped by a root key; False for
+    a store that does not exist or is not migrated yet. Decides whether a missing
+    local root key may be created (only for an empty store)."""
+    engine = db.create_engine(url, schema=schema)
+    try:
+        async with engine.connect() as conn:
+            tenant = await conn.scalar(sa.select(tenants.c.tenant_id).limit(1))
+            signing = await conn.scalar(sa.select(service_keys.c.name).limit(1))
+    except sa_exc.DBAPIError:
+        return False  # no tables yet: a fresh store
+    finally:
+        await engine.dispose()
+    return tenant is not None or signing is not None
 
 
 def normalise_for_index(value: str) -> str:

@@ -70,8 +70,13 @@ async def test_destroying_a_kek_version_is_refused_while_any_dek_uses_it(client,
 
     rewrapped = await run_cli(settings, "keys", "rewrap", "--tenant", clinic.slug, monkeypatch=monkeypatch)
     assert rewrapped.code == 0 and "2 patient keys rewrapped" in rewrapped.out
-    destroyed = await run_cli(settings, "keys", "destroy-kek-version", "--tenant", clinic.slug, "--version", "1", monkeypatch=monkeypatch)
+    # The restore horizon: inside the backup window only with --force.
+    young = await run_cli(settings, "keys", "destroy-kek-version", "--tenant", clinic.slug, "--version", "1", monkeypatch=monkeypatch)
+    assert young.code == 1 and "younger than the backup window" in young.err and "--force" in young.err
+    destroyed = await run_cli(settings, "keys", "destroy-kek-version", "--tenant", clinic.slug, "--version", "1", "--force",
+                              monkeypatch=monkeypatch)
     assert destroyed.code == 0, destroyed.err
+    assert "irrecoverable from" in destroyed.out
 
     versions = await keys.kek_versions(clinic.id)
     assert [(v.version, v.state, v.dek_count) for v in versions] == [(1, "destroyed", 0), (2, "active", 2)]

@@ -80,8 +80,10 @@ def cmd_keys_destroy_version(settings: Settings, args) -> int:
 
     async def action(rt):
         tenant = await rt.tenants.tenant_by_slug(args.tenant)
-        await _ops(rt).destroy_version(tenant.id, args.version, actor=Actor.cli(tenant.id, request_id()))
-        print(f"{tenant.slug}: KEK version {args.version} destroyed")
+        gone = await _ops(rt).destroy_version(tenant.id, args.version, actor=Actor.cli(tenant.id, request_id()),
+                                              force=args.force)
+        when = f"; its epoch is irrecoverable from {gone.isoformat(timespec='seconds')}" if gone else ""
+        print(f"{tenant.slug}: KEK version {args.version} destroyed{when}")
 
     return run_with_runtime(settings, action)
 
@@ -128,16 +130,50 @@ def cmd_keys_verify_receipt(settings: Settings, args) -> int:
     if not valid:
         print("INVALID: the signature does not match this receipt and key")
         return 1
+    promise = (f"irrecoverable everywhere after {receipt.get('irrecoverable_after')}" if receipt.get("irrecoverable_after")
+               else f"no date promised: {receipt.get('no_date_reason')}")
     print(f"valid erasure receipt {receipt.get('receipt_id')}: {len(receipt.get('destroyed_key_ids', []))} keys destroyed "
-          f"at {receipt.get('completed_at')}; irrecoverable everywhere after {receipt.get('irrecoverable_after')}")
+          f"at {receipt.get('completed_at')}; {promise}")
+    if args.online:
+        return _check_finality(settings, receipt, pem)
     return 0
+
+
+def _check_finality(settings: Settings, receipt: dict, pem: str) -> int:
+    """Ask this vault for the receipt's finality attestation and check its signature:
+    exit 0 when final, 3 when the epochs are not all destroyed yet, 1 when invalid."""
+    from vault.actor import Actor
+    from vault.receipts import verify_finality
+
+    async def action(rt):
+        actor = Actor.cli(receipt.get("tenant_id", ""), request_id())
+        return await rt.lifecycle.erasure.finality(actor, str(receipt.get("receipt_id")))
+
+    outcome: dict = {}
+
+    async def capture(rt):
+        outcome.update(await action(rt))
+
+    status = run_with_runtime(settings, capture)
+    if status != 0 or not outcome:
+        return status or 1
+    attestation = outcome["finality"]
+    if not verify_finality(attestation, outcome["signature"], pem):
+        print("INVALID: the finality attestation is not signed by this key")
+        return 1
+    if attestation["final"]:
+        print(f"final: every epoch that wrapped the patient's keys is destroyed; irrecoverable since {attestation['final_at']}")
+        return 0
+    pending = [e["root_version"] for e in attestation["epochs"] if not e["irrecoverable_at"]]
+    print(f"not final yet (as of {attestation['checked_at']}): {len(pending)} epoch(s) still live or pending deletion")
+    return 3
 
 
 async def _service_public_key(settings: Settings) -> str:
     from keys.providers import open_root_key
     from keys.store import KeyStore
 
-    root = open_root_key(settings.root_key_url, production=settings.production)
+    root = open_root_key(settings.root_key_url, production=settings.production, create=False)
     try:
         keys = await KeyStore.open(settings.keystore_url, root)
         try:
@@ -190,6 +226,8 @@ def add_keys_commands(sub: argparse._SubParsersAction) -> None:
     destroy = keys.add_parser("destroy-kek-version", help="shred an old KEK version (refused while any DEK uses it)")
     destroy.add_argument("--tenant", required=True)
     destroy.add_argument("--version", type=int, required=True)
+    destroy.add_argument("--force", action="store_true",
+                         help="destroy even inside the backup window (backups of that epoch become unrestorable)")
     destroy.set_defaults(func=cmd_keys_destroy_version)
     reshred = keys.add_parser("reshred", help="after restoring a key-store backup: destroy again every key in the shred ledger")
     reshred.set_defaults(func=cmd_keys_reshred)
@@ -197,4 +235,6 @@ def add_keys_commands(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("file", help='JSON {"receipt": {...}, "signature": "..."} as an erasure returned it')
     verify.add_argument("--public-key", metavar="PEMFILE",
                         help="the published public key (GET /v1/erasure-receipts/public-key); default: the key store's")
+    verify.add_argument("--online", action="store_true",
+                        help="also fetch and check this vault's signed finality attestation (exit 3: not final yet)")
     verify.set_defaults(func=cmd_keys_verify_receipt)

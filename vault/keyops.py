@@ -21,6 +21,7 @@ from keys.rotation import KekVersion, Progress
 from keys.store import KeyStore
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
+from vault.db import utcnow
 from vault.errors import Conflict, NotFound
 from vault.shredding.service import ShredLedger
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("vault.keys")
 
 DESTROYED = "destroyed"
+# How often workers/jobs/keys.py runs: epochs are destroyed up to one period before their
+# recorded date, so a receipt's date is a promise kept (not one period late).
+JOB_PERIOD = timedelta(hours=1)
 
 
 def scheduler(tenant_id: str, request_id: str) -> Actor:
@@ -76,10 +80,31 @@ class KeyOperations:
         await self.audit.record(AuditEvent.of(actor, "keys.rewrap", rewrapped=str(count)))
         return count
 
-    async def destroy_version(self, tenant_id: str, version: int, *, actor: Actor) -> None:
-        """Shred one old KEK version; ``Conflict`` while it is current or wraps any DEK."""
+    async def destroy_version(self, tenant_id: str, version: int, *, actor: Actor, now: datetime | None = None,
+                              force: bool = False) -> datetime | None:
+        """Shred one old KEK version and its root-key version (epoch) in the provider;
+        ``Conflict`` while it is current or wraps any DEK, or — without ``force`` — while
+        it is younger than its recorded destruction date: a backup made in that epoch is
+        restorable only while the epoch lives (the restore horizon, docs/keys.md).
+        Returns when the epoch is irrecoverable (KMS: end of the pending window)."""
+        now = now or utcnow()
         try:
-            await self.keys.destroy_kek_version(tenant_id, version)
+            versions = {v.version: v for v in await self.keys.kek_versions(tenant_id)}
+        except KeyNotFound:
+            raise NotFound("the tenant has no key hierarchy") from None
+        target = versions.get(version)
+        if target is None:
+            raise NotFound(f"no KEK version {version} for this tenant")
+        # In use or current: the key store refuses it below (and that refusal is audited).
+        destroyable = target.state == "retired" and target.dek_count == 0
+        early = destroyable and target.destroy_after is not None and now < target.destroy_after - JOB_PERIOD
+        if early and not force:
+            raise Conflict(
+                f"KEK version {version} is younger than the backup window (due {target.destroy_after:%Y-%m-%d %H:%M} UTC): "
+                "backups made in its epoch could no longer be restored. Pass --force to destroy it anyway."
+            )
+        try:
+            irrecoverable = await self.keys.destroy_kek_version(tenant_id, version)
         except KeyInUse as exc:
             await self.audit.record(
                 AuditEvent.of(actor, "keys.destroy_kek_version", outcome="key_in_use", kek_version=str(version))
@@ -90,7 +115,9 @@ class KeyOperations:
             ) from None
         except KeyNotFound:
             raise NotFound(f"no KEK version {version} for this tenant") from None
-        await self.audit.record(AuditEvent.of(actor, "keys.destroy_kek_version", kek_version=str(version)))
+        await self.audit.record(AuditEvent.of(actor, "keys.destroy_kek_version", kek_version=str(version),
+                                              **({"forced": "true"} if early and force else {})))
+        return irrecoverable
 
     async def reshred(self, *, request_id: str) -> dict[str, int]:
         """Re-shred a restored key-store backup from the ledger; key rows removed per tenant."""
@@ -127,10 +154,13 @@ async def rotate_and_expire(runtime: Runtime, tenant_id: str, *, now: datetime, 
     current = _current(versions)
     destroyed, kept = [], []
     for v in versions:
-        if v.state == DESTROYED or v.version == current.version or now - v.created_at < window:
+        # Each epoch's date was fixed when it was created (legacy versions: the window);
+        # one job period early, so that the date a receipt signed is kept.
+        due = (v.destroy_after or v.created_at + window) - JOB_PERIOD
+        if v.state == DESTROYED or v.version == current.version or now < due:
             continue
         try:
-            await ops.destroy_version(tenant_id, v.version, actor=actor)
+            await ops.destroy_version(tenant_id, v.version, actor=actor, now=now)
         except Conflict:
             # A DEK still under it after the rewrap above: a rewrap lost a race with a
             # peer's rotation. The next run tries again; nothing is lost by waiting.
@@ -138,6 +168,12 @@ async def rotate_and_expire(runtime: Runtime, tenant_id: str, *, now: datetime, 
             continue
         destroyed.append(v.version)
     return KekUpkeep(rotated_to=rotated_to, rewrapped=rewrapped, destroyed=tuple(destroyed), kept=tuple(kept))
+
+
+async def finish_epochs(runtime: Runtime, *, now: datetime) -> list[str]:
+    """Destroy root-key versions nothing live refers to any more: the legacy key once its
+    date has passed, and any epoch whose destruction a crash interrupted."""
+    return await runtime.keys.finish_root_destructions(at=now + JOB_PERIOD)
 
 
 def _current(versions: list[KekVersion]) -> KekVersion:

@@ -13,10 +13,20 @@ and carries no personal data, but it names the patient everywhere inside the vau
 regulator cannot be joined with those records by anyone but the clinic's vault,
 which recomputes it (:func:`patient_ref`) to answer "is this the receipt for X?".
 
-``irrecoverable_after`` is ``completed_at + VAULT_BACKUP_WINDOW`` days: by then every
-backup that could hold the wrapped DEK has aged out, and the KEK version that wrapped
-it at erasure time is destroyed by the rotation job (versions are destroyed once
-older than the backup window, and that version was created before ``completed_at``).
+``irrecoverable_after`` (version 2) is the latest recorded destruction date of every
+root-key version (epoch) that can have wrapped the patient's DEK — fixed when each
+version was created — plus, for KMS, the pending-deletion window (``cancellable_until``:
+an operator can cancel a KMS deletion until then). From that date no copy of the key
+store (backup, replica, WAL archive) opens the patient's keys, because the root-key
+version under which they were wrapped no longer exists in the provider. The receipt
+names the provider kind and the epochs. When it cannot promise a date — no worker is
+running the periodic key jobs, or part of the tenant still sits under the legacy root
+key of a vault from before epochs with no destruction scheduled — it says so
+(``irrecoverable_after: null`` and ``no_date_reason``) instead of signing a date.
+
+Once every epoch has been destroyed, :func:`finality_attestation` issues a signed
+``erasure_finality`` document for the receipt (``GET /v1/erasure-receipts/{id}/finality``,
+``vault keys verify-receipt --online``).
 """
 
 from __future__ import annotations
@@ -27,11 +37,14 @@ from typing import Any
 
 from keys.errors import KeysError
 from keys.signing import key_fingerprint, sign_document, verify_document
-from keys.store import KeyStore
+from keys.store import ErasureSchedule, KeyStore
 from vault.db import new_id
 
 RECEIPT_TYPE = "erasure_receipt"
-RECEIPT_VERSION = 1
+RECEIPT_VERSION = 2
+FINALITY_TYPE = "erasure_finality"
+NO_WORKER = "no worker is running the periodic key jobs, so no destruction date can be promised"
+LEGACY_UNSCHEDULED = "part of this tenant is still under the legacy root key, whose destruction is not scheduled yet"
 PATIENT_REF_PURPOSE = "erasure-receipt.patient-ref"
 ALGORITHM = "Ed25519"
 
@@ -52,8 +65,12 @@ def build_erasure_receipt(
     legal_hold_checked: bool,
     backup_window_days: int,
     receipt_id: str | None = None,
+    schedule: ErasureSchedule | None = None,
+    jobs_running: bool = True,
 ) -> dict[str, Any]:
-    """The unsigned receipt document (plain JSON values only)."""
+    """The unsigned receipt document (plain JSON values only). With ``schedule`` (the key
+    store's :meth:`erasure_schedule`), the date is the epochs' recorded destruction
+    schedule; without, the plain backup window (callers without a key store)."""
     for name, value in (("requested_at", requested_at), ("completed_at", completed_at)):
         if value.tzinfo is None:
             raise ValueError(f"{name} must be timezone-aware")
@@ -63,7 +80,7 @@ def build_erasure_receipt(
         raise ValueError("object_count must be >= 0 and backup_window_days >= 1")
     if not all(isinstance(k, str) and k for k in destroyed_key_ids):
         raise ValueError("destroyed_key_ids must be non-empty strings")
-    return {
+    document = {
         "type": RECEIPT_TYPE,
         "version": RECEIPT_VERSION,
         "receipt_id": receipt_id or new_id(),
@@ -76,6 +93,21 @@ def build_erasure_receipt(
         "legal_hold_checked": bool(legal_hold_checked),
         "irrecoverable_after": _iso(completed_at + timedelta(days=backup_window_days)),
     }
+    if schedule is not None:
+        reason = None if jobs_running else NO_WORKER
+        if reason is None and schedule.irrecoverable_after is None:
+            reason = LEGACY_UNSCHEDULED
+        document.update({
+            "provider": schedule.provider,
+            "epochs": [{"root_version": e.version_id, "kind": e.kind,
+                        "destroy_after": _iso(e.destroy_after) if e.destroy_after else None} for e in schedule.epochs],
+            "legacy_epoch": schedule.legacy,
+            "irrecoverable_after": None if reason else _iso_up(schedule.irrecoverable_after),
+            "cancellable_until": None if reason or schedule.cancellable_until is None
+            else _iso_up(schedule.cancellable_until),
+            "no_date_reason": reason,
+        })
+    return document
 
 
 async def sign_receipt(keys: KeyStore, receipt: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,6 +138,45 @@ def verify_receipt(doc: Mapping[str, Any], signature: str, public_key_pem: str |
 async def public_key_document(keys: KeyStore) -> dict[str, str]:
     pem = await keys.public_key_pem()
     return {"algorithm": ALGORITHM, "public_key_pem": pem, "fingerprint": key_fingerprint(pem)}
+
+
+async def finality_attestation(keys: KeyStore, receipt: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
+    """A signed statement of whether the receipt's epochs are destroyed: ``final`` once
+    every one is irrecoverable (KMS: its pending window is over), with the date. The
+    document of a final receipt is the same at every call (Ed25519 is deterministic)."""
+    ids = [e["root_version"] for e in receipt.get("epochs") or []]
+    known = {v.version_id: v for v in await keys.root_versions(ids=ids)}
+    epochs, final = [], bool(ids)
+    for version_id in ids:
+        v = known.get(version_id)
+        gone = v is not None and v.irrecoverable_at is not None and v.irrecoverable_at <= now
+        final = final and gone
+        epochs.append({"root_version": version_id,
+                       "destroyed_at": _iso(v.destroyed_at) if v and v.destroyed_at else None,
+                       "irrecoverable_at": _iso_up(v.irrecoverable_at) if v and v.irrecoverable_at else None})
+    document: dict[str, Any] = {
+        "type": FINALITY_TYPE, "version": 1, "receipt_id": receipt["receipt_id"], "tenant_id": receipt["tenant_id"],
+        "patient_ref": receipt["patient_ref"], "epochs": epochs, "final": final,
+        "final_at": max(e["irrecoverable_at"] for e in epochs) if final else None,
+    }
+    if not final:
+        document["checked_at"] = _iso(now)  # a status as of now, not a lasting statement
+    private = await keys.signing_key()
+    document["signing_key"] = key_fingerprint(await keys.public_key_pem())
+    return sign_document(document, private_key=private, field="finality")
+
+
+def verify_finality(doc: Mapping[str, Any], signature: str, public_key_pem: str | bytes) -> bool:
+    if not isinstance(doc, Mapping) or doc.get("type") != FINALITY_TYPE or not isinstance(signature, str):
+        return False
+    if doc.get("signing_key") != key_fingerprint(public_key_pem):
+        return False
+    return verify_document(doc, signature, public_key_pem)
+
+
+def _iso_up(value: datetime) -> str:
+    # Rounded up: a promised date must never be earlier than the recorded one.
+    return _iso(value + timedelta(seconds=1) if value.microsecond else value)
 
 
 def _iso(value: datetime) -> str:

@@ -72,13 +72,20 @@ async def _drop_schema(url: str, schema: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def backend(request, tmp_path: Path) -> Backend:
+async def backend(request, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "postgresql":
-        return Backend("postgresql", PG_URL or "", request.getfixturevalue("pg_schema"))
+        request.getfixturevalue("pg_schema")  # skips without PostgreSQL
+        # A schema per test: each test brings its own root-key provider, and a store's
+        # long-lived service version lives in the provider that created it.
+        schema = f"keys_t_{secrets.token_hex(4)}"
+        await upgrade(PG_URL, schema=schema)
+        yield Backend("postgresql", PG_URL or "", schema)
+        await _drop_schema(PG_URL, schema)
+        return
     path = tmp_path / "keys.db"
     url = f"sqlite+aiosqlite:///{path}"
     await upgrade(url)
-    return Backend("sqlite", url, SCHEMA, path)
+    yield Backend("sqlite", url, SCHEMA, path)
 
 
 @pytest.fixture
@@ -546,8 +553,8 @@ async def _restore_backup(
 
 
 async def test_hierarchy_over_kms(backend: Backend, moto) -> None:
-    key_id = moto.client("kms").create_key()["KeyMetadata"]["KeyId"]
-    kms = open_root_key(f"aws-kms://{key_id}?region={moto.region}&endpoint_url={moto.url}", production=True)
+    prefix = f"alias/vault-{uuid.uuid4().hex[:8]}"
+    kms = open_root_key(f"aws-kms://{prefix}?region={moto.region}&endpoint_url={moto.url}", production=True)
     store = await KeyStore.open(backend.url, kms, schema=backend.schema, cache_ttl=0)
     tenant = f"clinic-{uuid.uuid4()}"
     await store.ensure_tenant(tenant)

@@ -10,7 +10,8 @@ from vault.db import Base, UTCDateTime, new_id, utcnow
 PATIENT_DEK, OBJECT = "patient_dek", "object"
 KINDS = (PATIENT_DEK, OBJECT)
 ERASURE, OBJECT_DELETE, UPLOAD_ROLLBACK = "erasure", "object_delete", "upload_rollback"
-CAUSES = (ERASURE, OBJECT_DELETE, UPLOAD_ROLLBACK)
+LEFTOVER = "leftover"  # a crashed writer's key, shredded by the leftover sweep (vault/leftovers)
+CAUSES = (ERASURE, OBJECT_DELETE, UPLOAD_ROLLBACK, LEFTOVER)
 
 
 class ShredRecord(Base):

@@ -1,0 +1,267 @@
+"""Prometheus metrics: what ``GET /metrics`` serves (behind ``VAULT_METRICS_TOKEN``).
+
+Three kinds of sources, so the rest of the code needs only one-line hooks:
+
+* per application (:class:`Metrics`): HTTP requests, their latency per route template
+  and status class, requests in flight, upload bytes and refusals — observed by
+  :func:`metrics_middleware`, which sits inside the request-context middleware and so
+  sees every request, its route template and the error code of a refusal;
+* per process (:data:`vault.instruments.PROCESS`): pipeline stage seconds, root-key provider calls and
+  audit group commits, observed where they happen (:func:`stage`,
+  :class:`MeteredRootKey`, :func:`observe_audit_commit`);
+* at scrape time (:class:`StateCollector`): job queue depth, oldest queued age and dead
+  jobs per kind, live workers, KEK epoch age, audit checkpoint age, key-cache hits and
+  misses, the face detector in use. Read from the database by the ``/metrics`` handler
+  under a time bound (:meth:`StateCollector.refresh`), so a slow database makes the
+  scrape report ``vault_metrics_refresh_ok 0`` instead of hanging it.
+
+Labels are route templates, kinds, states, error codes and tenant slugs — never an id
+from a URL, a token or anything about a patient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+
+from vault import errors
+from vault.appkeys import METRICS
+from vault.instruments import PROCESS  # noqa: F401 - rendered beside the app's registry
+
+log = logging.getLogger("vault.metrics")
+
+# Upload route templates: their request bodies are counted as upload bytes and their
+# 4xx/5xx answers as refusals by error code.
+UPLOAD_ROUTES = frozenset({("POST", "/v1/patients/{patient_id}/media")})
+REFRESH_SECONDS = 2.0  # bound on the scrape-time database reads
+
+# -- per application --------------------------------------------------------------------
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("vault_http_requests", "HTTP requests", ["route", "method", "status"], registry=r)
+        self.latency = Histogram(
+            "vault_http_request_seconds", "HTTP request latency by route template and status class",
+            ["route", "method", "status_class"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120), registry=r,
+        )
+        self.in_flight = Gauge("vault_http_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.upload_bytes = Counter("vault_upload_bytes", "Request body bytes received by upload routes", ["outcome"],
+                                    registry=r)
+        self.upload_refusals = Counter("vault_upload_refusals", "Uploads refused, by error code", ["reason"], registry=r)
+        self.ready = Gauge("vault_ready_check", "1 when a readiness check passes (0 failed or degraded)", ["check"],
+                           registry=r)
+        self.state = StateCollector()
+        r.register(self.state)
+
+    def observe_readiness(self, report) -> None:
+        for check in report.checks:
+            self.ready.labels(check.name).set(1 if check.status == "ok" else 0)
+
+    async def render(self, runtime: Any) -> bytes:
+        await self.state.refresh(runtime)
+        return generate_latest(self.registry) + generate_latest(PROCESS)
+
+
+def make_metrics_middleware(route_template):
+    """The middleware that fills the HTTP families; ``route_template(request)`` is the
+    logging one, so metrics and logs name routes alike."""
+
+    @web.middleware
+    async def metrics_middleware(request: web.Request, handler):
+        metrics: Metrics = request.app[METRICS]
+        started = time.perf_counter()
+        metrics.in_flight.inc()
+        status, reason = 500, "internal"
+        try:
+            response = await handler(request)
+            status, reason = response.status, None
+            return response
+        except errors.VaultError as exc:
+            status, reason = exc.status, exc.code
+            raise
+        except web.HTTPException as exc:
+            status, reason = exc.status, {413: "too_large"}.get(exc.status, "http_error")
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            status, reason = 499, "client_abort"
+            raise
+        finally:
+            metrics.in_flight.dec()
+            route = route_template(request)
+            metrics.requests.labels(route, request.method, str(status)).inc()
+            metrics.latency.labels(route, request.method, f"{status // 100}xx").observe(time.perf_counter() - started)
+            if (request.method, route) in UPLOAD_ROUTES:
+                received = request.content.total_bytes
+                metrics.upload_bytes.labels("stored" if status < 400 else "refused").inc(received)
+                if status >= 400:
+                    metrics.upload_refusals.labels(reason or f"http_{status}").inc()
+
+    return metrics_middleware
+
+
+def authorized(request: web.Request, token: str | None) -> bool:
+    """``/metrics`` answers only a scraper holding the metrics token (compared in
+    constant time); without a configured token it does not exist (404)."""
+    if not token:
+        raise errors.NotFound()
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        raise errors.Unauthorized(message="the metrics token is required")
+    return True
+
+
+# -- scrape time ----------------------------------------------------------------------
+class StateCollector(Collector):
+    """Families read from the database and the key store at scrape time. ``refresh`` runs
+    the reads (bounded); ``collect`` only turns the last snapshot into families, because
+    prometheus-client calls collectors synchronously."""
+
+    def __init__(self) -> None:
+        self._snapshot: dict[str, Any] = {}
+        self._ok = 0
+        self._seconds = 0.0
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, runtime: Any) -> None:
+        if runtime is None:
+            return
+        async with self._lock:  # concurrent scrapes share one set of reads
+            started = time.perf_counter()
+            try:
+                self._snapshot = await asyncio.wait_for(_read_state(runtime), REFRESH_SECONDS)
+                self._ok = 1
+            except Exception as exc:  # noqa: BLE001 - a failed read is itself a metric, never a 500
+                log.warning("metrics refresh failed", extra={"error": type(exc).__name__})
+                self._ok = 0
+            self._seconds = time.perf_counter() - started
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the snapshot; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot
+        ok = GaugeMetricFamily("vault_metrics_refresh_ok", "1 when the last scrape-time database read succeeded")
+        ok.add_metric([], self._ok)
+        yield ok
+        took = GaugeMetricFamily("vault_metrics_refresh_seconds", "Seconds the last scrape-time read took")
+        took.add_metric([], self._seconds)
+        yield took
+        if not snap:
+            return
+        queued = GaugeMetricFamily("vault_jobs_queued", "Jobs queued, by kind (due or not)", labels=["kind"])
+        running = GaugeMetricFamily("vault_jobs_running", "Jobs running, by kind", labels=["kind"])
+        dead = GaugeMetricFamily("vault_jobs_dead", "Dead jobs (attempts exhausted), by kind", labels=["kind"])
+        oldest = GaugeMetricFamily("vault_jobs_oldest_queued_seconds",
+                                   "Age of the oldest due queued job, by kind (0 when none is due)", labels=["kind"])
+        for kind, row in sorted(snap["jobs"].items()):
+            queued.add_metric([kind], row["queued"])
+            running.add_metric([kind], row["running"])
+            dead.add_metric([kind], row["dead"])
+            oldest.add_metric([kind], row["oldest"])
+        yield from (queued, running, dead, oldest)
+        workers = GaugeMetricFamily("vault_workers_live", "Workers whose heartbeat is fresh (vault worker processes)")
+        workers.add_metric([], snap["workers"])
+        yield workers
+        kek = GaugeMetricFamily("vault_kek_epoch_age_seconds", "Age of each tenant's active KEK version",
+                                labels=["tenant"])
+        for tenant, age in sorted(snap["kek"].items()):
+            kek.add_metric([tenant], age)
+        yield kek
+        period = GaugeMetricFamily("vault_kek_rotation_period_seconds", "VAULT_KEK_ROTATION_DAYS in seconds")
+        period.add_metric([], snap["rotation_seconds"])
+        yield period
+        checkpoint = GaugeMetricFamily(
+            "vault_audit_checkpoint_age_seconds",
+            "Seconds since the newest signed checkpoint of each tenant whose chain has moved past it (0 when covered)",
+            labels=["tenant"])
+        for tenant, age in sorted(snap["checkpoints"].items()):
+            checkpoint.add_metric([tenant], age)
+        yield checkpoint
+        hits = CounterMetricFamily("vault_key_cache_hits", "Unwrapped-key cache hits on this node")
+        hits.add_metric([], snap["cache_hits"])
+        misses = CounterMetricFamily("vault_key_cache_misses", "Unwrapped-key cache misses on this node")
+        misses.add_metric([], snap["cache_misses"])
+        yield from (hits, misses)
+        detector = GaugeMetricFamily("vault_face_detector_info",
+                                     "The face detector set the decoder workers loaded (\"none\": every photo counts as a face)",
+                                     labels=["detector"])
+        detector.add_metric([snap["detector"] or "none"], 1)
+        yield detector
+
+
+async def _read_state(rt: Any) -> dict[str, Any]:
+    from vault.audit.models import AuditCheckpoint, AuditEntry, AuditHead
+    from vault.jobs.heartbeat import live_workers
+    from vault.jobs.models import DEAD, QUEUED, RUNNING, Job
+    from vault.tenants.models import Tenant
+
+    now = datetime.now(timezone.utc)
+    due = case((Job.state == QUEUED, Job.run_at), else_=None)
+    jobs: dict[str, dict[str, float]] = {}
+    async with rt.db.session() as session:
+        rows = (await session.execute(
+            select(Job.kind, Job.state, func.count(), func.min(due))
+            .where(Job.state.in_((QUEUED, RUNNING, DEAD)))
+            .group_by(Job.kind, Job.state)
+        )).all()
+        for kind, state, count, first in rows:
+            row = jobs.setdefault(kind, {"queued": 0, "running": 0, "dead": 0, "oldest": 0.0})
+            row[state] = int(count)
+            if state == QUEUED and first is not None:
+                row["oldest"] = max(0.0, (now - _aware(first)).total_seconds())
+        tenants = {t.id: t.slug for t in (await session.execute(select(Tenant.id, Tenant.slug))).all()}
+        latest = (select(AuditCheckpoint.tenant_id, func.max(AuditCheckpoint.seq).label("seq"),
+                         func.max(AuditCheckpoint.signed_at).label("signed_at"))
+                  .group_by(AuditCheckpoint.tenant_id).subquery())
+        first_entry = (select(AuditEntry.tenant_id, AuditEntry.at).where(AuditEntry.seq == 1).subquery())
+        heads = (await session.execute(
+            select(AuditHead.tenant_id, AuditHead.seq, latest.c.seq, latest.c.signed_at, first_entry.c.at)
+            .outerjoin(latest, latest.c.tenant_id == AuditHead.tenant_id)
+            .outerjoin(first_entry, first_entry.c.tenant_id == AuditHead.tenant_id)
+        )).all()
+    checkpoints: dict[str, float] = {}
+    for tenant_id, head_seq, signed_seq, signed_at, first_at in heads:
+        if head_seq == 0 or (signed_seq is not None and signed_seq >= head_seq):
+            age = 0.0
+        else:  # entries not covered by a signature: since the last signature, or since the first entry
+            since = signed_at if signed_at is not None else first_at
+            age = max(0.0, (now - _aware(since)).total_seconds()) if since is not None else 0.0
+        checkpoints[tenants.get(tenant_id, tenant_id)] = age
+    kek: dict[str, float] = {}
+    for tenant_id, slug in tenants.items():
+        try:
+            versions = await rt.keys.kek_versions(tenant_id)
+        except Exception:  # noqa: BLE001 - a tenant without a hierarchy yet has no epoch
+            continue
+        active = [v for v in versions if v.state == "active"]
+        if active:
+            kek[slug] = max(0.0, (now - _aware(active[-1].created_at)).total_seconds())
+    cache = getattr(rt.keys, "_cache", None)  # keys/ stays free of Prometheus: read its plain counters
+    pipeline = getattr(rt.media, "pipeline", None)
+    return {
+        "jobs": jobs,
+        "workers": await live_workers(rt.db),
+        "kek": kek,
+        "rotation_seconds": rt.settings.kek_rotation_days * 86400,
+        "checkpoints": checkpoints,
+        "cache_hits": getattr(cache, "hits", 0),
+        "cache_misses": getattr(cache, "misses", 0),
+        "detector": pipeline.detector_name() if pipeline is not None else "",
+    }
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from tests.support.databases import TestDatabase, backends, fresh_database
+from tests.support.metrics import METRICS_TOKEN
 from tests.support.moto import MotoEndpoint, moto_server
 
 os.environ.setdefault("VAULT_LOG_LEVEL", "WARNING")
@@ -52,6 +54,7 @@ def settings(migrated_db: TestDatabase, tmp_path_factory):
         root_key_url=(tmp_path_factory.getbasetemp() / f"root-{migrated_db.backend}.key").as_uri(),
         key_cache_seconds=5.0,
         inprocess_jobs=False,
+        metrics_token=METRICS_TOKEN,
     )
 
 
@@ -74,9 +77,18 @@ async def app(settings):
     return create_app(settings)
 
 
+class VaultTestServer(TestServer):
+    """aiohttp's TestServer on the runner ``vault serve`` uses (header timeout, JSON parse errors)."""
+
+    async def _make_runner(self, **kwargs):
+        from vault.http.server import VaultRunner
+
+        return VaultRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def client(app, aiohttp_client):
-    return await aiohttp_client(app)
+    return await aiohttp_client(VaultTestServer(app))
 
 
 @pytest.fixture

@@ -12,7 +12,12 @@ def test_defaults_put_everything_under_the_data_folder(tmp_path):
     assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'vault.sqlite3'}"
     assert s.keystore_url == f"sqlite+aiosqlite:///{tmp_path / 'keys.sqlite3'}"
     assert s.storage_url == (tmp_path / "blobs").as_uri()
-    assert s.root_key_url == (tmp_path / "root.key").as_uri()
+    # ...except the root keyring: outside it, per data folder, so a copy of the folder opens nothing.
+    ring = Settings.from_env({"VAULT_DATA_DIR": str(tmp_path), "XDG_DATA_HOME": str(tmp_path.parent / "home")})
+    assert ring.root_key_url.startswith((tmp_path.parent / "home" / "clinical-photo-vault" / "keyring").as_uri() + "/")
+    assert not ring.root_key_url.startswith(tmp_path.as_uri())
+    other = Settings.from_env({"VAULT_DATA_DIR": str(tmp_path / "b"), "XDG_DATA_HOME": str(tmp_path.parent / "home")})
+    assert other.root_key_url != ring.root_key_url
     assert s.inprocess_jobs is True
 
 

@@ -96,9 +96,16 @@ async def _export(client, clinic) -> str:
     return (await resp.json())["id"]
 
 
+async def _receipt(client, clinic) -> str:
+    patient = await _patient(client, clinic)
+    resp = await client.post(f"/v1/patients/{patient}/erasure", json={"reason": "asked"}, headers=clinic.auth("dpo"))
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["receipt"]["receipt_id"]
+
+
 #: how to create, in a clinic, the resource a path parameter names
 RESOURCES = {"patient_id": _patient, "media_id": _media, "consent_id": _consent, "release_id": _release,
-             "export_id": _export}
+             "export_id": _export, "receipt_id": _receipt}
 
 #: a valid body for each route that takes one: JSON, or (bytes, content type)
 BODIES = {

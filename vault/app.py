@@ -10,7 +10,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from vault import appkeys
 from vault.actor import Actor
@@ -19,9 +18,11 @@ from vault.audit.service import AuditEvent
 from vault.config import Settings
 from vault.consent import views as consent_views
 from vault.http.context import REQUEST_ID
-from vault.http.middleware import authorize_middleware, request_context, route_template
+from vault.http.limits import UploadLimits
+from vault.http.middleware import authorize_middleware, mark_started, request_context, route_template
 from vault.http.routing import add_endpoints
 from vault.lifecycle import views as lifecycle_views
+from vault.metrics import Metrics, make_metrics_middleware
 from vault.media import views as media_views
 from vault.patients import views as patient_views
 from vault.shredding import views as shredding_views
@@ -33,19 +34,13 @@ from vault.runtime import runtime
 log = logging.getLogger("vault")
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("vault_http_requests", "HTTP requests", ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("vault_http_seconds", "HTTP request latency", ["route"], registry=self.registry)
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_json_bytes)
     # aiohttp's access log writes raw URLs (ids, query strings); ours logs route templates.
     logging.getLogger("aiohttp.access").disabled = True
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
+    app[appkeys.UPLOAD_LIMITS] = UploadLimits.from_settings(settings)
 
     async def authenticate(token: str):
         return await app[appkeys.TENANTS].authenticate(token)
@@ -57,7 +52,9 @@ def create_app(settings: Settings) -> web.Application:
             AuditEvent.of(actor, f"{request.method} {route_template(request)}", outcome=exc.code, **targets)
         )
 
-    app.middlewares.extend([request_context, authorize_middleware(authenticate, on_denied)])
+    # Metrics sit inside request_context: they see each refusal's error code before it becomes JSON.
+    app.middlewares.extend([request_context, make_metrics_middleware(route_template),
+                            authorize_middleware(authenticate, on_denied)])
     app.cleanup_ctx.append(_runtime)
     for routes in (system.routes, patient_views.routes, treatment_views.routes, media_views.routes, audit_views.routes,
                    shredding_views.routes):
@@ -65,14 +62,13 @@ def create_app(settings: Settings) -> web.Application:
     for routes in (consent_views.routes, webhook_views.routes, lifecycle_views.routes):
         add_endpoints(app, routes)
     app.on_response_prepare.append(_security_headers)
+    app.on_response_prepare.append(mark_started)
     return app
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
-    metrics = request.app[appkeys.METRICS]
-    metrics.requests.labels(route_template(request), request.method, str(response.status)).inc()
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:

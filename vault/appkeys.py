@@ -31,3 +31,4 @@ CONSENTS = web.AppKey("consents", Any)  # vault.consent.service.ConsentService
 RELEASES = web.AppKey("releases", Any)  # vault.consent.releases.ReleaseService
 WEBHOOKS = web.AppKey("webhooks", Any)  # vault.webhooks.service.WebhookService
 METRICS = web.AppKey("metrics", Any)
+UPLOAD_LIMITS = web.AppKey("upload_limits", Any)  # vault.http.limits.UploadLimits

@@ -9,31 +9,67 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import sys
+from contextlib import suppress
+from pathlib import Path
 
+from keys.errors import KeysError
 from vault import cli_keys
-from vault.cli_runtime import request_id, run_with_runtime
+from vault.cli_runtime import request_id, require_data, run_with_runtime
 from vault.config import Settings
 from vault.errors import ConfigError, VaultError
 
 
 def disable_core_dumps() -> None:
-    # A core dump would write decrypted photos and unwrapped keys to disk.
+    # A core dump would write decrypted photos and unwrapped keys to disk; and no
+    # same-user process may ptrace us or read /proc/PID/mem (every vault command holds
+    # keys, `vault serve` and `vault worker` all of them).
+    from vault.pipeline.sandbox import set_not_dumpable
+
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    set_not_dumpable()
 
 
 def prepare_data_dir(settings: Settings) -> None:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if settings.is_sqlite:
+        # SQLite creates its file with the umask (often 0644) and gives -wal/-shm the
+        # main file's mode: create it 0600 first, as the key store does.
+        from sqlalchemy.engine import make_url
+
+        database = Path(make_url(settings.database_url).database or "")
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with suppress(FileExistsError):
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def migrate_all(settings: Settings) -> None:
     from keys.migrate import upgrade as upgrade_keys
     from vault.migrate import upgrade
+    from vault.runtime import open_configured_root_key, upgrade_root_keys
 
     prepare_data_dir(settings)
     upgrade(settings.database_url)
     asyncio.run(upgrade_keys(settings.keystore_url))
+
+    async def root_key() -> None:
+        # The one place a new local keyring is made: for an empty key store only (or to
+        # receive an older data folder's root key, which then moves onto epochs).
+        await (await open_configured_root_key(settings)).close()
+        await upgrade_root_keys(settings)
+
+    asyncio.run(root_key())
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("clinical-photo-vault")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -112,6 +148,8 @@ def cmd_jobs_list(settings: Settings, args) -> int:
     from vault.db import Database
     from vault.jobs.report import job_report
 
+    require_data(settings)
+
     async def report() -> str:
         db = Database(settings.database_url, pool_size=1)
         try:
@@ -130,20 +168,59 @@ def cmd_permissions(settings: Settings, args) -> int:
     return 0
 
 
-def cmd_serve(settings: Settings, args) -> int:
-    from aiohttp import web
+def cmd_doctor(settings: Settings, args) -> int:
+    """The readiness checks, for an operator: one line per check, non-zero naming what failed.
+    Unlike ``/readyz``, a missing worker heartbeat fails here: someone should start one."""
+    from vault.readiness import HINTS, OK
 
+    try:
+        require_data(settings)
+    except ConfigError as exc:
+        print(f"FAIL  data       {exc.message}")
+        return 1
+
+    async def action(rt) -> int:
+        report = await rt.readiness.report(fresh=True)
+        for check in report.checks:
+            mark = "ok  " if check.status == OK else "FAIL"
+            hint = "" if check.status == OK else f"  {HINTS.get(check.code, check.code)}"
+            print(f"{mark}  {check.name:<10} {check.code}{hint}")
+        return 0 if all(check.status == OK for check in report.checks) else 1
+
+    from keys.errors import KeysError
+    from vault.runtime import runtime
+
+    async def main() -> int:
+        try:
+            async with runtime(settings, group_commit=False, create_root_key=False) as rt:
+                return await action(rt)
+        except KeysError as exc:
+            print(f"FAIL  keystore   {exc}")
+            return 1
+
+    return asyncio.run(main())
+
+
+def cmd_serve(settings: Settings, args) -> int:
     from vault.app import create_app
+    from vault.http.server import run
     from vault.logs import configure
 
     configure(settings.log_level)
     if not settings.production:
         migrate_all(settings)
-        first = asyncio.run(_bootstrap(settings))
-    else:
-        first = None
+    first, failure = asyncio.run(_prepare(settings, bootstrap=not settings.production))
+    if failure:
+        print(f"vault: cannot start: {failure}", file=sys.stderr)
+        return 1
+    if not settings.inprocess_jobs:
+        print("no worker runs inside this node (VAULT_INPROCESS_JOBS=false): run `vault worker` beside it, "
+              "or exports, erasure clean-up and key rotation wait; /readyz reports workers as degraded", flush=True)
     url = settings.public_url or f"http://{args.host}:{args.port}"
     print(f"clinical photo vault listening on {url}  (data in {settings.data_dir})", flush=True)
+    if settings.root_key_url.startswith("file:"):
+        # Back it up apart from the data folder, and never longer than the backup window.
+        print(f"root keyring: {settings.root_key_url} (outside the data folder)", flush=True)
     if first:
         # On the terminal only, once: the log never sees a token.
         print("first start: created tenant 'demo' and a practitioner token (shown once):", flush=True)
@@ -152,7 +229,8 @@ def cmd_serve(settings: Settings, args) -> int:
     app = create_app(settings)
     if settings.inprocess_jobs:
         app.cleanup_ctx.append(_inprocess_worker)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, handle_signals=True)
+    # Not web.run_app: its connections have no header-read timeout and answer parse errors in plain text.
+    run(app, host=args.host, port=args.port)
     return 0
 
 
@@ -171,23 +249,36 @@ async def _inprocess_worker(app):
     await task
 
 
-async def _bootstrap(settings: Settings) -> str | None:
-    async def action(rt):
-        if await rt.tenants.tenants():
-            return None
-        await rt.tenants.create_tenant("demo", request_id=request_id())
-        issued = await rt.tenants.create_token("demo", "practitioner", label="first-start demo token", request_id=request_id())
-        return issued.token
-
+async def _prepare(settings: Settings, *, bootstrap: bool) -> tuple[str | None, str | None]:
+    """Refuse to serve what would fail every request: the database, its schema and the
+    key store must answer, and the configured root key must open the key store. On the
+    embedded default's first start, also create the tenant ``demo`` and a token.
+    Returns (first token or None, failure or None)."""
+    from keys.errors import KeysError
+    from vault.readiness import HINTS
     from vault.runtime import runtime
 
-    async with runtime(settings, group_commit=False) as rt:
-        return await action(rt)
+    try:
+        async with runtime(settings, group_commit=False, create_root_key=False) as rt:
+            report = await rt.readiness.report(fresh=True)
+            for check in report.checks:
+                if check.failed and check.name in ("database", "schema", "keystore"):
+                    return None, f"{check.name}: {HINTS.get(check.code, check.code)}"
+            if not bootstrap or await rt.tenants.tenants():
+                return None, None
+            await rt.tenants.create_tenant("demo", request_id=request_id())
+            issued = await rt.tenants.create_token(
+                "demo", "practitioner", label="first-start demo token", request_id=request_id()
+            )
+            return issued.token, None
+    except KeysError as exc:
+        return None, f"keystore: {exc}"
 
 
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vault", description="Secure clinical photo vault")
+    parser.add_argument("--version", action="version", version=f"vault {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP service")
@@ -196,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="upgrade the metadata database and key store to the newest schema").set_defaults(func=cmd_migrate)
+    sub.add_parser(
+        "doctor", help="run the readiness checks (database, schema, key store, blob store, workers); non-zero names what failed"
+    ).set_defaults(func=cmd_doctor)
 
     tenant = sub.add_parser("tenant", help="manage tenants").add_subparsers(dest="tenant_command", required=True)
     create = tenant.add_parser("create", help="create a tenant (clinic)")
@@ -244,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except VaultError as exc:
         print(f"vault: {exc.message}", file=sys.stderr)
+        return 1
+    except KeysError as exc:  # a missing or wrong root key, an unreachable KMS: one line
+        print(f"vault: {exc}", file=sys.stderr)
         return 1
 
 

@@ -18,9 +18,19 @@ ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DATABASE_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 STORAGE_SCHEMES = ("file", "s3")
-ROOT_KEY_SCHEMES = ("file", "aws-kms")
+ROOT_KEY_SCHEMES = ("file", "aws-kms", "pkcs11")
 
 MiB = 1024 * 1024
+
+
+def default_keyring(data_dir: Path, env: Mapping[str, str]) -> Path:
+    """The embedded default's root keyring: outside the data folder, under the user's data
+    home, so a copy of the data folder alone decrypts nothing. One keyring per data
+    folder (named by a hash of its path): two vaults on one machine never share one."""
+    import hashlib
+
+    home = Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share").expanduser()
+    return home / "clinical-photo-vault" / "keyring" / hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +58,28 @@ class Settings:
     webhooks_allow_http_loopback: bool = False  # plain http to loopback webhooks: tests only
     retention_max_erasures: int = 10  # patients one unreviewed retention sweep may erase
     export_ttl_hours: int = 72  # an unread subject-access export is shredded after this
+    blob_lease_seconds: int = 120  # a blob writer's lease, extended every third of it while it writes
+    leftover_grace_seconds: int = 3600  # leftovers go this long after their writer's lease expired
+    leftover_sweep_seconds: int = 900  # how often the leftover sweep runs
+    # Slow or stalled clients (docs/http.md): a request head must arrive whole within
+    # http_header_timeout s; each 64 KiB of a body (or its end) within http_body_timeout s.
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 20.0
+    max_uploads: int = 32  # uploads in progress on this node (503 beyond)
+    max_uploads_per_token: int = 4  # uploads in progress per token on this node (429 beyond)
+    upload_memory_bytes: int = 512 * MiB  # photos being handled at once, all uploads together (3 working copies each)
+    # Decoder worker processes (docs/media.md): how many, each item's wall time (photos,
+    # probes, posters; remuxing a video gets decoder_video_seconds), each worker's address
+    # space, items before a worker is replaced, and the bounded wait for a free worker.
+    decoder_workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    decoder_item_seconds: float = 120.0
+    decoder_video_seconds: float = 3600.0
+    decoder_memory_bytes: int = 4096 * MiB
+    decoder_recycle_after: int = 200
+    decoder_queue_seconds: float = 30.0
+    # GET /metrics answers only this bearer token; unset, /metrics is 404 (docs/operations.md).
+    # repr=False: a printed Settings must not leak it.
+    metrics_token: str | None = field(default=None, repr=False)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -80,12 +112,12 @@ class Settings:
         _scheme("VAULT_KEYSTORE_URL", keystore_url, DATABASE_SCHEMES)
         storage_url = get("VAULT_STORAGE_URL", (data_dir / "blobs").as_uri())
         _scheme("VAULT_STORAGE_URL", storage_url, STORAGE_SCHEMES)
-        root_key_url = get("VAULT_ROOT_KEY_URL", (data_dir / "root.key").as_uri())
+        root_key_url = get("VAULT_ROOT_KEY_URL", default_keyring(data_dir, env).as_uri())
         _scheme("VAULT_ROOT_KEY_URL", root_key_url, ROOT_KEY_SCHEMES)
         if mode == "production" and urlsplit(root_key_url).scheme == "file":
             raise ConfigError(
                 "VAULT_ROOT_KEY_URL",
-                "a local root-key file is for development only; use aws-kms: in production",
+                "a local root-key file is for development only; use aws-kms: or pkcs11: in production",
             )
 
         backup_window_days = _int(env, "VAULT_BACKUP_WINDOW", 35, minimum=1)
@@ -99,6 +131,12 @@ class Settings:
         if face_model is not None and not Path(face_model).is_file():
             raise ConfigError("VAULT_FACE_MODEL", f"no model file at {face_model}")
 
+        max_photo_bytes = _int(env, "VAULT_MAX_PHOTO_BYTES", 64 * MiB, minimum=1024)
+        upload_memory_bytes = _int(env, "VAULT_UPLOAD_MEMORY_BYTES", 512 * MiB, minimum=1024)
+        if upload_memory_bytes < 3 * max_photo_bytes:  # vault.http.limits.WORKING_COPIES
+            # Otherwise a photo at the size cap could never be accepted.
+            raise ConfigError("VAULT_UPLOAD_MEMORY_BYTES", "must be at least 3 x VAULT_MAX_PHOTO_BYTES (a photo's working copies)")
+
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -107,7 +145,7 @@ class Settings:
             root_key_url=root_key_url,
             env=mode,
             log_level=level,
-            max_photo_bytes=_int(env, "VAULT_MAX_PHOTO_BYTES", 64 * MiB, minimum=1024),
+            max_photo_bytes=max_photo_bytes,
             max_video_bytes=_int(env, "VAULT_MAX_VIDEO_BYTES", 8 * 1024 * MiB, minimum=1024),
             max_json_bytes=_int(env, "VAULT_MAX_JSON_BYTES", 64 * 1024, minimum=1024),
             max_pixels=_int(env, "VAULT_MAX_PIXELS", 100_000_000, minimum=1),
@@ -123,6 +161,21 @@ class Settings:
             webhooks_allow_http_loopback=_loopback_webhooks(env, mode),
             retention_max_erasures=_int(env, "VAULT_RETENTION_MAX_ERASURES", 10, minimum=1),
             export_ttl_hours=_int(env, "VAULT_EXPORT_TTL_HOURS", 72, minimum=1),
+            blob_lease_seconds=_int(env, "VAULT_BLOB_LEASE_SECONDS", 120, minimum=1),
+            leftover_grace_seconds=_int(env, "VAULT_LEFTOVER_GRACE_SECONDS", 3600, minimum=0),
+            leftover_sweep_seconds=_int(env, "VAULT_LEFTOVER_SWEEP_SECONDS", 900, minimum=1),
+            http_header_timeout=_seconds(env, "VAULT_HTTP_HEADER_TIMEOUT", 10.0),
+            http_body_timeout=_seconds(env, "VAULT_HTTP_BODY_TIMEOUT", 20.0),
+            max_uploads=_int(env, "VAULT_MAX_UPLOADS", 32, minimum=1),
+            max_uploads_per_token=_int(env, "VAULT_MAX_UPLOADS_PER_TOKEN", 4, minimum=1),
+            upload_memory_bytes=upload_memory_bytes,
+            decoder_workers=_int(env, "VAULT_DECODER_WORKERS", max(2, os.cpu_count() or 2), minimum=1),
+            decoder_item_seconds=_seconds(env, "VAULT_DECODER_ITEM_SECONDS", 120.0),
+            decoder_video_seconds=_seconds(env, "VAULT_DECODER_VIDEO_SECONDS", 3600.0),
+            decoder_memory_bytes=_int(env, "VAULT_DECODER_MEMORY_MB", 4096, minimum=256) * MiB,
+            decoder_recycle_after=_int(env, "VAULT_DECODER_RECYCLE_AFTER", 200, minimum=1),
+            decoder_queue_seconds=_seconds(env, "VAULT_DECODER_QUEUE_SECONDS", 30.0),
+            metrics_token=_metrics_token(env),
         )
 
     def replace(self, **changes) -> Settings:
@@ -155,12 +208,33 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, "must be a number of seconds") from None
+    if not 0.1 <= value <= 3600:  # also refuses nan and inf
+        raise ConfigError(name, "must be between 0.1 and 3600 seconds")
+    return value
+
+
 def _modules(name: str, raw: str) -> tuple[str, ...]:
     modules = tuple(part.strip() for part in raw.split(",") if part.strip())
     for module in modules:
         if not all(piece.isidentifier() for piece in module.split(".")):
             raise ConfigError(name, "must be comma-separated dotted module names")
     return modules
+
+
+def _metrics_token(env: Mapping[str, str]) -> str | None:
+    token = env.get("VAULT_METRICS_TOKEN") or None
+    if token is not None and (len(token) < 24 or not token.isascii() or not token.isprintable() or " " in token):
+        # Guessable or header-breaking tokens would expose queue sizes and tenant names.
+        raise ConfigError("VAULT_METRICS_TOKEN", "must be at least 24 printable ASCII characters without spaces")
+    return token
 
 
 def _loopback_webhooks(env: Mapping[str, str], mode: str) -> bool:

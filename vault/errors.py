@@ -20,13 +20,18 @@ must never carry patient data, key material or tokens: they reach clients and lo
     │   ├── LegalHold (409 legal_hold)
     │   ├── IdempotencyConflict (409 idempotency_conflict)
     │   └── NotReady (409 not_ready)
+    ├── RequestTimeout (408 request_timeout)   -- the body stopped arriving; the connection is closed
     ├── PreconditionFailed (412 precondition_failed)
+    ├── TooManyUploads (429 too_many_uploads, retryable)
+    ├── Busy (503 busy, retryable)             -- a node-wide upload or memory limit is full
     ├── RangeNotSatisfiable (416 range_not_satisfiable)
     ├── MediaRejected (422 media_rejected)
     │   ├── UnsupportedMedia (415 unsupported_media_type)
     │   ├── TooLarge (413 too_large)
     │   ├── PixelLimit (413 too_many_pixels)
-    │   └── CorruptMedia (422 corrupt_media)
+    │   ├── CorruptMedia (422 corrupt_media)
+    │   └── DecoderFailed (422 decoder_failed)  -- a decoder worker crashed, timed out or lied
+    ├── DecoderBusy (503 decoders_busy, retryable)  -- every decoder worker busy, queue full
     ├── StorageError (500 storage_error)
     │   ├── BlobNotFound (500 blob_missing)  -- a dangling reference is our fault
     │   └── StorageUnavailable (503 storage_unavailable, retryable)
@@ -102,6 +107,20 @@ class PreconditionFailed(VaultError):
     status, code, default_message = 412, "precondition_failed", "precondition failed"
 
 
+class RequestTimeout(VaultError):
+    status, code, default_message = 408, "request_timeout", "the request body arrived too slowly"
+
+
+class TooManyUploads(VaultError):
+    status, code, default_message = 429, "too_many_uploads", "too many uploads in progress for this token, try again"
+    retry_after = 5
+
+
+class Busy(VaultError):
+    status, code, default_message = 503, "busy", "the service is at its upload limit, try again"
+    retry_after = 5
+
+
 class RangeNotSatisfiable(VaultError):
     status, code, default_message = 416, "range_not_satisfiable", "range not satisfiable"
 
@@ -124,6 +143,20 @@ class PixelLimit(MediaRejected):
 
 class CorruptMedia(MediaRejected):
     status, code, default_message = 422, "corrupt_media", "the media is damaged or not what it claims to be"
+
+
+class DecoderFailed(MediaRejected):
+    """The decoder worker handling this item crashed, was killed at its time or memory
+    bound, or returned something the server's re-check refused: this item only."""
+
+    status, code, default_message = 422, "decoder_failed", "the media could not be processed safely"
+
+
+class DecoderBusy(VaultError):
+    """Every decoder worker is busy and the wait for one is full or too long."""
+
+    status, code, default_message = 503, "decoders_busy", "the media decoders are busy, try again"
+    retry_after = 5
 
 
 class StorageError(VaultError):

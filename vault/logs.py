@@ -53,5 +53,7 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level)
     # aiohttp's access log writes raw URLs; we log route templates ourselves.
     logging.getLogger("aiohttp.access").disabled = True
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "sqlalchemy"):
+    # aiosqlite logs every call at DEBUG with its SQL and parameter values (blind
+    # indexes, token digests); SQLAlchemy's engines also hide parameters themselves.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "sqlalchemy", "aiosqlite", "asyncpg"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -27,6 +27,13 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+def schema_status(connection) -> str:
+    """How the metadata database compares with this code (see :func:`keys.migrate.schema_status`)."""
+    from keys.migrate import schema_status as status
+
+    return status(connection, MIGRATIONS)
+
+
 def check(url: str) -> None:
     """Raise when the models and the migrations disagree (``alembic check``)."""
     command.check(alembic_config(url))

@@ -4,6 +4,7 @@ from vault.audit.models import AuditCheckpoint, AuditEntry, AuditHead
 from vault.consent.models import ConsentRecord, Release  # noqa: F401
 from vault.db import Base
 from vault.jobs.models import Job, JobSchedule, WorkerHeartbeat  # noqa: F401
+from vault.leftovers.models import BlobWrite  # noqa: F401
 from vault.lifecycle.models import (  # noqa: F401
     ErasureReceipt, ErasureRequest, Export, LegalHold, RetentionPolicy, RetentionSweep,
 )

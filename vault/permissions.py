@@ -74,6 +74,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/v1/releases"): frozenset({D, M}),
     # lifecycle
     ("POST", "/v1/patients/{patient_id}/erasure"): frozenset({D, E}),
+    ("GET", "/v1/erasure-receipts/{receipt_id}/finality"): frozenset({D, E}),
     ("PUT", "/v1/patients/{patient_id}/legal-hold"): frozenset({D}),
     ("DELETE", "/v1/patients/{patient_id}/legal-hold"): frozenset({D}),
     ("PUT", "/v1/patients/{patient_id}/restriction"): frozenset({D}),

@@ -4,12 +4,16 @@ workers, so all three run on the same wiring."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from keys.keyring import FileKeyring
 from keys.providers import open_root_key
-from keys.store import KeyStore
+from keys.store import KeyStore, holds_keys
 from vault.audit.service import AuditLog
 from vault.config import Settings
 from vault.consent.releases import ReleaseService
@@ -18,13 +22,18 @@ from vault.db import Database
 from vault.lifecycle.service import Lifecycle
 from vault.media.processing import PhotoPipeline
 from vault.media.service import MediaService
+from vault.instruments import MeteredRootKey
 from vault.patients.service import PatientService
+from vault.readiness import Readiness
+from vault.leftovers.leases import WriteLeases
 from vault.sealed import SealedBlobs
 from vault.shredding.service import ShredLedger
 from vault.storage import open_store
 from vault.tenants.service import TenantService
 from vault.treatments.service import TreatmentService
 from vault.webhooks.service import WebhookService
+
+log = logging.getLogger("vault.keys")
 
 
 @dataclass
@@ -43,29 +52,70 @@ class Runtime:
     webhooks: WebhookService
     consents: ConsentService
     releases: ReleaseService
+    readiness: Readiness
     lifecycle: Lifecycle = field(init=False)  # built from the services above
 
 
+def legacy_root_key_file(settings: Settings) -> Path:
+    """Where the code before root-key epochs kept its single root key by default."""
+    return settings.data_dir / "root.key"
+
+
+async def open_configured_root_key(settings: Settings, *, create: bool = True):
+    """A local keyring is created only for an empty key store, or to receive the legacy
+    key of a data folder from before epochs (and only where ``create``): a data folder
+    restored or copied without its keyring must fail loudly, not start over with new
+    keys under which nothing decrypts."""
+    url = urlsplit(settings.root_key_url)
+    legacy = legacy_root_key_file(settings)
+    if create and url.scheme == "file" and not Path(unquote(url.path)).exists():
+        create = legacy.is_file() or not await holds_keys(settings.keystore_url)
+    provider = open_root_key(settings.root_key_url, production=settings.production, create=create)
+    if isinstance(provider, FileKeyring) and provider.import_legacy(legacy):
+        log.warning("moved the legacy root key out of the data folder into the keyring %s", provider.directory)
+    return provider
+
+
+async def upgrade_root_keys(settings: Settings) -> bool:
+    """Part of ``vault migrate``: move a key store from before root-key epochs onto them
+    (KeyStore.upgrade_legacy). True when it did work."""
+    root = await open_configured_root_key(settings)
+    try:
+        keys = await KeyStore.open(settings.keystore_url, root, backup_window_days=settings.backup_window_days)
+        try:
+            return await keys.upgrade_legacy()
+        finally:
+            await keys.close()
+    finally:
+        await root.close()
+
+
 @asynccontextmanager
-async def runtime(settings: Settings, *, group_commit: bool = True) -> AsyncIterator[Runtime]:
+async def runtime(
+    settings: Settings, *, group_commit: bool = True, create_root_key: bool = True
+) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
+        # Decoder workers first, before any key, token or connection of ours exists (they
+        # are fresh interpreters anyway: exec, a clean environment, no inherited fds).
+        pipeline = PhotoPipeline.from_settings(settings)
+        pipeline.start()
+        stack.push_async_callback(pipeline.close)
         db = Database(settings.database_url)
         stack.push_async_callback(db.close)
         audit = AuditLog(db)
         if group_commit:
             await audit.start()
             stack.push_async_callback(audit.stop)
-        root = open_root_key(settings.root_key_url, production=settings.production)
-        keys = await KeyStore.open(settings.keystore_url, root, cache_ttl=settings.key_cache_seconds)
+        root = MeteredRootKey(await open_configured_root_key(settings, create=create_root_key))  # call latency/errors
+        keys = await KeyStore.open(settings.keystore_url, root, cache_ttl=settings.key_cache_seconds,
+                                   backup_window_days=settings.backup_window_days)
         stack.push_async_callback(keys.close)
         store = open_store(settings.storage_url)
         stack.push_async_callback(store.close)
-        pipeline = PhotoPipeline(
-            max_pixels=settings.max_pixels, face_model=str(settings.face_model) if settings.face_model else None
-        )
-        stack.callback(pipeline.close)
         ledger = ShredLedger(db, keys)
-        sealed = SealedBlobs(keys, store, ledger=ledger)
+        leases = WriteLeases(db, lease_seconds=settings.blob_lease_seconds)
+        stack.push_async_callback(leases.close)
+        sealed = SealedBlobs(keys, store, ledger=ledger, leases=leases)
         patients = PatientService(db, audit, keys)
         webhooks = WebhookService(db, audit, keys, allow_http_loopback=settings.webhooks_allow_http_loopback)
         rt = Runtime(
@@ -82,8 +132,8 @@ async def runtime(settings: Settings, *, group_commit: bool = True) -> AsyncIter
             media=MediaService(db, audit, keys, sealed, patients, pipeline),
             webhooks=webhooks,
             consents=ConsentService(db, audit, keys, sealed, patients, webhooks),
-            releases=ReleaseService(db, audit, keys, sealed, patients, max_pixels=settings.max_pixels,
-                                    public_url=settings.public_url),
+            releases=ReleaseService(db, audit, keys, sealed, patients, pipeline, public_url=settings.public_url),
+            readiness=Readiness(db=db, keys=keys, store=store),
         )
         rt.lifecycle = Lifecycle.build(
             settings, db=db, audit=audit, keys=keys, ledger=ledger, sealed=sealed, store=store, patients=patients,

@@ -17,9 +17,11 @@ from keys.blobio import ciphertext_size
 from keys.errors import KeyDestroyed, KeyNotFound
 from vault.db import new_id
 from vault.errors import Gone
+from vault.instruments import timed_stage
 from vault.shredding.models import OBJECT_DELETE, UPLOAD_ROLLBACK
 
 if TYPE_CHECKING:
+    from vault.leftovers.leases import WriteLeases
     from vault.shredding.service import ShredLedger
 
 
@@ -38,18 +40,25 @@ class SealedRef:
 
 
 class SealedBlobs:
-    def __init__(self, keys, store, *, ledger: ShredLedger | None = None) -> None:
+    def __init__(self, keys, store, *, ledger: ShredLedger | None = None, leases: WriteLeases | None = None) -> None:
         self.keys = keys
         self.store = store
+        # Writer leases (docs/storage.md, "Leftovers"): None for tools and tests without
+        # a metadata database, which then have no leftover sweep either.
+        self.leases = leases
         # Records every destroyed object key in the shred ledger (None: tools and tests
         # that run without a metadata database).
         self.ledger = ledger
 
     async def _new(self, tenant_id: str, patient_id: str, plain_size: int) -> tuple[SealedRef, bytes]:
         ref = SealedRef(id=new_id(), tenant_id=tenant_id, patient_id=patient_id, plain_size=plain_size)
+        if self.leases is not None:
+            # Before the key exists: the leftover sweep never sees a live write's key or blob.
+            await self.leases.begin(ref.id, tenant_id, patient_id)
         key = await self.keys.new_object_key(tenant_id, patient_id, ref.id)
         return ref, key
 
+    @timed_stage("seal")
     async def put_bytes(self, tenant_id: str, patient_id: str, data: bytes) -> SealedRef:
         ref, key = await self._new(tenant_id, patient_id, len(data))
         sealed = encrypt_bytes(key, ref.binding, data)
@@ -64,6 +73,7 @@ class SealedBlobs:
             raise
         return ref
 
+    @timed_stage("seal.stream")
     async def put_stream(self, tenant_id: str, patient_id: str, chunks: AsyncIterable[bytes]) -> SealedRef:
         """Encrypt and store a stream; the plaintext size is known only at the end."""
         ref, key = await self._new(tenant_id, patient_id, 0)
@@ -106,6 +116,10 @@ class SealedBlobs:
             await self.keys.destroy_object(ref.tenant_id, ref.patient_id, ref.id)
         else:
             await self.ledger.shred_object(ref.tenant_id, ref.patient_id, ref.id, cause=cause)
+        if self.leases is not None:
+            # A rolled-back write ends here; any bytes left are ciphertext under no key,
+            # which the leftover sweep deletes.
+            await self.leases.end(ref.id)
 
     @staticmethod
     def stored_size(plain_size: int) -> int:

@@ -16,6 +16,7 @@ from vault.sealed import SealedBlobs, SealedRef
 
 T = TypeVar("T")
 QUEUE_DEPTH = 4  # encrypted segments in flight between the thread and the store
+WAIT_SECONDS = 120  # every wait of a thread on the loop is bounded (invariant 11)
 
 
 async def reader_factory(sealed: SealedBlobs, ref: SealedRef) -> Callable[[], DecryptingReader]:
@@ -25,7 +26,7 @@ async def reader_factory(sealed: SealedBlobs, ref: SealedRef) -> Callable[[], De
     loop = asyncio.get_running_loop()
 
     def fetch(start: int, end: int) -> bytes:
-        return asyncio.run_coroutine_threadsafe(sealed.store.read(ref.id, start=start, end=end), loop).result()
+        return asyncio.run_coroutine_threadsafe(sealed.store.read(ref.id, start=start, end=end), loop).result(WAIT_SECONDS)
 
     return functools.partial(DecryptingReader, key, ref.binding, fetch, ref.plain_size)
 
@@ -44,7 +45,7 @@ async def write_in_thread(
     def sink(piece: bytes) -> None:
         if store_failed.is_set():
             raise OSError("the blob store stopped accepting data")
-        asyncio.run_coroutine_threadsafe(queue.put(piece), loop).result()
+        asyncio.run_coroutine_threadsafe(queue.put(piece), loop).result(WAIT_SECONDS)
 
     def on_put_done(task: asyncio.Task) -> None:
         if task.cancelled() or task.exception() is not None:

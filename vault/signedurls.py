@@ -61,7 +61,9 @@ async def sign(keys, tenant_id: str, *, purpose: str, resource: str, token_id: s
 
 async def verify(keys, tenant_id: str, *, purpose: str, resource: str, params: SignedParams, now: datetime) -> None:
     """Raise Forbidden for a wrong signature, Gone for an expired one."""
-    if not SIGNATURE.match(params.signature) or not _FIELD.match(params.token_id):
+    if not SIGNATURE.match(params.signature) or not all(_FIELD.match(v) for v in (purpose, resource, params.token_id)):
+        # Fields come from the request (an uppercase media id in the path, say): one
+        # that could never have been signed is a bad link, not a ValueError.
         raise Forbidden("the link is not valid")
     payload = _payload(purpose=purpose, resource=resource, token_id=params.token_id, expires=params.expires)
     expected = await keys.blind_index(tenant_id, INDEX_PURPOSE, payload)

@@ -76,3 +76,34 @@ class JobContext:
         Call it last: the job counts as finished once that transaction commits."""
         self.finishing = True
         await complete(session, self.job_id, self.fence)
+
+
+@dataclass(kw_only=True)
+class DeadJobContext:
+    """What a kind's ``on_dead`` handler gets: the job is dead already, so its
+    transactions complete nothing (no fence to check) and it counts as the last attempt.
+    Domain code written against :class:`JobContext` (``ctx.transaction()``,
+    ``ctx.runtime``, ``ctx.last_attempt``) runs unchanged."""
+
+    job_id: str
+    kind: str
+    error: str  # the dead job's last error: "<ExceptionType>: <message start>"
+    runtime: Runtime
+    last_attempt: bool = field(default=True, init=False)
+    completed: bool = field(default=False, init=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def db(self) -> Database:
+        return self.runtime.db
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self.db.transaction() as session:
+            yield session
+
+    async def complete_in(self, session: AsyncSession) -> None:
+        """Nothing to complete: the job is dead already."""

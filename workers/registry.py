@@ -5,11 +5,20 @@ may run again after a crash) and commits its effect through ``ctx.transaction()`
 (see :class:`workers.context.JobContext`). Its options are typed and checked at
 import::
 
-    @job("media.process_video", time_limit=timedelta(minutes=30), max_attempts=3)
+    @job("media.process_video", time_limit=timedelta(minutes=30), max_attempts=3, on_dead=fail_video)
     async def process_video(ctx: JobContext, payload: dict) -> None: ...
 
-    @periodic("retention.sweep", every=timedelta(hours=1), time_limit=timedelta(minutes=10))
+    @periodic("retention.sweep", every=timedelta(hours=1), time_limit=timedelta(minutes=10),
+              on_dead=nothing_to_undo("the next period sweeps again"))
     async def sweep_retention(ctx: JobContext, payload: dict) -> None: ...
+
+Every kind says what happens when it goes dead (``on_dead``, required): either an
+async ``undo(ctx, payload)`` that puts the domain back in a final state (a video that
+can no longer be finished becomes ``failed`` and its original is shredded), run by the
+runner whenever a job goes dead — attempts exhausted, a ``no_retry`` error, or its
+worker lost on the last attempt — and again by reconcile jobs, so it must be
+idempotent; or :func:`nothing_to_undo` with the reason, so nobody forgets to think
+about it. A dead handler gets a :class:`workers.context.DeadJobContext`.
 
 The worker imports the modules listed in :data:`workers.jobs.MODULES` — the explicit
 list of job modules — plus ``Settings.worker_imports`` (``VAULT_WORKER_IMPORTS``), a
@@ -27,9 +36,26 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from workers.context import JobContext
+    from vault.config import Settings
+    from workers.context import DeadJobContext, JobContext
 
 Handler = Callable[["JobContext", dict[str, Any]], Awaitable[None]]
+DeadHandler = Callable[["DeadJobContext", dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NothingToUndo:
+    """A kind whose dead jobs leave nothing to repair, and why (read in reviews)."""
+
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reason, str) or len(self.reason.strip()) < 10:
+            raise ValueError("nothing_to_undo needs the reason why a dead job leaves nothing to repair")
+
+
+def nothing_to_undo(reason: str) -> NothingToUndo:
+    return NothingToUndo(reason)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,22 +79,33 @@ class Backoff:
 class JobSpec:
     name: str
     handler: Handler
+    # Required: what a dead job of this kind leaves to repair (see the module docstring).
+    on_dead: DeadHandler | NothingToUndo
     time_limit: timedelta = timedelta(minutes=5)
     max_attempts: int = 5
     backoff: Backoff = field(default_factory=Backoff)
     # Exceptions that no retry can cure (a corrupt upload): the job goes dead at once.
     no_retry: tuple[type[BaseException], ...] = ()
-    every: timedelta | None = None  # periodic when set
+    # Periodic when set: a period, or a function of the settings for a configurable one.
+    every: timedelta | Callable[[Settings], timedelta] | None = None
 
     def __post_init__(self) -> None:
         if not inspect.iscoroutinefunction(self.handler):
             raise TypeError(f"the handler of job {self.name!r} must be an async function")
+        if not isinstance(self.on_dead, NothingToUndo) and not inspect.iscoroutinefunction(self.on_dead):
+            raise TypeError(f"job {self.name!r}: on_dead is an async function or nothing_to_undo(reason)")
         if self.time_limit <= timedelta(0):
             raise ValueError(f"job {self.name!r}: time_limit must be positive")
         if self.max_attempts < 1:
             raise ValueError(f"job {self.name!r}: max_attempts must be at least 1")
-        if self.every is not None and self.every < timedelta(seconds=1):
+        if isinstance(self.every, timedelta) and self.every < timedelta(seconds=1):
             raise ValueError(f"job {self.name!r}: a period is at least one second")
+
+    def period(self, settings: Settings) -> timedelta | None:
+        every = self.every(settings) if callable(self.every) else self.every
+        if every is not None and every < timedelta(seconds=1):
+            raise ValueError(f"job {self.name!r}: a period is at least one second")
+        return every
 
 
 class Registry:
@@ -86,6 +123,7 @@ class Registry:
         self,
         name: str,
         *,
+        on_dead: DeadHandler | NothingToUndo,
         time_limit: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
         backoff: Backoff | None = None,
@@ -94,7 +132,7 @@ class Registry:
         def decorate(handler: Handler) -> Handler:
             self.register(
                 JobSpec(
-                    name=name, handler=handler, time_limit=time_limit, max_attempts=max_attempts,
+                    name=name, handler=handler, on_dead=on_dead, time_limit=time_limit, max_attempts=max_attempts,
                     backoff=backoff or Backoff(), no_retry=no_retry,
                 )
             )
@@ -106,7 +144,8 @@ class Registry:
         self,
         name: str,
         *,
-        every: timedelta,
+        every: timedelta | Callable[[Settings], timedelta],
+        on_dead: DeadHandler | NothingToUndo,
         time_limit: timedelta = timedelta(minutes=5),
         max_attempts: int = 3,
         backoff: Backoff | None = None,
@@ -114,7 +153,7 @@ class Registry:
         def decorate(handler: Handler) -> Handler:
             self.register(
                 JobSpec(
-                    name=name, handler=handler, time_limit=time_limit, max_attempts=max_attempts,
+                    name=name, handler=handler, on_dead=on_dead, time_limit=time_limit, max_attempts=max_attempts,
                     backoff=backoff or Backoff(), every=every,
                 )
             )
@@ -131,8 +170,12 @@ class Registry:
 
     @property
     def schedule(self) -> dict[str, timedelta]:
-        """Periodic kinds and their periods."""
-        return {name: spec.every for name, spec in self._specs.items() if spec.every is not None}
+        """Periodic kinds with a fixed period, and their periods."""
+        return {name: spec.every for name, spec in self._specs.items() if isinstance(spec.every, timedelta)}
+
+    def schedule_for(self, settings: Settings) -> dict[str, timedelta]:
+        """Every periodic kind and its period under these settings."""
+        return {name: spec.period(settings) for name, spec in self._specs.items() if spec.every is not None}
 
 
 registry = Registry()

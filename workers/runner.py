@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 
 from vault.config import Settings
 from vault.db import utcnow
+from vault.jobs.heartbeat import keep_beating
 from vault.jobs.queue import ClaimedJob, LeaseLost, claim, complete, describe_error, extend_lease, fail, release
 from vault.jobs.schedule import enqueue_due
 from vault.runtime import Runtime, runtime as open_runtime
-from workers.context import JobContext
-from workers.registry import JobSpec, Registry, load
+from workers.context import DeadJobContext, JobContext
+from workers.registry import JobSpec, NothingToUndo, Registry, load
 
 log = logging.getLogger("vault.worker")
 T = TypeVar("T")
@@ -80,14 +81,17 @@ class Worker:
         kinds = self.registry.kinds
         log.info("worker started", extra={"worker": self.name, "concurrency": self.concurrency, "kinds": list(kinds)})
         stopping = asyncio.ensure_future(stop.wait())
+        beating = asyncio.Event()
+        heart = asyncio.create_task(keep_beating(self.db, self.name, kinds=len(kinds), stop=beating), name="heartbeat")
         tasks: set[asyncio.Task[None]] = set()
         next_tick = 0.0
         backlog = False
+        schedule = self.registry.schedule_for(self.runtime.settings)
         try:
             while not stop.is_set():
-                if self.registry.schedule and loop.time() >= next_tick:
+                if schedule and loop.time() >= next_tick:
                     next_tick = loop.time() + self.schedule_interval
-                    await self._guard(enqueue_due(self.db, self.registry.schedule), "schedule")
+                    await self._guard(enqueue_due(self.db, schedule), "schedule")
                 free = self.concurrency - len(tasks)
                 if free > 0:
                     claimed: list[ClaimedJob] = await self._guard(
@@ -105,6 +109,8 @@ class Worker:
         finally:
             stopping.cancel()
             await self._drain(tasks)
+            beating.set()
+            await heart
             log.info("worker stopped", extra={"worker": self.name})
 
     def _reap(self, task: asyncio.Task[None]) -> None:
@@ -133,8 +139,10 @@ class Worker:
         if job.attempts > max_attempts:
             # Claimed again after its worker vanished on the last allowed attempt.
             error = "WorkerLost: the lease of the last attempt expired"
-            await self._guard(fail(self.db, job.id, job.fence, error=error, retry_at=None), "fail")
+            dead = await self._guard(fail(self.db, job.id, job.fence, error=error, retry_at=None), "fail")
             log.error("job dead: its worker was lost", extra=fields)
+            if dead:
+                await self._undo(spec, job, error, fields)
             return
         ctx = JobContext(
             job_id=job.id, kind=job.kind, attempt=job.attempts, max_attempts=max_attempts,
@@ -206,12 +214,28 @@ class Worker:
             return
         retry = job.attempts < max_attempts and not isinstance(exc, spec.no_retry)
         retry_at = utcnow() + spec.backoff.delay(job.attempts) if retry else None
-        recorded = await self._guard(
-            fail(self.db, job.id, job.fence, error=describe_error(exc), retry_at=retry_at), "fail"
-        )
+        error = describe_error(exc)
+        recorded = await self._guard(fail(self.db, job.id, job.fence, error=error, retry_at=retry_at), "fail")
         fields.update(exc_type=type(exc).__name__, retry=retry, recorded=bool(recorded))
         # The formatter logs the exception type and frames, not its message.
         log.warning("job failed" if retry else "job dead", extra=fields, exc_info=exc)
+        if recorded and not retry:
+            await self._undo(spec, job, error, fields)
+
+    async def _undo(self, spec: JobSpec, job: ClaimedJob, error: str, fields: dict[str, Any]) -> None:
+        """Run the kind's dead path once the job is recorded dead. A failure here is
+        logged, not retried: the reconcile jobs find what it would have repaired (a
+        video stuck in ``processing``, an export stuck ``running``) and repair it."""
+        if isinstance(spec.on_dead, NothingToUndo):
+            return
+        ctx = DeadJobContext(job_id=job.id, kind=job.kind, error=error, runtime=self.runtime)
+        try:
+            async with asyncio.timeout(spec.time_limit.total_seconds()):
+                await spec.on_dead(ctx, job.payload)
+        except Exception:
+            log.exception("dead path of a job failed; reconcile will repair", extra=fields)
+        else:
+            log.info("dead path of a job ran", extra=fields)
 
     async def _guard(self, awaitable: Awaitable[T], what: str) -> T | None:
         """Run a queue call; a database hiccup is logged and retried on the next turn."""

@@ -4,6 +4,7 @@ takes effect on the very next request."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from tests.consent.conftest import face_jpeg
 from tests.pipeline.leaks import identifying_tags, planted_markers
 from keys.errors import KeyDestroyed, KeyNotFound
-from vault.appkeys import DB, KEYS, RELEASES, TENANTS
+from vault.appkeys import DB, KEYS, RELEASES, RUNTIME, TENANTS
 from vault.audit.models import AuditEntry
 from vault import signedurls
 from vault.consent.models import ConsentRecord, Release
@@ -288,3 +289,36 @@ async def test_unused_redacted_renditions_are_shredded(api, client, clinic):
     for blob_id in blobs.values():  # destroyed: no node can decrypt them any more
         with pytest.raises((KeyDestroyed, KeyNotFound)):
             await client.server.app[KEYS].object_key(clinic.id, pid, blob_id)
+
+
+async def test_redaction_decodes_in_a_worker_and_a_failed_worker_is_a_422(api, client, clinic, monkeypatch):
+    pid = await api.patient()
+    photo = await api.photo(pid, face_jpeg())
+    await api.consent(pid, purposes=["social_media"], identifiable=False)
+    item = (await api.releasable("social_media"))[(photo["id"], "social_media")]
+
+    # No decoder runs in the server process: both redactions happen in a decoder worker.
+    def no_decoding_here(*args, **kwargs):
+        raise AssertionError("an image was decoded in the server process")
+
+    monkeypatch.setattr(Image, "open", no_decoding_here)
+    thumb = await client.get(item["thumbnail_url"])
+    assert thumb.status == 200 and thumb.content_type == "image/jpeg"
+    release = await api.release(photo["id"], purpose="social_media")
+    resp = await download(client, clinic, release)
+    assert resp.status == 200 and (await resp.read())[:2] == b"\xff\xd8"
+    monkeypatch.undo()
+
+    # A worker killed at its wall time fails the release alone: 422, nothing recorded.
+    pool = client.server.app[RUNTIME].media.pipeline.pool
+    bounds = pool.limits
+    pool.limits = dataclasses.replace(bounds, item_seconds=0.001)
+    try:
+        failed = await api.release(photo["id"], purpose="social_media", status=422)
+        assert failed["error"] == "decoder_failed"
+        assert (await client.get(item["thumbnail_url"])).status == 422
+    finally:
+        pool.limits = bounds
+    listed = await (await client.get("/v1/releases", params={"media_id": photo["id"]}, headers=clinic.auth("dpo"))).json()
+    assert [i["id"] for i in listed["items"]] == [release["id"]]
+    assert (await api.release(photo["id"], purpose="social_media"))["rendition"] == "deidentified"  # the pool recovered

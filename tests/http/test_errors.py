@@ -3,6 +3,7 @@ import logging
 import re
 import secrets
 
+from tests.support.metrics import METRICS_AUTH
 from vault.http.routing import ENDPOINTS
 
 
@@ -44,7 +45,9 @@ async def test_query_validation(client, clinic):
 async def test_health_and_readiness(client):
     assert (await (await client.get("/healthz")).json())["status"] == "ok"
     assert (await (await client.get("/readyz")).json())["checks"]["database"] == "ok"
-    metrics = await (await client.get("/metrics")).text()
+    # /metrics wants the metrics token (tests/http/test_metrics.py covers it in full).
+    assert (await client.get("/metrics")).status == 401
+    metrics = await (await client.get("/metrics", headers=METRICS_AUTH)).text()
     assert "vault_http_requests" in metrics
 
 

@@ -3,22 +3,19 @@ queued jobs through the real worker, in-process, on the app's own runtime."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from vault.appkeys import RUNTIME
-from vault.jobs.models import DONE, QUEUED, RUNNING, Job
-from workers.registry import Registry, load
-from workers.runner import Worker
+from tests.support.jobs import drain
+from vault.jobs.models import DONE, Job
 
 
 def jpeg(seed: int = 0, size: tuple[int, int] = (96, 64)) -> bytes:
@@ -89,31 +86,6 @@ class Api:
 
     async def export(self, patient_id: str) -> str:
         return (await self.json("POST", f"/v1/patients/{patient_id}/exports", status=202))["id"]
-
-
-async def drain(rt, *kinds: str, timeout: float = 60.0) -> None:
-    """Run the real worker on ``kinds`` until no job of those kinds is queued or running."""
-    full = load()
-    registry = Registry()
-    for kind in kinds:
-        registry.register(full.get(kind))
-    worker = Worker(rt, registry, concurrency=2, lease=timedelta(seconds=30), poll_interval=0.02, shutdown_grace=5,
-                    name="test-drain")
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        async with asyncio.timeout(timeout):
-            while await _pending(rt, kinds):
-                await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await task
-
-
-async def _pending(rt, kinds) -> int:
-    async with rt.db.session() as session:
-        query = select(func.count()).select_from(Job).where(Job.kind.in_(kinds), Job.state.in_((QUEUED, RUNNING)))
-        return (await session.execute(query)).scalar_one()
 
 
 async def job_states(rt, kind: str, payload_contains: str) -> list[str]:

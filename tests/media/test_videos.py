@@ -3,7 +3,6 @@ and the job queue's own runner."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import secrets
 
@@ -12,6 +11,7 @@ from sqlalchemy import select, text
 
 from tests.pipeline.leaks import identifying_video_tags
 from tests.pipeline.videos import make_video
+from tests.support.jobs import drain
 from vault.appkeys import DB, RUNTIME
 from vault.jobs.models import Job
 from vault.media.models import MediaBlob
@@ -29,25 +29,12 @@ async def upload(client, clinic, pid, data: bytes, content_type="video/quicktime
     )
 
 
-async def run_jobs(client, *, until_idle: bool = True) -> None:
-    """Run queued jobs with the real runner, in process, until none is left."""
-    from workers.registry import load
-    from workers.runner import worker_for
+MEDIA_JOBS = ("media.finish_video", "media.shred_blob")
 
-    rt = client.server.app[RUNTIME]
-    worker = worker_for(rt, load(), concurrency=2)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        for _ in range(600):
-            await asyncio.sleep(0.1)
-            async with rt.db.session() as s:
-                pending = (await s.execute(text("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')"))).scalar()
-            if not pending:
-                break
-    finally:
-        stop.set()
-        await task
+
+async def run_jobs(client, *, timeout: float = 120.0) -> None:
+    """Run the media jobs (finishing, shredding the source) until those due are done."""
+    await drain(client.server.app[RUNTIME], *MEDIA_JOBS, timeout=timeout, due_only=True)
 
 
 async def test_video_is_processing_then_stripped_ready_and_seekable(client, clinic, exiftool):

@@ -5,9 +5,11 @@ uploads) are read through each backend's own real API, never through our code.""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import os
 import random
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -433,3 +435,51 @@ async def test_cancelled_while_committing_leaves_nothing(backend: Backend, size:
         assert not await backend.store.exists(key)
     else:  # the put won the race and returned: then the blob is whole
         assert await backend.store.read(key) == data
+
+
+# --- the store's own thread pool ---------------------------------------------------------
+
+class _NoDefaultPool(concurrent.futures.ThreadPoolExecutor):
+    """Stands in for the loop's default executor: records (and refuses) any use of it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.used: list[str] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.used.append(getattr(fn, "__qualname__", repr(fn)))
+        raise RuntimeError("the loop's default executor is not for blob stores")
+
+
+def _store_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(("blob-file", "blob-s3"))]
+
+
+async def test_blocking_calls_run_on_the_stores_own_bounded_pool(backend: Backend) -> None:
+    loop = asyncio.get_running_loop()
+    default = _NoDefaultPool()
+    loop.set_default_executor(default)
+    store = backend.store
+    data = payload(2 * PART + 3, seed=21)
+    keys = [new_key() for _ in range(24)]
+    # More concurrent calls than the pool has threads: they queue, none runs elsewhere.
+    await asyncio.gather(*(store.put(k, chunked(data if i == 0 else b"small %d" % i, MiB)) for i, k in enumerate(keys)))
+    assert await fetch(store, keys[0]) == (data, len(data), len(data))
+    assert await asyncio.gather(*(store.read(k, start=0, end=5) for k in keys[1:])) == [b"small"] * 23
+    assert await store.size(keys[0]) == len(data) and await store.exists(keys[1])
+    assert sorted([k async for k in store.keys()]) == sorted(keys)
+    backend.make_partial(new_key())
+    assert await store.sweep_partials(older_than_s=0) == 1
+    await asyncio.gather(*(store.delete(k) for k in keys))
+    assert default.used == []
+    threads = _store_threads()
+    assert 0 < len(threads) <= 16
+
+    await store.close()  # the pool goes with the store: its threads end
+    for _ in range(200):
+        if not any(t.is_alive() for t in threads):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(RuntimeError):
+        await store.read(new_key())

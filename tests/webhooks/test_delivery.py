@@ -23,7 +23,7 @@ from vault.db import Database
 from vault.runtime import runtime
 from vault.webhooks import delivery
 from vault.webhooks.models import WebhookDelivery, WebhookSecret
-from workers.jobs.webhooks import deliver_webhook
+from workers.jobs.webhooks import deliver_webhook, give_up_delivery
 from workers.registry import Backoff, Registry
 from workers.runner import Worker
 
@@ -76,7 +76,7 @@ def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance: int 
 async def work(settings, *, until, max_attempts: int = 3, timeout: float = 20.0) -> None:
     """Run the real handler in a worker (own runtime, fast backoff) until ``until()`` holds."""
     registry = Registry()
-    registry.job("webhooks.deliver", max_attempts=max_attempts, backoff=FAST)(deliver_webhook)
+    registry.job("webhooks.deliver", max_attempts=max_attempts, backoff=FAST, on_dead=give_up_delivery)(deliver_webhook)
     async with runtime(settings, group_commit=False) as rt:
         worker = Worker(rt, registry, concurrency=2, lease=timedelta(seconds=30), poll_interval=0.02, shutdown_grace=5, name="webhooks")
         stop = asyncio.Event()

@@ -17,10 +17,11 @@ from vault.db import Database, utcnow
 from vault.jobs import DEAD, DONE, QUEUED, RUNNING, Job, enqueue
 from vault.jobs.queue import claim
 from workers.context import JobContext
-from workers.registry import Backoff, Registry
+from workers.registry import Backoff, Registry, nothing_to_undo
 from workers.runner import Worker
 
 FAST = Backoff(base=timedelta(milliseconds=20), cap=timedelta(milliseconds=50))
+TEST = nothing_to_undo("a test job leaves nothing to repair")
 
 
 def worker(rt, registry: Registry, *, lease: float = 30.0, concurrency: int = 2, grace: float = 5.0) -> Worker:
@@ -59,7 +60,7 @@ async def in_state(db: Database, job_id: str, *states: str) -> Job | None:
 async def test_a_failing_job_is_retried_then_dead_with_its_error(rt):
     registry, calls = Registry(), []
 
-    @registry.job("test.fail", max_attempts=3, backoff=FAST)
+    @registry.job("test.fail", on_dead=TEST, max_attempts=3, backoff=FAST)
     async def always_fails(ctx: JobContext, payload: dict) -> None:
         calls.append(ctx.attempt)
         raise ValueError("could not read frame\n" + "7" * 1000)
@@ -79,7 +80,7 @@ async def test_no_retry_errors_go_dead_at_once(rt):
     class Corrupt(Exception):
         pass
 
-    @registry.job("test.corrupt", max_attempts=5, backoff=FAST, no_retry=(Corrupt,))
+    @registry.job("test.corrupt", on_dead=TEST, max_attempts=5, backoff=FAST, no_retry=(Corrupt,))
     async def corrupt(ctx: JobContext, payload: dict) -> None:
         calls.append(ctx.attempt)
         raise Corrupt("not a video")
@@ -93,7 +94,7 @@ async def test_no_retry_errors_go_dead_at_once(rt):
 async def test_a_job_over_its_time_limit_is_cancelled(rt):
     registry, cancelled = Registry(), asyncio.Event()
 
-    @registry.job("test.hang", time_limit=timedelta(milliseconds=200), max_attempts=1)
+    @registry.job("test.hang", on_dead=TEST, time_limit=timedelta(milliseconds=200), max_attempts=1)
     async def hang(ctx: JobContext, payload: dict) -> None:
         try:
             await asyncio.sleep(60)
@@ -111,7 +112,7 @@ async def test_a_job_over_its_time_limit_is_cancelled(rt):
 async def test_only_committed_jobs_run_and_their_effect_commits_once(rt):
     registry = Registry()
 
-    @registry.job("test.effect")
+    @registry.job("test.effect", on_dead=TEST)
     async def effect(ctx: JobContext, payload: dict) -> None:
         async with ctx.transaction() as session:
             await record_effect(session, payload["key"], attempt=ctx.attempt)
@@ -130,7 +131,7 @@ async def test_only_committed_jobs_run_and_their_effect_commits_once(rt):
 async def test_a_worker_that_lost_its_lease_cannot_complete(rt):
     registry, proceed, outcome = Registry(), asyncio.Event(), []
 
-    @registry.job("test.stalled")
+    @registry.job("test.stalled", on_dead=TEST)
     async def stalled(ctx: JobContext, payload: dict) -> None:
         await proceed.wait()  # e.g. a long GC pause or a partition, longer than the lease
         try:
@@ -161,7 +162,7 @@ async def test_a_worker_that_lost_its_lease_cannot_complete(rt):
 async def test_heartbeat_notices_a_lost_lease_and_cancels_the_handler(rt):
     registry, cancelled = Registry(), asyncio.Event()
 
-    @registry.job("test.long")
+    @registry.job("test.long", on_dead=TEST)
     async def long(ctx: JobContext, payload: dict) -> None:
         try:
             await asyncio.sleep(60)
@@ -181,7 +182,7 @@ async def test_heartbeat_notices_a_lost_lease_and_cancels_the_handler(rt):
 async def test_heartbeats_keep_a_long_job_from_being_taken_twice(rt):
     registry = Registry()
 
-    @registry.job("test.video")
+    @registry.job("test.video", on_dead=TEST)
     async def video(ctx: JobContext, payload: dict) -> None:
         await asyncio.sleep(3.0)  # two leases
         async with ctx.transaction() as session:
@@ -202,7 +203,7 @@ async def test_heartbeats_keep_a_long_job_from_being_taken_twice(rt):
 async def test_stopping_hands_running_jobs_back(rt):
     registry, started = Registry(), asyncio.Event()
 
-    @registry.job("test.block")
+    @registry.job("test.block", on_dead=TEST)
     async def block(ctx: JobContext, payload: dict) -> None:
         started.set()
         await asyncio.sleep(60)
@@ -217,7 +218,7 @@ async def test_stopping_hands_running_jobs_back(rt):
 async def test_complete_in_a_session_the_handler_owns(rt):
     registry = Registry()
 
-    @registry.job("test.service")
+    @registry.job("test.service", on_dead=TEST)
     async def through_a_service(ctx: JobContext, payload: dict) -> None:
         async with ctx.db.transaction() as session:  # as a domain service would open it
             await record_effect(session, payload["key"], attempt=ctx.attempt)
@@ -233,7 +234,7 @@ async def test_complete_in_a_session_the_handler_owns(rt):
 async def test_a_worker_lost_on_the_last_attempt_leaves_the_job_dead(rt):
     registry, calls = Registry(), []
 
-    @registry.job("test.oom", max_attempts=2)
+    @registry.job("test.oom", on_dead=TEST, max_attempts=2)
     async def oom(ctx: JobContext, payload: dict) -> None:
         calls.append(ctx.attempt)
 
@@ -251,7 +252,7 @@ async def test_a_worker_lost_on_the_last_attempt_leaves_the_job_dead(rt):
 async def test_periodic_jobs_run_once_per_period_across_workers(rt):
     registry, runs = Registry(), []
 
-    @registry.periodic("test.sweep", every=timedelta(hours=1))
+    @registry.periodic("test.sweep", on_dead=TEST, every=timedelta(hours=1))
     async def sweep(ctx: JobContext, payload: dict) -> None:
         runs.append(payload["period_start"])
 
@@ -273,16 +274,16 @@ def test_registry_checks_options():
     async def other(ctx, payload) -> None:
         pass
 
-    registry.job("test.ok")(handler)
+    registry.job("test.ok", on_dead=TEST)(handler)
     with pytest.raises(ValueError, match="registered twice"):
-        registry.job("test.ok")(other)
+        registry.job("test.ok", on_dead=TEST)(other)
     with pytest.raises(TypeError, match="async"):
-        registry.job("test.sync")(lambda ctx, payload: None)
+        registry.job("test.sync", on_dead=TEST)(lambda ctx, payload: None)
     with pytest.raises(ValueError, match="max_attempts"):
-        registry.job("test.zero", max_attempts=0)(handler)
+        registry.job("test.zero", on_dead=TEST, max_attempts=0)(handler)
     with pytest.raises(ValueError, match="time_limit"):
-        registry.job("test.instant", time_limit=timedelta(0))(handler)
-    registry.periodic("test.hourly", every=timedelta(hours=1))(handler)
+        registry.job("test.instant", on_dead=TEST, time_limit=timedelta(0))(handler)
+    registry.periodic("test.hourly", on_dead=TEST, every=timedelta(hours=1))(handler)
     assert registry.kinds == ("test.hourly", "test.ok")
     assert registry.schedule == {"test.hourly": timedelta(hours=1)}
 

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vault.actor import Actor
 from vault.audit.models import AuditEntry, AuditHead
 from vault.db import Database, utcnow
+from vault.instruments import observe_audit_append, observe_audit_commit
 
 log = logging.getLogger("vault.audit")
 
@@ -126,7 +128,9 @@ class AuditLog:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((event, future))
         self._wakeup.set()
+        started = time.perf_counter()
         await asyncio.shield(future)
+        observe_audit_append(time.perf_counter() - started)
 
     async def start(self) -> None:
         self._writer = asyncio.create_task(self._write_batches(), name="audit-group-commit")
@@ -157,6 +161,7 @@ class AuditLog:
             async with self.db.transaction() as session:
                 await self.append(session, *(event for event, _ in batch))
             self.commits += 1
+            observe_audit_commit(len(batch))
         except Exception as exc:  # the waiting requests fail; nothing is claimed written
             log.exception("audit group commit failed", extra={"entries": len(batch)})
             for _, future in batch:

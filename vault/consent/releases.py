@@ -6,13 +6,14 @@ release otherwise.
 A release under identifiable consent serves the stripped original; under de-identified
 consent a face-redacted JPEG made for that release from the stripped original (opaque
 boxes with a generous margin, re-encoded, no metadata), stored as its own sealed blob
-and shredded after its one download or when the link expires. CPU work runs in a thread.
+and shredded after its one download or when the link expires. The redaction (decode,
+fill, re-encode) runs in a sandboxed decoder worker, never in this process: the stored
+original's pixel data is the upload's own (:meth:`vault.media.processing.PhotoPipeline.redact`,
+whose result is re-checked here as a bare JPEG of the expected size).
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
 import math
 import secrets
 from collections.abc import AsyncIterator
@@ -21,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from PIL import Image
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,11 +34,12 @@ from vault.consent.models import ConsentRecord, Release
 from vault.consent.service import facts_of, load_events, release_view, shred_rendition
 from vault.db import Database, new_id, utcnow
 from vault.errors import ConsentRequired, Forbidden, Gone, NotFound
+from vault.media import recheck
 from vault.media.models import ORIGINAL, READY, THUMB_256, Media, MediaBlob
+from vault.media.processing import PhotoPipeline
 from vault.media.service import sealed_ref
 from vault.patients.models import ACTIVE, Patient
 from vault.patients.service import PatientService
-from vault.pipeline.redact import redact_faces
 from vault.sealed import SealedBlobs, SealedRef
 
 LINK_TTL = timedelta(minutes=15)  # a release's download link
@@ -64,13 +65,13 @@ class Download:
 
 class ReleaseService:
     def __init__(self, db: Database, audit: AuditLog, keys, sealed: SealedBlobs, patients: PatientService,
-                 *, max_pixels: int, public_url: str | None) -> None:
+                 pipeline: PhotoPipeline, *, public_url: str | None) -> None:
         self.db = db
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
         self.patients = patients
-        self.max_pixels = max_pixels
+        self.pipeline = pipeline  # redaction runs in its decoder workers
         self.base = (public_url or "").rstrip("/")
 
     # -- the gate with fresh rows --------------------------------------------------------
@@ -172,7 +173,7 @@ class ReleaseService:
             await self._denied(actor, media, "release.thumbnail", decision)
         data = await self.sealed.read(sealed_ref(blob))
         if rendition == gate.DEIDENTIFIED:
-            data = await asyncio.to_thread(_redact_thumbnail, data, json_boxes(media), media.width or 0, media.height or 0)
+            data = await self._redacted_thumbnail(data, media)
         await self.audit.record(AuditEvent.of(actor, "release.thumbnail", patient_id=media.patient_id, media_id=media.id,
                                               purpose=purpose, rendition=rendition))
         return data
@@ -230,9 +231,17 @@ class ReleaseService:
 
     async def _redacted(self, media: Media, original: SealedRef) -> SealedRef:
         data = await self.sealed.read(original)
-        redacted = await asyncio.to_thread(redact_faces, data, json_boxes(media), margin=REDACTION_MARGIN, max_pixels=self.max_pixels)
+        redacted = await self.pipeline.redact(data, json_boxes(media), margin=REDACTION_MARGIN,
+                                              width=media.width or 0, height=media.height or 0)
         del data
         return await self.sealed.put_bytes(media.tenant_id, media.patient_id, redacted)
+
+    async def _redacted_thumbnail(self, thumb: bytes, media: Media) -> bytes:
+        """The thumbnail redacted with the full image's boxes scaled to it; its size comes
+        from its JPEG frame header (no pixel decoded here)."""
+        tw, th = recheck.jpeg_dimensions(thumb)
+        boxes = scale_boxes(json_boxes(media), (media.width or 0, media.height or 0), (tw, th))
+        return await self.pipeline.redact(thumb, boxes, margin=REDACTION_MARGIN, width=tw, height=th)
 
     # -- the one-time download -----------------------------------------------------------
     async def open_download(self, actor: Actor, release_id: str, *, claim: bool = True) -> Download:
@@ -330,13 +339,12 @@ def json_boxes(media: Media) -> list[list[int]]:
     return [list(box) for box in facts_of(media).face_boxes]
 
 
-def _redact_thumbnail(thumb: bytes, boxes: list[list[int]], width: int, height: int) -> bytes:
-    """Redact a thumbnail with the full image's boxes scaled to it, grown outward to whole pixels."""
-    with Image.open(io.BytesIO(thumb)) as image:
-        tw, th = image.size
+def scale_boxes(boxes: list[list[int]], full: tuple[int, int], small: tuple[int, int]) -> list[list[int]]:
+    """The full image's boxes scaled to a smaller rendition, grown outward to whole pixels."""
+    (width, height), (tw, th) = full, small
     sx, sy = (tw / width, th / height) if width and height else (1.0, 1.0)
     scaled = []
     for x, y, w, h in boxes:
         left, top = math.floor(x * sx), math.floor(y * sy)
         scaled.append([left, top, math.ceil((x + w) * sx) - left, math.ceil((y + h) * sy) - top])
-    return redact_faces(thumb, scaled, margin=REDACTION_MARGIN)
+    return scaled

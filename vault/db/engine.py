@@ -16,8 +16,13 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
+_BUSY_TIMEOUT_MS = 30000
+
+
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
+    # hide_parameters: SQL values (blind indexes, token digests, sealed fields) never
+    # reach a log line or an exception message, whatever the log level.
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection, _record) -> None:
@@ -27,7 +32,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=FULL",  # the audit log is durable before a response
             "PRAGMA foreign_keys=ON",
-            "PRAGMA busy_timeout=30000",
+            f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}",
             "PRAGMA secure_delete=ON",
         ):
             cursor.execute(pragma)
@@ -51,7 +56,7 @@ class Database:
             self.write_engine = _sqlite_engine(url, immediate=True, pool_size=1)
         else:
             self.read_engine = self.write_engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True
             )
         self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
         self._write = async_sessionmaker(self.write_engine, expire_on_commit=False)
@@ -67,6 +72,30 @@ class Database:
         """A read-only unit of work (never commit in it)."""
         async with self._read() as session, session.begin():
             yield session
+
+    async def checkpoint(self, *, wait_ms: int = 100) -> bool:
+        """SQLite: fold the WAL into the main file and truncate it, waiting at most
+        ``wait_ms`` for readers; True when it completed. PostgreSQL: True (nothing to do).
+
+        After an erasure, ``secure_delete`` has zeroed the cells that held the blind
+        index and the deleted rows, but older page images stay in the WAL (and in the
+        main file until the WAL is folded in). ``wal_checkpoint(TRUNCATE)`` would wait
+        for every reader on its busy handler while holding the write lock, so the wait
+        is bounded here and an incomplete checkpoint is retried by the
+        ``shred.checkpoint`` job.
+        """
+        if self.dialect != "sqlite":
+            return True
+        async with self.read_engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            await raw.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+            try:
+                cursor = await raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                row = await cursor.fetchone()
+                await cursor.close()
+            finally:
+                await raw.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        return row is not None and row[0] == 0
 
     async def ping(self) -> None:
         from sqlalchemy import text

@@ -8,7 +8,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from vault.appkeys import SETTINGS
 from vault.errors import BadRequest, TooLarge, ValidationFailed
+from vault.http.bodies import TimedBody
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -19,10 +21,11 @@ def _problems(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 async def read_capped(request: web.Request, limit: int) -> bytes:
-    """The whole body, refusing more than ``limit`` bytes (``StreamReader.read(n)``
-    returns what has arrived, not ``n`` bytes: a body spans several reads)."""
+    """The whole body, refusing more than ``limit`` bytes, under the body deadline of
+    :mod:`vault.http.bodies` (a body spans several reads)."""
+    body = TimedBody(request.content.read, request.app[SETTINGS].http_body_timeout)
     buffer = bytearray()
-    while chunk := await request.content.read(64 * 1024):
+    while chunk := await body.read(64 * 1024):
         buffer += chunk
         if len(buffer) > limit:
             raise TooLarge(details={"limit": limit})
@@ -39,10 +42,16 @@ async def read_json(request: web.Request, model: type[M], *, limit: int) -> M:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the body is not valid JSON") from None
+    except RecursionError:
+        # 64 KiB of "[" nests deeper than the parser's recursion limit. None of our
+        # bodies nests more than a few levels, so this is never a real request.
+        raise BadRequest("the body nests too deeply") from None
     try:
         return model.model_validate(data, strict=False)
     except ValidationError as exc:
         raise ValidationFailed(details={"errors": _problems(exc)}) from None
+    except RecursionError:
+        raise BadRequest("the body nests too deeply") from None
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:

@@ -3,6 +3,7 @@ role check from :mod:`vault.permissions`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -11,7 +12,7 @@ import time
 from aiohttp import web
 
 from vault import errors
-from vault.http.context import PRINCIPAL, REQUEST_ID
+from vault.http.context import PRINCIPAL, REQUEST_ID, RESPONSE_STARTED
 from vault.http.jsonio import json_response
 from vault.logs import request_id_var
 from vault.permissions import PUBLIC, allowed
@@ -40,8 +41,12 @@ async def request_context(request: web.Request, handler):
     try:
         response = await _to_json_errors(request, handler)
         status = response.status
-        response.headers["X-Request-ID"] = request_id
+        if not response.prepared:
+            response.headers["X-Request-ID"] = request_id
         return response
+    except (ConnectionError, asyncio.CancelledError):
+        status = 499  # nginx's "client closed request", for the log only: nothing more is sent
+        raise
     finally:
         principal = request.get(PRINCIPAL)
         log.info(
@@ -58,24 +63,63 @@ async def request_context(request: web.Request, handler):
         request_id_var.reset(token)
 
 
+class ClientAbort(ConnectionResetError):
+    """The client went away mid-request, or a response that had started could not be
+    finished and its connection was cut. aiohttp drops the connection quietly on a
+    ``ConnectionError`` from the handler (see :class:`vault.http.server.VaultRequestHandler`)."""
+
+
+async def mark_started(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: from here on, an error can no longer be a response of its own."""
+    request[RESPONSE_STARTED] = True
+
+
 async def _to_json_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except errors.VaultError as exc:
-        if exc.status >= 500:
-            log.error("vault error", extra={"code": exc.code}, exc_info=exc.status == 500)
+    except ConnectionError:
+        log.info("client abort")
+        raise ClientAbort() from None
+    except Exception as exc:
+        if request.get(RESPONSE_STARTED):
+            # The status line and part of the body are out: answering now would write a
+            # second response into this body. Cut the connection; the client sees a body
+            # shorter than its Content-Length.
+            log.error("response failed after it started", extra={"code": getattr(exc, "code", "internal")},
+                      exc_info=not isinstance(exc, errors.VaultError) or exc.status == 500)
+            request.protocol.force_close()
+            raise ClientAbort() from None
+        return await _error_response(request, exc)
+
+
+async def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    if isinstance(exc, errors.RequestTimeout):
+        # The rest of the body will not come (soon): answer, then close at once instead
+        # of aiohttp's lingering read of what is left.
+        log.info("request body timeout", extra={"timeout_s": exc.details.get("timeout_s")})
+        response = json_response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+        response.force_close()
+        response.headers["X-Request-ID"] = request[REQUEST_ID]
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
+        return response
+    if isinstance(exc, errors.VaultError):
+        if exc.status == 500:
+            log.error("vault error", extra={"code": exc.code}, exc_info=exc)
+        elif exc.status > 500:  # shedding load or waiting on storage: expected under pressure, retryable
+            log.warning("vault error", extra={"code": exc.code})
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return json_response(error_body(exc.code, exc.message, exc.details), status=exc.status, headers=headers)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow",)}
         return json_response(error_body(code, exc.reason), status=exc.status, headers=headers)
-    except Exception:
-        # The type and frames go to the log; nothing of the exception reaches the client.
-        log.exception("unhandled error")
-        return json_response(error_body("internal", "internal error"), status=500)
+    # The type and frames go to the log; nothing of the exception reaches the client.
+    log.error("unhandled error", exc_info=exc)
+    return json_response(error_body("internal", "internal error"), status=500)
 
 
 def authorize_middleware(authenticate, on_denied):

@@ -17,13 +17,15 @@ ERROR_DESCRIPTIONS = {
     401: "Missing or invalid bearer token",
     403: "The role may not do this",
     404: "Not found (or another tenant's)",
+    408: "The body arrived too slowly; the connection is closed",
     409: "Conflict",
     410: "Gone (erased)",
     413: "Too large",
     415: "Unsupported media type",
     416: "Range not satisfiable",
     422: "Failed validation",
-    503: "Storage unavailable, retry",
+    429: "Too many uploads in progress for this token; retry after Retry-After seconds",
+    503: "Unavailable (storage, or the node's upload limits); retry after Retry-After seconds",
 }
 
 

@@ -11,6 +11,14 @@ import re
 from vault.errors import RangeNotSatisfiable
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Positions past any object we store; more digits than this are read as "past the end"
+# rather than converted (Python refuses int() of over 4300 digits with a ValueError).
+_MAX_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -24,12 +32,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # suffix: the last n bytes
-        n = int(last)
+        n = _position(last)
         if n == 0:
             raise RangeNotSatisfiable(details={"size": size})
         return max(0, size - n), size
-    start = int(first)
-    end = size if not last else min(int(last) + 1, size)
-    if start >= size or (last and int(last) < start):
+    start = _position(first)
+    end = size if not last else min(_position(last) + 1, size)
+    if start >= size or (last and _position(last) < start):
         raise RangeNotSatisfiable(details={"size": size})
     return start, end

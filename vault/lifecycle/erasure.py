@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keys.errors import KeyDestroyed
 from vault import receipts
+from vault.jobs.heartbeat import live_workers
 from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
@@ -40,6 +41,7 @@ from vault.consent.models import ConsentRecord, Release
 from vault.consent.service import recall, release_view
 from vault.db import Database, new_id, utcnow
 from vault.errors import LegalHold as LegalHoldError
+from vault.errors import NotFound
 from vault.jobs import enqueue
 from vault.lifecycle.models import BY_REQUEST, DONE, PENDING, ErasureReceipt, ErasureRequest, Export, LegalHold
 from vault.lifecycle.reasons import seal_erasure_reason
@@ -147,6 +149,10 @@ class ErasureService:
         # unreadable at once; object_count says how many objects that covered.
         dek_ids = [request.dek_id] if request.dek_id else destroyed[:1]
         patient_ref = await receipts.patient_ref(self.keys, tenant_id, patient_id)
+        # Read before the transaction: the dates come from the epochs' recorded schedule,
+        # and only a running worker destroys epochs on it.
+        schedule = await self.keys.erasure_schedule(tenant_id)
+        jobs_running = await live_workers(self.db) > 0
         async with self.db.transaction() as session:
             patient = (await session.execute(
                 select(Patient).where(Patient.id == patient_id, Patient.tenant_id == tenant_id).with_for_update()
@@ -160,7 +166,7 @@ class ErasureService:
                 tenant_id=tenant_id, patient_ref=patient_ref, destroyed_key_ids=dek_ids,
                 object_count=await object_count(session, patient_id), requested_at=request.requested_at,
                 completed_at=max(now, request.requested_at), legal_hold_checked=True,
-                backup_window_days=self.backup_window_days,
+                backup_window_days=self.backup_window_days, schedule=schedule, jobs_running=jobs_running,
             )
             signed = await receipts.sign_receipt(self.keys, document)
             session.add(ErasureReceipt(patient_id=patient_id, tenant_id=tenant_id, receipt_id=document["receipt_id"],
@@ -174,6 +180,10 @@ class ErasureService:
             await self.audit.append(session, AuditEvent.of(actor, "patient.erase", patient_id=patient_id, erasure_id=request.id,
                                                            receipt_id=document["receipt_id"]))
         self.keys.evict(tenant_id, patient_id)
+        # The tombstone cleared the blind index (secure_delete zeroed the cell); fold the
+        # WAL in so no older page image keeps it. Bounded wait: a reader holding a
+        # snapshot defers it to the shred.checkpoint job.
+        await self.db.checkpoint()
         return signed
 
     async def reconcile(self, *, request_id: str) -> int:
@@ -201,6 +211,20 @@ class ErasureService:
                 select(ErasureReceipt).where(ErasureReceipt.patient_id == patient_id, ErasureReceipt.tenant_id == tenant_id)
             )).scalar_one_or_none()
         return _signed(row) if row is not None else None
+
+    async def finality(self, actor: Actor, receipt_id: str) -> dict[str, Any]:
+        """The signed finality attestation of one of this tenant's receipts (another
+        tenant's receipt is 404, like every other resource)."""
+        async with self.db.session() as session:
+            row = (await session.execute(
+                select(ErasureReceipt).where(ErasureReceipt.receipt_id == receipt_id, ErasureReceipt.tenant_id == actor.tenant_id)
+            )).scalar_one_or_none()
+        if row is None:
+            raise NotFound("no such erasure receipt")
+        attestation = await receipts.finality_attestation(self.keys, json.loads(row.document), now=self.clock())
+        await self.audit.record(AuditEvent.of(actor, "erasure.finality", receipt_id=receipt_id,
+                                              final=str(attestation["finality"]["final"]).lower()))
+        return attestation
 
     # -- one photo or video ---------------------------------------------------------------
     async def delete_media(self, actor: Actor, media_id: str) -> dict[str, Any]:

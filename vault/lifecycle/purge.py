@@ -25,6 +25,7 @@ from vault.db import Database, utcnow
 from vault.lifecycle.erasure import ERASED_EVENT
 from vault.lifecycle.models import Export
 from vault.media.models import Media, MediaBlob
+from vault.treatments.models import Treatment
 
 _PAGE = 500
 _PARALLEL = 16  # concurrent deletes: S3 round trips overlap, a local disk is not swamped
@@ -74,13 +75,18 @@ class Purger:
         )
         async with self.db.transaction() as session:
             # Capture metadata was sealed under the destroyed DEK; the rows need not carry it.
-            await session.execute(update(Media).where(Media.patient_id == patient_id).values(capture=None))
+            await session.execute(update(Media).where(Media.patient_id == patient_id)
+                                  .values(capture=None, treatment_id=None))
             recalled = await recall(session, tenant_id, patient_id, media=None, purposes=None, event_id=erasure_id, now=utcnow())
             await self.webhooks.notify(session, tenant_id, ERASED_EVENT, {
                 "patient_id": patient_id, "erasure_id": erasure_id, "release_ids": [r.id for r in recalled],
                 "media_ids": sorted({r.media_id for r in recalled}),
             })
+            await _forget_treatments_and_consent(session, tenant_id, patient_id)
             await finish(session)
+        # secure_delete zeroed the cells; fold the WAL in so no older page image keeps
+        # them. Bounded: a reader holding a snapshot defers it to shred.checkpoint.
+        await self.db.checkpoint()
         return self.deleted - before
 
     async def purge_media(self, media_id: str, *, finish: Callable[[AsyncSession], Awaitable[None]]) -> int:
@@ -108,3 +114,16 @@ class Purger:
             await self._delete_blobs(ids)
             async with self.db.transaction() as session:
                 await session.execute(forget(ids))
+
+
+async def _forget_treatments_and_consent(session: AsyncSession, tenant_id: str, patient_id: str) -> None:
+    """Delete an erased patient's treatments (their dates stay clear for retention rules)
+    and consent events (scopes, purposes, expiry stay clear for the gate): with the DEK
+    gone, what is left of them would still say what was done to whom and when.
+    Releases stay for the recall bookkeeping, without the consent they relied on."""
+    mine = (ConsentRecord.tenant_id == tenant_id) & (ConsentRecord.patient_id == patient_id)
+    await session.execute(update(Release).where(Release.tenant_id == tenant_id, Release.patient_id == patient_id)
+                          .values(consent_id=None))
+    await session.execute(update(ConsentRecord).where(mine).values(withdraws_id=None))
+    await session.execute(delete(ConsentRecord).where(mine))
+    await session.execute(delete(Treatment).where(Treatment.tenant_id == tenant_id, Treatment.patient_id == patient_id))

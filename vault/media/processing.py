@@ -1,44 +1,178 @@
-"""Runs the CPU-bound photo pipeline off the event loop.
+"""The media pipeline as the server runs it: every decoder in a worker process
+(:mod:`vault.media.decoders`), every result re-checked (:mod:`vault.media.recheck`),
+encryption and storage here in the server.
 
-A thread pool, not a process pool: Pillow's decoders, OpenCV and AES release the
-GIL, and a process pool would copy every 12 MP photo (and its renditions) across a
-pipe twice. Measured in bench/bench_ingest.py. Each thread loads its own face
-detector once (OpenCV detectors are not shared between threads).
+A video never crosses to a worker whole: the worker asks for byte ranges, which are read
+and decrypted here segment by segment; its fragmented-MP4 output comes back in chunks
+that are encrypted here straight into the blob store. Plaintext crosses only the pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
+from typing import Any
 
-from vault.pipeline.faces import FaceDetector, load_detector
-from vault.pipeline.photo import ProcessedPhoto, process_photo
+from keys.blobio import HEADER_SIZE, Header, SegmentCipher, ciphertext_span, open_span
+from vault.config import Settings
+from vault.errors import DecoderFailed
+from vault.media import recheck
+from vault.media.decoders import DecoderPool, PoolLimits
+from vault.instruments import timed_stage
+from vault.pipeline.faces import Faces
+from vault.pipeline.photo import ProcessedPhoto
+from vault.pipeline.video import VideoInfo, VideoProbe
+from vault.pipeline.video_mux import FragmentedOutput, MuxerSurprise, check_init_segment
+from vault.sealed import SealedBlobs, SealedRef
+
+OUTPUT_DEPTH = 4  # remuxed chunks in flight between the worker and the blob store
+_TOP_LEVEL = frozenset({b"ftyp", b"moov", b"moof", b"mdat", b"mfra"})
 
 
 class PhotoPipeline:
-    def __init__(self, *, max_pixels: int, face_model: str | None, workers: int | None = None) -> None:
+    """Photos and videos through the decoder pool. ``start()`` before any key exists."""
+
+    def __init__(self, pool: DecoderPool, *, max_pixels: int) -> None:
+        self.pool = pool
         self.max_pixels = max_pixels
-        self.face_model = face_model
-        self.workers = workers or max(2, os.cpu_count() or 2)
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="photo")
-        self._local = threading.local()
 
-    def _detector(self) -> FaceDetector:
-        detector = getattr(self._local, "detector", None)
-        if detector is None:
-            detector = self._local.detector = load_detector(self.face_model)
-        return detector
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PhotoPipeline:
+        limits = PoolLimits(
+            workers=settings.decoder_workers, item_seconds=settings.decoder_item_seconds,
+            video_seconds=settings.decoder_video_seconds, memory_bytes=settings.decoder_memory_bytes,
+            recycle_after=settings.decoder_recycle_after, queue_seconds=settings.decoder_queue_seconds,
+            max_queue=settings.decoder_workers * 32,
+        )
+        model = str(settings.face_model) if settings.face_model else None
+        return cls(DecoderPool(limits, face_model=model), max_pixels=settings.max_pixels)
 
-    def _run(self, data: bytes) -> ProcessedPhoto:
-        return process_photo(data, max_pixels=self.max_pixels, detector=self._detector())
+    def start(self) -> None:
+        self.pool.start()
 
-    async def process(self, data: bytes) -> ProcessedPhoto:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, data)
+    async def close(self) -> None:
+        await self.pool.close()
 
     def detector_name(self) -> str:
-        return self._pool.submit(lambda: self._detector().name).result()
+        return self.pool.detector
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    @timed_stage("photo.decode")
+    async def process(self, data: bytes) -> ProcessedPhoto:
+        result, parts = await self.pool.run("photo", {"max_pixels": self.max_pixels}, data,
+                                            max_result=len(data) + (64 << 20))
+        return recheck.check_photo(result, parts, input_size=len(data), max_pixels=self.max_pixels)
+
+    @timed_stage("photo.redact")
+    async def redact(self, data: bytes, boxes: list[list[int]], *, margin: float, width: int, height: int) -> bytes:
+        """A face-redacted JPEG of the stored photo (or thumbnail) ``data``, made in a worker
+        (:func:`vault.pipeline.redact.redact_faces`): decoded, turned upright, every box grown
+        by ``margin`` and filled opaque, re-encoded. The server accepts it only as a bare
+        JPEG of exactly ``width`` x ``height`` (the frame the boxes refer to)."""
+        if width < 1 or height < 1:
+            raise DecoderFailed(details={"check": "redacted.dimensions"})
+        header = {"boxes": [[int(v) for v in box] for box in boxes], "margin": float(margin),
+                  "max_pixels": self.max_pixels}
+        _, parts = await self.pool.run("redact", header, data, max_result=recheck.redacted_bound(width, height))
+        return recheck.check_redacted(parts, width=width, height=height)
+
+    # -- video --------------------------------------------------------------------------
+    @timed_stage("video.probe")
+    async def probe_video(self, sealed: SealedBlobs, ref: SealedRef) -> VideoProbe:
+        reader = await SealedRanges.open(sealed, ref)
+        result, _ = await self.pool.run("probe", {"size": ref.plain_size, "max_pixels": self.max_pixels},
+                                        read=reader.read, max_result=1 << 20)
+        return recheck.check_probe(result, max_pixels=self.max_pixels)
+
+    @timed_stage("video.strip")
+    async def strip_video(self, sealed: SealedBlobs, src: SealedRef, tenant_id: str, patient_id: str) -> tuple[SealedRef, VideoInfo]:
+        """Remux in a worker; its output is checked box by box as it streams into a new blob."""
+        reader = await SealedRanges.open(sealed, src)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=OUTPUT_DEPTH)
+        checked = _CheckedOutput()
+
+        async def write(chunk: bytes) -> None:
+            try:
+                checked.write(chunk)
+            except MuxerSurprise:
+                raise DecoderFailed(details={"check": "output.boxes"}) from None
+            await queue.put(chunk)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while (chunk := await queue.get()) is not None:
+                yield chunk
+            check_output(checked)  # before the blob counts as written
+
+        store = asyncio.create_task(sealed.put_stream(tenant_id, patient_id, chunks()))
+        try:
+            result, _ = await self.pool.run("strip", {"size": src.plain_size, "max_pixels": self.max_pixels},
+                                            read=reader.read, write=write, max_result=8 << 20,
+                                            seconds=self.pool.limits.video_seconds)
+            await queue.put(None)
+            ref = await store
+        except BaseException:
+            store.cancel()
+            await asyncio.gather(store, return_exceptions=True)
+            raise
+        info = recheck.check_info(result, max_pixels=self.max_pixels, streamed=checked.size, fragments=checked.fragments)
+        return ref, info
+
+    @timed_stage("video.poster")
+    async def poster_and_faces(self, sealed: SealedBlobs, ref: SealedRef, *, width: int, height: int) -> tuple[dict[int, bytes], Faces]:
+        reader = await SealedRanges.open(sealed, ref)
+        result, parts = await self.pool.run("poster", {"size": ref.plain_size, "max_pixels": self.max_pixels},
+                                            read=reader.read, max_result=16 << 20)
+        return (recheck.check_thumbnails(result.get("thumbnails"), parts),
+                recheck.check_faces(result.get("faces"), width, height))
+
+
+class _CheckedOutput(FragmentedOutput):
+    """Counts what the worker streams and refuses any top-level box but the fragments'."""
+
+    def __init__(self) -> None:
+        super().__init__(_Nowhere())
+
+    def _box(self, kind: bytes, size: int) -> None:
+        if kind not in _TOP_LEVEL:
+            raise MuxerSurprise("unexpected top-level box")
+        super()._box(kind, size)
+
+
+class _Nowhere:
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def check_output(output: FragmentedOutput) -> None:
+    try:
+        check_init_segment(output.init_segment)
+    except (MuxerSurprise, ValueError) as exc:
+        raise DecoderFailed(details={"check": "output.header"}) from exc
+    if not output.fragments:
+        raise DecoderFailed(details={"check": "output.fragments"})
+
+
+class SealedRanges:
+    """Plaintext byte ranges of a sealed blob for a worker: only the segments a range
+    touches are read and decrypted; the header is parsed once."""
+
+    def __init__(self, sealed: SealedBlobs, ref: SealedRef, key: bytes) -> None:
+        self._sealed, self._ref, self._key = sealed, ref, key
+        self._cipher: SegmentCipher | None = None
+
+    @classmethod
+    async def open(cls, sealed: SealedBlobs, ref: SealedRef) -> SealedRanges:
+        return cls(sealed, ref, await sealed._key(ref))
+
+    async def read(self, start: int, end: int) -> bytes:
+        size = self._ref.plain_size
+        if not 0 <= start <= end <= size or end - start > (1 << 20):
+            raise DecoderFailed(details={"check": "read.range"})
+        if start == end:
+            return b""
+        store = self._sealed.store
+        if self._cipher is None:
+            header = Header.parse(memoryview(await store.read(self._ref.id, end=HEADER_SIZE)).cast("B"), self._ref.binding)
+            self._cipher = SegmentCipher(self._key, self._ref.binding, header)
+        cstart, cend = ciphertext_span(start, end, size, segment_size=self._cipher.segment_size)
+        span = await store.read(self._ref.id, start=cstart, end=cend)
+        return b"".join(open_span(self._cipher, memoryview(span).cast("B"), start, end, size))

@@ -4,7 +4,9 @@ metadata, content and thumbnail fetches, listings and reviews.
 Ordering on upload: blobs are encrypted and stored first, then one transaction
 writes the media row, its blob rows and the audit entry. If that transaction
 fails, the blobs are shredded (object key first). A crash in between leaves only
-ciphertext whose object keys the clean-up job finds unreferenced.
+ciphertext whose object keys the clean-up job (``storage.sweep_leftovers``,
+:mod:`vault.leftovers.sweep`) finds unreferenced once the writer's lease and the grace
+have passed.
 """
 
 from __future__ import annotations

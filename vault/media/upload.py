@@ -3,8 +3,11 @@
 spool the file into a temp file, i.e. plaintext patient data on disk.
 
 The first bytes are buffered for sniffing; then a photo is gathered in memory (the
-pipeline works in memory; capped by ``VAULT_MAX_PHOTO_BYTES``) while a video is
-passed on chunk by chunk to the encrypting writer (capped by ``VAULT_MAX_VIDEO_BYTES``).
+pipeline works in memory; capped by ``VAULT_MAX_PHOTO_BYTES`` and by the node's
+``VAULT_UPLOAD_MEMORY_BYTES`` budget) while a video is passed on chunk by chunk to the
+encrypting writer (capped by ``VAULT_MAX_VIDEO_BYTES``). A ``Content-Length`` over the
+cap is refused before the body is read; every read has the body deadline of
+:mod:`vault.http.bodies`.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from vault.errors import BadRequest, CorruptMedia, TooLarge, UnsupportedMedia
+from vault.http.bodies import TimedBody, within
+from vault.http.limits import MemoryLease
 
 CHUNK = 256 * 1024
 PHOTO_TYPES = {"image/jpeg", "image/png", "image/webp", "image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence"}
@@ -36,14 +42,31 @@ def check_matches(declared: str, sniffed: str) -> None:
         raise UnsupportedMedia("the Content-Type does not match the content", details={"detected": sniffed})
 
 
-class UploadStream:
-    """The body of one upload: peek at its head, then take it whole or as chunks."""
+#: room for boundaries and part headers around a multipart file part
+MULTIPART_SLACK = 64 * 1024
+#: non-file form fields are read and dropped; more than this of them is not an upload
+MAX_SKIPPED_BYTES = 64 * 1024
 
-    def __init__(self, declared: str, read: Callable[[int], Awaitable[bytes]]) -> None:
+
+class UploadStream:
+    """The body of one upload: peek at its head, then take it whole or as chunks.
+
+    ``read`` is a :class:`~vault.http.bodies.TimedBody` read, so a stalled client fails
+    with 408 wherever it stops. ``most`` is the largest the body can be by its
+    ``Content-Length`` (None when it is chunked), to refuse with 413 before reading it.
+    """
+
+    def __init__(self, declared: str, read: Callable[[int], Awaitable[bytes]], *, most: int | None = None) -> None:
         self.declared = declared
         self._read = read
         self._head = b""
         self.size = 0
+        self.most = most
+
+    def check_length(self, limit: int) -> None:
+        """413 when the declared length alone proves the body is over ``limit``."""
+        if self.most is not None and self.most > limit:
+            raise TooLarge(details={"limit": limit})
 
     async def head(self, n: int) -> bytes:
         while len(self._head) < n:
@@ -68,30 +91,63 @@ class UploadStream:
                 raise TooLarge(details={"limit": limit})
             yield chunk
 
-    async def read_all(self, *, limit: int) -> bytes:
-        buffer = bytearray()
+    async def read_all(self, *, limit: int, lease: MemoryLease) -> bytes:
+        """The whole body in memory, each byte taken from ``lease`` before it is buffered
+        (Busy, 503, when the node's photo memory budget is spent)."""
+        if self.most is not None:
+            lease.ensure(min(self.most, limit))  # fail before reading when the budget cannot hold it
+        parts: list[bytes] = []
         async for chunk in self.chunks(limit=limit):
-            buffer += chunk
-        return bytes(buffer)
+            lease.ensure(self.size)
+            parts.append(chunk)
+        return b"".join(parts)
 
 
-async def open_upload(request: web.Request, *, limit: int) -> UploadStream:
-    """``limit`` is the largest any upload may be (the video cap); the caller applies
-    the cap of the sniffed kind while reading."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(details={"limit": limit})
+def _declared_limit(declared: str, *, photo_limit: int, video_limit: int) -> int:
+    if declared in PHOTO_TYPES:
+        return photo_limit
+    if declared in VIDEO_TYPES:
+        return video_limit
+    return max(photo_limit, video_limit)
+
+
+async def open_upload(request: web.Request, *, photo_limit: int, video_limit: int, body_timeout: float) -> UploadStream:
+    """The upload's stream; a declared type's cap is applied to ``Content-Length`` here,
+    the sniffed kind's by the caller (:meth:`UploadStream.check_length`) before reading on."""
+    length = request.content_length
+    if length is not None and length > max(photo_limit, video_limit):
+        raise TooLarge(details={"limit": max(photo_limit, video_limit)})
     if not request.content_type.startswith("multipart/"):
         check_declared(request.content_type, accepted=PHOTO_TYPES | VIDEO_TYPES)
-        return UploadStream(request.content_type, request.content.read)
+        stream = UploadStream(request.content_type, TimedBody(request.content.read, body_timeout).read, most=length)
+        stream.check_length(_declared_limit(stream.declared, photo_limit=photo_limit, video_limit=video_limit))
+        return stream
+    # aiohttp's multipart reader raises ValueError, AssertionError, KeyError and its
+    # parser's HttpProcessingError (e.g. InvalidHeader for "--B\r\n--B--") on a
+    # malformed body: every one is the client's fault.
     try:
         reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        skipped = 0
+        while (part := await within(body_timeout, reader.next())) is not None:
             if getattr(part, "name", None) != "file":
-                await part.release()  # drained, never stored
+                skipped += await _drop(part, TimedBody(part.read_chunk, body_timeout), MAX_SKIPPED_BYTES - skipped)
                 continue
             declared = (part.headers.get("Content-Type") or "application/octet-stream").split(";")[0].strip().lower()
             check_declared(declared, accepted=PHOTO_TYPES | VIDEO_TYPES)
-            return UploadStream(declared, part.read_chunk)
-    except (ValueError, AssertionError, KeyError):
+            most = None if length is None else max(0, length - MULTIPART_SLACK)
+            stream = UploadStream(declared, TimedBody(part.read_chunk, body_timeout).read, most=most)
+            stream.check_length(_declared_limit(declared, photo_limit=photo_limit, video_limit=video_limit))
+            return stream
+    except (ValueError, AssertionError, KeyError, HttpProcessingError):
         raise BadRequest("malformed multipart body") from None
     raise BadRequest("the multipart body has no part named 'file'")
+
+
+async def _drop(part, body: TimedBody, room: int) -> int:
+    """Read a part that is not the file and forget it; never stored."""
+    dropped = 0
+    while chunk := await body.read(CHUNK):
+        dropped += len(chunk)
+        if dropped > room:
+            raise BadRequest("the multipart body has too much besides the file")
+    return dropped

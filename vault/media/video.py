@@ -28,10 +28,7 @@ from vault.db import new_id, utcnow
 from vault.errors import Gone, IdempotencyConflict, MediaRejected
 from vault.jobs import enqueue
 from vault.media.models import FAILED, ORIGINAL, PROCESSING, READY, THUMBNAILS, VIDEO, Media, MediaBlob
-from vault.pipeline.faces import load_detector
-from vault.pipeline.video import poster_and_faces, probe_video, strip_video
 from vault.sealed import SealedRef
-from vault.sealed_io import reader_factory, write_in_thread
 
 SOURCE = "source"
 FINISH_JOB = "media.finish_video"
@@ -58,8 +55,7 @@ async def upload_video(
 
     ref = await service.sealed.put_stream(actor.tenant_id, patient_id, hashed())
     try:
-        reader = await reader_factory(service.sealed, ref)
-        probe = await asyncio.to_thread(lambda: probe_video(reader(), max_pixels=service.pipeline.max_pixels))
+        probe = await service.pipeline.probe_video(service.sealed, ref)
         key_digest = body_digest = None
         if idempotency_key is not None:
             key_digest = await service.keys.blind_index(
@@ -115,15 +111,10 @@ async def finish_video(ctx, media_id: str) -> None:
     src = SealedRef(id=source.id, tenant_id=source.tenant_id, patient_id=source.patient_id, plain_size=source.plain_size)
     made: list[SealedRef] = []
     try:
-        reader = await reader_factory(rt.sealed, src)
-        stripped, info = await write_in_thread(
-            rt.sealed, media.tenant_id, media.patient_id,
-            lambda writer: strip_video(reader(), writer, max_pixels=rt.settings.max_pixels),
-        )
+        # Both steps parse the upload: in a decoder worker process (vault.media.processing).
+        stripped, info = await rt.media.pipeline.strip_video(rt.sealed, src, media.tenant_id, media.patient_id)
         made.append(stripped)
-        detector = await asyncio.to_thread(load_detector, str(rt.settings.face_model) if rt.settings.face_model else None)
-        out_reader = await reader_factory(rt.sealed, stripped)
-        thumbnails, faces = await asyncio.to_thread(lambda: poster_and_faces(out_reader(), detector=detector))
+        thumbnails, faces = await rt.media.pipeline.poster_and_faces(rt.sealed, stripped, width=info.width, height=info.height)
         for size in sorted(thumbnails):
             made.append(await rt.sealed.put_bytes(media.tenant_id, media.patient_id, thumbnails[size]))
         capture = await rt.keys.seal_field(
@@ -159,6 +150,35 @@ async def finish_video(ctx, media_id: str) -> None:
 
 class _Obsolete(Exception):
     pass
+
+
+DEAD_REASON = "processing failed repeatedly; upload the video again or contact support"
+
+
+async def fail_dead(ctx, media_id: str) -> None:
+    """The finishing job's dead path (``on_dead``; also run by reconcile for a video
+    left ``processing`` with no live job): the media becomes ``failed`` and its
+    original, which still carries the phone's metadata and location, is shredded.
+    Idempotent: a media no longer ``processing`` is left alone. Renditions the dead
+    job had written have no row; the leftover sweep removes them after the grace."""
+    async with ctx.runtime.db.session() as session:
+        media = await session.get(Media, media_id)
+        source = (
+            await session.execute(select(MediaBlob).where(MediaBlob.media_id == media_id, MediaBlob.rendition == SOURCE))
+        ).scalar_one_or_none()
+    if media is None or media.status != PROCESSING:
+        return
+    actor = Actor(media.tenant_id, "job", "system", ctx.job_id)
+    if source is not None:
+        src = SealedRef(id=source.id, tenant_id=source.tenant_id, patient_id=source.patient_id, plain_size=source.plain_size)
+        await _fail(ctx, media_id, src, actor, reason=DEAD_REASON)
+        return
+    async with ctx.transaction() as session:  # no source row: nothing left to shred
+        row = await session.get(Media, media_id, with_for_update=True)
+        if row is None or row.status != PROCESSING:
+            return
+        row.status, row.failure_reason, row.updated_at = FAILED, DEAD_REASON, utcnow()
+        await ctx.runtime.audit.append(session, AuditEvent.of(actor, "media.failed", patient_id=row.patient_id, media_id=media_id))
 
 
 async def _retire_source(session, src: SealedRef) -> None:

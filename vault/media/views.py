@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from vault.appkeys import MEDIA, SETTINGS
+from vault.appkeys import MEDIA, SETTINGS, UPLOAD_LIMITS
 from vault.errors import UnsupportedMedia, ValidationFailed
 from vault.http.context import REQUEST_ID, actor_of
 from vault.http.jsonio import json_response, parse_query, read_json
@@ -64,7 +64,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     query=UploadQuery,
     request_media=tuple(sorted(PHOTO_TYPES | VIDEO_TYPES)) + ("multipart/form-data",),
     status=201,
-    errors=(404, 409, 410, 413, 415, 422),
+    errors=(404, 408, 409, 410, 413, 415, 422, 429, 503),
 )
 async def upload_media(request: web.Request) -> web.Response:
     query = parse_query(request, UploadQuery)
@@ -74,22 +74,28 @@ async def upload_media(request: web.Request) -> web.Response:
     patient_id = request.match_info["patient_id"]
     await service.check_target(actor, patient_id, query.treatment_id)  # 404 before reading any body
     settings = request.app[SETTINGS]
-    stream = await open_upload(request, limit=max(settings.max_photo_bytes, settings.max_video_bytes))
-    head = await stream.head(SNIFF_BYTES)
-    sniffed = sniff(head) or looks_like_video(head)  # old QuickTime files start without ftyp
-    if sniffed is None:
-        raise UnsupportedMedia("not a supported photo or video type", details={"accepted": sorted(PHOTO_TYPES | VIDEO_TYPES)})
-    check_matches(stream.declared, sniffed)
-    if sniffed in VIDEO_TYPES:
-        view, created = await upload_video(
-            service, actor, patient_id, stream.chunks(limit=settings.max_video_bytes),
-            phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key,
-        )
-        return json_response(view, status=201 if created else 200)
-    data = await stream.read_all(limit=settings.max_photo_bytes)
-    view, created = await service.upload_photo(
-        actor, patient_id, data, phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key
-    )
+    limits = request.app[UPLOAD_LIMITS]
+    with limits.admit(actor.token_id):  # 429/503 at once when this token or this node is at its limit
+        stream = await open_upload(request, photo_limit=settings.max_photo_bytes, video_limit=settings.max_video_bytes,
+                                   body_timeout=settings.http_body_timeout)
+        head = await stream.head(SNIFF_BYTES)
+        sniffed = sniff(head) or looks_like_video(head)  # old QuickTime files start without ftyp
+        if sniffed is None:
+            raise UnsupportedMedia("not a supported photo or video type", details={"accepted": sorted(PHOTO_TYPES | VIDEO_TYPES)})
+        check_matches(stream.declared, sniffed)
+        if sniffed in VIDEO_TYPES:
+            stream.check_length(settings.max_video_bytes)
+            view, created = await upload_video(
+                service, actor, patient_id, stream.chunks(limit=settings.max_video_bytes),
+                phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key,
+            )
+            return json_response(view, status=201 if created else 200)
+        stream.check_length(settings.max_photo_bytes)  # 413 before reading on
+        with limits.memory.lease() as lease:  # held until the photo is processed and stored
+            data = await stream.read_all(limit=settings.max_photo_bytes, lease=lease)
+            view, created = await service.upload_photo(
+                actor, patient_id, data, phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key
+            )
     return json_response(view, status=201 if created else 200)
 
 

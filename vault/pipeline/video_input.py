@@ -88,9 +88,10 @@ def ffmpeg_errors(what: str) -> Iterator[None]:
     """
     try:
         yield
-    except av.error.MemoryError:
-        raise
     except av.error.FFmpegError:
+        # ENOMEM (av.error.MemoryError) included: FFmpeg reports it when a crafted file
+        # declares a table or frame larger than its allocation limit. A host really out
+        # of memory fails elsewhere (MemoryError, or the OOM killer), not as this.
         raise CorruptMedia(f"the video cannot be {what}") from None
 
 

@@ -14,7 +14,8 @@ import asyncio
 import contextvars
 import re
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection
+from concurrent.futures import Executor
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
@@ -79,9 +80,12 @@ class ThreadLane:
     an fd another thread still reads could hit a reused fd).
     """
 
-    __slots__ = ("_last",)
+    __slots__ = ("_executor", "_last")
 
-    def __init__(self) -> None:
+    def __init__(self, executor: Executor | None = None) -> None:
+        # The store's own bounded executor: never the loop's default pool, whose threads
+        # may be waiting on us (a blocking reader bridged back to the loop).
+        self._executor = executor
         self._last: asyncio.Future[Any] | None = None
 
     def start(self, fn: Callable[..., T], /, *args: Any) -> asyncio.Future[T]:
@@ -90,7 +94,7 @@ class ThreadLane:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         # Same as asyncio.to_thread, but we need the future itself to settle it later.
-        fut = loop.run_in_executor(None, ctx.run, fn, *args)
+        fut = loop.run_in_executor(self._executor, ctx.run, fn, *args)
         self._last = fut
         return fut
 
@@ -115,10 +119,12 @@ class ThreadLane:
             fut.exception()  # marks it retrieved: no "never retrieved" noise at exit
 
 
-async def open_off_loop(open_fn: Callable[[], T], close_fn: Callable[[T], None]) -> T:
+async def open_off_loop(
+    open_fn: Callable[[], T], close_fn: Callable[[T], None], executor: Executor | None = None
+) -> T:
     """Open a resource in a worker thread; if the caller is cancelled meanwhile, the
     thread still finishes, so close what it opened instead of leaking it."""
-    lane = ThreadLane()
+    lane = ThreadLane(executor)
     fut = lane.start(open_fn)
     try:
         return await asyncio.shield(fut)
@@ -139,12 +145,12 @@ class BlobReader:
     ``length`` is how many bytes iteration yields, ``total_size`` the whole blob's size.
     """
 
-    def __init__(self, *, length: int, total_size: int, chunk_size: int) -> None:
+    def __init__(self, *, length: int, total_size: int, chunk_size: int, executor: Executor | None = None) -> None:
         self.length = length
         self.total_size = total_size
         self._chunk_size = chunk_size
         self._remaining = length
-        self._lane = ThreadLane()
+        self._lane = ThreadLane(executor)
         self._ahead: asyncio.Future[bytes] | None = None
         self._closed = False
 
@@ -245,9 +251,10 @@ class BlobStore(Protocol):
         """Every stored key starting with ``prefix``, in ascending order (for clean-up)."""
         ...
 
-    async def sweep_partials(self, older_than_s: float = 3600.0) -> int:
-        """Remove what crashed writers left (temp files, open multipart uploads) older
-        than ``older_than_s`` seconds; returns how many were removed."""
+    async def sweep_partials(self, older_than_s: float = 3600.0, *, keep: Collection[str] = ()) -> int:
+        """Remove what crashed writers left (temp files, open multipart uploads) with no
+        write for ``older_than_s`` seconds, except writes of the keys in ``keep``;
+        returns how many were removed."""
         ...
 
     async def close(self) -> None: ...

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from vault.errors import BlobNotFound, ConfigError, StorageError, StorageUnavailable
@@ -37,6 +40,8 @@ from vault.storage.base import (
     open_off_loop,
 )
 
+T = TypeVar("T")
+IO_THREADS = 8  # concurrent file operations per store; more only queue in the kernel
 _PART_SUFFIX = ".part"
 # Small chunks are gathered so one thread hop writes about this much.
 _WRITE_BATCH = 1 << 20
@@ -103,8 +108,9 @@ class _TempBlob:
 
 
 class _LocalReader(BlobReader):
-    def __init__(self, fd: int, key: str, *, offset: int, length: int, total_size: int, chunk_size: int) -> None:
-        super().__init__(length=length, total_size=total_size, chunk_size=chunk_size)
+    def __init__(self, fd: int, key: str, *, offset: int, length: int, total_size: int, chunk_size: int,
+                 executor: Executor | None = None) -> None:
+        super().__init__(length=length, total_size=total_size, chunk_size=chunk_size, executor=executor)
         self._fd = fd
         self._key = key
         self._offset = offset
@@ -122,11 +128,16 @@ class _LocalReader(BlobReader):
 class LocalStore:
     """A :class:`~vault.storage.base.BlobStore` on a local filesystem."""
 
-    def __init__(self, root: str | os.PathLike[str], *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 io_threads: int = IO_THREADS) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be > 0")
         self.root = Path(root).absolute()
         self._chunk_size = chunk_size
+        # File I/O gets its own bounded pool, closed with the store: a thread of the loop's
+        # default pool (or of any pool) blocked on a blob read must never be what the read
+        # itself is queued behind (issue 11 item 3).
+        self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-file")
         # Blocking, but only once at start-up, where failing early names the setting.
         try:
             self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
@@ -180,7 +191,7 @@ class LocalStore:
     ) -> int:
         check_key(key)
         check_size_hint(size_hint)
-        lane = ThreadLane()
+        lane = ThreadLane(self._io)
         opening = lane.start(self._open_temp, key)
         total = 0
         batch: list[bytes] = []
@@ -224,9 +235,10 @@ class LocalStore:
     async def get(self, key: str, *, start: int = 0, end: int | None = None) -> BlobReader:
         check_key(key)
         check_range(start, end)
-        fd, size = await open_off_loop(lambda: self._open_blob(key), lambda opened: os.close(opened[0]))
+        fd, size = await open_off_loop(lambda: self._open_blob(key), lambda opened: os.close(opened[0]), self._io)
         lo, hi = clamp_range(start, end, size)
-        return _LocalReader(fd, key, offset=lo, length=hi - lo, total_size=size, chunk_size=self._chunk_size)
+        return _LocalReader(fd, key, offset=lo, length=hi - lo, total_size=size, chunk_size=self._chunk_size,
+                            executor=self._io)
 
     def _open_blob(self, key: str) -> tuple[int, int]:
         with _os_errors(key):
@@ -240,7 +252,7 @@ class LocalStore:
     async def read(self, key: str, *, start: int = 0, end: int | None = None) -> bytes:
         check_key(key)
         check_range(start, end)
-        return await asyncio.to_thread(self._read_range, key, start, end)
+        return await self._run(self._read_range, key, start, end)
 
     def _read_range(self, key: str, start: int, end: int | None) -> bytes:
         fd, size = self._open_blob(key)
@@ -260,7 +272,7 @@ class LocalStore:
 
     async def delete(self, key: str) -> None:
         check_key(key)
-        await asyncio.to_thread(self._unlink, key)
+        await self._run(self._unlink, key)
 
     def _unlink(self, key: str) -> None:
         with _os_errors():
@@ -269,7 +281,7 @@ class LocalStore:
 
     async def exists(self, key: str) -> bool:
         check_key(key)
-        return await asyncio.to_thread(self._exists, key)
+        return await self._run(self._exists, key)
 
     def _exists(self, key: str) -> bool:
         try:
@@ -280,7 +292,7 @@ class LocalStore:
 
     async def size(self, key: str) -> int:
         check_key(key)
-        return await asyncio.to_thread(self._stat, key)
+        return await self._run(self._stat, key)
 
     def _stat(self, key: str) -> int:
         with _os_errors(key):
@@ -288,9 +300,9 @@ class LocalStore:
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         check_prefix(prefix)
-        for first in await asyncio.to_thread(self._subfolders, self.root, prefix[0:2]):
-            for second in await asyncio.to_thread(self._subfolders, self.root / first, prefix[2:4]):
-                for key in await asyncio.to_thread(self._keys_in, first, second, prefix):
+        for first in await self._run(self._subfolders, self.root, prefix[0:2]):
+            for second in await self._run(self._subfolders, self.root / first, prefix[2:4]):
+                for key in await self._run(self._keys_in, first, second, prefix):
                     yield key
 
     @staticmethod
@@ -328,12 +340,15 @@ class LocalStore:
                 found.append(name)
         return sorted(found)
 
-    async def sweep_partials(self, older_than_s: float = 3600.0) -> int:
+    async def sweep_partials(self, older_than_s: float = 3600.0, *, keep: Collection[str] = ()) -> int:
+        """Delete temp files untouched (mtime: the last write) for ``older_than_s``,
+        except those of the keys in ``keep`` (writes whose writer still holds a lease:
+        a stalled upload may resume)."""
         if older_than_s < 0:
             raise ValueError("older_than_s must be >= 0")
-        return await asyncio.to_thread(self._sweep, time.time() - older_than_s)
+        return await self._run(self._sweep, time.time() - older_than_s, frozenset(keep))
 
-    def _sweep(self, cutoff: float) -> int:
+    def _sweep(self, cutoff: float, keep: frozenset[str]) -> int:
         removed = 0
         for first in self._subfolders(self.root, ""):
             for second in self._subfolders(self.root / first, ""):
@@ -343,11 +358,18 @@ class LocalStore:
                 for e in entries:
                     if not (e.name.startswith(".") and e.name.endswith(_PART_SUFFIX)):
                         continue
+                    # ".<key>.<12 hex>.part": keys hold no dot, so the key is the first field.
+                    if e.name[1:].split(".", 1)[0] in keep:
+                        continue
                     with suppress(FileNotFoundError):
                         if e.stat(follow_symlinks=False).st_mtime < cutoff:
                             os.unlink(e.path)
                             removed += 1
         return removed
 
+    async def _run(self, fn: Callable[..., T], /, *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(fn, *args))
+
     async def close(self) -> None:
-        return None
+        # A thread still running finishes its one call (bounded: a single file operation).
+        self._io.shutdown(wait=False, cancel_futures=True)

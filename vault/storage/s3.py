@@ -1,7 +1,10 @@
 """Blobs in S3 or an S3-compatible object store (``s3://`` URLs), through boto3.
 
-boto3 is blocking, so every call runs in a worker thread; one client is shared, since
-botocore clients are thread-safe. Credentials come from the standard AWS chain
+boto3 is blocking, so every call runs in a thread of the store's own bounded pool
+(``io_threads``, closed by :meth:`S3Store.close`), never the loop's default one: a thread
+of that pool may be waiting on us (a blocking reader bridged back to the loop), and S3
+calls stuck on a slow endpoint must not starve everything else run in threads. One client
+is shared, since botocore clients are thread-safe. Credentials come from the standard AWS chain
 (environment, profile, instance or task role), never from the URL, which gets logged.
 
 Objects are ``<prefix>/<key>``. Streams up to ``part_size`` bytes go up in one PutObject;
@@ -18,12 +21,14 @@ Vendor errors stop here (see :mod:`vault.storage.s3_errors`): a missing object i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import boto3
@@ -44,10 +49,12 @@ from vault.storage.base import (
 from vault.storage.s3_errors import error_code, translated
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIN_PART_SIZE = 5 << 20  # S3's floor for every part but the last
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 8 << 20
+IO_THREADS = 16  # concurrent S3 calls per store (each holds one pooled connection)
 
 _URL_OPTIONS = {
     "endpoint_url", "region", "addressing_style", "connect_timeout", "read_timeout",
@@ -70,8 +77,9 @@ def _new_client(**kwargs: Any) -> Any:
 
 
 class _S3Reader(BlobReader):
-    def __init__(self, body: Any, key: str, *, length: int, total_size: int, chunk_size: int) -> None:
-        super().__init__(length=length, total_size=total_size, chunk_size=chunk_size)
+    def __init__(self, body: Any, key: str, *, length: int, total_size: int, chunk_size: int,
+                 executor: Executor | None = None) -> None:
+        super().__init__(length=length, total_size=total_size, chunk_size=chunk_size, executor=executor)
         self._body = body
         self._key = key
 
@@ -108,7 +116,7 @@ class _Upload:
         self._store = store
         self._key = key
         self._object_key = store._object_key(key)
-        self._lane = ThreadLane()
+        self._lane = ThreadLane(store._io)
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._stored = False
@@ -202,6 +210,7 @@ class S3Store:
         max_attempts: int = 3,
         part_size: int = DEFAULT_PART_SIZE,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        io_threads: int = IO_THREADS,
     ) -> None:
         if not bucket:
             raise ConfigError("VAULT_STORAGE_URL", "the s3: URL names no bucket")
@@ -209,7 +218,7 @@ class S3Store:
             raise ConfigError("VAULT_STORAGE_URL", f"part_size must be at least {MIN_PART_SIZE} bytes")
         if addressing_style not in (None, "auto", "path", "virtual"):
             raise ConfigError("VAULT_STORAGE_URL", "addressing_style must be auto, path or virtual")
-        if chunk_size <= 0 or connect_timeout <= 0 or read_timeout <= 0 or max_attempts < 1:
+        if chunk_size <= 0 or connect_timeout <= 0 or read_timeout <= 0 or max_attempts < 1 or io_threads < 1:
             raise ConfigError("VAULT_STORAGE_URL", "timeouts, chunk size and attempts must be positive")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -222,10 +231,12 @@ class S3Store:
             retries={"mode": "standard", "total_max_attempts": max_attempts},
             s3={"addressing_style": addressing_style or "auto"},
             signature_version="s3v4",
-            # Enough for every worker thread asyncio may run boto calls in.
-            max_pool_connections=32,
+            # One connection for every thread of the store's pool.
+            max_pool_connections=io_threads,
         )
         self._client = _new_client(endpoint_url=endpoint_url, region_name=region, config=config)
+        # Created last: a refused configuration leaves no pool behind.
+        self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-s3")
 
     @classmethod
     def from_url(cls, url: str) -> S3Store:
@@ -270,7 +281,10 @@ class S3Store:
             with translated(key):
                 return fn(**kwargs)
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(fn, *args))
 
     def _part_size_for(self, size_hint: int | None) -> int:
         # 10 000 parts is S3's limit: a large announced stream gets larger parts.
@@ -308,8 +322,8 @@ class S3Store:
     async def get(self, key: str, *, start: int = 0, end: int | None = None) -> BlobReader:
         check_key(key)
         check_range(start, end)
-        body, length, total = await open_off_loop(lambda: self._open(key, start, end), _close_opened)
-        return _S3Reader(body, key, length=length, total_size=total, chunk_size=self._chunk_size)
+        body, length, total = await open_off_loop(lambda: self._open(key, start, end), _close_opened, self._io)
+        return _S3Reader(body, key, length=length, total_size=total, chunk_size=self._chunk_size, executor=self._io)
 
     def _open(self, key: str, start: int, end: int | None) -> tuple[Any, int, int]:
         """(body or None, bytes it yields, blob size); runs in a worker thread."""
@@ -338,7 +352,7 @@ class S3Store:
     async def read(self, key: str, *, start: int = 0, end: int | None = None) -> bytes:
         check_key(key)
         check_range(start, end)
-        return await asyncio.to_thread(self._read_all, key, start, end)
+        return await self._run(self._read_all, key, start, end)
 
     def _read_all(self, key: str, start: int, end: int | None) -> bytes:
         body, _, _ = self._open(key, start, end)
@@ -364,7 +378,7 @@ class S3Store:
 
     async def size(self, key: str) -> int:
         check_key(key)
-        return await asyncio.to_thread(self._head, key)
+        return await self._run(self._head, key)
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         check_prefix(prefix)
@@ -384,24 +398,52 @@ class S3Store:
                 return
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
-    async def sweep_partials(self, older_than_s: float = 3600.0) -> int:
+    async def sweep_partials(self, older_than_s: float = 3600.0, *, keep: Collection[str] = ()) -> int:
+        """Abort multipart uploads with no activity for ``older_than_s``: the newest
+        part's upload time, or the start for an upload with no part yet. A slow upload
+        that started hours ago but sent a part recently is kept, and so is any upload
+        of a key in ``keep`` (its writer still holds a lease)."""
         if older_than_s < 0:
             raise ValueError("older_than_s must be >= 0")
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._object_key("")}
-        stale: list[tuple[str, str]] = []
+        base = self._object_key("")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base}
+        started_before: list[tuple[str, str]] = []
         while True:
             page = await self._call(None, self._client.list_multipart_uploads, **kwargs)
-            stale += [
-                (u["Key"], u["UploadId"]) for u in page.get("Uploads", ()) if u["Initiated"] < cutoff
+            started_before += [
+                (u["Key"], u["UploadId"]) for u in page.get("Uploads", ())
+                if u["Initiated"] < cutoff and u["Key"][len(base):] not in keep
             ]
             if not page.get("IsTruncated"):
                 break
             kwargs["KeyMarker"] = page["NextKeyMarker"]
             kwargs["UploadIdMarker"] = page["NextUploadIdMarker"]
-        for object_key, upload_id in stale:
-            await asyncio.to_thread(self._abort_upload, object_key, upload_id)
-        return len(stale)
+        aborted = 0
+        for object_key, upload_id in started_before:
+            last = await self._run(self._last_part_at, object_key, upload_id)
+            if last is None or last < cutoff:
+                await self._run(self._abort_upload, object_key, upload_id)
+                aborted += 1
+        return aborted
+
+    def _last_part_at(self, object_key: str, upload_id: str) -> datetime | None:
+        """When the upload's newest part arrived (None: no part, or the upload is gone)."""
+        newest: datetime | None = None
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": object_key, "UploadId": upload_id}
+        with translated():
+            while True:
+                try:
+                    page = self._client.list_parts(**kwargs)
+                except ClientError as exc:
+                    if error_code(exc)[0] == "NoSuchUpload":
+                        return None
+                    raise
+                for part in page.get("Parts", ()):
+                    newest = part["LastModified"] if newest is None else max(newest, part["LastModified"])
+                if not page.get("IsTruncated"):
+                    return newest
+                kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
 
     def _abort_upload(self, object_key: str, upload_id: str) -> None:
         with translated():
@@ -413,4 +455,8 @@ class S3Store:
                     raise
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._client.close)
+        """Refuse new calls, drop queued ones and close the client's connections. A call
+        already running finishes on its own (bounded by the client's connect/read timeouts
+        and attempts); its thread is not waited for."""
+        self._io.shutdown(wait=False, cancel_futures=True)
+        self._client.close()  # closes pooled sockets: no network round trip

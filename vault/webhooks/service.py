@@ -207,6 +207,14 @@ class WebhookService:
         await self._settle(delivery_id, state=FAILED if last_attempt else PENDING, status=status, error=problem, finish=None)
         raise DeliveryFailed(problem)
 
+    async def give_up(self, delivery_id: str, *, error: str) -> None:
+        """The delivery job went dead (its worker lost on the last attempt, say): a
+        delivery still ``pending`` is marked ``failed`` so the recall list says so."""
+        async with self.db.transaction() as session:
+            row = await session.get(WebhookDelivery, delivery_id, with_for_update=True)
+            if row is not None and row.state == PENDING:
+                row.state, row.last_error, row.finished_at = FAILED, error.split(":", 1)[0][:100], utcnow()
+
     async def _settle(self, delivery_id: str, *, state: str, status: int | None, error: str | None,
                       finish: Callable[[AsyncSession], Awaitable[None]] | None) -> None:
         async with self.db.transaction() as session:

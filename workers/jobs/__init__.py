@@ -4,4 +4,4 @@ A new job module is added here; ``VAULT_WORKER_IMPORTS`` adds more (tests, exten
 """
 
 MODULES: tuple[str, ...] = ("workers.jobs.maintenance", "workers.jobs.media", "workers.jobs.keys", "workers.jobs.webhooks", "workers.jobs.releases",
-                           "workers.jobs.lifecycle")
+                           "workers.jobs.lifecycle", "workers.jobs.storage")

@@ -1,4 +1,5 @@
-"""Periodic key upkeep: KEK epochs (rotate, destroy old versions) and signed audit checkpoints."""
+"""Periodic key upkeep: KEK epochs (rotate, destroy old versions), signed audit checkpoints,
+and finishing the clean-up after shreds in both databases (WAL checkpoint / VACUUM)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ from datetime import timedelta
 from vault.audit.checkpoints import checkpoint_all
 from vault.db import utcnow
 from vault.errors import VaultError
-from vault.keyops import rotate_and_expire
+from vault.keyops import JOB_PERIOD, finish_epochs, rotate_and_expire
 from workers.context import JobContext
-from workers.registry import periodic
+from workers.registry import nothing_to_undo, periodic
 
 log = logging.getLogger("vault.worker.keys")
 
 
 # Hourly, though rotation is measured in days: the period is the slack between a KEK
 # version passing the backup window and its destruction, which receipts promise.
-@periodic("keys.rotate", every=timedelta(hours=1), time_limit=timedelta(minutes=30))
+@periodic("keys.rotate", every=JOB_PERIOD, time_limit=timedelta(minutes=30),
+          on_dead=nothing_to_undo("each step re-reads the versions; the next period resumes a rotation"))
 async def rotate_keys(ctx: JobContext, payload: dict) -> None:
     """Rotate each tenant's KEK when due and destroy versions past the backup window.
 
@@ -30,11 +32,31 @@ async def rotate_keys(ctx: JobContext, payload: dict) -> None:
         except Exception:
             log.exception("KEK upkeep failed", extra={"tenant_id": tenant.id})
             failed += 1
+    try:
+        await finish_epochs(ctx.runtime, now=utcnow())
+    except Exception:
+        log.exception("finishing root-key destructions failed")
+        failed += 1
     if failed:
         raise VaultError(f"KEK upkeep failed for {failed} tenant(s); see the log")
 
 
-@periodic("audit.checkpoint", every=timedelta(hours=1), time_limit=timedelta(minutes=10))
+@periodic("audit.checkpoint", every=timedelta(hours=1), time_limit=timedelta(minutes=10),
+          on_dead=nothing_to_undo("a checkpoint is one insert; the next period signs the head"))
 async def checkpoint_audit(ctx: JobContext, payload: dict) -> None:
     """Sign every tenant's audit-chain head (skipped where it has not moved)."""
     await checkpoint_all(ctx.runtime)
+
+
+# Every 5 minutes: an erasure never waits on readers for its WAL checkpoints (a backup
+# holding a snapshot would stall it and every writer behind it), so this finishes them
+# once the reader has gone. Cheap when there is nothing to do.
+@periodic("shred.checkpoint", every=timedelta(minutes=5), time_limit=timedelta(minutes=2),
+          on_dead=nothing_to_undo("the rows are already deleted; the next period checkpoints again"))
+async def finish_shreds(ctx: JobContext, payload: dict) -> None:
+    """Remove the old page images of shredded keys and erased rows from both databases:
+    key store (WAL checkpoint / VACUUM) and metadata (SQLite WAL checkpoint)."""
+    keys_done = await ctx.runtime.keys.finish_shreds()
+    metadata_done = await ctx.runtime.db.checkpoint()
+    if not (keys_done and metadata_done):
+        log.info("clean-up after a shred is still pending (a reader holds an older snapshot)")

@@ -6,15 +6,23 @@ from datetime import timedelta
 
 from vault.errors import MediaRejected
 from vault.media import video
-from workers.context import JobContext
-from workers.registry import job
+from workers.context import DeadJobContext, JobContext
+from workers.registry import job, nothing_to_undo
 
 
-@job(video.FINISH_JOB, time_limit=timedelta(hours=2), max_attempts=4, no_retry=(MediaRejected,))
+async def fail_video(ctx: DeadJobContext, payload: dict) -> None:
+    """Dead (worker lost after the last attempt, say): the video becomes ``failed`` and
+    its original, with metadata and location, is shredded."""
+    await video.fail_dead(ctx, payload["media_id"])
+
+
+@job(video.FINISH_JOB, time_limit=timedelta(hours=2), max_attempts=4, no_retry=(MediaRejected,), on_dead=fail_video)
 async def finish_video(ctx: JobContext, payload: dict) -> None:
     await video.finish_video(ctx, payload["media_id"])
 
 
-@job(video.SHRED_JOB, time_limit=timedelta(minutes=5), max_attempts=10)
+@job(video.SHRED_JOB, time_limit=timedelta(minutes=5), max_attempts=10,
+     on_dead=nothing_to_undo("the blob's row is gone already: the leftover sweep (storage.sweep_leftovers) "
+                             "shreds its key in the ledger and deletes it after the grace"))
 async def shred_blob(ctx: JobContext, payload: dict) -> None:
     await video.shred_blob(ctx, payload["tenant_id"], payload["patient_id"], payload["blob_id"])

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from workers.context import JobContext
-from workers.registry import periodic
+from workers.registry import nothing_to_undo, periodic
 
 
-@periodic("releases.shred_expired", every=timedelta(minutes=15), time_limit=timedelta(minutes=10))
+@periodic("releases.shred_expired", every=timedelta(minutes=15), time_limit=timedelta(minutes=10),
+          on_dead=nothing_to_undo("each shred commits alone; the next period takes the rest"))
 async def shred_expired_renditions(ctx: JobContext, payload: dict) -> None:
     # Each shred commits on its own and is idempotent, so a rerun after a crash is harmless.
     await ctx.runtime.releases.shred_expired()

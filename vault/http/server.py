@@ -1,0 +1,155 @@
+"""The HTTP server around the app: aiohttp's connection handler with a header-read
+timeout and JSON answers for requests its parser refuses.
+
+aiohttp (3.14) has neither of these: a client may take as long as it likes to send a
+request head (only the keep-alive timer, 75 s by default, ever closes such a connection),
+and a request the parser refuses (a header over 8190 bytes, a malformed line) gets a
+plain-text 400 that echoes the start of the offending line — for an oversized
+``Authorization`` header, the start of a bearer token — and logs it with a traceback.
+
+:class:`VaultRunner` is an ``AppRunner`` whose connections are :class:`VaultRequestHandler`;
+``vault serve`` (:func:`run`) and the tests' client fixture both use it, so what is tested
+is what runs. Body reads have their own timeout (:mod:`vault.http.bodies`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from vault.http.jsonio import json_response
+
+log = logging.getLogger("vault.http")
+
+#: aiohttp's run_app default; a bare AppRunner would keep idle connections for an hour
+KEEPALIVE_TIMEOUT = 75.0
+
+
+class VaultRequestHandler(RequestHandler):
+    """One client connection.
+
+    The header timer (as hyper's ``header_read_timeout``) starts when the connection is
+    made, and on a kept-alive connection at the first byte of the next request; it stops
+    when the parser has a whole request head. When it fires the connection is closed
+    without an answer: the client is not reading one. An idle kept-alive connection is
+    left to the keep-alive timer, so client connection pools keep working.
+    """
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        # start() waits on _waiter only between requests: bytes arriving then begin a head.
+        if data and self._header_timer is None and self._waiter is not None:
+            self._arm_header_timer()
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:  # a whole head (or a parse error) came out
+            self._cancel_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self._loop.call_later(self._header_timeout, self._header_timed_out)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self._request_in_progress or self._messages:
+            return
+        log.info("request head timeout", extra={"timeout_s": self._header_timeout})
+        self.force_close()
+
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        """aiohttp's last-resort answer: for requests its parser refuses, and for anything
+        that escaped the middlewares. JSON in the error shape of the API, echoing nothing;
+        the log gets the status and the exception's class, never its text (which may
+        hold the start of a header)."""
+        if isinstance(exc, ConnectionError):
+            # The client went away, or a middleware cut off a response that had started.
+            log.info("client abort", extra={"status": 499})
+            raise ConnectionResetError("client abort") from None
+        log.warning("request refused", extra={"status": status, "reason": type(exc).__name__ if exc else None})
+        if request.writer.output_size > 0:
+            raise ConnectionResetError("a response had started; the connection is cut")
+        if status < 500:
+            body = {"error": "bad_request", "message": "the request could not be parsed", "details": {}}
+        else:
+            body = {"error": "internal", "message": "internal error", "details": {}}
+        response = json_response(body, status=status)
+        response.force_close()
+        return response
+
+
+class VaultServer(web.Server):
+    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.header_timeout = header_timeout
+
+    def __call__(self) -> RequestHandler:
+        return VaultRequestHandler(self, loop=self._loop, header_timeout=self.header_timeout, **self._kwargs)
+
+
+class VaultRunner(web.AppRunner):
+    """``web.AppRunner`` serving connections with :class:`VaultRequestHandler`; the
+    header timeout comes from the app's settings."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT)
+        # A client that goes away does not cancel its handler at whatever await it is at
+        # (half a transaction, half an audit write): the handler sees the reset at its
+        # next read or write and ends as a client abort. aiohttp's test server asks for
+        # cancellation; serving and testing must behave alike.
+        kwargs["handler_cancellation"] = False
+        super().__init__(app, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        from vault.appkeys import SETTINGS
+
+        server = await super()._make_server()  # starts the app; carries aiohttp's handler options
+        return VaultServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            header_timeout=self.app[SETTINGS].http_header_timeout,
+            **server._kwargs,
+        )
+
+
+def run(app: web.Application, *, host: str, port: int) -> None:
+    """``vault serve``: like ``web.run_app``, with :class:`VaultRunner`. SIGINT and SIGTERM
+    stop it gracefully (aiohttp's ``GracefulExit``)."""
+
+    async def serve() -> None:
+        runner = VaultRunner(app, handle_signals=True, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(serve())
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass

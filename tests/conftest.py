@@ -17,6 +17,19 @@ from tests.support.moto import MotoEndpoint, moto_server
 os.environ.setdefault("VAULT_LOG_LEVEL", "WARNING")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _keyrings_in_the_test_folder(tmp_path_factory) -> Iterator[None]:
+    """The embedded default keeps its root keyring under XDG_DATA_HOME (outside the data
+    folder); the CLI tests' subprocesses must not leave keyrings in the user's home."""
+    previous = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def moto() -> Iterator[MotoEndpoint]:
     # boto3 must never pick up a developer's real credentials or config in tests.

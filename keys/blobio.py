@@ -171,7 +171,7 @@ class SegmentCipher:
     def _nonce(self, index: int, last: bool) -> bytes:
         return self._prefix + _NONCE_TAIL.pack(index, last)
 
-    def seal(self, index: int, last: bool, plain: bytes | memoryview) -> bytes:
+    def seal(self, index: int, last: bool, plain: bytes | bytearray | memoryview) -> bytes:
         return self._aead.encrypt(self._nonce(index, last), plain, self._aad)
 
     def seal_into(
@@ -180,7 +180,7 @@ class SegmentCipher:
         """``out`` must be exactly ``len(plain) + 16`` bytes."""
         self._aead.encrypt_into(self._nonce(index, last), plain, self._aad, out)
 
-    def open(self, index: int, last: bool, cipher: bytes | memoryview) -> bytes:
+    def open(self, index: int, last: bool, cipher: bytes | bytearray | memoryview) -> bytes:
         try:
             return self._aead.decrypt(self._nonce(index, last), cipher, self._aad)
         except InvalidTag:

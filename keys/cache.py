@@ -11,16 +11,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+# ("kek", tenant, version), ("dek", tenant, patient, ...), ("obj", tenant, patient, object, ...)
+CacheKey = tuple[Hashable, ...]
+
 
 class KeyCache:
     def __init__(self, *, ttl: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.size = size
         self._clock = clock
-        self._entries: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
         self.hits = self.misses = 0  # plain counters: vault/metrics.py exports them, keys/ stays Prometheus-free
 
-    def get(self, key: Hashable) -> bytes | None:
+    def get(self, key: CacheKey) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
@@ -34,7 +37,7 @@ class KeyCache:
         self.hits += 1
         return value
 
-    def put(self, key: Hashable, value: bytes) -> None:
+    def put(self, key: CacheKey, value: bytes) -> None:
         if self.ttl <= 0 or self.size <= 0:
             return
         self._entries[key] = (self._clock() + self.ttl, value)
@@ -42,10 +45,10 @@ class KeyCache:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-    def evict(self, key: Hashable) -> None:
+    def evict(self, key: CacheKey) -> None:
         self._entries.pop(key, None)
 
-    def evict_where(self, predicate: Callable[[Hashable], bool]) -> int:
+    def evict_where(self, predicate: Callable[[CacheKey], bool]) -> int:
         """Evict every entry whose key matches; linear, but the cache is small and bounded."""
         doomed = [key for key in self._entries if predicate(key)]
         for key in doomed:

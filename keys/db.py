@@ -131,6 +131,8 @@ async def sqlite_checkpoint(engine: AsyncEngine, *, wait_ms: int = 100) -> bool:
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
+        if driver is None:  # only an invalidated connection has none
+            raise RuntimeError("the pooled SQLite connection has no driver connection")
         await driver.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
         try:
             cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -71,7 +71,7 @@ class RootEpochs(KeyHierarchy):
                 value = await conn.scalar(sa.select(keystore_info.c.value).where(keystore_info.c.name == "instance_id"))
             if value is None:
                 raise KeysError("the key store has no instance id: run its migrations")
-            self._instance = value
+            self._instance: str = value
         return self._instance
 
     async def _create_root_version(self, kind: str, tenant_id: str | None, label: str) -> dict[str, Any]:

@@ -4,13 +4,17 @@ found here and shredded through the shred ledger. Ids and times only."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from keys.models import object_keys
+
+if TYPE_CHECKING:
+    from keys.store import KeyStore
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,7 @@ class ObjectKeyRow:
     created_at: datetime
 
 
-def _rows(result) -> list[ObjectKeyRow]:
+def _rows(result: Iterable[sa.Row[Any]]) -> list[ObjectKeyRow]:
     return [ObjectKeyRow(object_id=r.object_id, tenant_id=r.tenant_id, patient_id=r.patient_id, created_at=r.created_at)
             for r in result]
 
@@ -29,7 +33,7 @@ def _rows(result) -> list[ObjectKeyRow]:
 _COLUMNS = (object_keys.c.object_id, object_keys.c.tenant_id, object_keys.c.patient_id, object_keys.c.created_at)
 
 
-async def object_keys_page(store, *, after: str, limit: int, created_before: datetime) -> list[ObjectKeyRow]:
+async def object_keys_page(store: KeyStore, *, after: str, limit: int, created_before: datetime) -> list[ObjectKeyRow]:
     """Object keys created before ``created_before``, by object id after ``after``."""
     query = (sa.select(*_COLUMNS)
              .where(object_keys.c.object_id > after, object_keys.c.created_at < created_before)
@@ -38,7 +42,7 @@ async def object_keys_page(store, *, after: str, limit: int, created_before: dat
         return _rows(await conn.execute(query))
 
 
-async def object_key_owners(store, object_ids: Collection[str]) -> dict[str, ObjectKeyRow]:
+async def object_key_owners(store: KeyStore, object_ids: Collection[str]) -> dict[str, ObjectKeyRow]:
     """The key rows of these object ids (those that still have a key)."""
     ids = sorted(set(object_ids))
     if not ids:

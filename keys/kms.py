@@ -102,12 +102,14 @@ class AwsKmsEpochs:
     async def wrap(self, version_id: str, plaintext: bytes, context: Mapping[str, str]) -> bytes:
         response = await self._call("Encrypt", self._client.encrypt, KeyId=self._key(version_id),
                                     Plaintext=plaintext, EncryptionContext=_context(version_id, context))
-        return response["CiphertextBlob"]
+        wrapped: bytes = response["CiphertextBlob"]
+        return wrapped
 
     async def unwrap(self, version_id: str, blob: bytes, context: Mapping[str, str]) -> bytes:
         response = await self._call("Decrypt", self._client.decrypt, KeyId=self._key(version_id),
                                     CiphertextBlob=blob, EncryptionContext=_context(version_id, context))
-        return response["Plaintext"]
+        plaintext: bytes = response["Plaintext"]
+        return plaintext
 
     async def destroy_version(self, version_id: str) -> datetime:
         key = self._key(version_id)

@@ -124,5 +124,6 @@ def metadata_for(schema: str | None) -> sa.MetaData:
     """These tables in a real schema (``None`` on SQLite), for migration drift checks."""
     target = sa.MetaData()
     for table in metadata.sorted_tables:
-        table.to_metadata(target, schema=schema)
+        # None means "the target's schema" (none) at run time; the stub only admits a str.
+        table.to_metadata(target, schema=schema)  # type: ignore[arg-type]
     return target

@@ -57,7 +57,7 @@ class KekRotation(RootEpochs):
         if not rows:
             raise KeyNotFound("tenant has no key hierarchy")
         return [
-            KekVersion(r.version, r.state, aware(r.created_at), aware(r.destroyed_at), int(r.dek_count),  # type: ignore[arg-type]
+            KekVersion(r.version, r.state, aware(r.created_at), aware(r.destroyed_at), int(r.dek_count),
                        r.root_version, aware(r.destroy_after))
             for r in rows
         ]
@@ -87,7 +87,7 @@ class KekRotation(RootEpochs):
             return version
         raise KeysError("KEK rotation kept losing races with other rotations")
 
-    async def _install_version(self, conn: Any, tenant_id: str, version: int, wrapped: bytes, epoch: dict) -> None:
+    async def _install_version(self, conn: Any, tenant_id: str, version: int, wrapped: bytes, epoch: dict[str, Any]) -> None:
         await conn.execute(
             tenant_keks.update()
             .where(tenant_keks.c.tenant_id == tenant_id, tenant_keks.c.state == "active")

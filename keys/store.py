@@ -17,6 +17,7 @@ import secrets
 import unicodedata
 import uuid
 from collections.abc import Iterable
+from typing import Any
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -121,7 +122,8 @@ class KeyStore(KekRotation):
         """Create the patient's DEK if absent and return its id; refused once the patient is erased."""
         existing = await self._dek_row(tenant_id, patient_id)
         if existing is not None:
-            return existing.dek_id
+            existing_id: str = existing.dek_id
+            return existing_id
         await self._kek(tenant_id, await self._current_version(tenant_id))  # warm it outside the lock
         async with self._writer.begin() as conn:
             version = await self._lock_tenant(conn, tenant_id)
@@ -400,6 +402,8 @@ class KeyStore(KekRotation):
             except sa_exc.IntegrityError:
                 pass  # another node created it first; use theirs
             row = await self._signing_row()
+            if row is None:
+                raise KeysError("the service signing key was neither created nor found")
         private = Ed25519PrivateKey.from_private_bytes(
             await self._root_unwrap(row.root_version, row.wrapped, _SIGNING_CONTEXT))
         if _public_pem(private) != row.public_key_pem:
@@ -410,7 +414,7 @@ class KeyStore(KekRotation):
     async def public_key_pem(self) -> str:
         return _public_pem(await self.signing_key())
 
-    async def _signing_row(self) -> sa.Row | None:
+    async def _signing_row(self) -> sa.Row[Any] | None:
         async with self._reader.connect() as conn:
             result = await conn.execute(sa.select(service_keys).where(service_keys.c.name == _SIGNING_KEY))
             return result.first()

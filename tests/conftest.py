@@ -108,11 +108,11 @@ async def client(app, aiohttp_client):
 def make_clinic(client):
     import secrets
 
-    from vault.appkeys import TENANTS
+    from vault.appkeys import RUNTIME
     from vault.permissions import ROLES
 
     async def make() -> Clinic:
-        tenants = client.server.app[TENANTS]
+        tenants = client.server.app[RUNTIME].tenants
         slug = "clinic-" + secrets.token_hex(4)
         tenant = await tenants.create_tenant(slug, request_id="test")
         clinic = Clinic(slug=slug, id=tenant.id)

@@ -71,3 +71,22 @@ def test_face_model_path_must_exist(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
     assert Settings.from_env({"VAULT_DATA_DIR": str(tmp_path), "VAULT_FACE_MODEL": str(model)}).face_model == Path(model)
+
+
+def test_readme_configuration_table_lists_every_variable():
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(VAULT_[A-Z0-9_]+)` \|", readme, flags=re.MULTILINE))
+    declared = {var.name for var in Settings.variables().values()}
+    assert documented - declared == set(), "in README's table but not in Settings"
+    assert declared - documented == set(), "in Settings but not in README's table"
+
+
+def test_each_default_is_the_one_from_env_uses(tmp_path):
+    # Defaults live on the fields only: an empty environment gives the same settings as
+    # building the object with the derived values alone.
+    s = Settings.from_env({"VAULT_DATA_DIR": str(tmp_path)})
+    built = Settings(data_dir=s.data_dir, database_url=s.database_url, keystore_url=s.keystore_url,
+                     storage_url=s.storage_url, root_key_url=s.root_key_url)
+    assert s == built

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from tests.shredding.support import fetch_all, new_patient, run_cli, upload_photo
-from vault.appkeys import AUDIT, KEYS
+from vault.appkeys import RUNTIME
 from vault.config import Settings
 from vault.errors import ConfigError
 
@@ -27,7 +27,7 @@ async def _photos(client, clinic, n: int = 2) -> dict[str, dict]:
 
 
 async def _actions(client, clinic, prefix: str = "keys.") -> list[tuple[str, str, str]]:
-    entries = await client.server.app[AUDIT].entries(clinic.id, limit=1000)
+    entries = await client.server.app[RUNTIME].audit.entries(clinic.id, limit=1000)
     return [(e.action, e.actor, e.outcome) for e in entries if e.action.startswith(prefix)]
 
 
@@ -42,7 +42,7 @@ async def test_rotation_keeps_every_object_readable(client, clinic, settings, mo
     assert "rewrapping patient keys" in rotated.err  # the progress bar
     for media_id, got in before.items():
         assert await fetch_all(client, clinic, media_id) == got
-    versions = await client.server.app[KEYS].kek_versions(clinic.id)
+    versions = await client.server.app[RUNTIME].keys.kek_versions(clinic.id)
     assert [(v.version, v.state, v.dek_count) for v in versions] == [(1, "retired", 0), (2, "active", 2)]
     listing = await run_cli(settings, "keys", "versions", "--tenant", clinic.slug, monkeypatch=monkeypatch)
     assert listing.code == 0
@@ -53,7 +53,7 @@ async def test_rotation_keeps_every_object_readable(client, clinic, settings, mo
 
 async def test_destroying_a_kek_version_is_refused_while_any_dek_uses_it(client, clinic, settings, monkeypatch):
     before = await _photos(client, clinic)
-    keys = client.server.app[KEYS]
+    keys = client.server.app[RUNTIME].keys
     with pytest.raises(Interrupted):
         await keys.rotate_kek(clinic.id, progress=_interrupt)
     assert [(v.version, v.dek_count) for v in await keys.kek_versions(clinic.id)] == [(1, 2), (2, 0)]
@@ -96,18 +96,21 @@ async def test_unknown_tenant_is_a_clear_error(client, settings, monkeypatch):
 
 
 async def test_periodic_upkeep_rotates_when_due_and_destroys_versions_past_the_backup_window(client, clinic, settings):
-    from vault.keyops import rotate_and_expire
+    from vault.keyops import KeyOperations, rotate_and_expire
     from vault.runtime import runtime
 
     before = await _photos(client, clinic, n=1)
-    keys = client.server.app[KEYS]
+    keys = client.server.app[RUNTIME].keys
     created = (await keys.kek_versions(clinic.id))[0].created_at
     async with runtime(settings, group_commit=False) as rt:
-        quiet = await rotate_and_expire(rt, clinic.id, now=created + timedelta(days=settings.kek_rotation_days - 1))
+        ops = KeyOperations(keys=rt.keys, audit=rt.audit, ledger=rt.ledger)
+        periods = {"rotate_after": timedelta(days=settings.kek_rotation_days),
+                   "backup_window": timedelta(days=settings.backup_window_days)}
+        quiet = await rotate_and_expire(ops, clinic.id, now=created + timedelta(days=settings.kek_rotation_days - 1), **periods)
         assert (quiet.rotated_to, quiet.destroyed) == (None, ())
-        due = await rotate_and_expire(rt, clinic.id, now=created + timedelta(days=settings.kek_rotation_days))
+        due = await rotate_and_expire(ops, clinic.id, now=created + timedelta(days=settings.kek_rotation_days), **periods)
         assert (due.rotated_to, due.rewrapped, due.destroyed) == (2, 1, ())
-        expired = await rotate_and_expire(rt, clinic.id, now=created + timedelta(days=settings.backup_window_days + 1))
+        expired = await rotate_and_expire(ops, clinic.id, now=created + timedelta(days=settings.backup_window_days + 1), **periods)
         # both versions are past the window then: v2 is rotated out first, then v1 and v2 go
         assert (expired.rotated_to, expired.destroyed) == (3, (1, 2))
     versions = await keys.kek_versions(clinic.id)
@@ -119,7 +122,7 @@ async def test_periodic_upkeep_rotates_when_due_and_destroys_versions_past_the_b
 
 
 def test_the_periodic_jobs_are_declared():
-    from workers.registry import load
+    from workers.jobs import load
 
     schedule = load().schedule
     assert schedule["keys.rotate"] == timedelta(hours=1) and schedule["audit.checkpoint"] == timedelta(hours=1)

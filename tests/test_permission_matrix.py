@@ -181,9 +181,9 @@ async def test_missing_or_bad_tokens_are_401(client, header):
 
 
 async def test_revoked_token_is_401(client, clinic):
-    from vault.appkeys import TENANTS
+    from vault.appkeys import RUNTIME
 
-    tenants = client.server.app[TENANTS]
+    tenants = client.server.app[RUNTIME].tenants
     issued = await tenants.create_token(clinic.slug, "records", label="to revoke", request_id="t")
     headers = {"Authorization": f"Bearer {issued.token}"}
     assert (await client.get("/v1/patients", headers=headers)).status == 200

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from vault.appkeys import DB, RUNTIME
+from vault.appkeys import RUNTIME
 from vault.actor import Actor
 from vault.db import utcnow
 from vault.errors import Conflict
@@ -26,11 +26,11 @@ async def _erase(client, clinic) -> dict:
 async def test_receipt_date_is_the_schedule_and_finality_follows_destruction(client, clinic):
     app = client.server.app
     rt = app[RUNTIME]
-    await beat(app[DB], "test-finality-worker", kinds=3)  # a worker runs the periodic key jobs
+    await beat(app[RUNTIME].db, "test-finality-worker", kinds=3)  # a worker runs the periodic key jobs
     try:
         signed = await _erase(client, clinic)
     finally:
-        await forget(app[DB], "test-finality-worker")
+        await forget(app[RUNTIME].db, "test-finality-worker")
     receipt = signed["receipt"]
     public = (await (await client.get("/v1/erasure-receipts/public-key")).json())["public_key_pem"]
     assert verify_receipt(receipt, signed["signature"], public)
@@ -48,16 +48,16 @@ async def test_receipt_date_is_the_schedule_and_finality_follows_destruction(cli
 
     # The periodic job does nothing early; the operator needs --force inside the window.
     actor = Actor.cli(clinic.id, "test")
-    ops = KeyOperations.of(rt)
+    ops = _ops(rt)
     await ops.rotate(clinic.id, actor=actor)
-    assert (await rotate_and_expire(rt, clinic.id, now=utcnow())).destroyed == ()
+    assert (await _upkeep(rt, clinic.id, now=utcnow())).destroyed == ()
     try:
         await ops.destroy_version(clinic.id, 1, actor=actor)
         raise AssertionError("destroying an epoch inside the window needs force")
     except Conflict as exc:
         assert "--force" in str(exc)
     # At its date the job destroys it (one job period early at most), and finality is signed.
-    upkeep = await rotate_and_expire(rt, clinic.id, now=v1.destroy_after - timedelta(minutes=30))
+    upkeep = await _upkeep(rt, clinic.id, now=v1.destroy_after - timedelta(minutes=30))
     assert 1 in upkeep.destroyed and upkeep.rotated_to == 3  # v2 is due too, by then
     final = await (await client.get(url, headers=clinic.auth("erasure"))).json()
     assert final["finality"]["final"] is True and "checked_at" not in final["finality"]
@@ -81,8 +81,8 @@ async def test_verify_receipt_online(client, clinic, settings, tmp_path, monkeyp
     pending = await run_cli(settings, "keys", "verify-receipt", str(path), "--online", monkeypatch=monkeypatch)
     assert pending.code == 3 and "not final yet" in pending.out, pending.out + pending.err
     actor = Actor.cli(clinic.id, "test")
-    await KeyOperations.of(rt).rotate(clinic.id, actor=actor)
-    await KeyOperations.of(rt).destroy_version(clinic.id, 1, actor=actor, force=True)
+    await _ops(rt).rotate(clinic.id, actor=actor)
+    await _ops(rt).destroy_version(clinic.id, 1, actor=actor, force=True)
     final = await run_cli(settings, "keys", "verify-receipt", str(path), "--online", monkeypatch=monkeypatch)
     assert final.code == 0 and "final: every epoch" in final.out, final.out + final.err
 
@@ -90,8 +90,18 @@ async def test_verify_receipt_online(client, clinic, settings, tmp_path, monkeyp
 async def test_forced_destruction_inside_the_window(client, clinic):
     rt = client.server.app[RUNTIME]
     actor = Actor.cli(clinic.id, "test")
-    ops = KeyOperations.of(rt)
+    ops = _ops(rt)
     await ops.rotate(clinic.id, actor=actor)
     assert await ops.destroy_version(clinic.id, 1, actor=actor, force=True) is not None
     (v1, _v2) = await rt.keys.kek_versions(clinic.id)
     assert v1.state == "destroyed"
+
+
+def _ops(rt) -> KeyOperations:
+    return KeyOperations(keys=rt.keys, audit=rt.audit, ledger=rt.ledger)
+
+
+async def _upkeep(rt, tenant_id: str, *, now):
+    """The periodic job's step for one tenant, with the settings' periods."""
+    return await rotate_and_expire(_ops(rt), tenant_id, now=now, rotate_after=timedelta(days=rt.settings.kek_rotation_days),
+                                   backup_window=timedelta(days=rt.settings.backup_window_days))

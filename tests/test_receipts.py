@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keys.signing import key_fingerprint, sign_document
 from tests.shredding.support import new_patient, run_cli, upload_photo
-from vault.appkeys import DB, KEYS
+from vault.appkeys import RUNTIME
 from vault.db import utcnow
 from vault.receipts import build_erasure_receipt, patient_ref, sign_receipt, verify_receipt
 from vault.shredding.service import shred_patient
@@ -42,12 +42,12 @@ def _edits(receipt: dict) -> list[tuple[str, dict]]:
 async def _erase(client, clinic, settings) -> tuple[str, str, dict]:
     """(patient id, its DEK id, the signed receipt of its erasure)."""
     app = client.server.app
-    keys = app[KEYS]
+    keys = app[RUNTIME].keys
     patient_id = await new_patient(client, clinic)
     await upload_photo(client, clinic, patient_id)
     dek_id = (await keys.patient_key(clinic.id, patient_id)).dek_id
     requested = utcnow()
-    destroyed = await shred_patient(app[DB], keys, clinic.id, patient_id, cause="erasure")
+    destroyed = await shred_patient(app[RUNTIME].db, keys, clinic.id, patient_id, cause="erasure")
     receipt = build_erasure_receipt(
         tenant_id=clinic.id,
         patient_ref=await patient_ref(keys, clinic.id, patient_id),
@@ -92,7 +92,7 @@ async def test_receipt_verifies_with_the_published_key_and_fails_when_any_field_
 
 
 async def test_a_signature_for_another_document_type_is_no_receipt(client, clinic):
-    keys = client.server.app[KEYS]
+    keys = client.server.app[RUNTIME].keys
     pem = await keys.public_key_pem()
     checkpoint_like = {"type": "audit_checkpoint", "tenant_id": clinic.id, "seq": 3, "hash": "ab" * 32}
     signed = sign_document(checkpoint_like, private_key=await keys.signing_key())
@@ -100,7 +100,7 @@ async def test_a_signature_for_another_document_type_is_no_receipt(client, clini
 
 
 async def test_patient_ref_is_stable_keyed_per_tenant_and_hides_the_id(client, clinic, other_clinic):
-    keys = client.server.app[KEYS]
+    keys = client.server.app[RUNTIME].keys
     patient_id = await new_patient(client, clinic)
     ref = await patient_ref(keys, clinic.id, patient_id)
     assert ref.startswith("hmac-sha256:") and len(ref) == len("hmac-sha256:") + 64

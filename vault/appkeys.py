@@ -1,34 +1,22 @@
-"""Typed application keys: the clients and services that ``create_app`` opens."""
+"""The composition root's typed application keys: what ``create_app`` opens for itself.
+
+Each domain's own service key lives in its HTTP module (``PATIENTS`` in
+``vault/patients/views.py`` and so on) and is filled by that domain's ``setup(app)``;
+handlers read only their domain's key, never :data:`RUNTIME`.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from keys.store import KeyStore
-    from vault.audit.service import AuditLog
-    from vault.config import Settings
-    from vault.runtime import Runtime
-    from vault.db import Database
-    from vault.media.service import MediaService
-    from vault.patients.service import PatientService
-    from vault.treatments.service import TreatmentService
-    from vault.tenants.service import TenantService
+from vault.config import Settings
+from vault.http.limits import UploadLimits
+from vault.metrics import METRICS  # noqa: F401 - defined beside Metrics, which imports no key of ours
+from vault.readiness import Readiness
+from vault.runtime import Runtime
 
-SETTINGS = web.AppKey("settings", "Settings")
-RUNTIME = web.AppKey("runtime", "Runtime")
-DB = web.AppKey("db", "Database")
-AUDIT = web.AppKey("audit", "AuditLog")
-KEYS = web.AppKey("keys", "KeyStore")
-STORE = web.AppKey("store", Any)
-TENANTS = web.AppKey("tenants", "TenantService")
-PATIENTS = web.AppKey("patients", "PatientService")
-TREATMENTS = web.AppKey("treatments", "TreatmentService")
-MEDIA = web.AppKey("media", "MediaService")
-CONSENTS = web.AppKey("consents", Any)  # vault.consent.service.ConsentService
-RELEASES = web.AppKey("releases", Any)  # vault.consent.releases.ReleaseService
-WEBHOOKS = web.AppKey("webhooks", Any)  # vault.webhooks.service.WebhookService
-METRICS = web.AppKey("metrics", Any)
-UPLOAD_LIMITS = web.AppKey("upload_limits", Any)  # vault.http.limits.UploadLimits
+SETTINGS = web.AppKey("settings", Settings)
+# Read by the composition root only: app.py, the domains' setup hooks and the in-process worker.
+RUNTIME = web.AppKey("runtime", Runtime)
+UPLOAD_LIMITS = web.AppKey("upload_limits", UploadLimits)
+READINESS = web.AppKey("readiness", Readiness)

@@ -117,12 +117,11 @@ def cmd_token_revoke(settings: Settings, args) -> int:
 
 
 def cmd_audit_verify(settings: Settings, args) -> int:
-    from vault.audit.checkpoints import Checkpoints
 
     async def action(rt):
         tenants = [await rt.tenants.tenant_by_slug(args.tenant)] if args.tenant else await rt.tenants.tenants()
         failed = 0
-        checkpoints = Checkpoints(rt.db, rt.audit, rt.keys)
+        checkpoints = rt.checkpoints
         for tenant in tenants:
             result = await checkpoints.verify(tenant.id)
             if result.ok:
@@ -162,9 +161,9 @@ def cmd_jobs_list(settings: Settings, args) -> int:
 
 
 def cmd_permissions(settings: Settings, args) -> int:
-    from vault.permissions import markdown_table
+    from vault.permissions import markdown_document, markdown_table
 
-    print(markdown_table(), end="")
+    print(markdown_document() if args.markdown else markdown_table(), end="")
     return 0
 
 
@@ -317,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_keys.add_keys_commands(sub)
 
     perms = sub.add_parser("permissions", help="print the role table as Markdown")
+    perms.add_argument("--markdown", action="store_true", help="the whole of docs/permissions.md, not only the table")
     perms.set_defaults(func=cmd_permissions)
 
     worker = sub.add_parser("worker", help="run background jobs until SIGTERM/SIGINT")

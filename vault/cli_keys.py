@@ -17,7 +17,7 @@ from vault.config import Settings
 def _ops(rt):
     from vault.keyops import KeyOperations
 
-    return KeyOperations.of(rt)
+    return KeyOperations(keys=rt.keys, audit=rt.audit, ledger=rt.ledger)
 
 
 def _bar():
@@ -186,11 +186,11 @@ async def _service_public_key(settings: Settings) -> str:
 
 # -- audit --------------------------------------------------------------------------------
 def cmd_audit_checkpoint(settings: Settings, args) -> int:
-    from vault.audit.checkpoints import Checkpoints, checkpoint_document
+    from vault.audit.checkpoints import checkpoint_document
 
     async def action(rt):
         tenants = [await rt.tenants.tenant_by_slug(args.tenant)] if args.tenant else await rt.tenants.tenants()
-        checkpoints = Checkpoints(rt.db, rt.audit, rt.keys)
+        checkpoints = rt.checkpoints
         for tenant in tenants:
             cp = await checkpoints.checkpoint(tenant.id)
             if cp is None:

@@ -21,7 +21,6 @@ must never carry patient data, key material or tokens: they reach clients and lo
     │   ├── IdempotencyConflict (409 idempotency_conflict)
     │   └── NotReady (409 not_ready)
     ├── RequestTimeout (408 request_timeout)   -- the body stopped arriving; the connection is closed
-    ├── PreconditionFailed (412 precondition_failed)
     ├── TooManyUploads (429 too_many_uploads, retryable)
     ├── Busy (503 busy, retryable)             -- a node-wide upload or memory limit is full
     ├── RangeNotSatisfiable (416 range_not_satisfiable)
@@ -101,10 +100,6 @@ class IdempotencyConflict(Conflict):
 
 class NotReady(Conflict):
     code, default_message = "not_ready", "the media is not ready"
-
-
-class PreconditionFailed(VaultError):
-    status, code, default_message = 412, "precondition_failed", "precondition failed"
 
 
 class RequestTimeout(VaultError):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from keys.errors import KeyInUse, KeyNotFound
 from keys.rotation import KekVersion, Progress
@@ -24,9 +23,6 @@ from vault.audit.service import AuditEvent, AuditLog
 from vault.db import utcnow
 from vault.errors import Conflict, NotFound
 from vault.shredding.service import ShredLedger
-
-if TYPE_CHECKING:
-    from vault.runtime import Runtime
 
 log = logging.getLogger("vault.keys")
 
@@ -46,10 +42,6 @@ class KeyOperations:
         self.keys = keys
         self.audit = audit
         self.ledger = ledger
-
-    @classmethod
-    def of(cls, runtime: Runtime) -> KeyOperations:
-        return cls(keys=runtime.keys, audit=runtime.audit, ledger=runtime.ledger)
 
     async def versions(self, tenant_id: str, *, actor: Actor) -> list[KekVersion]:
         try:
@@ -137,26 +129,27 @@ class KekUpkeep:
     kept: tuple[int, ...] = field(default=())  # old enough, but still wrapping DEKs
 
 
-async def rotate_and_expire(runtime: Runtime, tenant_id: str, *, now: datetime, request_id: str = "job") -> KekUpkeep:
-    """Rotate the tenant's KEK when due, then destroy versions older than the backup window."""
-    settings = runtime.settings
-    ops = KeyOperations.of(runtime)
+async def rotate_and_expire(ops: KeyOperations, tenant_id: str, *, now: datetime, rotate_after: timedelta,
+                            backup_window: timedelta, request_id: str = "job") -> KekUpkeep:
+    """Rotate the tenant's KEK once its current version is ``rotate_after`` old
+    (``VAULT_KEK_ROTATION_DAYS``), then destroy versions older than ``backup_window``
+    (``VAULT_BACKUP_WINDOW``, for legacy versions without a recorded date)."""
     actor = scheduler(tenant_id, request_id)
-    versions = await runtime.keys.kek_versions(tenant_id)
+    versions = await ops.keys.kek_versions(tenant_id)
     current = _current(versions)
     rotated_to, rewrapped = None, 0
-    if now - current.created_at >= timedelta(days=settings.kek_rotation_days):
+    if now - current.created_at >= rotate_after:
         rotated_to, rewrapped = await ops.rotate(tenant_id, actor=actor)
     elif any(v.dek_count for v in versions if v.version != current.version):
         rewrapped = await ops.rewrap(tenant_id, actor=actor)  # an interrupted rotation
-    window = timedelta(days=settings.backup_window_days)
-    versions = await runtime.keys.kek_versions(tenant_id)
+    versions = await ops.keys.kek_versions(tenant_id)
     current = _current(versions)
-    destroyed, kept = [], []
+    destroyed: list[int] = []
+    kept: list[int] = []
     for v in versions:
         # Each epoch's date was fixed when it was created (legacy versions: the window);
         # one job period early, so that the date a receipt signed is kept.
-        due = (v.destroy_after or v.created_at + window) - JOB_PERIOD
+        due = (v.destroy_after or v.created_at + backup_window) - JOB_PERIOD
         if v.state == DESTROYED or v.version == current.version or now < due:
             continue
         try:
@@ -170,10 +163,10 @@ async def rotate_and_expire(runtime: Runtime, tenant_id: str, *, now: datetime, 
     return KekUpkeep(rotated_to=rotated_to, rewrapped=rewrapped, destroyed=tuple(destroyed), kept=tuple(kept))
 
 
-async def finish_epochs(runtime: Runtime, *, now: datetime) -> list[str]:
+async def finish_epochs(keys: KeyStore, *, now: datetime) -> list[str]:
     """Destroy root-key versions nothing live refers to any more: the legacy key once its
     date has passed, and any epoch whose destruction a crash interrupted."""
-    return await runtime.keys.finish_root_destructions(at=now + JOB_PERIOD)
+    return await keys.finish_root_destructions(at=now + JOB_PERIOD)
 
 
 def _current(versions: list[KekVersion]) -> KekVersion:

@@ -36,7 +36,6 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
 from vault import errors
-from vault.appkeys import METRICS
 from vault.instruments import PROCESS  # noqa: F401 - rendered beside the app's registry
 
 log = logging.getLogger("vault.metrics")
@@ -65,14 +64,25 @@ class Metrics:
                            registry=r)
         self.state = StateCollector()
         r.register(self.state)
+        self._source: Any = None
 
     def observe_readiness(self, report) -> None:
         for check in report.checks:
             self.ready.labels(check.name).set(1 if check.status == "ok" else 0)
 
-    async def render(self, runtime: Any) -> bytes:
-        await self.state.refresh(runtime)
+    def bind(self, source: Any) -> None:
+        """The open services the scrape-time reads use (``db``, ``keys``, ``media``,
+        ``settings``): set by the composition root once its runtime is open, so the
+        ``/metrics`` handler needs no runtime of its own."""
+        self._source = source
+
+    async def render(self, runtime: Any = None) -> bytes:
+        await self.state.refresh(runtime if runtime is not None else self._source)
         return generate_latest(self.registry) + generate_latest(PROCESS)
+
+
+# Beside the class, not in vault/appkeys.py: that module imports this one for the type.
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def make_metrics_middleware(route_template):

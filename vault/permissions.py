@@ -3,8 +3,9 @@
 Every route the service registers must appear here (a test enforces it); a route
 missing from the table is refused to every role. Access is decided in this order:
 role (403, here), then tenant and ownership (404, in the domain services), then
-the consent gate. The table is rendered into docs/permissions.md by
-``vault permissions --markdown`` and checked by the permission-matrix test.
+the consent gate. ``vault permissions`` prints the table; ``vault permissions
+--markdown`` prints the whole of docs/permissions.md (:func:`markdown_document`), and
+tests/test_permissions_doc.py fails when the checked-in file differs from it.
 """
 
 from __future__ import annotations
@@ -108,3 +109,27 @@ def markdown_table() -> str:
             cells = ["✓" if role in roles else "" for role in ROLES]
         lines.append(f"| {method} | `{path}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+_INTRO = """\
+# Who may do what
+
+Generated from `vault/permissions.py` by `vault permissions --markdown > docs/permissions.md`
+— the one place access by role is decided; a test fails when this file and the table
+differ. Access is decided in this order: role (403), then tenant and ownership (404:
+another clinic's resource never shows it exists), then the consent gate. A route missing
+from the table is refused to every role, and a test walks every registered route × role ×
+own/other tenant against this table.
+
+`admin` configures the tenant and never reads patient data. Tokens are created by
+operators on the command line (`vault token create`), each naming a person or system.
+Routes marked `public` take no role: health, readiness, the OpenAPI document and the
+receipts' public key; `/metrics` (its own token, `VAULT_METRICS_TOKEN`); and signed links,
+whose signature is the authorisation (release thumbnails, video playback).
+
+"""
+
+
+def markdown_document() -> str:
+    """docs/permissions.md: what the table means, then the table."""
+    return _INTRO + markdown_table()

@@ -60,9 +60,6 @@ class Report:
             return "unavailable"
         return DEGRADED if any(check.status == DEGRADED for check in self.checks) else OK
 
-    def as_json(self) -> dict:
-        return {"status": self.status, "checks": {check.name: check.code for check in self.checks}}
-
 
 class Readiness:
     def __init__(

@@ -1,6 +1,10 @@
 """Open every client and service the vault needs, in dependency order, and close
 them in reverse. Used by the app factory (as a cleanup context), the CLI and
-workers, so all three run on the same wiring."""
+workers, so all three run on the same wiring.
+
+:class:`Runtime` is the composition root's container: the app factory, the domains'
+``setup`` hooks, the CLI and the job adapters in ``workers/jobs/`` read it; every
+service below is built from explicit parts and never receives it."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from urllib.parse import unquote, urlsplit
 from keys.keyring import FileKeyring
 from keys.providers import open_root_key
 from keys.store import KeyStore, holds_keys
+from vault.audit.checkpoints import Checkpoints
+from vault.audit.reads import AuditReads
 from vault.audit.service import AuditLog
 from vault.config import Settings
 from vault.consent.releases import ReleaseService
@@ -27,7 +33,9 @@ from vault.patients.service import PatientService
 from vault.readiness import Readiness
 from vault.leftovers.leases import WriteLeases
 from vault.sealed import SealedBlobs
+from vault.shredding.receipts import ReceiptService
 from vault.shredding.service import ShredLedger
+from vault.storage.base import BlobStore
 from vault.storage import open_store
 from vault.tenants.service import TenantService
 from vault.treatments.service import TreatmentService
@@ -42,7 +50,7 @@ class Runtime:
     db: Database
     audit: AuditLog
     keys: KeyStore
-    store: object
+    store: BlobStore
     sealed: SealedBlobs
     ledger: ShredLedger
     tenants: TenantService
@@ -53,7 +61,10 @@ class Runtime:
     consents: ConsentService
     releases: ReleaseService
     readiness: Readiness
+    checkpoints: Checkpoints
+    audit_reads: AuditReads
     lifecycle: Lifecycle = field(init=False)  # built from the services above
+    receipts: ReceiptService = field(init=False)  # answers finality through lifecycle.erasure
 
 
 def legacy_root_key_file(settings: Settings) -> Path:
@@ -118,6 +129,7 @@ async def runtime(
         sealed = SealedBlobs(keys, store, ledger=ledger, leases=leases)
         patients = PatientService(db, audit, keys)
         webhooks = WebhookService(db, audit, keys, allow_http_loopback=settings.webhooks_allow_http_loopback)
+        checkpoints = Checkpoints(db, audit, keys)
         rt = Runtime(
             settings=settings,
             db=db,
@@ -134,9 +146,12 @@ async def runtime(
             consents=ConsentService(db, audit, keys, sealed, patients, webhooks),
             releases=ReleaseService(db, audit, keys, sealed, patients, pipeline, public_url=settings.public_url),
             readiness=Readiness(db=db, keys=keys, store=store),
+            checkpoints=checkpoints,
+            audit_reads=AuditReads(audit, checkpoints),
         )
         rt.lifecycle = Lifecycle.build(
             settings, db=db, audit=audit, keys=keys, ledger=ledger, sealed=sealed, store=store, patients=patients,
             treatments=rt.treatments, media=rt.media, consents=rt.consents, webhooks=webhooks,
         )
+        rt.receipts = ReceiptService(keys, rt.lifecycle.erasure)
         yield rt

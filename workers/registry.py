@@ -5,8 +5,8 @@ may run again after a crash) and commits its effect through ``ctx.transaction()`
 (see :class:`workers.context.JobContext`). Its options are typed and checked at
 import::
 
-    @job("media.process_video", time_limit=timedelta(minutes=30), max_attempts=3, on_dead=fail_video)
-    async def process_video(ctx: JobContext, payload: dict) -> None: ...
+    @job("media.finish_video", time_limit=timedelta(hours=2), max_attempts=4, on_dead=fail_video)
+    async def finish_video(ctx: JobContext, payload: dict) -> None: ...
 
     @periodic("retention.sweep", every=timedelta(hours=1), time_limit=timedelta(minutes=10),
               on_dead=nothing_to_undo("the next period sweeps again"))
@@ -20,17 +20,18 @@ worker lost on the last attempt — and again by reconcile jobs, so it must be
 idempotent; or :func:`nothing_to_undo` with the reason, so nobody forgets to think
 about it. A dead handler gets a :class:`workers.context.DeadJobContext`.
 
-The worker imports the modules listed in :data:`workers.jobs.MODULES` — the explicit
-list of job modules — plus ``Settings.worker_imports`` (``VAULT_WORKER_IMPORTS``), a
-hook for tests and extensions.
+The worker loads jobs with :func:`workers.jobs.load`: it imports the modules listed in
+:data:`workers.jobs.MODULES` — the explicit list of job modules — plus
+``Settings.worker_imports`` (``VAULT_WORKER_IMPORTS``), a hook for tests and extensions.
+Imports run one way: job modules import this module for ``job``/``periodic``, and this
+module imports no job module.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -175,19 +176,14 @@ class Registry:
 
     def schedule_for(self, settings: Settings) -> dict[str, timedelta]:
         """Every periodic kind and its period under these settings."""
-        return {name: spec.period(settings) for name, spec in self._specs.items() if spec.every is not None}
+        periods = {}
+        for name, spec in self._specs.items():
+            period = spec.period(settings)
+            if period is not None:
+                periods[name] = period
+        return periods
 
 
 registry = Registry()
 job = registry.job
 periodic = registry.periodic
-
-
-def load(extra: Iterable[str] = ()) -> Registry:
-    """Import every job module (the explicit list, then ``extra``) and return the
-    registry they declared their jobs in."""
-    from workers.jobs import MODULES
-
-    for module in (*MODULES, *extra):
-        importlib.import_module(module)
-    return registry

@@ -32,7 +32,8 @@ from vault.jobs.queue import ClaimedJob, LeaseLost, claim, complete, describe_er
 from vault.jobs.schedule import enqueue_due
 from vault.runtime import Runtime, runtime as open_runtime
 from workers.context import DeadJobContext, JobContext
-from workers.registry import JobSpec, NothingToUndo, Registry, load
+from workers.jobs import load
+from workers.registry import JobSpec, NothingToUndo, Registry
 
 log = logging.getLogger("vault.worker")
 T = TypeVar("T")
@@ -120,8 +121,8 @@ class Worker:
     async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_grace
-        pending = {task for task in tasks if not task.done()}
-        forced = asyncio.ensure_future(self._force.wait())
+        pending: set[asyncio.Future[Any]] = {task for task in tasks if not task.done()}
+        forced: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
         try:
             while pending and not self._force.is_set() and (remaining := deadline - loop.time()) > 0:
                 _, pending = await asyncio.wait(pending | {forced}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)

@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import text
 
 from vault.actor import Actor
-from vault.appkeys import AUDIT, DB
+from vault.appkeys import RUNTIME
 from vault.audit.service import AuditEvent
 
 
@@ -35,7 +35,7 @@ async def test_every_read_is_chained_and_verifies(client, clinic):
 
 
 async def _sql(client, sql: str, **params) -> None:
-    async with client.server.app[DB].transaction() as session:
+    async with client.server.app[RUNTIME].db.transaction() as session:
         await session.execute(text(sql), params)
 
 
@@ -53,7 +53,7 @@ async def _sql(client, sql: str, **params) -> None:
 async def test_tampering_is_detected(client, clinic, tamper, bad_seq):
     await _make_entries(client, clinic)
     assert (await _verify(client, clinic))["ok"]
-    head_seq = (await client.server.app[AUDIT].head(clinic.id))[0]
+    head_seq = (await client.server.app[RUNTIME].audit.head(clinic.id))[0]
     await _sql(client, tamper, t=clinic.id)
     result = await _verify(client, clinic)
     assert result["ok"] is False
@@ -79,7 +79,7 @@ async def test_recomputing_one_hash_still_breaks_the_link(client, clinic):
 
 
 async def test_group_commit_writes_every_entry(client, clinic):
-    audit = client.server.app[AUDIT]
+    audit = client.server.app[RUNTIME].audit
     actor = Actor(clinic.id, "t", "auditor", "r")
     before_seq = (await audit.head(clinic.id))[0]
     before_commits = audit.commits
@@ -94,7 +94,7 @@ async def test_denials_are_audited_with_ids_only(client, clinic, other_clinic):
     assert resp.status == 404
     resp = await client.get("/v1/audit", headers=clinic.auth("records"))
     assert resp.status == 403
-    entries = await client.server.app[AUDIT].entries(clinic.id, limit=1000)
+    entries = await client.server.app[RUNTIME].audit.entries(clinic.id, limit=1000)
     outcomes = {(e.action, e.outcome) for e in entries}
     assert ("GET /v1/patients/{patient_id}", "not_found") in outcomes
     assert ("GET /v1/audit", "forbidden") in outcomes

@@ -10,7 +10,7 @@ from sqlalchemy import select, text, update
 
 from keys.signing import verify_document
 from tests.shredding.support import run_cli
-from vault.appkeys import AUDIT, DB, KEYS
+from vault.appkeys import RUNTIME
 from vault.audit.checkpoints import Checkpoints, checkpoint_all
 from vault.audit.models import AuditCheckpoint, AuditEntry, AuditHead
 from vault.audit.service import canonical, chain_hash, genesis_hash
@@ -18,7 +18,7 @@ from vault.audit.service import canonical, chain_hash, genesis_hash
 
 def _checkpoints(client) -> Checkpoints:
     app = client.server.app
-    return Checkpoints(app[DB], app[AUDIT], app[KEYS])
+    return Checkpoints(app[RUNTIME].db, app[RUNTIME].audit, app[RUNTIME].keys)
 
 
 async def _entries(client, clinic, n: int) -> None:
@@ -61,7 +61,7 @@ async def test_checkpoints_sign_the_head_and_verify(client, clinic):
     await _entries(client, clinic, 3)
     checkpoints = _checkpoints(client)
     cp = await checkpoints.checkpoint(clinic.id)
-    assert (cp.seq, cp.hash) == await client.server.app[AUDIT].head(clinic.id)
+    assert (cp.seq, cp.hash) == await client.server.app[RUNTIME].audit.head(clinic.id)
     assert (await checkpoints.checkpoint(clinic.id)).signature == cp.signature  # head unmoved: same checkpoint
     await _entries(client, clinic, 2)
     later = await checkpoints.checkpoint(clinic.id)
@@ -75,9 +75,9 @@ async def test_truncation_with_the_head_moved_back_is_detected(client, clinic, k
     app = client.server.app
     await _entries(client, clinic, 5)
     cp = await _checkpoints(client).checkpoint(clinic.id)
-    await _truncate(app[DB], clinic.id, cp.seq - keep_back)
+    await _truncate(app[RUNTIME].db, clinic.id, cp.seq - keep_back)
 
-    assert (await app[AUDIT].verify(clinic.id)).ok  # the chain alone is fooled
+    assert (await app[RUNTIME].audit.verify(clinic.id)).ok  # the chain alone is fooled
     result = await _checkpoints(client).verify(clinic.id)
     assert not result.ok
     assert result.first_bad_seq == cp.seq - keep_back + 1
@@ -90,16 +90,16 @@ async def test_a_fully_recomputed_chain_is_detected(client, clinic):
     await _entries(client, clinic, 4)
     cp = await _checkpoints(client).checkpoint(clinic.id)
     await _entries(client, clinic, 2)
-    await _edit_and_recompute(app[DB], clinic.id, seq=cp.seq - 2)
+    await _edit_and_recompute(app[RUNTIME].db, clinic.id, seq=cp.seq - 2)
 
-    assert (await app[AUDIT].verify(clinic.id)).ok  # consistent hashes: the chain alone is fooled
+    assert (await app[RUNTIME].audit.verify(clinic.id)).ok  # consistent hashes: the chain alone is fooled
     result = await _checkpoints(client).verify(clinic.id)
     assert not result.ok and result.first_bad_seq == cp.seq
     assert "differs from its signed checkpoint" in result.reason
 
     # moving the checkpoint to the new hash breaks its signature instead
-    new_hash = (await app[AUDIT].entries(clinic.id, after_seq=cp.seq - 1, limit=1))[0].hash
-    async with app[DB].transaction() as s:
+    new_hash = (await app[RUNTIME].audit.entries(clinic.id, after_seq=cp.seq - 1, limit=1))[0].hash
+    async with app[RUNTIME].db.transaction() as s:
         await s.execute(update(AuditCheckpoint).where(AuditCheckpoint.tenant_id == clinic.id,
                                                       AuditCheckpoint.seq == cp.seq).values(hash=new_hash))
     result = await _checkpoints(client).verify(clinic.id)
@@ -113,11 +113,11 @@ async def test_checkpoint_and_verify_from_the_cli(client, clinic, settings, monk
     assert made.code == 0, made.err
     exported = json.loads(made.out.strip().splitlines()[-1])
     assert exported["checkpoint"]["type"] == "audit_checkpoint"
-    assert verify_document(exported["checkpoint"], exported["signature"], await app[KEYS].public_key_pem())
+    assert verify_document(exported["checkpoint"], exported["signature"], await app[RUNTIME].keys.public_key_pem())
 
     ok = await run_cli(settings, "audit", "verify", "--tenant", clinic.slug, monkeypatch=monkeypatch)
     assert ok.code == 0 and "1 signed checkpoints" in ok.out
-    await _truncate(app[DB], clinic.id, exported["checkpoint"]["seq"] - 1)
+    await _truncate(app[RUNTIME].db, clinic.id, exported["checkpoint"]["seq"] - 1)
     broken = await run_cli(settings, "audit", "verify", "--tenant", clinic.slug, monkeypatch=monkeypatch)
     assert broken.code == 1 and f"BROKEN at entry {exported['checkpoint']['seq']}" in broken.out
 
@@ -126,9 +126,10 @@ async def test_checkpoint_all_signs_each_moved_head_once(client, clinic, other_c
     from vault.runtime import runtime
 
     async with runtime(settings, group_commit=False) as rt:
-        assert await checkpoint_all(rt) >= 2
-        assert await checkpoint_all(rt) == 0
+        tenants = [t.id for t in await rt.tenants.tenants()]
+        assert await checkpoint_all(rt.checkpoints, tenants) >= 2
+        assert await checkpoint_all(rt.checkpoints, tenants) == 0
         await _entries(client, clinic, 1)
-        assert await checkpoint_all(rt) == 1
+        assert await checkpoint_all(rt.checkpoints, tenants) == 1
     for tenant in (clinic, other_clinic):
         assert (await _checkpoints(client).verify(tenant.id)).ok

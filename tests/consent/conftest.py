@@ -12,7 +12,7 @@ from sqlalchemy import update
 
 from tests.pipeline import samples
 from tests.pipeline.conftest import exiftool  # noqa: F401  (shared fixture)
-from vault.appkeys import DB
+from vault.appkeys import RUNTIME
 
 
 def plain_jpeg(color=(120, 90, 60), size=(96, 64)) -> bytes:
@@ -76,7 +76,7 @@ class Api:
 
     async def set(self, model, row_id: str, **values) -> None:
         """Change a row behind the API's back: time passing, or another issue's feature."""
-        async with self.client.server.app[DB].transaction() as session:
+        async with self.client.server.app[RUNTIME].db.transaction() as session:
             await session.execute(update(model).where(model.id == row_id).values(**values))
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from tests.consent.conftest import plain_jpeg
-from vault.appkeys import DB, SETTINGS, TENANTS
+from vault.appkeys import RUNTIME, SETTINGS
 from vault.audit.models import AuditEntry
 from vault.consent.models import ConsentRecord
 
@@ -31,7 +31,7 @@ def _b64(data: bytes) -> str:
 
 
 async def _token_id(client, clinic, role: str) -> str:
-    tokens = await client.server.app[TENANTS].tokens(clinic.slug)
+    tokens = await client.server.app[RUNTIME].tenants.tokens(clinic.slug)
     return next(t.id for t, _ in tokens if t.role == role)
 
 
@@ -54,7 +54,7 @@ async def test_record_read_history_with_sealed_notes_and_evidence(api, client, c
     assert resp.status == 200 and resp.content_type == "application/pdf" and await resp.read() == form
 
     # Neither the notes nor the form are stored in the clear anywhere.
-    async with client.server.app[DB].session() as session:
+    async with client.server.app[RUNTIME].db.session() as session:
         row = (await session.execute(select(ConsentRecord).where(ConsentRecord.id == made["id"]))).scalar_one()
     assert NOTE.encode() not in row.notes
     stored = [p.read_bytes() for p in client.server.app[SETTINGS].data_dir.rglob("*") if p.is_file()]
@@ -144,6 +144,6 @@ async def test_withdrawal_is_a_new_event_and_returns_the_recall_list(api, client
     assert [e["kind"] for e in history] == ["grant", "withdrawal", "withdrawal"]
     assert history[0]["withdrawn_purposes"] == ["education", "social_media"]
 
-    async with client.server.app[DB].session() as session:
+    async with client.server.app[RUNTIME].db.session() as session:
         actions = set((await session.execute(select(AuditEntry.action).where(AuditEntry.tenant_id == clinic.id))).scalars())
     assert {"consent.record", "consent.withdraw", "release.create", "consent.list"} <= actions

@@ -18,7 +18,8 @@ from sqlalchemy import select
 from tests.consent.conftest import face_jpeg
 from tests.pipeline.leaks import identifying_tags, planted_markers
 from keys.errors import KeyDestroyed, KeyNotFound
-from vault.appkeys import DB, KEYS, RELEASES, RUNTIME, TENANTS
+from vault.appkeys import RUNTIME
+from vault.consent.views import RELEASES
 from vault.audit.models import AuditEntry
 from vault import signedurls
 from vault.consent.models import ConsentRecord, Release
@@ -189,10 +190,10 @@ async def test_signed_thumbnails_are_bound_and_checked(api, client, clinic, othe
     assert (await client.get(path, params={k: v for k, v in query.items() if k != "signature"})).status == 422
 
     # An expired signature, then a revoked token: refused even with a valid signature.
-    expired = await signedurls.sign(client.server.app[KEYS], clinic.id, purpose="release-thumbnail:education",
+    expired = await signedurls.sign(client.server.app[RUNTIME].keys, clinic.id, purpose="release-thumbnail:education",
                                     resource=f"{photo['id']}:deidentified", token_id=query["token"], expires_at=utcnow())
     assert (await client.get(path, params={**query, **expired.query()})).status == 410
-    tenants = client.server.app[TENANTS]
+    tenants = client.server.app[RUNTIME].tenants
     await tenants.revoke_token(query["token"], request_id="test")
     assert (await client.get(path, params=query)).status == 403
 
@@ -215,7 +216,7 @@ async def test_marketing_reaches_no_other_media_path_and_other_tenants_get_404(a
     resp = await client.get("/v1/releases", params={"patient_id": pid}, headers=other_clinic.auth("dpo"))
     assert resp.status == 404
     # A colleague's token cannot spend someone else's link.
-    colleague = await client.server.app[TENANTS].create_token(clinic.slug, "marketing", label="colleague", request_id="t")
+    colleague = await client.server.app[RUNTIME].tenants.create_token(clinic.slug, "marketing", label="colleague", request_id="t")
     resp = await client.get(urlsplit(release["download_url"]).path, headers={"Authorization": f"Bearer {colleague.token}"})
     assert resp.status == 403
     assert (await download(client, clinic, release)).status == 200
@@ -242,7 +243,7 @@ async def test_release_list_for_recall_and_its_audit(api, client, clinic):
 
     await download(client, clinic, one)
     await client.get("/v1/releasable", headers=clinic.auth("marketing"))
-    async with client.server.app[DB].session() as session:
+    async with client.server.app[RUNTIME].db.session() as session:
         rows = (await session.execute(select(AuditEntry).where(AuditEntry.tenant_id == clinic.id))).scalars().all()
     actions = [r.action for r in rows]
     assert {"release.create", "release.download", "release.list", "release.list_releasable"} <= set(actions)
@@ -275,7 +276,7 @@ async def test_unused_redacted_renditions_are_shredded(api, client, clinic):
     grant = await api.consent(pid, identifiable=False)
     expiring, recalled = await api.release(first["id"]), await api.release(second["id"])
     blobs = {}
-    async with client.server.app[DB].session() as session:
+    async with client.server.app[RUNTIME].db.session() as session:
         for r in (expiring, recalled):
             blobs[r["id"]] = (await session.get(Release, r["id"])).blob_id
     assert all(blobs.values())
@@ -283,12 +284,12 @@ async def test_unused_redacted_renditions_are_shredded(api, client, clinic):
     await api.set(Release, expiring["id"], expires_at=PAST)
     assert await client.server.app[RELEASES].shred_expired() >= 1
     await api.withdraw(grant["id"])  # the recalled, never downloaded rendition goes at once
-    async with client.server.app[DB].session() as session:
+    async with client.server.app[RUNTIME].db.session() as session:
         for r in (expiring, recalled):
             assert (await session.get(Release, r["id"])).blob_id is None
     for blob_id in blobs.values():  # destroyed: no node can decrypt them any more
         with pytest.raises((KeyDestroyed, KeyNotFound)):
-            await client.server.app[KEYS].object_key(clinic.id, pid, blob_id)
+            await client.server.app[RUNTIME].keys.object_key(clinic.id, pid, blob_id)
 
 
 async def test_redaction_decodes_in_a_worker_and_a_failed_worker_is_a_422(api, client, clinic, monkeypatch):

@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 
 from tests.pipeline.samples import jpeg_with_everything
 from tests.pipeline.videos import make_video
-from vault.appkeys import DB
+from vault.appkeys import RUNTIME
 from vault.tenants.models import ApiToken
 
 HANG = 30  # seconds: a generous bound that only a hung request reaches
@@ -30,7 +30,7 @@ async def new_patient(client, clinic) -> str:
 
 
 async def counts(client, settings) -> tuple[int, int, int]:
-    async with client.server.app[DB].session() as s:
+    async with client.server.app[RUNTIME].db.session() as s:
         media = (await s.execute(text("SELECT COUNT(*) FROM media"))).scalar()
         blobs = (await s.execute(text("SELECT COUNT(*) FROM media_blobs"))).scalar()
     folder = settings.data_dir / "blobs"
@@ -104,7 +104,7 @@ async def test_uppercase_media_id_in_signed_urls_is_4xx(client, clinic):
     resp = await client.get(path.upper().replace("/V1/PLAYBACK/", "/v1/playback/") + "?" + query)
     assert resp.status == 403 and (await resp.json())["error"] == "forbidden"
 
-    async with client.server.app[DB].session() as s:
+    async with client.server.app[RUNTIME].db.session() as s:
         token_id = (await s.execute(select(ApiToken.id).where(ApiToken.tenant_id == clinic.id).limit(1))).scalar()
     resp = await client.get(f"/v1/releasable/{media_id.upper()}/thumbnail", params={
         "purpose": "education", "rendition": "original", "token": token_id, "expires": "4102444800", "signature": "0" * 64})

@@ -80,7 +80,7 @@ async def test_logs_carry_route_templates_never_ids_refs_or_tokens(client, clini
 
 
 async def test_unexpected_errors_are_generic_500_without_trace(client, clinic, monkeypatch):
-    from vault.appkeys import PATIENTS
+    from vault.patients.views import PATIENTS
 
     async def boom(*a, **k):
         raise RuntimeError("secret detail Ada Lovelace")

@@ -47,7 +47,7 @@ class LiveServer:
         import secrets
 
         from vault.app import create_app
-        from vault.appkeys import TENANTS
+        from vault.appkeys import RUNTIME
         from vault.http.server import VaultRunner
 
         self.app = create_app(self.settings)
@@ -55,7 +55,7 @@ class LiveServer:
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()
         self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        tenants = self.app[TENANTS]
+        tenants = self.app[RUNTIME].tenants
         slug = "fuzz-" + secrets.token_hex(4)
         await tenants.create_tenant(slug, request_id="fuzz")
         for role in ROLES:

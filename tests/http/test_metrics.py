@@ -8,7 +8,7 @@ import secrets
 
 from tests.pipeline.samples import small_jpeg
 from tests.support.metrics import METRICS_AUTH, METRICS_TOKEN, families, referenced_metrics
-from vault.appkeys import DB
+from vault.appkeys import RUNTIME
 from vault.jobs.models import DEAD, Job
 from vault.jobs.queue import enqueue
 
@@ -42,7 +42,7 @@ async def test_metrics_do_not_exist_without_a_token(settings, aiohttp_client):
 
 
 async def test_every_family_is_filled_after_a_mixed_load(client, clinic):
-    db = client.server.app[DB]
+    db = client.server.app[RUNTIME].db
     kind = "test.metrics-" + secrets.token_hex(3)
     async with db.transaction() as session:  # a queued job and a dead one, of a kind no worker runs
         await enqueue(session, kind, {})

@@ -20,7 +20,8 @@ from vault.lifecycle.exports import BUILD_EXPORT
 from vault.lifecycle.models import Export
 from vault.media.models import FAILED, Media, MediaBlob
 from vault.media.video import FINISH_JOB, SHRED_JOB
-from workers.registry import NothingToUndo, load
+from workers.jobs import load
+from workers.registry import NothingToUndo
 
 
 def test_every_kind_declares_its_dead_path():

@@ -27,7 +27,7 @@ from vault.lifecycle.models import Export
 from vault.media.models import FAILED, READY, Media, MediaBlob
 from vault.media.video import FINISH_JOB, SOURCE
 from vault.patients.models import ERASED, Patient
-from workers.registry import load
+from workers.jobs import load
 
 FAR = datetime(9999, 1, 1).astimezone()
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from tests.pipeline.leaks import identifying_tags, planted_markers
 from tests.pipeline.samples import heic_with_everything, jpeg_with_everything, png_with_everything, webp_with_everything
-from vault.appkeys import DB
+from vault.appkeys import RUNTIME
 
 SAMPLES = {
     "jpeg": (lambda: jpeg_with_everything(orientation=6), "image/jpeg"),
@@ -116,7 +116,7 @@ async def test_range_requests_return_exact_slices(client, clinic):
 
 
 async def _counts(client, blobs_dir) -> tuple[int, int, int]:
-    async with client.server.app[DB].session() as s:
+    async with client.server.app[RUNTIME].db.session() as s:
         media = (await s.execute(text("SELECT COUNT(*) FROM media"))).scalar()
         blobs = (await s.execute(text("SELECT COUNT(*) FROM media_blobs"))).scalar()
     files = sum(1 for p in blobs_dir.rglob("*") if p.is_file()) if blobs_dir.exists() else 0
@@ -163,9 +163,7 @@ async def test_over_the_size_cap_is_413(aiohttp_client, settings, make_clinic):
 
     small = settings.replace(max_photo_bytes=50_000)
     client = await aiohttp_client(create_app(small))
-    from vault.appkeys import TENANTS
-
-    tenants = client.server.app[TENANTS]
+    tenants = client.server.app[RUNTIME].tenants
     slug = "cap-" + secrets.token_hex(3)
     await tenants.create_tenant(slug, request_id="t")
     token = (await tenants.create_token(slug, "practitioner", label="t", request_id="t")).token

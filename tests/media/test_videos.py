@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from tests.pipeline.leaks import identifying_video_tags
 from tests.pipeline.videos import make_video
 from tests.support.jobs import drain
-from vault.appkeys import DB, RUNTIME
+from vault.appkeys import RUNTIME
 from vault.jobs.models import Job
 from vault.media.models import MediaBlob
 
@@ -65,7 +65,7 @@ async def test_video_is_processing_then_stripped_ready_and_seekable(client, clin
         assert part.status == 206 and await part.read() == expected
 
     # the original with its metadata does not survive: no source row, its key and blob gone
-    async with client.server.app[DB].session() as s:
+    async with client.server.app[RUNTIME].db.session() as s:
         renditions = set((await s.execute(select(MediaBlob.rendition).where(MediaBlob.media_id == media["id"]))).scalars())
     assert renditions == {"original", "thumb256", "thumb1024"}
 
@@ -83,13 +83,13 @@ async def test_bad_video_bodies_are_4xx_and_leave_nothing(client, clinic, settin
     pid = await new_patient(client, clinic)
     blobs = settings.data_dir / "blobs"
     before = sum(1 for p in blobs.rglob("*") if p.is_file()) if blobs.exists() else 0
-    async with client.server.app[DB].session() as s:
+    async with client.server.app[RUNTIME].db.session() as s:
         media_before = (await s.execute(text("SELECT COUNT(*) FROM media"))).scalar()
     resp = await upload(client, clinic, pid, body(), content_type)
     assert resp.status == status, await resp.text()
     after = sum(1 for p in blobs.rglob("*") if p.is_file()) if blobs.exists() else 0
     assert after == before
-    async with client.server.app[DB].session() as s:
+    async with client.server.app[RUNTIME].db.session() as s:
         assert (await s.execute(text("SELECT COUNT(*) FROM media"))).scalar() == media_before
 
 
@@ -132,9 +132,7 @@ async def test_signed_playback_links(client, clinic, other_clinic):
     assert (await client.post(f"/v1/media/{media['id']}/playback", headers=other_clinic.auth("records"))).status == 404
     assert (await client.post(f"/v1/media/{media['id']}/playback", headers=clinic.auth("marketing"))).status == 403
 
-    from vault.appkeys import TENANTS
-
-    tenants = client.server.app[TENANTS]
+    tenants = client.server.app[RUNTIME].tenants
     for token_id, _ in [(t.id, s) for t, s in await tenants.tokens(clinic.slug) if t.role == "records"]:
         await tenants.revoke_token(token_id, request_id="t")
     assert (await client.get(link["url"])).status == 403  # a revoked token's links die with it

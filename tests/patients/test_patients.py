@@ -3,7 +3,7 @@ import secrets
 import pytest
 from sqlalchemy import text
 
-from vault.appkeys import AUDIT, DB
+from vault.appkeys import RUNTIME
 
 
 def ref() -> str:
@@ -39,7 +39,7 @@ async def test_create_read_find_and_rectify(client, clinic):
     assert patched["display_name"] == "A. King" and patched["notes"] is None
     assert patched["external_ref"] == body["external_ref"]
 
-    actions = [e.action for e in await client.server.app[AUDIT].entries(clinic.id, limit=1000)]
+    actions = [e.action for e in await client.server.app[RUNTIME].audit.entries(clinic.id, limit=1000)]
     for action in ("patient.create", "patient.read", "patient.find", "patient.rectify"):
         assert action in actions
 
@@ -107,7 +107,7 @@ async def test_bad_bodies_are_422_and_store_nothing(client, clinic, body):
 
 
 async def _count_patients(client, clinic) -> int:
-    async with client.server.app[DB].session() as s:
+    async with client.server.app[RUNTIME].db.session() as s:
         return (await s.execute(text("SELECT COUNT(*) FROM patients WHERE tenant_id = :t"), {"t": clinic.id})).scalar()
 
 
@@ -115,12 +115,12 @@ async def test_personal_fields_are_ciphertext_in_the_database(client, clinic):
     marker = "Zebedee-" + secrets.token_hex(4)
     resp, body = await create(client, clinic, display_name=marker, notes="rosacea " + marker, date_of_birth="1999-09-09")
     pid = (await resp.json())["id"]
-    async with client.server.app[DB].session() as s:
+    async with client.server.app[RUNTIME].db.session() as s:
         row = (await s.execute(text("SELECT * FROM patients WHERE id = :i"), {"i": pid})).mappings().one()
     dumped = repr(dict(row))
     for secret in (marker, body["external_ref"], "1999-09-09"):
         assert secret not in dumped
-    audit_rows = await client.server.app[AUDIT].entries(clinic.id, limit=1000)
+    audit_rows = await client.server.app[RUNTIME].audit.entries(clinic.id, limit=1000)
     assert all(marker not in repr(vars(e)) and body["external_ref"] not in repr(vars(e)) for e in audit_rows)
 
 

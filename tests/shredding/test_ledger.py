@@ -8,7 +8,7 @@ from sqlalchemy import select, text, update
 from keys.errors import KeyDestroyed
 from keys.models import object_keys, patient_deks
 from tests.shredding.support import fetch_all, keystore_engine, new_patient, upload_photo
-from vault.appkeys import DB, KEYS, STORE
+from vault.appkeys import RUNTIME
 from vault.media.models import MediaBlob
 from vault.patients.models import ERASED, Patient
 from vault.sealed import SealedBlobs
@@ -18,7 +18,7 @@ from vault.shredding.service import ShredLedger, reconcile, shred_object, shred_
 
 def _ledger(client) -> ShredLedger:
     app = client.server.app
-    return ShredLedger(app[DB], app[KEYS])
+    return ShredLedger(app[RUNTIME].db, app[RUNTIME].keys)
 
 
 async def _blob_ids(db, media_id: str) -> list[str]:
@@ -28,7 +28,7 @@ async def _blob_ids(db, media_id: str) -> list[str]:
 
 async def _key_material(client, settings, tenant_id: str, patient_id: str, object_ids: list[str]) -> list[bytes]:
     """Every raw and wrapped key of the patient, read before the shred."""
-    keys = client.server.app[KEYS]
+    keys = client.server.app[RUNTIME].keys
     patient = await keys.patient_key(tenant_id, patient_id)
     material = [patient.key]
     for object_id in object_ids:
@@ -52,7 +52,7 @@ async def _all_ledger_cells(db) -> list[object]:
 
 async def test_patient_shred_records_every_key_id_and_no_key_bytes(client, clinic, settings):
     app = client.server.app
-    db, keys = app[DB], app[KEYS]
+    db, keys = app[RUNTIME].db, app[RUNTIME].keys
     patient_id = await new_patient(client, clinic)
     media = [await upload_photo(client, clinic, patient_id, seed=i) for i in range(2)]
     object_ids = [bid for m in media for bid in await _blob_ids(db, m)]
@@ -91,7 +91,7 @@ async def test_patient_shred_records_every_key_id_and_no_key_bytes(client, clini
 
 async def test_object_shred_leaves_the_patients_other_objects_readable(client, clinic):
     app = client.server.app
-    db, keys = app[DB], app[KEYS]
+    db, keys = app[RUNTIME].db, app[RUNTIME].keys
     patient_id = await new_patient(client, clinic)
     first, second = await upload_photo(client, clinic, patient_id, seed=1), await upload_photo(client, clinic, patient_id, seed=2)
     before = await fetch_all(client, clinic, second)
@@ -110,9 +110,9 @@ async def test_object_shred_leaves_the_patients_other_objects_readable(client, c
 
 async def test_sealed_blobs_record_deletes_and_upload_rollbacks(client, clinic):
     app = client.server.app
-    db, keys = app[DB], app[KEYS]
+    db, keys = app[RUNTIME].db, app[RUNTIME].keys
     ledger = ShredLedger(db, keys)
-    sealed = SealedBlobs(keys, app[STORE], ledger=ledger)
+    sealed = SealedBlobs(keys, app[RUNTIME].store, ledger=ledger)
     patient_id = await new_patient(client, clinic)
 
     ref = await sealed.put_bytes(clinic.id, patient_id, b"clinical bytes" * 100)
@@ -141,7 +141,7 @@ async def test_a_crash_between_shred_and_ledger_is_reconciled(client, clinic):
     """The key store commits, the process dies before the ledger row: the erased patient
     gets a marker row (its ids are gone with the keys) and is never repaired twice."""
     app = client.server.app
-    db, keys = app[DB], app[KEYS]
+    db, keys = app[RUNTIME].db, app[RUNTIME].keys
     patient_id = await new_patient(client, clinic)
     await upload_photo(client, clinic, patient_id)
     await keys.destroy_patient(clinic.id, patient_id)  # ... then kill -9
@@ -165,5 +165,5 @@ async def test_unknown_cause_is_refused_before_anything_is_destroyed(client, cli
     app = client.server.app
     patient_id = await new_patient(client, clinic)
     with pytest.raises(ValueError, match="cause"):
-        await shred_patient(app[DB], app[KEYS], clinic.id, patient_id, cause="tidy-up")
-    assert (await app[KEYS].patient_key(clinic.id, patient_id)).dek_id
+        await shred_patient(app[RUNTIME].db, app[RUNTIME].keys, clinic.id, patient_id, cause="tidy-up")
+    assert (await app[RUNTIME].keys.patient_key(clinic.id, patient_id)).dek_id

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from keys.errors import KeyDestroyed
 from keys.models import erased_patients, object_keys, patient_deks
 from tests.shredding.support import fetch_all, keystore_engine, new_patient, run_cli, upload_photo
-from vault.appkeys import AUDIT, DB, KEYS
+from vault.appkeys import RUNTIME
 from vault.media.models import MediaBlob
 from vault.patients.models import ERASED, Patient
 from vault.shredding.service import ShredLedger
@@ -87,7 +87,7 @@ async def _wrapped_dek(settings, tenant_id: str, patient_id: str) -> bytes:
 
 async def test_restored_key_store_backup_is_reshredded_from_the_ledger(client, clinic, settings, tmp_path, monkeypatch):
     app = client.server.app
-    db, keys = app[DB], app[KEYS]
+    db, keys = app[RUNTIME].db, app[RUNTIME].keys
     ledger = ShredLedger(db, keys)
     erased = await new_patient(client, clinic)  # erased through the ledger
     crashed = await new_patient(client, clinic)  # erased, then a crash lost its ledger ids
@@ -131,7 +131,7 @@ async def test_restored_key_store_backup_is_reshredded_from_the_ledger(client, c
     records = await ledger.records(clinic.id, crashed)
     assert records and all(r.key_id is not None for r in records)
     assert [r.key_id for r in records if r.kind == "patient_dek"] == [dek_ids[crashed]]
-    audited = await app[AUDIT].entries(clinic.id, action="keys.reshred")
+    audited = await app[RUNTIME].audit.entries(clinic.id, action="keys.reshred")
     assert [(e.actor, e.outcome) for e in audited] == [("cli", "ok")]
     if backup.sqlite:  # overwritten and checkpointed, not merely unlinked
         assert erased_wrapped not in backup.raw_bytes()
@@ -143,8 +143,8 @@ async def test_restored_key_store_backup_is_reshredded_from_the_ledger(client, c
 async def test_reshred_without_a_restore_removes_nothing(client, clinic, settings, monkeypatch):
     app = client.server.app
     patient_id = await new_patient(client, clinic)
-    await ShredLedger(app[DB], app[KEYS]).shred_patient(clinic.id, patient_id, cause="erasure")
-    removed = await ShredLedger(app[DB], app[KEYS]).reshred(tenant_id=clinic.id)
+    await ShredLedger(app[RUNTIME].db, app[RUNTIME].keys).shred_patient(clinic.id, patient_id, cause="erasure")
+    removed = await ShredLedger(app[RUNTIME].db, app[RUNTIME].keys).reshred(tenant_id=clinic.id)
     assert removed == {clinic.id: 0}
     engine = keystore_engine(settings)
     try:

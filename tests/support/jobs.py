@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 
 from vault.db import utcnow
 from vault.jobs.models import QUEUED, RUNNING, Job
-from workers.registry import Registry, load
+from workers.jobs import load
+from workers.registry import Registry
 from workers.runner import Worker
 
 

@@ -17,14 +17,14 @@ from tests.support.databases import fresh_database
 from tests.support.workers import no_live_workers
 from tests.support.metrics import METRICS_AUTH
 from vault.app import create_app
-from vault.appkeys import DB, RUNTIME
+from vault.appkeys import RUNTIME
 from vault.jobs.heartbeat import beat, forget
 from vault.migrate import upgrade
 
 
 async def test_ready_and_degraded_without_a_worker(client, clinic):
     app = client.server.app
-    await no_live_workers(app[DB])
+    await no_live_workers(app[RUNTIME].db)
     resp = await client.get("/readyz")
     body = await resp.json()
     assert resp.status == 200, body
@@ -37,12 +37,12 @@ async def test_ready_and_degraded_without_a_worker(client, clinic):
     assert 'vault_ready_check{check="keystore"} 1.0' in metrics
 
     name = "test-worker-" + secrets.token_hex(3)
-    await beat(app[DB], name, kinds=3)
+    await beat(app[RUNTIME].db, name, kinds=3)
     try:
         report = await app[RUNTIME].readiness.report(fresh=True)
         assert report.ready and report.status == "ok", report
     finally:
-        await forget(app[DB], name)
+        await forget(app[RUNTIME].db, name)
 
 
 async def test_wrong_root_key_is_503(client, clinic, settings, aiohttp_client, tmp_path):
@@ -91,7 +91,7 @@ async def test_schema_older_is_503_and_newer_is_fine(second_db, settings, aiohtt
     a node newer than the schema does not."""
     db = second_db
     client = await aiohttp_client(create_app(settings.replace(database_url=db.url, keystore_url=db.keystore_url)))
-    async with client.server.app[DB].transaction() as session:
+    async with client.server.app[RUNTIME].db.transaction() as session:
         await session.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": stamp})
     resp = await client.get("/readyz")
     body = await resp.json()

@@ -147,9 +147,9 @@ async def test_deliveries_are_signed_retried_and_carry_ids_only(api, client, cli
 
 
 def _db(client) -> Database:
-    from vault.appkeys import DB
+    from vault.appkeys import RUNTIME
 
-    return client.server.app[DB]
+    return client.server.app[RUNTIME].db
 
 
 async def test_a_redirect_is_never_followed(api, client, clinic, settings, aiohttp_server):

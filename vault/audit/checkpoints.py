@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import and_, select
 
@@ -36,9 +37,6 @@ from vault.audit.models import AuditCheckpoint, AuditEntry
 from vault.audit.service import AuditLog, Verification
 from vault.db import Database, utcnow
 from vault.errors import VaultError
-
-if TYPE_CHECKING:
-    from vault.runtime import Runtime
 
 log = logging.getLogger("vault.audit")
 
@@ -168,16 +166,15 @@ class Checkpoints:
         return result()
 
 
-async def checkpoint_all(runtime: Runtime) -> int:
-    """Checkpoint every tenant's chain head (the periodic job); return how many were new."""
-    checkpoints = Checkpoints(runtime.db, runtime.audit, runtime.keys)
+async def checkpoint_all(checkpoints: Checkpoints, tenant_ids: Iterable[str]) -> int:
+    """Checkpoint each tenant's chain head (the periodic job); return how many were new."""
     made, failed = 0, 0
-    for tenant in await runtime.tenants.tenants():
+    for tenant_id in tenant_ids:
         try:
-            _, created = await checkpoints._checkpoint(tenant.id)
+            _, created = await checkpoints._checkpoint(tenant_id)
         except Exception:
             # One tenant's failure must not stop the others' checkpoints.
-            log.exception("audit checkpoint failed", extra={"tenant_id": tenant.id})
+            log.exception("audit checkpoint failed", extra={"tenant_id": tenant_id})
             failed += 1
             continue
         made += created

@@ -182,7 +182,7 @@ class AuditLog:
         for event in events:
             seq += 1
             targets = json.dumps(event.targets, sort_keys=True, separators=(",", ":"))
-            fields = dict(
+            fields: dict[str, Any] = dict(
                 tenant_id=tenant_id,
                 seq=seq,
                 at=now,

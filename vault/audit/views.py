@@ -1,21 +1,32 @@
+"""HTTP layer of the audit domain: its routes, its typed key and its ``setup(app)``."""
+
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from vault.appkeys import AUDIT, DB, KEYS
-from vault.audit.checkpoints import Checkpoints
-from vault.audit.service import AuditEvent
+from vault.appkeys import RUNTIME
+from vault.audit.checkpoints import CheckedChain
+from vault.audit.reads import AuditReads, EntryView
 from vault.http.context import actor_of
 from vault.http.jsonio import json_response, parse_query
-from vault.http.routing import Endpoints
+from vault.http.routing import Endpoints, add_endpoints
 
 routes = Endpoints("audit")
+AUDIT_READS = web.AppKey("audit_reads", AuditReads)
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+def setup(app: web.Application) -> None:
+    add_endpoints(app, routes)
+    app.on_startup.append(_bind)
+
+
+async def _bind(app: web.Application) -> None:
+    app[AUDIT_READS] = app[RUNTIME].audit_reads
 
 
 class AuditQuery(BaseModel):
@@ -28,36 +39,56 @@ class AuditQuery(BaseModel):
     limit: int = Field(default=100, ge=1, le=1000)
 
 
-@routes.get("/v1/audit", summary="Read the tenant's audit log", query=AuditQuery, errors=(422,))
+class AuditEntryOut(BaseModel):
+    seq: int
+    at: str
+    actor: str
+    role: str
+    action: str
+    targets: dict[str, Any]
+    outcome: str
+    request_id: str
+    hash: str
+
+    @classmethod
+    def of(cls, e: EntryView) -> AuditEntryOut:
+        return cls(seq=e.seq, at=e.at.isoformat(), actor=e.actor, role=e.role, action=e.action, targets=e.targets,
+                   outcome=e.outcome, request_id=e.request_id, hash=e.hash)
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None
+
+
+class CheckpointsChecked(BaseModel):
+    checked: int
+    newest_seq: int | None
+
+
+class AuditVerificationOut(BaseModel):
+    ok: bool
+    checked: int
+    head_seq: int
+    first_bad_seq: int | None
+    reason: str | None
+    checkpoints: CheckpointsChecked
+
+    @classmethod
+    def of(cls, r: CheckedChain) -> AuditVerificationOut:
+        return cls(ok=r.ok, checked=r.checked, head_seq=r.chain.head_seq, first_bad_seq=r.first_bad_seq, reason=r.reason,
+                   checkpoints=CheckpointsChecked(checked=r.checkpoints, newest_seq=r.newest_checkpoint_seq))
+
+
+@routes.get("/v1/audit", summary="Read the tenant's audit log", query=AuditQuery, response=AuditPage, errors=(422,))
 async def list_audit(request: web.Request) -> web.Response:
     q = parse_query(request, AuditQuery)
-    actor = actor_of(request)
-    rows = await request.app[AUDIT].entries(
-        actor.tenant_id, after_seq=q.cursor, limit=q.limit, action=q.action, target=q.target, since=q.since, until=q.until
-    )
-    items = [
-        {
-            "seq": r.seq,
-            "at": r.at.isoformat(),
-            "actor": r.actor,
-            "role": r.role,
-            "action": r.action,
-            "targets": json.loads(r.targets),
-            "outcome": r.outcome,
-            "request_id": r.request_id,
-            "hash": r.hash,
-        }
-        for r in rows
-    ]
-    next_cursor = str(rows[-1].seq) if len(rows) == q.limit else None
-    await request.app[AUDIT].record(AuditEvent.of(actor, "audit.read", count=str(len(items))))
-    return json_response({"items": items, "next_cursor": next_cursor})
+    page = await request.app[AUDIT_READS].entries(actor_of(request), after_seq=q.cursor, limit=q.limit, action=q.action,
+                                                  target=q.target, since=q.since, until=q.until)
+    return json_response(AuditPage(items=[AuditEntryOut.of(e) for e in page.items], next_cursor=page.next_cursor))
 
 
-@routes.get("/v1/audit/verify", summary="Verify the tenant's audit hash chain and its signed checkpoints")
+@routes.get("/v1/audit/verify", summary="Verify the tenant's audit hash chain and its signed checkpoints",
+            response=AuditVerificationOut)
 async def verify_audit(request: web.Request) -> web.Response:
-    actor = actor_of(request)
-    checkpoints = Checkpoints(request.app[DB], request.app[AUDIT], request.app[KEYS])
-    result = await checkpoints.verify(actor.tenant_id)
-    await request.app[AUDIT].record(AuditEvent.of(actor, "audit.verify", outcome="ok" if result.ok else "broken"))
-    return json_response(result.as_dict())
+    return json_response(AuditVerificationOut.of(await request.app[AUDIT_READS].verify(actor_of(request))))

@@ -19,18 +19,19 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, NoReturn, cast
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import CursorResult, and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keys.store import KeyStore
 from vault import signedurls
 from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.consent import gate
 from vault.consent.models import ConsentRecord, Release
+from vault.consent.responses import ReleasePage, ReleaseView
 from vault.consent.service import facts_of, load_events, release_view, shred_rendition
 from vault.db import Database, new_id, utcnow
 from vault.errors import ConsentRequired, Forbidden, Gone, NotFound
@@ -63,16 +64,45 @@ class Download:
     claimed: bool
 
 
+@dataclass(frozen=True)
+class Releasable:
+    """One (media, purpose) the gate allows now, with the signed parameters of its
+    thumbnail; the HTTP layer makes them a URL."""
+
+    media_id: str
+    purpose: str
+    rendition: str
+    kind: str
+    phase: str
+    treatment_id: str | None
+    consent_id: str | None
+    thumbnail: signedurls.SignedParams
+    thumbnail_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class MadeRelease:
+    """A release just made; the HTTP layer adds its download URL."""
+
+    id: str
+    media_id: str
+    purpose: str
+    rendition: str
+    consent_id: str | None
+    expires_at: datetime
+
+
 class ReleaseService:
-    def __init__(self, db: Database, audit: AuditLog, keys, sealed: SealedBlobs, patients: PatientService,
-                 pipeline: PhotoPipeline, *, public_url: str | None) -> None:
+    def __init__(self, db: Database, audit: AuditLog, keys: KeyStore, sealed: SealedBlobs, patients: PatientService,
+                 pipeline: PhotoPipeline, *, public_url: str | None = None) -> None:
+        # ``public_url`` is unused (URLs are built by vault/consent/views.py); accepted
+        # until vault/runtime.py stops passing it (issue 12).
         self.db = db
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
         self.patients = patients
         self.pipeline = pipeline  # redaction runs in its decoder workers
-        self.base = (public_url or "").rstrip("/")
 
     # -- the gate with fresh rows --------------------------------------------------------
     async def _media(self, session: AsyncSession, tenant_id: str, media_id: str) -> Media:
@@ -97,11 +127,11 @@ class ReleaseService:
 
     # -- the releasable listing ----------------------------------------------------------
     async def releasable(self, actor: Actor, *, purpose: str | None, cursor: str | None,
-                         limit: int) -> tuple[list[dict[str, Any]], str | None]:
+                         limit: int) -> tuple[list[Releasable], str | None]:
         """What the gate allows now, one item per (media, purpose), paged by media id."""
         purposes = [purpose] if purpose else list(gate.PURPOSES)
         now = utcnow()
-        items: list[dict[str, Any]] = []
+        items: list[Releasable] = []
         scanned, listed, position, more = 0, 0, cursor, True
         async with self.db.session() as session:
             while more and listed < limit and scanned < _SCAN_BUDGET:
@@ -134,23 +164,15 @@ class ReleaseService:
             query = query.where(Media.id > after)
         return [(m, s) for m, s in (await session.execute(query.order_by(Media.id).limit(limit))).all()]
 
-    async def _item(self, actor: Actor, media: Media, purpose: str, decision: gate.Decision, now: datetime) -> dict[str, Any]:
+    async def _item(self, actor: Actor, media: Media, purpose: str, decision: gate.Decision, now: datetime) -> Releasable:
         rendition = decision.rendition
+        assert rendition is not None  # an allowed decision always names its rendition
         expires_at = now + THUMBNAIL_TTL
         params = await signedurls.sign(self.keys, actor.tenant_id, purpose=thumbnail_purpose(purpose),
                                        resource=f"{media.id}:{rendition}", token_id=actor.token_id, expires_at=expires_at)
-        query = urlencode({"purpose": purpose, "rendition": rendition, **params.query()})
-        return {
-            "media_id": media.id,
-            "purpose": purpose,
-            "rendition": rendition,
-            "kind": media.kind,
-            "phase": media.phase,
-            "treatment_id": media.treatment_id,
-            "consent_id": decision.consent_id,
-            "thumbnail_url": f"{self.base}/v1/releasable/{media.id}/thumbnail?{query}",
-            "thumbnail_expires_at": expires_at.isoformat(),
-        }
+        return Releasable(media_id=media.id, purpose=purpose, rendition=rendition, kind=media.kind, phase=media.phase,
+                          treatment_id=media.treatment_id, consent_id=decision.consent_id, thumbnail=params,
+                          thumbnail_expires_at=expires_at)
 
     # -- the signed thumbnail ------------------------------------------------------------
     async def thumbnail(self, *, media_id: str, purpose: str, rendition: str, params: signedurls.SignedParams,
@@ -178,14 +200,14 @@ class ReleaseService:
                                               purpose=purpose, rendition=rendition))
         return data
 
-    async def _denied(self, actor: Actor, media: Media, action: str, decision: gate.Decision) -> None:
+    async def _denied(self, actor: Actor, media: Media, action: str, decision: gate.Decision) -> NoReturn:
         reason = decision.reason if not decision.allowed else "rendition_changed"
         await self.audit.record(AuditEvent.of(actor, action, outcome="consent_required", patient_id=media.patient_id,
                                               media_id=media.id, reason=reason))
         raise ConsentRequired(details={"reason": reason})
 
     # -- releasing ---------------------------------------------------------------------------
-    async def release(self, actor: Actor, media_id: str, *, purpose: str, recipient: str) -> dict[str, Any]:
+    async def release(self, actor: Actor, media_id: str, *, purpose: str, recipient: str) -> MadeRelease:
         async with self.db.session() as session:
             media = await self._media(session, actor.tenant_id, media_id)
             decision = await self._decide(session, actor, media, purpose, utcnow())
@@ -219,29 +241,24 @@ class ReleaseService:
             if made is not None:
                 await self.sealed.destroy(made)
             raise
-        return {
-            "id": release.id,
-            "media_id": media.id,
-            "purpose": purpose,
-            "rendition": release.rendition,
-            "consent_id": release.consent_id,
-            "download_url": f"{self.base}/v1/releases/{release.id}/download",
-            "expires_at": release.expires_at.isoformat(),
-        }
+        return MadeRelease(id=release.id, media_id=media.id, purpose=purpose, rendition=release.rendition,
+                           consent_id=release.consent_id, expires_at=release.expires_at)
 
     async def _redacted(self, media: Media, original: SealedRef) -> SealedRef:
         data = await self.sealed.read(original)
         redacted = await self.pipeline.redact(data, json_boxes(media), margin=REDACTION_MARGIN,
                                               width=media.width or 0, height=media.height or 0)
         del data
-        return await self.sealed.put_bytes(media.tenant_id, media.patient_id, redacted)
+        ref: SealedRef = await self.sealed.put_bytes(media.tenant_id, media.patient_id, redacted)
+        return ref
 
     async def _redacted_thumbnail(self, thumb: bytes, media: Media) -> bytes:
         """The thumbnail redacted with the full image's boxes scaled to it; its size comes
         from its JPEG frame header (no pixel decoded here)."""
         tw, th = recheck.jpeg_dimensions(thumb)
         boxes = scale_boxes(json_boxes(media), (media.width or 0, media.height or 0), (tw, th))
-        return await self.pipeline.redact(thumb, boxes, margin=REDACTION_MARGIN, width=tw, height=th)
+        redacted: bytes = await self.pipeline.redact(thumb, boxes, margin=REDACTION_MARGIN, width=tw, height=th)
+        return redacted
 
     # -- the one-time download -----------------------------------------------------------
     async def open_download(self, actor: Actor, release_id: str, *, claim: bool = True) -> Download:
@@ -268,7 +285,7 @@ class ReleaseService:
                 claimed = await session.execute(
                     update(Release).where(Release.id == release.id, Release.downloaded_at.is_(None)).values(downloaded_at=now)
                 )
-                if claimed.rowcount != 1:
+                if cast("CursorResult[Any]", claimed).rowcount != 1:
                     raise Gone("this release was already downloaded")
             if release.rendition == gate.ORIGINAL:
                 blob = await self._blob(session, media.id, ORIGINAL)
@@ -309,7 +326,7 @@ class ReleaseService:
 
     # -- the release list (recall) ---------------------------------------------------------
     async def page(self, actor: Actor, *, media_id: str | None, patient_id: str | None, cursor: str | None,
-                   limit: int) -> tuple[list[dict[str, Any]], str | None]:
+                   limit: int) -> ReleasePage:
         query = select(Release).where(Release.tenant_id == actor.tenant_id)
         async with self.db.session() as session:
             if patient_id is not None:
@@ -327,12 +344,11 @@ class ReleaseService:
             rows = (await session.execute(query.order_by(Release.created_at, Release.id).limit(limit + 1))).scalars().all()
         more = len(rows) > limit
         rows = rows[:limit]
-        items = [await release_view(self.keys, r) for r in rows]
+        items: list[ReleaseView] = [await release_view(self.keys, r) for r in rows]
         if actor.role == "marketing":  # marketing works with media, never with patients
-            for item in items:
-                item.pop("patient_id", None)
+            items = [ReleaseView.model_validate(item.model_dump(exclude={"patient_id"})) for item in items]
         await self.audit.record(AuditEvent.of(actor, "release.list", patient_id=patient_id, media_id=media_id, count=str(len(items))))
-        return items, (rows[-1].id if more else None)
+        return ReleasePage(items=items, next_cursor=rows[-1].id if more else None)
 
 
 def json_boxes(media: Media) -> list[list[int]]:

@@ -19,10 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keys.errors import KeyDestroyed
+from keys.store import KeyStore
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.consent import gate
 from vault.consent.models import ConsentRecord, Release
+from vault.consent.responses import ConsentView, EvidenceInfo, ReleaseView, Withdrawal
 from vault.db import Database, new_id, utcnow
 from vault.errors import Conflict, NotFound, ValidationFailed
 from vault.media.models import Media
@@ -58,7 +60,7 @@ def facts_of(media: Media) -> gate.MediaFacts:
         kind=media.kind,
         status=media.status,
         faces_detected=media.faces_detected,
-        face_boxes=tuple(tuple(int(v) for v in box) for box in json.loads(media.faces_boxes)),
+        face_boxes=tuple(_box(box) for box in json.loads(media.faces_boxes)),
         faces_assumed=media.faces_assumed,
         face_review=media.face_review,
     )
@@ -79,30 +81,35 @@ async def load_events(session: AsyncSession, tenant_id: str, patient_ids: Iterab
     return events
 
 
-async def release_view(keys, r: Release) -> dict[str, Any]:
+def _box(box: list[Any]) -> tuple[int, int, int, int]:
+    x, y, w, h = (int(v) for v in box)
+    return x, y, w, h
+
+
+async def release_view(keys: KeyStore, r: Release) -> ReleaseView:
     try:
         recipient = (await keys.open_field(r.tenant_id, r.patient_id, table="releases", column="recipient",
                                            row_id=r.id, sealed=r.recipient)).decode()
     except KeyDestroyed:
         recipient = None  # erased: the recall list still answers, without the personal field
-    return {
-        "id": r.id,
-        "media_id": r.media_id,
-        "patient_id": r.patient_id,
-        "purpose": r.purpose,
-        "rendition": r.rendition,
-        "recipient": recipient,
-        "released_by": r.released_by,
-        "consent_id": r.consent_id,
-        "created_at": r.created_at.isoformat(),
-        "expires_at": r.expires_at.isoformat(),
-        "downloaded_at": r.downloaded_at.isoformat() if r.downloaded_at else None,
-        "recalled_at": r.recalled_at.isoformat() if r.recalled_at else None,
-    }
+    return ReleaseView(
+        id=r.id,
+        media_id=r.media_id,
+        patient_id=r.patient_id,
+        purpose=r.purpose,
+        rendition=r.rendition,
+        recipient=recipient,
+        released_by=r.released_by,
+        consent_id=r.consent_id,
+        created_at=r.created_at.isoformat(),
+        expires_at=r.expires_at.isoformat(),
+        downloaded_at=r.downloaded_at.isoformat() if r.downloaded_at else None,
+        recalled_at=r.recalled_at.isoformat() if r.recalled_at else None,
+    )
 
 
 class ConsentService:
-    def __init__(self, db: Database, audit: AuditLog, keys, sealed: SealedBlobs, patients: PatientService,
+    def __init__(self, db: Database, audit: AuditLog, keys: KeyStore, sealed: SealedBlobs, patients: PatientService,
                  webhooks: WebhookService) -> None:
         self.db = db
         self.audit = audit
@@ -124,7 +131,7 @@ class ConsentService:
         expires_at: datetime | None = None,
         evidence: tuple[bytes, str] | None = None,
         notes: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> ConsentView:
         """A new grant. ``evidence`` is (bytes, sniffed media type) of the signed form."""
         if treatment_id is not None and media_ids:
             raise ValidationFailed("a consent covers one treatment or listed media, not both",
@@ -181,34 +188,35 @@ class ConsentService:
         return await self.keys.seal_field(record.tenant_id, record.patient_id, table="consent_events", column=column,
                                           row_id=record.id, value=value)
 
-    async def _view(self, r: ConsentRecord, *, withdrawn: set[str]) -> dict[str, Any]:
+    async def _view(self, r: ConsentRecord, *, withdrawn: set[str]) -> ConsentView:
         notes = None
         if r.notes is not None:
             notes = (await self.keys.open_field(r.tenant_id, r.patient_id, table="consent_events", column="notes",
                                                 row_id=r.id, sealed=r.notes)).decode()
         purposes = r.purposes.split(",")
-        view: dict[str, Any] = {
-            "id": r.id,
-            "patient_id": r.patient_id,
-            "kind": r.kind,
-            "purposes": purposes,
-            "identifiable": bool(r.identifiable) if r.kind == gate.GRANT else None,
-            "scope": r.scope,
-            "treatment_id": r.treatment_id,
-            "media_ids": json.loads(r.media_ids),
-            "expires_at": r.expires_at.isoformat() if r.expires_at else None,
-            "withdraws_id": r.withdraws_id,
-            "evidence": {"mime": r.evidence_mime, "size": r.evidence_size} if r.evidence_blob_id else None,
-            "notes": notes,
-            "recorded_by": r.recorded_by,
-            "recorded_at": r.recorded_at.isoformat(),
-        }
-        if r.kind == gate.GRANT:
-            view["withdrawn_purposes"] = sorted(withdrawn & set(purposes))
-        return view
+        fields: dict[str, Any] = {}
+        if r.kind == gate.GRANT:  # absent from a withdrawal's view
+            fields["withdrawn_purposes"] = sorted(withdrawn & set(purposes))
+        return ConsentView(
+            id=r.id,
+            patient_id=r.patient_id,
+            kind=r.kind,
+            purposes=purposes,
+            identifiable=bool(r.identifiable) if r.kind == gate.GRANT else None,
+            scope=r.scope,
+            treatment_id=r.treatment_id,
+            media_ids=json.loads(r.media_ids),
+            expires_at=r.expires_at.isoformat() if r.expires_at else None,
+            withdraws_id=r.withdraws_id,
+            evidence=EvidenceInfo(mime=r.evidence_mime, size=r.evidence_size) if r.evidence_blob_id else None,
+            notes=notes,
+            recorded_by=r.recorded_by,
+            recorded_at=r.recorded_at.isoformat(),
+            **fields,
+        )
 
     # -- reading -------------------------------------------------------------------------
-    async def history(self, actor: Actor, patient_id: str) -> list[dict[str, Any]]:
+    async def history(self, actor: Actor, patient_id: str) -> list[ConsentView]:
         async with self.db.session() as session:
             patient = await self.patients.load(session, actor, patient_id)
             rows = (
@@ -248,7 +256,7 @@ class ConsentService:
 
     # -- withdrawal ----------------------------------------------------------------------
     async def withdraw(self, actor: Actor, consent_id: str, *, purposes: list[str] | None = None,
-                       notes: str | None = None) -> dict[str, Any]:
+                       notes: str | None = None) -> Withdrawal:
         """A withdrawal event for the grant's scope and (some of) its purposes. Returns the
         event and the recall list: every earlier release of the affected media for those
         purposes. Webhooks are enqueued in the same transaction."""
@@ -285,10 +293,10 @@ class ConsentService:
             await self.audit.append(session, AuditEvent.of(actor, "consent.withdraw", patient_id=grant.patient_id,
                                                            consent_id=grant.id, withdrawal_id=event.id, recalled=str(len(recalled))))
         await self._shred_unused(recalled)
-        return {
-            "withdrawal": await self._view(event, withdrawn=set()),
-            "recall": [await release_view(self.keys, r) for r in recalled],
-        }
+        return Withdrawal(
+            withdrawal=await self._view(event, withdrawn=set()),
+            recall=[await release_view(self.keys, r) for r in recalled],
+        )
 
     async def _shred_unused(self, releases: list[Release]) -> None:
         """A recalled release's redacted rendition that was never downloaded is no longer needed."""
@@ -304,7 +312,8 @@ async def affected_media(session: AsyncSession, grant: ConsentRecord) -> list[st
     if grant.scope == gate.SCOPE_TREATMENT:
         rows = await session.execute(select(Media.id).where(Media.patient_id == grant.patient_id, Media.treatment_id == grant.treatment_id))
         return list(rows.scalars())
-    return json.loads(grant.media_ids)
+    ids: list[str] = json.loads(grant.media_ids)
+    return ids
 
 
 async def recall(session: AsyncSession, tenant_id: str, patient_id: str, *, media: list[str] | None,

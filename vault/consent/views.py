@@ -1,24 +1,59 @@
 """HTTP handlers for consent records and release paths. Role checks happen in the
-middleware (vault/permissions.py); tenant, ownership and the consent gate in the services."""
+middleware (vault/permissions.py); tenant, ownership and the consent gate in the services;
+the signed and download URLs are built here. ``setup`` wires the domain into the app."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from vault.appkeys import CONSENTS, RELEASES, SETTINGS
+from vault.appkeys import RUNTIME, SETTINGS
+from vault.consent.releases import Releasable, ReleaseService
+from vault.consent.responses import (
+    ConsentList, ConsentView, ReleasableItem, ReleasablePage, ReleaseMade, ReleasePage, Withdrawal,
+)
+from vault.consent.service import ConsentService
 from vault.errors import TooLarge, UnsupportedMedia, ValidationFailed
 from vault.http.context import REQUEST_ID, actor_of
 from vault.http.downloads import send_once
 from vault.http.jsonio import json_response, parse_query, read_json
-from vault.http.routing import Endpoints
+from vault.http.routing import Endpoints, add_endpoints
 from vault.signedurls import SignedParams
 
 routes = Endpoints("consent")
+CONSENTS = web.AppKey("consents", ConsentService)
+RELEASES = web.AppKey("releases", ReleaseService)
+
+
+def setup(app: web.Application) -> None:
+    """Register the consent and release routes; set their keys once the runtime is open."""
+    add_endpoints(app, routes)
+
+    async def wire(app: web.Application) -> None:
+        app[CONSENTS] = app[RUNTIME].consents
+        app[RELEASES] = app[RUNTIME].releases
+
+    app.on_startup.append(wire)  # after every cleanup_ctx has opened (aiohttp runs those first)
+
+
+def _base(request: web.Request) -> str:
+    """Where absolute links point (``VAULT_PUBLIC_URL``); empty: links are relative."""
+    return (request.app[SETTINGS].public_url or "").rstrip("/")
+
+
+def _releasable_item(base: str, item: Releasable) -> ReleasableItem:
+    query = urlencode({"purpose": item.purpose, "rendition": item.rendition, **item.thumbnail.query()})
+    return ReleasableItem(
+        media_id=item.media_id, purpose=item.purpose, rendition=item.rendition, kind=item.kind, phase=item.phase,
+        treatment_id=item.treatment_id, consent_id=item.consent_id,
+        thumbnail_url=f"{base}/v1/releasable/{item.media_id}/thumbnail?{query}",
+        thumbnail_expires_at=item.thumbnail_expires_at.isoformat(),
+    )
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Purpose = Literal["education", "social_media", "marketing", "publication"]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
@@ -96,7 +131,7 @@ def _evidence(evidence: Evidence) -> tuple[bytes, str]:
 
 # -- consents ------------------------------------------------------------------------------
 @routes.post("/v1/patients/{patient_id}/consents", summary="Record a consent (append-only); evidence as base64",
-             body=ConsentIn, status=201, errors=(400, 404, 410, 413, 415, 422))
+             body=ConsentIn, status=201, response=ConsentView, errors=(400, 404, 410, 413, 415, 422))
 async def record_consent(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].max_json_bytes + (MAX_EVIDENCE_BYTES * 4) // 3 + 4
     body = await read_json(request, ConsentIn, limit=limit)
@@ -108,10 +143,11 @@ async def record_consent(request: web.Request) -> web.Response:
     return json_response(view, status=201)
 
 
-@routes.get("/v1/patients/{patient_id}/consents", summary="A patient's consent history, oldest first", errors=(404, 410))
+@routes.get("/v1/patients/{patient_id}/consents", summary="A patient's consent history, oldest first", response=ConsentList,
+             errors=(404, 410))
 async def list_consents(request: web.Request) -> web.Response:
     items = await request.app[CONSENTS].history(actor_of(request), request.match_info["patient_id"])
-    return json_response({"items": items, "next_cursor": None})
+    return json_response(ConsentList(items=items))
 
 
 @routes.get("/v1/consents/{consent_id}/evidence", summary="The signed consent form", response_media="application/octet-stream",
@@ -125,7 +161,7 @@ async def consent_evidence(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/consents/{consent_id}/withdraw", summary="Withdraw a consent (all or some purposes); returns the recall list",
-             body=WithdrawIn, status=201, errors=(400, 404, 409, 410, 422))
+             body=WithdrawIn, status=201, response=Withdrawal, errors=(400, 404, 409, 410, 422))
 async def withdraw_consent(request: web.Request) -> web.Response:
     if request.can_read_body:
         body = await read_json(request, WithdrawIn, limit=request.app[SETTINGS].max_json_bytes)
@@ -138,11 +174,12 @@ async def withdraw_consent(request: web.Request) -> web.Response:
 
 # -- release paths --------------------------------------------------------------------------
 @routes.get("/v1/releasable", summary="What the consent gate allows now, with signed thumbnail URLs", query=ReleasableQuery,
-            errors=(422,))
+            response=ReleasablePage, errors=(422,))
 async def list_releasable(request: web.Request) -> web.Response:
     q = parse_query(request, ReleasableQuery)
     items, next_cursor = await request.app[RELEASES].releasable(actor_of(request), purpose=q.purpose, cursor=q.cursor, limit=q.limit)
-    return json_response({"items": items, "next_cursor": next_cursor})
+    base = _base(request)
+    return json_response(ReleasablePage(items=[_releasable_item(base, item) for item in items], next_cursor=next_cursor))
 
 
 @routes.get("/v1/releasable/{media_id}/thumbnail", summary="Signed thumbnail of the rendition that would be released (no bearer)",
@@ -159,12 +196,15 @@ async def releasable_thumbnail(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/media/{media_id}/releases", summary="Release one photo or video for a purpose (the gate decides the rendition)",
-             body=ReleaseIn, status=201, errors=(404, 422))
+             body=ReleaseIn, status=201, response=ReleaseMade, errors=(404, 422))
 async def create_release(request: web.Request) -> web.Response:
     body = await read_json(request, ReleaseIn, limit=request.app[SETTINGS].max_json_bytes)
-    view = await request.app[RELEASES].release(actor_of(request), request.match_info["media_id"], purpose=body.purpose,
+    made = await request.app[RELEASES].release(actor_of(request), request.match_info["media_id"], purpose=body.purpose,
                                                recipient=body.recipient)
-    return json_response(view, status=201)
+    return json_response(ReleaseMade(
+        id=made.id, media_id=made.media_id, purpose=made.purpose, rendition=made.rendition, consent_id=made.consent_id,
+        download_url=f"{_base(request)}/v1/releases/{made.id}/download", expires_at=made.expires_at.isoformat(),
+    ), status=201)
 
 
 @routes.get("/v1/releases/{release_id}/download", summary="The released file, once, before the link expires (gate re-checked)",
@@ -177,9 +217,9 @@ async def download_release(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/v1/releases", summary="Releases made (the recall list), filtered by media or patient", query=ReleasesQuery,
-            errors=(404, 422))
+            response=ReleasePage, errors=(404, 422))
 async def list_releases(request: web.Request) -> web.Response:
     q = parse_query(request, ReleasesQuery)
-    items, next_cursor = await request.app[RELEASES].page(actor_of(request), media_id=q.media_id, patient_id=q.patient_id,
-                                                          cursor=q.cursor, limit=q.limit)
-    return json_response({"items": items, "next_cursor": next_cursor})
+    page = await request.app[RELEASES].page(actor_of(request), media_id=q.media_id, patient_id=q.patient_id,
+                                            cursor=q.cursor, limit=q.limit)
+    return json_response(page)

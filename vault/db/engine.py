@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
-from sqlalchemy import event
+from sqlalchemy import CursorResult, Result, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
@@ -88,6 +89,8 @@ class Database:
             return True
         async with self.read_engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
+            if raw is None:  # only an invalidated connection has none
+                raise RuntimeError("the pooled SQLite connection has no driver connection")
             await raw.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
             try:
                 cursor = await raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -107,3 +110,9 @@ class Database:
         await self.read_engine.dispose()
         if self.write_engine is not self.read_engine:
             await self.write_engine.dispose()
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched. ``AsyncSession.execute`` is typed as returning a
+    plain ``Result``; for those statements it is a ``CursorResult``, which counts them."""
+    return cast(CursorResult[Any], result).rowcount

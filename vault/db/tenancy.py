@@ -10,13 +10,15 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vault.db.base import Base
 from vault.errors import NotFound
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Base)  # a model with ``id`` and ``tenant_id`` columns
 
 
 async def owned(session: AsyncSession, model: type[T], row_id: str, tenant_id: str, *, lock: bool = False, what: str) -> T:
-    query = select(model).where(model.id == row_id, model.tenant_id == tenant_id)
+    columns = model.__table__.c
+    query = select(model).where(columns.id == row_id, columns.tenant_id == tenant_id)
     if lock:
         query = query.with_for_update()
     row = (await session.execute(query)).scalar_one_or_none()

@@ -68,6 +68,9 @@ def parse_query(request: web.Request, model: type[M]) -> M:
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """``data`` is a response model (an endpoint's declared ``response=``) or plain JSON data."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
     body = json.dumps(data, separators=(",", ":"), default=str)
     response = web.Response(text=body, status=status, content_type="application/json", headers=headers)
     response.headers["Cache-Control"] = "no-store"

@@ -4,7 +4,7 @@ Domain code enqueues in its own transaction and never imports the runner::
 
     async with db.transaction() as session:
         media = ...                                  # the change
-        await enqueue(session, "media.process_video", {"media_id": media.id})
+        await enqueue(session, "media.finish_video", {"media_id": media.id})
 
 The handlers and the worker loop live in ``workers/``; see ``docs/jobs.md``.
 """

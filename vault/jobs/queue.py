@@ -19,18 +19,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vault.db import Database, new_id, utcnow
+from vault.db import Database, new_id, rowcount, utcnow
 from vault.errors import Conflict
 from vault.jobs.models import DEAD, DONE, QUEUED, RUNNING, STATES, Job
 
-jobs = Job.__table__
+jobs = cast(Table, Job.__table__)
 
 _KIND = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
 MAX_PAYLOAD_BYTES = 4096
@@ -86,7 +86,7 @@ async def enqueue(
         raise ValueError("max_attempts must be at least 1")
     if run_at is not None and run_at.tzinfo is None:
         raise ValueError("run_at must be timezone-aware")
-    row = {
+    row: dict[str, Any] = {
         "id": new_id(),
         "kind": kind,
         "payload": encode_payload(payload),
@@ -209,7 +209,7 @@ async def extend_lease(db: Database, job_id: str, fence: int, *, lease: timedelt
     """Push the lease forward; False when this claim no longer holds the job."""
     async with db.transaction() as session:
         result = await session.execute(update(jobs).where(_held(job_id, fence)).values(lease_until=utcnow() + lease))
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 async def complete(session: AsyncSession, job_id: str, fence: int) -> None:
@@ -223,7 +223,7 @@ async def complete(session: AsyncSession, job_id: str, fence: int) -> None:
     result = await session.execute(
         update(jobs).where(_held(job_id, fence)).values(state=DONE, finished_at=utcnow(), lease_until=None)
     )
-    if result.rowcount == 1:
+    if rowcount(result) == 1:
         return
     row = (await session.execute(select(jobs.c.state, jobs.c.fence).where(jobs.c.id == job_id))).first()
     if row is None or (row.state, row.fence) != (DONE, fence):
@@ -240,7 +240,7 @@ async def fail(db: Database, job_id: str, fence: int, *, error: str, retry_at: d
         values.update(state=QUEUED, run_at=retry_at)
     async with db.transaction() as session:
         result = await session.execute(update(jobs).where(_held(job_id, fence)).values(values))
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 async def release(db: Database, job_id: str, fence: int) -> bool:
@@ -252,7 +252,7 @@ async def release(db: Database, job_id: str, fence: int) -> bool:
             .where(_held(job_id, fence))
             .values(state=QUEUED, run_at=utcnow(), lease_until=None, attempts=jobs.c.attempts - 1)
         )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def describe_error(exc: BaseException) -> str:
@@ -297,4 +297,4 @@ async def prune(db: Database, *, done_before: datetime) -> int:
     """Delete ``done`` jobs finished before the cut-off (dead ones stay for operators)."""
     async with db.transaction() as session:
         result = await session.execute(delete(jobs).where(jobs.c.state == DONE, jobs.c.finished_at < done_before))
-    return result.rowcount
+    return rowcount(result)

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from vault.db import Database, utcnow
+from vault.db import Database, rowcount, utcnow
 from vault.jobs.models import QUEUED, RUNNING, Job, JobSchedule
 from vault.jobs.queue import enqueue
 
-schedules = JobSchedule.__table__
-jobs = Job.__table__
+schedules = cast(Table, JobSchedule.__table__)
+jobs = cast(Table, Job.__table__)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -61,7 +62,7 @@ async def enqueue_due(db: Database, periodic: Mapping[str, timedelta], *, now: d
                     .values(kind=kind, next_run_at=next_at)
                     .on_conflict_do_nothing(index_elements=["kind"])
                 )
-            if result.rowcount != 1:
+            if rowcount(result) != 1:
                 continue  # another worker took this period
             pending = await session.execute(
                 select(jobs.c.id).where(jobs.c.kind == kind, jobs.c.state.in_((QUEUED, RUNNING))).limit(1)

@@ -263,7 +263,7 @@ class ErasureService:
             "media_id": media.id,
             "status": MEDIA_DELETED,
             "destroyed_key_ids": destroyed,
-            "recall": [await release_view(self.keys, r) for r in recalled],
+            "recall": [(await release_view(self.keys, r)).model_dump() for r in recalled],
         }
 
     @staticmethod

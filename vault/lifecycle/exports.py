@@ -214,14 +214,14 @@ class ExportService:
             ref = None
             if blob is not None and m.status == READY:
                 ref = SealedRef(id=blob.id, tenant_id=blob.tenant_id, patient_id=blob.patient_id, plain_size=blob.plain_size)
-            files.append(MediaFile(view=await self.media.view(m), ref=ref, modified=m.created_at))
+            files.append(MediaFile(view=(await self.media.view(m)).model_dump(), ref=ref, modified=m.created_at))
         document = {
             "format": FORMAT,
             "generated_at": utcnow().isoformat(),
             "patient": (await self.patients.view(patient)).as_dict(),
             "treatments": [(await self.treatments.view(t)).as_dict() for t in treatments],
-            "consents": await self.consents.history(actor, patient.id),
-            "releases": [await release_view(self.keys, r) for r in releases],
+            "consents": [c.model_dump() for c in await self.consents.history(actor, patient.id)],
+            "releases": [(await release_view(self.keys, r)).model_dump() for r in releases],
             "audit": await self._audit_entries(patient),
         }
         return files, document

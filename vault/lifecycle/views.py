@@ -1,6 +1,6 @@
 """HTTP handlers for erasure, legal hold, restriction, retention and exports. Role checks
 happen in the middleware (vault/permissions.py); tenant and ownership in the services.
-Reasons are accepted, sealed and never echoed back."""
+Reasons are accepted, sealed and never echoed back. ``setup`` wires the domain into the app."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from vault.errors import ValidationFailed
 from vault.http.context import actor_of
 from vault.http.downloads import send_once
 from vault.http.jsonio import json_response, read_json
-from vault.http.routing import Endpoints
+from vault.http.routing import Endpoints, add_endpoints
 from vault.lifecycle.service import Lifecycle
 
 routes = Endpoints("lifecycle")
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
@@ -45,11 +46,21 @@ class SweepIn(BaseModel):
     review_id: Id | None = Field(default=None, description="a reviewed dry run: lifts the limits, erases only whom it listed")
 
 
+def setup(app: web.Application) -> None:
+    """Register the lifecycle routes; set :data:`LIFECYCLE` once the runtime is open."""
+    add_endpoints(app, routes)
+
+    async def wire(app: web.Application) -> None:
+        app[LIFECYCLE] = app[RUNTIME].lifecycle
+
+    app.on_startup.append(wire)  # after every cleanup_ctx has opened (aiohttp runs those first)
+
+
 def _lifecycle(request: web.Request) -> Lifecycle:
-    return request.app[RUNTIME].lifecycle
+    return request.app[LIFECYCLE]
 
 
-async def _body(request: web.Request, model):
+async def _body(request: web.Request, model: type[SweepIn]) -> SweepIn | None:
     if not request.can_read_body:
         return None
     return await read_json(request, model, limit=request.app[SETTINGS].max_json_bytes)

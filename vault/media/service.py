@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from datetime import timedelta
-from urllib.parse import urlencode
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -27,7 +26,9 @@ from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
-from vault.errors import Forbidden, Gone, IdempotencyConflict, NotFound, NotReady, PatientErased
+from keys.store import KeyStore
+from vault.errors import Forbidden, Gone, NotFound, NotReady, PatientErased
+from vault.media import idempotency
 from vault.media.models import (
     DELETED,
     ORIGINAL,
@@ -38,17 +39,16 @@ from vault.media.models import (
     MediaBlob,
 )
 from vault.media.processing import PhotoPipeline
+from vault.media.responses import FaceSummary, MediaGroup, MediaPage, MediaView
+from vault.media.video import Finish, Videos
 from vault.patients.models import ERASED, Patient
 from vault.patients.service import PatientService
-from vault.permissions import allowed
 from vault import signedurls
 from vault.sealed import SealedBlobs, SealedRef
 from vault.treatments.service import TreatmentService
 
-IDEMPOTENCY_INDEX = "media.idempotency-key"
 PLAYBACK = "media-playback"
 PLAYBACK_LINK_LIFETIME = timedelta(minutes=10)
-BODY_INDEX = "media.body"
 
 
 def sealed_ref(blob: MediaBlob) -> SealedRef:
@@ -64,12 +64,21 @@ class Content:
     etag: str
 
 
+@dataclass(frozen=True)
+class SignedPlayback:
+    """A playback link's signed parameters; the HTTP layer makes them a URL."""
+
+    media_id: str
+    params: signedurls.SignedParams
+    expires_at: datetime
+
+
 class MediaService:
     def __init__(
         self,
         db: Database,
         audit: AuditLog,
-        keys,
+        keys: KeyStore,
         sealed: SealedBlobs,
         patients: PatientService,
         pipeline: PhotoPipeline,
@@ -80,6 +89,7 @@ class MediaService:
         self.sealed = sealed
         self.patients = patients
         self.pipeline = pipeline
+        self.videos = Videos(db=db, audit=audit, keys=keys, sealed=sealed, patients=patients, pipeline=pipeline)
 
     # -- loading -------------------------------------------------------------------------
     async def load(self, session: AsyncSession, actor: Actor, media_id: str, *, lock: bool = False) -> Media:
@@ -95,23 +105,6 @@ class MediaService:
         return {b.rendition: b for b in rows}
 
     # -- upload --------------------------------------------------------------------------
-    async def _digests(self, actor: Actor, patient_id: str, idempotency_key: str | None, data: bytes) -> tuple[str | None, str | None]:
-        if idempotency_key is None:
-            return None, None
-        scope = f"{actor.token_id}|{patient_id}|{idempotency_key}"
-        key_digest = await self.keys.blind_index(actor.tenant_id, IDEMPOTENCY_INDEX, scope)
-        # keyed, so the stored digest cannot confirm a guessed photo
-        body_digest = await self.keys.blind_index(actor.tenant_id, BODY_INDEX, hashlib.sha256(data).hexdigest())
-        return key_digest, body_digest
-
-    async def _replay(self, session: AsyncSession, tenant_id: str, key_digest: str, body_digest: str) -> Media | None:
-        existing = (
-            await session.execute(select(Media).where(Media.tenant_id == tenant_id, Media.idempotency_key == key_digest))
-        ).scalar_one_or_none()
-        if existing is not None and existing.body_digest != body_digest:
-            raise IdempotencyConflict()
-        return existing
-
     async def check_target(self, actor: Actor, patient_id: str, treatment_id: str | None) -> None:
         async with self.db.session() as session:
             patient = await self.patients.load(session, actor, patient_id)
@@ -127,15 +120,17 @@ class MediaService:
         phase: str,
         treatment_id: str | None,
         idempotency_key: str | None,
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[MediaView, bool]:
         """Returns (media view, created). A replayed Idempotency-Key returns the first media."""
-        key_digest, body_digest = await self._digests(actor, patient_id, idempotency_key, data)
+        key_digest, body_digest = await idempotency.digests(
+            self.keys, actor, patient_id, idempotency_key, body_sha256=hashlib.sha256(data).hexdigest()
+        )
         async with self.db.session() as session:
             patient = await self.patients.load(session, actor, patient_id)
             if treatment_id is not None:
                 await TreatmentService.owned(session, tenant_id=actor.tenant_id, patient_id=patient.id, treatment_id=treatment_id)
             if key_digest is not None:
-                existing = await self._replay(session, actor.tenant_id, key_digest, body_digest)
+                existing = await idempotency.replayed(session, actor.tenant_id, key_digest, body_digest)
                 if existing is not None:
                     return await self._view_and_audit(actor, existing, "media.upload.replay"), False
 
@@ -172,7 +167,7 @@ class MediaService:
             async with self.db.transaction() as session:
                 patient = await self.patients.load(session, actor, patient_id, lock=True)  # not erased meanwhile
                 if key_digest is not None:
-                    existing = await self._replay(session, actor.tenant_id, key_digest, body_digest)
+                    existing = await idempotency.replayed(session, actor.tenant_id, key_digest, body_digest)
                     if existing is not None:  # a concurrent retry won the race
                         raise _Superseded(existing)
                 session.add(media)
@@ -189,37 +184,64 @@ class MediaService:
             raise
         return await self.view(media), True
 
+    async def upload_video(
+        self,
+        actor: Actor,
+        patient_id: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        phase: str,
+        treatment_id: str | None,
+        idempotency_key: str | None,
+    ) -> tuple[MediaView, bool]:
+        """Returns (media view, created); the video is ``processing`` until its job finishes it."""
+        media, created = await self.videos.upload(actor, patient_id, chunks, phase=phase, treatment_id=treatment_id,
+                                                  idempotency_key=idempotency_key)
+        if not created:
+            return await self._view_and_audit(actor, media, "media.upload.replay"), False
+        return await self.view(media), True
+
+    # -- jobs (called by workers/jobs/media.py) ------------------------------------------
+    async def finish_video(self, media_id: str, *, job_id: str, last_attempt: bool, finish: Finish) -> None:
+        await self.videos.finish(media_id, job_id=job_id, last_attempt=last_attempt, finish=finish)
+
+    async def fail_video(self, media_id: str, *, job_id: str, finish: Finish) -> None:
+        await self.videos.fail_dead(media_id, job_id=job_id, finish=finish)
+
+    async def shred_blob(self, tenant_id: str, patient_id: str, blob_id: str) -> None:
+        await self.videos.shred_blob(tenant_id, patient_id, blob_id)
+
     # -- reading -------------------------------------------------------------------------
-    async def view(self, media: Media, *, with_capture: bool = True) -> dict[str, Any]:
+    async def view(self, media: Media, *, with_capture: bool = True) -> MediaView:
         capture = None
         if with_capture and media.capture is not None:
             capture = json.loads(
                 await self.keys.open_field(media.tenant_id, media.patient_id, table="media", column="capture",
                                            row_id=media.id, sealed=media.capture)
             )
-        return {
-            "id": media.id,
-            "patient_id": media.patient_id,
-            "treatment_id": media.treatment_id,
-            "kind": media.kind,
-            "status": media.status,
-            "phase": media.phase,
-            "mime": media.mime,
-            "width": media.width,
-            "height": media.height,
-            "faces": face_summary(media),
-            "capture": capture,
-            "failure_reason": media.failure_reason,
-            "created_at": media.created_at.isoformat(),
-            "updated_at": media.updated_at.isoformat(),
-        }
+        return MediaView(
+            id=media.id,
+            patient_id=media.patient_id,
+            treatment_id=media.treatment_id,
+            kind=media.kind,
+            status=media.status,
+            phase=media.phase,
+            mime=media.mime,
+            width=media.width,
+            height=media.height,
+            faces=face_summary(media),
+            capture=capture,
+            failure_reason=media.failure_reason,
+            created_at=media.created_at.isoformat(),
+            updated_at=media.updated_at.isoformat(),
+        )
 
-    async def _view_and_audit(self, actor: Actor, media: Media, action: str) -> dict[str, Any]:
+    async def _view_and_audit(self, actor: Actor, media: Media, action: str) -> MediaView:
         view = await self.view(media)
         await self.audit.record(AuditEvent.of(actor, action, patient_id=media.patient_id, media_id=media.id))
         return view
 
-    async def get(self, actor: Actor, media_id: str) -> dict[str, Any]:
+    async def get(self, actor: Actor, media_id: str) -> MediaView:
         async with self.db.session() as session:
             media = await self.load(session, actor, media_id)
         return await self._view_and_audit(actor, media, "media.read")
@@ -251,7 +273,7 @@ class MediaService:
         ref = SealedRef(id=row.id, tenant_id=actor.tenant_id, patient_id=row.patient_id, plain_size=row.plain_size)
         return Content(ref=ref, mime=row.mime, etag=f'"{row.id}"')
 
-    async def playback_link(self, actor: Actor, media_id: str) -> dict[str, str]:
+    async def playback_link(self, actor: Actor, media_id: str) -> SignedPlayback:
         async with self.db.session() as session:
             media = await self.load(session, actor, media_id)
         if media.status != READY:
@@ -261,11 +283,12 @@ class MediaService:
             self.keys, actor.tenant_id, purpose=PLAYBACK, resource=media.id, token_id=actor.token_id, expires_at=expires_at
         )
         await self.audit.record(AuditEvent.of(actor, "media.playback_link", patient_id=media.patient_id, media_id=media.id))
-        return {"url": f"/v1/playback/{media.id}?{urlencode(params.query())}", "expires_at": expires_at.isoformat()}
+        return SignedPlayback(media_id=media.id, params=params, expires_at=expires_at)
 
     async def playback_actor(self, media_id: str, query: dict[str, str], *, request_id: str) -> Actor:
-        """The actor a signed playback link stands for: its token must be live and still
-        hold a role that may read content; the signature binds media, token and expiry."""
+        """The actor a signed playback link stands for: its token must be live; the
+        signature binds media, token and expiry. Whether its role may still read content
+        is the HTTP layer's check (against the content route's permissions)."""
         try:
             params = signedurls.SignedParams(token_id=query["token"], expires=int(query["expires"]), signature=query["signature"])
         except (KeyError, ValueError):
@@ -273,8 +296,6 @@ class MediaService:
         async with self.db.session() as session:
             principal = await signedurls.signer(session, params.token_id)
         await signedurls.verify(self.keys, principal.tenant_id, purpose=PLAYBACK, resource=media_id, params=params, now=utcnow())
-        if principal.role not in allowed("GET", "/v1/media/{media_id}/content"):
-            raise Forbidden("the link is not valid")
         return Actor(tenant_id=principal.tenant_id, token_id=principal.token_id, role=principal.role, request_id=request_id)
 
     async def read_all(self, content: Content) -> bytes:
@@ -292,7 +313,7 @@ class MediaService:
         limit: int,
         phase: str | None,
         treatment_id: str | None,
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> MediaPage:
         async with self.db.session() as session:
             patient = await self.patients.load(session, actor, patient_id)
             query = select(Media).where(Media.patient_id == patient.id, Media.tenant_id == actor.tenant_id,
@@ -308,10 +329,15 @@ class MediaService:
         rows = rows[:limit]
         items = [await self.view(m, with_capture=False) for m in rows]
         await self.audit.record(AuditEvent.of(actor, "media.list", patient_id=patient_id, count=str(len(items))))
-        return items, (rows[-1].id if more else None)
+        groups: dict[str, MediaGroup] = {}
+        for item in items:  # before/after pairs of each treatment, for side-by-side views
+            if item.treatment_id and item.phase in ("before", "after"):
+                group = groups.setdefault(item.treatment_id, MediaGroup(before=[], after=[]))
+                (group.before if item.phase == "before" else group.after).append(item.id)
+        return MediaPage(items=items, next_cursor=rows[-1].id if more else None, groups=groups)
 
     # -- changes -------------------------------------------------------------------------
-    async def update(self, actor: Actor, media_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    async def update(self, actor: Actor, media_id: str, changes: dict[str, Any]) -> MediaView:
         async with self.db.transaction() as session:
             media = await self.load(session, actor, media_id, lock=True)
             if "treatment_id" in changes and changes["treatment_id"] is not None:
@@ -330,7 +356,7 @@ class MediaService:
         return await self.view(media)
 
 
-def face_summary(media: Media) -> dict[str, Any]:
+def face_summary(media: Media) -> FaceSummary:
     """The detector's finding and a person's review; ``identifiable`` is what counts."""
     if media.face_review == "identifiable":
         identifiable = True
@@ -338,15 +364,15 @@ def face_summary(media: Media) -> dict[str, Any]:
         identifiable = False
     else:
         identifiable = media.faces_detected
-    return {
-        "detected": media.faces_detected,
-        "count": media.faces_count,
-        "boxes": json.loads(media.faces_boxes),
-        "assumed": media.faces_assumed,
-        "detector": media.face_detector,
-        "review": media.face_review,
-        "identifiable": identifiable,
-    }
+    return FaceSummary(
+        detected=media.faces_detected,
+        count=media.faces_count,
+        boxes=json.loads(media.faces_boxes),
+        assumed=media.faces_assumed,
+        detector=media.face_detector,
+        review=media.face_review,
+        identifiable=identifiable,
+    )
 
 
 class _Superseded(Exception):

@@ -1,24 +1,34 @@
+"""HTTP handlers for photos and videos. Role checks happen in the middleware
+(vault/permissions.py); tenant, ownership and state in the service. ``setup`` wires
+the domain into the app: its routes and its typed service key."""
+
 from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from vault.appkeys import MEDIA, SETTINGS, UPLOAD_LIMITS
-from vault.errors import UnsupportedMedia, ValidationFailed
+from vault.appkeys import RUNTIME, SETTINGS, UPLOAD_LIMITS
+from vault.errors import Forbidden, UnsupportedMedia, ValidationFailed
 from vault.http.context import REQUEST_ID, actor_of
 from vault.http.jsonio import json_response, parse_query, read_json
 from vault.http.ranges import parse_range
-from vault.http.routing import Endpoints
+from vault.http.routing import Endpoints, add_endpoints
 from vault.media.models import ORIGINAL, THUMBNAILS
-from vault.media.video import upload_video
+from vault.media.responses import MediaPage, MediaView, PlaybackLink
+from vault.media.service import Content, MediaService
 from vault.media.upload import PHOTO_TYPES, VIDEO_TYPES, check_matches, open_upload
+from vault.permissions import allowed
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
 from vault.pipeline.video import looks_like_video
 
 routes = Endpoints("media")
+MEDIA = web.AppKey("media", MediaService)
+#: a signed playback link serves what this route serves, to the roles it allows
+CONTENT_ROUTE = ("GET", "/v1/media/{media_id}/content")
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Phase = Literal["before", "after", "progress", "adverse", "other"]
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -58,12 +68,23 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+def setup(app: web.Application) -> None:
+    """Register the media routes; set :data:`MEDIA` once the runtime is open."""
+    add_endpoints(app, routes)
+
+    async def wire(app: web.Application) -> None:
+        app[MEDIA] = app[RUNTIME].media
+
+    app.on_startup.append(wire)  # after every cleanup_ctx has opened (aiohttp runs those first)
+
+
 @routes.post(
     "/v1/patients/{patient_id}/media",
     summary="Upload a photo or video (raw body with its media type, or multipart field 'file'); a video is `processing` until its finishing job is done",
     query=UploadQuery,
     request_media=tuple(sorted(PHOTO_TYPES | VIDEO_TYPES)) + ("multipart/form-data",),
     status=201,
+    response=MediaView,
     errors=(404, 408, 409, 410, 413, 415, 422, 429, 503),
 )
 async def upload_media(request: web.Request) -> web.Response:
@@ -85,8 +106,8 @@ async def upload_media(request: web.Request) -> web.Response:
         check_matches(stream.declared, sniffed)
         if sniffed in VIDEO_TYPES:
             stream.check_length(settings.max_video_bytes)
-            view, created = await upload_video(
-                service, actor, patient_id, stream.chunks(limit=settings.max_video_bytes),
+            view, created = await service.upload_video(
+                actor, patient_id, stream.chunks(limit=settings.max_video_bytes),
                 phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key,
             )
             return json_response(view, status=201 if created else 200)
@@ -99,25 +120,23 @@ async def upload_media(request: web.Request) -> web.Response:
     return json_response(view, status=201 if created else 200)
 
 
-@routes.get("/v1/patients/{patient_id}/media", summary="List a patient's media (keyset pages, before/after groups)", query=MediaQuery, errors=(404, 410, 422))
+@routes.get("/v1/patients/{patient_id}/media", summary="List a patient's media (keyset pages, before/after groups)",
+            query=MediaQuery, response=MediaPage, errors=(404, 410, 422))
 async def list_media(request: web.Request) -> web.Response:
     q = parse_query(request, MediaQuery)
-    items, next_cursor = await request.app[MEDIA].page(
+    page = await request.app[MEDIA].page(
         actor_of(request), request.match_info["patient_id"], cursor=q.cursor, limit=q.limit, phase=q.phase, treatment_id=q.treatment_id
     )
-    groups: dict[str, dict[str, list[str]]] = {}
-    for item in items:
-        if item["treatment_id"] and item["phase"] in ("before", "after"):
-            groups.setdefault(item["treatment_id"], {"before": [], "after": []})[item["phase"]].append(item["id"])
-    return json_response({"items": items, "next_cursor": next_cursor, "groups": groups})
+    return json_response(page)
 
 
-@routes.get("/v1/media/{media_id}", summary="Media metadata", errors=(404, 410))
+@routes.get("/v1/media/{media_id}", summary="Media metadata", response=MediaView, errors=(404, 410))
 async def get_media(request: web.Request) -> web.Response:
     return json_response(await request.app[MEDIA].get(actor_of(request), request.match_info["media_id"]))
 
 
-@routes.patch("/v1/media/{media_id}", summary="Change phase or treatment, or record a face review", body=MediaPatch, errors=(404, 410, 422))
+@routes.patch("/v1/media/{media_id}", summary="Change phase or treatment, or record a face review", body=MediaPatch,
+               response=MediaView, errors=(404, 410, 422))
 async def patch_media(request: web.Request) -> web.Response:
     body = await read_json(request, MediaPatch, limit=request.app[SETTINGS].max_json_bytes)
     changes = body.model_dump(exclude_unset=True)
@@ -140,7 +159,7 @@ async def media_content(request: web.Request) -> web.StreamResponse:
     return await _serve(request, service, content)
 
 
-async def _serve(request: web.Request, service, content) -> web.StreamResponse:
+async def _serve(request: web.Request, service: MediaService, content: Content) -> web.StreamResponse:
     """Stream a rendition, or the byte range asked for, decrypting only the segments it touches."""
     size = content.ref.plain_size
     wanted = parse_range(request.headers.get("Range"), size)
@@ -164,21 +183,19 @@ async def _serve(request: web.Request, service, content) -> web.StreamResponse:
     return response
 
 
-class PlaybackLink(BaseModel):
-    url: str
-    expires_at: str
-
-
 @routes.post("/v1/media/{media_id}/playback", summary="A short-lived signed playback URL for a <video> element, bound to this media and this token", response=PlaybackLink, errors=(404, 409, 410))
 async def create_playback(request: web.Request) -> web.Response:
-    link = await request.app[MEDIA].playback_link(actor_of(request), request.match_info["media_id"])
-    return json_response(link)
+    signed = await request.app[MEDIA].playback_link(actor_of(request), request.match_info["media_id"])
+    url = f"/v1/playback/{signed.media_id}?{urlencode(signed.params.query())}"
+    return json_response(PlaybackLink(url=url, expires_at=signed.expires_at.isoformat()))
 
 
 @routes.get("/v1/playback/{media_id}", summary="Play media through a signed link (Range and HEAD supported; no bearer header)", response_media="application/octet-stream", errors=(403, 404, 409, 410, 416))
 async def playback(request: web.Request) -> web.StreamResponse:
     service = request.app[MEDIA]
     actor = await service.playback_actor(request.match_info["media_id"], dict(request.query), request_id=request[REQUEST_ID])
+    if actor.role not in allowed(*CONTENT_ROUTE):  # the token's role may have changed since the link was made
+        raise Forbidden("the link is not valid")
     content = await service.content(actor, request.match_info["media_id"], rendition=ORIGINAL, action="media.playback")
     return await _serve(request, service, content)
 

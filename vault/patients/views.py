@@ -1,3 +1,5 @@
+"""HTTP layer of the patients domain: its routes, its typed key and its ``setup(app)``."""
+
 from __future__ import annotations
 
 from datetime import date
@@ -6,12 +8,23 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from vault.appkeys import PATIENTS, SETTINGS
+from vault.appkeys import RUNTIME, SETTINGS
 from vault.http.context import actor_of
 from vault.http.jsonio import json_response, parse_query, read_json
-from vault.http.routing import Endpoints
+from vault.http.routing import Endpoints, add_endpoints
+from vault.patients.service import PatientService, PatientView
 
 routes = Endpoints("patients")
+PATIENTS = web.AppKey("patients", PatientService)
+
+
+def setup(app: web.Application) -> None:
+    add_endpoints(app, routes)
+    app.on_startup.append(_bind)
+
+
+async def _bind(app: web.Application) -> None:
+    app[PATIENTS] = app[RUNTIME].patients
 
 Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -51,15 +64,27 @@ class PatientOut(BaseModel):
     created_at: str
     updated_at: str
 
+    @classmethod
+    def of(cls, view: PatientView) -> PatientOut:
+        return cls(id=view.id, status=view.status, external_ref=view.external_ref, display_name=view.display_name,
+                   date_of_birth=view.date_of_birth, notes=view.notes, created_at=view.created_at.isoformat(),
+                   updated_at=view.updated_at.isoformat())
+
+
+class PatientPage(BaseModel):
+    items: list[PatientOut]
+    next_cursor: str | None
+
 
 @routes.post("/v1/patients", summary="Create a patient", body=PatientCreate, status=201, response=PatientOut, errors=(409, 422))
 async def create_patient(request: web.Request) -> web.Response:
     body = await read_json(request, PatientCreate, limit=request.app[SETTINGS].max_json_bytes)
     view = await request.app[PATIENTS].create(actor_of(request), **body.model_dump())
-    return json_response(view.as_dict(), status=201)
+    return json_response(PatientOut.of(view), status=201)
 
 
-@routes.get("/v1/patients", summary="Find a patient by external_ref, or page through patients", query=PatientQuery)
+@routes.get("/v1/patients", summary="Find a patient by external_ref, or page through patients", query=PatientQuery,
+            response=PatientPage)
 async def list_patients(request: web.Request) -> web.Response:
     query = parse_query(request, PatientQuery)
     service = request.app[PATIENTS]
@@ -67,13 +92,13 @@ async def list_patients(request: web.Request) -> web.Response:
         items, next_cursor = await service.find(actor_of(request), query.external_ref), None
     else:
         items, next_cursor = await service.page(actor_of(request), cursor=query.cursor, limit=query.limit)
-    return json_response({"items": [v.as_dict() for v in items], "next_cursor": next_cursor})
+    return json_response(PatientPage(items=[PatientOut.of(v) for v in items], next_cursor=next_cursor))
 
 
 @routes.get("/v1/patients/{patient_id}", summary="Read a patient", response=PatientOut, errors=(404, 410))
 async def get_patient(request: web.Request) -> web.Response:
     view = await request.app[PATIENTS].get(actor_of(request), request.match_info["patient_id"])
-    return json_response(view.as_dict())
+    return json_response(PatientOut.of(view))
 
 
 @routes.patch("/v1/patients/{patient_id}", summary="Rectify a patient's fields", body=PatientPatch, response=PatientOut, errors=(404, 409, 410, 422))
@@ -83,4 +108,4 @@ async def patch_patient(request: web.Request) -> web.Response:
     if changes.get("external_ref", "") is None:
         changes.pop("external_ref")  # the reference can be changed, never removed
     view = await request.app[PATIENTS].update(actor_of(request), request.match_info["patient_id"], changes)
-    return json_response(view.as_dict())
+    return json_response(PatientOut.of(view))

@@ -148,7 +148,9 @@ def display_mode(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, by
         if icc and icc[16:20] == b"CMYK":
             srgb = ImageCms.createProfile("sRGB")
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(image, source, srgb, outputMode="RGB"), None
+            converted = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+            assert converted is not None  # None only when converting in place
+            return converted, None
         return image.convert("RGB"), None
     if mode.startswith("I;16") or mode == "I":
         # 16-bit greyscale (PNG): keep the high byte, as any 8-bit viewer would show it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import numpy as np
 from av.video.frame import VideoFrame
@@ -30,6 +30,9 @@ from vault.pipeline.video_input import (
     open_video,
 )
 from vault.pipeline.video_matrix import Orientation, orientation, unpack
+
+if TYPE_CHECKING:
+    from av.buffer import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,10 @@ def poster_and_faces(reader: BinaryIO, *, detector: FaceDetector, every_s: float
         video = source.video
         keyframes = _keyframes(video)
         start = keyframes[0]
-        after = start + round(POSTER_AFTER_S / video.time_base)
+        time_base = video.time_base
+        if time_base is None:
+            raise CorruptMedia("the video stream has no time base")
+        after = start + round(POSTER_AFTER_S / time_base)
         poster_at = keyframes[min(bisect.bisect_left(keyframes, after), len(keyframes) - 1)]
         frame = _decode_at(source, poster_at) or _decode_at(source, start)
         if frame is None:
@@ -68,7 +74,7 @@ def poster_and_faces(reader: BinaryIO, *, detector: FaceDetector, every_s: float
         best = detect_faces(poster, full_size=size, detector=detector)
         if isinstance(detector, NoDetector) or best.assumed:
             return thumbnails, best
-        for at in _samples(keyframes, source.duration_s / float(video.time_base), every_s / float(video.time_base),
+        for at in _samples(keyframes, source.duration_s / float(time_base), every_s / float(time_base),
                            max_frames):
             if at == poster_at:
                 continue
@@ -96,7 +102,8 @@ def first_orientation(source: Source) -> Orientation:
 
 
 def frame_orientation(frame: VideoFrame) -> Orientation:
-    side = frame.side_data.get("DISPLAYMATRIX")
+    # PyAV's stub lists only MOTION_VECTORS among the side data; a display matrix is a buffer.
+    side = cast("Buffer | None", frame.side_data.get("DISPLAYMATRIX"))
     return orientation(unpack(bytes(side), big_endian=False) if side is not None else None)
 
 

@@ -71,7 +71,8 @@ def _exactly(inp: BinaryIO, n: int) -> bytes:
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = inp.readinto(view[got:])
+        # Every pipe here is a buffered reader; typing.BinaryIO just does not declare readinto.
+        k = inp.readinto(view[got:])  # type: ignore[attr-defined]
         if not k:
             raise WireError("the other end closed the pipe")
         got += k

@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 from collections import OrderedDict
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from vault.pipeline import wire
 
@@ -141,9 +141,13 @@ class Worker:
                 continue
             wire.send(self.out, reply, *out_parts)
 
+    def _remote(self, header: dict[str, Any]) -> BinaryIO:
+        # A seekable file over the pipe: the demuxer uses only read, seek and tell.
+        return cast(BinaryIO, RemoteReader(self.inp, self.out, int(header["size"])))
+
     def handle(self, header: dict[str, Any], parts: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
         op = header.get("op")
-        max_pixels = int(header.get("max_pixels", 0)) or None
+        max_pixels = int(header.get("max_pixels", 0))  # the server always sends it; absent, nothing passes
         if op == "photo":
             photo = self._photo(parts[0], max_pixels=max_pixels, detector=self.detector)
             sizes = sorted(photo.thumbnails)
@@ -159,15 +163,15 @@ class Worker:
                                     max_pixels=int(header["max_pixels"]))
             return {"t": "done", "result": {}}, [redacted]
         if op == "probe":
-            probe = self._probe(RemoteReader(self.inp, self.out, int(header["size"])), max_pixels=max_pixels)
+            probe = self._probe(self._remote(header), max_pixels=max_pixels)
             return {"t": "done", "result": probe.as_dict()}, []
         if op == "strip":
             writer = StreamWriter(self.out)
-            info = self._strip(RemoteReader(self.inp, self.out, int(header["size"])), writer, max_pixels=max_pixels)
+            info = self._strip(self._remote(header), cast(BinaryIO, writer), max_pixels=max_pixels)
             writer.flush()
             return {"t": "done", "result": info.as_dict()}, []
         if op == "poster":
-            thumbnails, faces = self._poster(RemoteReader(self.inp, self.out, int(header["size"])),
+            thumbnails, faces = self._poster(self._remote(header),
                                              detector=self.detector, max_pixels=max_pixels)
             sizes = sorted(thumbnails)
             return ({"t": "done", "result": {"faces": faces.as_dict(), "thumbnails": sizes}},

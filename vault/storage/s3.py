@@ -253,7 +253,7 @@ class S3Store:
         if unknown:
             raise ConfigError("VAULT_STORAGE_URL", f"unknown s3: URL options {sorted(unknown)}")
         try:
-            numbers = {
+            numbers: dict[str, Any] = {
                 name: conv(options[name])
                 for name, conv in (("connect_timeout", float), ("read_timeout", float),
                                    ("max_attempts", int), ("part_size", int))

@@ -50,7 +50,7 @@ class TreatmentService:
         return await self.keys.seal_field(t.tenant_id, t.patient_id, table="treatments", column=column, row_id=t.id, value=value)
 
     async def view(self, t: Treatment) -> TreatmentView:
-        values = {}
+        values: dict[str, Any] = {}
         for column in SEALED:
             sealed = getattr(t, column)
             values[column] = None if sealed is None else (
@@ -62,7 +62,8 @@ class TreatmentService:
         async with self.db.transaction() as session:
             patient = await self.patients.load(session, actor, patient_id, lock=True)
             t = Treatment(id=new_id(), tenant_id=patient.tenant_id, patient_id=patient.id, performed_on=performed_on, created_by=actor.token_id)
-            t.name = await self._seal(t, "name", name)
+            t.name = await self.keys.seal_field(t.tenant_id, t.patient_id, table="treatments", column="name", row_id=t.id,
+                                                value=name)
             t.area = await self._seal(t, "area", area)
             t.details = await self._seal(t, "details", details)
             session.add(t)

@@ -1,17 +1,30 @@
+"""HTTP layer of the treatments domain: its routes, its typed key and its ``setup(app)``."""
+
 from __future__ import annotations
 
 from datetime import date
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from vault.appkeys import SETTINGS, TREATMENTS
+from vault.appkeys import RUNTIME, SETTINGS
 from vault.http.context import actor_of
 from vault.http.jsonio import json_response, read_json
-from vault.http.routing import Endpoints
+from vault.http.routing import Endpoints, add_endpoints
+from vault.treatments.service import TreatmentService, TreatmentView
 
 routes = Endpoints("treatments")
+TREATMENTS = web.AppKey("treatments", TreatmentService)
+
+
+def setup(app: web.Application) -> None:
+    add_endpoints(app, routes)
+    app.on_startup.append(_bind)
+
+
+async def _bind(app: web.Application) -> None:
+    app[TREATMENTS] = app[RUNTIME].treatments
 
 
 class TreatmentCreate(BaseModel):
@@ -22,14 +35,35 @@ class TreatmentCreate(BaseModel):
     details: Annotated[str, StringConstraints(max_length=4000)] | None = None
 
 
-@routes.post("/v1/patients/{patient_id}/treatments", summary="Record a treatment", body=TreatmentCreate, status=201, errors=(404, 410, 422))
+class TreatmentOut(BaseModel):
+    id: str
+    patient_id: str
+    name: str
+    area: str | None
+    details: str | None
+    performed_on: date
+
+    @classmethod
+    def of(cls, view: TreatmentView) -> TreatmentOut:
+        return cls(id=view.id, patient_id=view.patient_id, name=view.name, area=view.area, details=view.details,
+                   performed_on=view.performed_on)
+
+
+class TreatmentList(BaseModel):
+    items: list[TreatmentOut]
+    next_cursor: str | None = Field(description="always null: a patient's treatments come in one page")
+
+
+@routes.post("/v1/patients/{patient_id}/treatments", summary="Record a treatment", body=TreatmentCreate, status=201,
+             response=TreatmentOut, errors=(404, 410, 422))
 async def create_treatment(request: web.Request) -> web.Response:
     body = await read_json(request, TreatmentCreate, limit=request.app[SETTINGS].max_json_bytes)
     view = await request.app[TREATMENTS].create(actor_of(request), request.match_info["patient_id"], **body.model_dump())
-    return json_response(view.as_dict(), status=201)
+    return json_response(TreatmentOut.of(view), status=201)
 
 
-@routes.get("/v1/patients/{patient_id}/treatments", summary="List a patient's treatments", errors=(404, 410))
+@routes.get("/v1/patients/{patient_id}/treatments", summary="List a patient's treatments", response=TreatmentList,
+            errors=(404, 410))
 async def list_treatments(request: web.Request) -> web.Response:
     items = await request.app[TREATMENTS].list(actor_of(request), request.match_info["patient_id"])
-    return json_response({"items": [t.as_dict() for t in items], "next_cursor": None})
+    return json_response(TreatmentList(items=[TreatmentOut.of(t) for t in items], next_cursor=None))

@@ -23,12 +23,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keys import aead
+from keys.store import KeyStore
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
 from vault.errors import ValidationFailed, VaultError
 from vault.jobs import enqueue
 from vault.webhooks import delivery
+from vault.webhooks.responses import EndpointView, WebhookConfig
 from vault.webhooks.models import (
     CANCELLED,
     DELIVERED,
@@ -54,7 +56,7 @@ class DeliveryFailed(VaultError):
 
 
 class WebhookService:
-    def __init__(self, db: Database, audit: AuditLog, keys, *, allow_http_loopback: bool) -> None:
+    def __init__(self, db: Database, audit: AuditLog, keys: KeyStore, *, allow_http_loopback: bool) -> None:
         self.db = db
         self.audit = audit
         self.keys = keys
@@ -73,13 +75,13 @@ class WebhookService:
         return aead.open_sealed(await self._secret_key(tenant_id), sealed, aead.aad(_SECRET_LABEL, tenant_id)).decode()
 
     # -- configuration -------------------------------------------------------------------
-    async def config(self, actor: Actor) -> dict[str, Any]:
+    async def config(self, actor: Actor) -> WebhookConfig:
         async with self.db.session() as session:
             view = await self._view(session, actor.tenant_id)
         await self.audit.record(AuditEvent.of(actor, "webhooks.read"))
         return view
 
-    async def _view(self, session: AsyncSession, tenant_id: str) -> dict[str, Any]:
+    async def _view(self, session: AsyncSession, tenant_id: str) -> WebhookConfig:
         endpoints = (
             await session.execute(
                 select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id).order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
@@ -91,13 +93,13 @@ class WebhookService:
             select(WebhookDelivery.state, func.count()).where(WebhookDelivery.tenant_id == tenant_id).group_by(WebhookDelivery.state)
         )
         counts.update({state: n for state, n in rows})
-        return {
-            "endpoints": [{"id": e.id, "url": e.url, "created_at": e.created_at.isoformat()} for e in endpoints],
-            "secret_created_at": secret.created_at.isoformat() if secret else None,
-            "deliveries": counts,
-        }
+        return WebhookConfig(
+            endpoints=[EndpointView(id=e.id, url=e.url, created_at=e.created_at.isoformat()) for e in endpoints],
+            secret_created_at=secret.created_at.isoformat() if secret else None,
+            deliveries=counts,
+        )
 
-    async def configure(self, actor: Actor, urls: list[str], *, rotate_secret: bool) -> dict[str, Any]:
+    async def configure(self, actor: Actor, urls: list[str], *, rotate_secret: bool) -> WebhookConfig:
         """Replace the endpoint list. The signing secret is made on first use (or when
         rotated) and returned only then."""
         if len(urls) > MAX_ENDPOINTS:
@@ -135,7 +137,7 @@ class WebhookService:
             )
             view = await self._view(session, actor.tenant_id)
         if fresh is not None:
-            view["secret"] = fresh
+            view = view.model_copy(update={"secret": fresh})
         return view
 
     async def _check(self, url: str) -> str | None:

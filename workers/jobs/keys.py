@@ -9,7 +9,7 @@ from datetime import timedelta
 from vault.audit.checkpoints import checkpoint_all
 from vault.db import utcnow
 from vault.errors import VaultError
-from vault.keyops import JOB_PERIOD, finish_epochs, rotate_and_expire
+from vault.keyops import JOB_PERIOD, KeyOperations, finish_epochs, rotate_and_expire
 from workers.context import JobContext
 from workers.registry import nothing_to_undo, periodic
 
@@ -25,15 +25,19 @@ async def rotate_keys(ctx: JobContext, payload: dict) -> None:
 
     Idempotent: each step looks at the versions' ages and DEK counts before acting.
     """
+    rt = ctx.runtime
+    ops = KeyOperations(keys=rt.keys, audit=rt.audit, ledger=rt.ledger)
     failed = 0
-    for tenant in await ctx.runtime.tenants.tenants():
+    for tenant in await rt.tenants.tenants():
         try:
-            await rotate_and_expire(ctx.runtime, tenant.id, now=utcnow(), request_id=f"job-{ctx.job_id}")
+            await rotate_and_expire(ops, tenant.id, now=utcnow(), rotate_after=timedelta(days=rt.settings.kek_rotation_days),
+                                    backup_window=timedelta(days=rt.settings.backup_window_days),
+                                    request_id=f"job-{ctx.job_id}")
         except Exception:
             log.exception("KEK upkeep failed", extra={"tenant_id": tenant.id})
             failed += 1
     try:
-        await finish_epochs(ctx.runtime, now=utcnow())
+        await finish_epochs(rt.keys, now=utcnow())
     except Exception:
         log.exception("finishing root-key destructions failed")
         failed += 1
@@ -45,7 +49,8 @@ async def rotate_keys(ctx: JobContext, payload: dict) -> None:
           on_dead=nothing_to_undo("a checkpoint is one insert; the next period signs the head"))
 async def checkpoint_audit(ctx: JobContext, payload: dict) -> None:
     """Sign every tenant's audit-chain head (skipped where it has not moved)."""
-    await checkpoint_all(ctx.runtime)
+    rt = ctx.runtime
+    await checkpoint_all(rt.checkpoints, [tenant.id for tenant in await rt.tenants.tenants()])
 
 
 # Every 5 minutes: an erasure never waits on readers for its WAL checkpoints (a backup

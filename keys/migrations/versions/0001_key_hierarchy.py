@@ -21,7 +21,8 @@ _NOW = sa.DateTime(timezone=True)
 
 def _schema() -> str | None:
     # None on SQLite (the key store is its own file), the key store schema on PostgreSQL.
-    return context.config.attributes["keystore_schema"]
+    schema: str | None = context.config.attributes["keystore_schema"]
+    return schema
 
 
 def upgrade() -> None:

@@ -28,7 +28,8 @@ _VERSION = sa.String(200)
 
 
 def _schema() -> str | None:
-    return context.config.attributes["keystore_schema"]
+    schema: str | None = context.config.attributes["keystore_schema"]
+    return schema
 
 
 def upgrade() -> None:

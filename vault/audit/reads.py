@@ -1,0 +1,54 @@
+"""What a tenant's staff read of their own audit log: entries (a filtered page) and the
+chain's verification with its signed checkpoints. Each read is itself audited."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from vault.actor import Actor
+from vault.audit.checkpoints import CheckedChain, Checkpoints
+from vault.audit.service import AuditEvent, AuditLog
+
+
+@dataclass(frozen=True)
+class EntryView:
+    seq: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    targets: dict[str, Any]
+    outcome: str
+    request_id: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    items: list[EntryView]
+    next_cursor: str | None
+
+
+class AuditReads:
+    def __init__(self, audit: AuditLog, checkpoints: Checkpoints) -> None:
+        self.audit = audit
+        self.checkpoints = checkpoints
+
+    async def entries(self, actor: Actor, *, after_seq: int, limit: int, action: str | None = None,
+                      target: str | None = None, since: datetime | None = None,
+                      until: datetime | None = None) -> EntryPage:
+        rows = await self.audit.entries(actor.tenant_id, after_seq=after_seq, limit=limit, action=action, target=target,
+                                        since=since, until=until)
+        items = [EntryView(seq=r.seq, at=r.at, actor=r.actor, role=r.role, action=r.action,
+                           targets=json.loads(r.targets), outcome=r.outcome, request_id=r.request_id, hash=r.hash)
+                 for r in rows]
+        await self.audit.record(AuditEvent.of(actor, "audit.read", count=str(len(items))))
+        return EntryPage(items=items, next_cursor=str(rows[-1].seq) if len(rows) == limit else None)
+
+    async def verify(self, actor: Actor) -> CheckedChain:
+        result = await self.checkpoints.verify(actor.tenant_id)
+        await self.audit.record(AuditEvent.of(actor, "audit.verify", outcome="ok" if result.ok else "broken"))
+        return result

@@ -1,0 +1,103 @@
+"""What the consent and release endpoints answer: pydantic models the services return
+and the views serialise. Timestamps stay the ISO 8601 strings the API has always sent.
+A few fields are absent (not null) in some answers, as they always were: those are
+listed in ``OMIT_UNSET`` and left out unless the service set them."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+
+
+class _Response(BaseModel):
+    OMIT_UNSET: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self.OMIT_UNSET - self.model_fields_set:
+            data.pop(name, None)
+        return data
+
+
+class EvidenceInfo(BaseModel):
+    mime: str | None
+    size: int | None
+
+
+class ConsentView(_Response):
+    OMIT_UNSET = frozenset({"withdrawn_purposes"})  # grants only
+    id: str
+    patient_id: str
+    kind: str
+    purposes: list[str]
+    identifiable: bool | None
+    scope: str
+    treatment_id: str | None
+    media_ids: list[str] | None
+    expires_at: str | None
+    withdraws_id: str | None
+    evidence: EvidenceInfo | None
+    notes: str | None
+    recorded_by: str
+    recorded_at: str
+    withdrawn_purposes: list[str] | None = None
+
+
+class ConsentList(BaseModel):
+    items: list[ConsentView]
+    next_cursor: str | None = None
+
+
+class ReleaseView(_Response):
+    OMIT_UNSET = frozenset({"patient_id"})  # marketing works with media, never with patients
+    id: str
+    media_id: str
+    patient_id: str | None = None
+    purpose: str
+    rendition: str
+    recipient: str | None
+    released_by: str
+    consent_id: str | None
+    created_at: str
+    expires_at: str
+    downloaded_at: str | None
+    recalled_at: str | None
+
+
+class Withdrawal(BaseModel):
+    withdrawal: ConsentView
+    recall: list[ReleaseView]
+
+
+class ReleasePage(BaseModel):
+    items: list[ReleaseView]
+    next_cursor: str | None
+
+
+class ReleasableItem(BaseModel):
+    media_id: str
+    purpose: str
+    rendition: str
+    kind: str
+    phase: str
+    treatment_id: str | None
+    consent_id: str | None
+    thumbnail_url: str
+    thumbnail_expires_at: str
+
+
+class ReleasablePage(BaseModel):
+    items: list[ReleasableItem]
+    next_cursor: str | None
+
+
+class ReleaseMade(BaseModel):
+    id: str
+    media_id: str
+    purpose: str
+    rendition: str
+    consent_id: str | None
+    download_url: str
+    expires_at: str

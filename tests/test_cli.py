@@ -9,6 +9,8 @@ import time
 import urllib.request
 import json
 import socket
+import urllib.parse
+from pathlib import Path
 
 
 
@@ -85,7 +87,13 @@ def test_serve_first_start_prints_a_token_that_works(tmp_path):
         token = lines[-1]
         assert token.startswith("vt_"), lines
         assert any(f"http://127.0.0.1:{port}" in l for l in lines)
-        assert oct((tmp_path / "data" / "root.key").stat().st_mode & 0o777) == "0o600"
+        # The root keyring is printed, private, and outside the data folder.
+        (printed,) = [l for l in lines if l.startswith("root keyring: file://")]
+        keyring = Path(urllib.parse.unquote(urllib.parse.urlsplit(printed.split()[2]).path))
+        assert oct(keyring.stat().st_mode & 0o777) == "0o700"
+        assert not keyring.is_relative_to(tmp_path / "data") and not (tmp_path / "data" / "root.key").exists()
+        keys = [path for path in keyring.iterdir() if path.is_file() and path.stat().st_size]
+        assert keys and all(oct(path.stat().st_mode & 0o777) == "0o600" for path in keys)
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:

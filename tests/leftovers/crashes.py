@@ -29,6 +29,9 @@ def env_of(settings, **extra: str) -> dict[str, str]:
         VAULT_ROOT_KEY_URL=settings.root_key_url, VAULT_LOG_LEVEL="ERROR",
         VAULT_JOB_LEASE_SECONDS="2", VAULT_JOB_POLL_MS="50", VAULT_BLOB_LEASE_SECONDS="1",
         VAULT_LEFTOVER_GRACE_SECONDS="1", VAULT_WEBHOOKS_ALLOW_HTTP_LOOPBACK="true",
+        # `vault serve` runs the jobs itself on both backends (on PostgreSQL it would not by
+        # default); a test that kills a separate `vault worker` turns this off.
+        VAULT_INPROCESS_JOBS="true",
     )
     env.update(extra)
     return env

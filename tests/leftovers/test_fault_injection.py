@@ -126,7 +126,7 @@ async def test_kill_9_at_the_wrong_moments_leaves_nothing_after_reconcile_and_th
 
         # 5. mid-export (the patient's finished video makes it take a moment)
         server = await Process(settings, log, "serve", "--port", "{port}").start()
-        assert await until(lambda: _status(rt, finishing["id"], READY), timeout=120, every=0.1)
+        assert await until(lambda: _status(rt, finishing["id"], READY), timeout=300, every=0.1)  # a hang bound
         export = await _post(http, base(f"/v1/patients/{pid}/exports"), headers=clinic.auth("dpo"))
         running = await until(lambda: _export_running(rt, export["id"]), timeout=30, every=0.005)
         await server.kill()

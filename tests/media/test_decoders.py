@@ -23,6 +23,9 @@ from vault.media.decoders import DecoderPool, PoolLimits
 from vault.media.processing import PhotoPipeline
 
 MAX_PIXELS = 100_000_000
+# Address space of a worker in the bound test: room for the interpreter, its libraries and
+# small photos, not for a 300 MB decode and its copies.
+MEMORY_BOUND = 700 << 20
 
 
 def limits(**overrides) -> PoolLimits:
@@ -79,14 +82,37 @@ async def test_a_killed_worker_fails_only_its_item(tmp_path):
         await pipeline.close()
 
 
-async def test_wall_time_and_address_space_bounds_fail_only_that_item():
-    pipeline = await open_pipeline(workers=2, item_seconds=1.5, memory_bytes=900 << 20)
+async def test_an_item_past_its_wall_time_is_killed_alone():
+    pipeline = await open_pipeline(workers=2)
+    never = asyncio.Event()
+
+    async def stalled_read(start: int, end: int) -> bytes:
+        await never.wait()  # the worker waits for bytes that never come: only the clock ends it
+        return b""
+
     try:
         await asyncio.gather(pipeline.process(photo()), pipeline.process(photo()))
-        bomb = asyncio.create_task(pipeline.process(bomb_png(10_000)))  # 300 MB of pixels, and more to scale
+        stuck = asyncio.create_task(pipeline.pool.run("probe", {"size": 1 << 20, "max_pixels": MAX_PIXELS},
+                                                      read=stalled_read, max_result=1 << 20, seconds=1.0))
         fine = [asyncio.create_task(pipeline.process(photo())) for _ in range(4)]
-        with pytest.raises(DecoderFailed):
+        with pytest.raises(DecoderFailed) as failed:
+            await asyncio.wait_for(stuck, 120)
+        assert failed.value.status == 422
+        assert len(await asyncio.wait_for(asyncio.gather(*fine), 120)) == 4
+        assert (await pipeline.process(photo())).width == 320  # the killed worker was replaced
+    finally:
+        await pipeline.close()
+
+
+async def test_an_item_past_its_address_space_fails_alone():
+    pipeline = await open_pipeline(workers=2, memory_bytes=MEMORY_BOUND)
+    try:
+        await asyncio.gather(pipeline.process(photo()), pipeline.process(photo()))
+        bomb = asyncio.create_task(pipeline.process(bomb_png(10_000)))  # 300 MB of pixels, and copies to scale
+        fine = [asyncio.create_task(pipeline.process(photo())) for _ in range(4)]
+        with pytest.raises(DecoderFailed) as failed:
             await asyncio.wait_for(bomb, 120)
+        assert failed.value.status == 422
         assert len(await asyncio.wait_for(asyncio.gather(*fine), 120)) == 4
     finally:
         await pipeline.close()
@@ -114,11 +140,20 @@ async def test_a_full_pool_answers_503_and_recycles_workers():
 
 async def test_queue_wait_is_bounded():
     pipeline = await open_pipeline(workers=1, queue_seconds=0.5)
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def blocked_read(start: int, end: int) -> bytes:
+        holding.set()  # the only worker is now busy with this item, whatever the machine's speed
+        await release.wait()
+        return b""
+
     try:
-        running = asyncio.create_task(pipeline.process(bomb_png(6000)))
-        await asyncio.sleep(0.2)
+        running = asyncio.create_task(pipeline.pool.run("probe", {"size": 1 << 20, "max_pixels": MAX_PIXELS},
+                                                        read=blocked_read, max_result=1 << 20))
+        await asyncio.wait_for(holding.wait(), 120)
         with pytest.raises(DecoderBusy):
             await pipeline.process(photo())
+        release.set()
         await asyncio.wait_for(asyncio.gather(running, return_exceptions=True), 120)
     finally:
         await pipeline.close()

@@ -107,7 +107,8 @@ async def test_a_video_that_cannot_be_finished_fails_with_a_reason(client, clini
     view = await (await client.get(f"/v1/media/{media['id']}", headers=clinic.auth("records"))).json()
     assert view["status"] == "failed" and view["failure_reason"]
     async with rt.db.session() as s:
-        jobs = (await s.execute(select(Job.state).where(Job.kind == "media.finish_video"))).scalars().all()
+        jobs = (await s.execute(select(Job.state).where(Job.kind == "media.finish_video",
+                                                        Job.payload.contains(media["id"])))).scalars().all()
     assert "dead" not in jobs
 
 

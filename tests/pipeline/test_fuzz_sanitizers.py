@@ -80,6 +80,8 @@ def test_sanitizers_accept_cleanly_or_refuse_with_4xx(mime):
     check()
 
 
+# Mutated sample files are large: Hypothesis warns when it renders their repr for a report.
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
 @given(data=st.one_of(st.binary(max_size=512), mutated(seed("image/heic")), mutated(seed("image/webp"))))
 @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_sniffer_never_raises_and_names_only_known_types(data):

@@ -29,6 +29,7 @@ from keys.errors import (
 from keys.providers import LEGACY_VERSION, check_version_id, context_aad
 
 log = logging.getLogger(__name__)
+_WARNED: set[Path] = set()
 
 KEY_BYTES = 32
 _FORMAT_V1 = b"\x01"
@@ -68,7 +69,9 @@ class FileKeyring:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if directory.stat().st_mode & _PRIVATE:
             raise ProviderError(f"root keyring {directory} must not be accessible to group or others (chmod 700)")
-        log.warning("using a local root keyring: development only, never for production data")
+        if directory not in _WARNED:  # once per keyring and process, not at every runtime opened
+            _WARNED.add(directory)
+            log.warning("using a local root keyring: development only, never for production data")
         return cls(directory)
 
     # -- the provider contract -----------------------------------------------------------

@@ -94,7 +94,8 @@ def make_metrics_middleware(route_template):
         metrics: Metrics = request.app[METRICS]
         started = time.perf_counter()
         metrics.in_flight.inc()
-        status, reason = 500, "internal"
+        status: int = 500
+        reason: str | None = "internal"
         try:
             response = await handler(request)
             status, reason = response.status, None

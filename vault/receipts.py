@@ -102,7 +102,8 @@ def build_erasure_receipt(
             "epochs": [{"root_version": e.version_id, "kind": e.kind,
                         "destroy_after": _iso(e.destroy_after) if e.destroy_after else None} for e in schedule.epochs],
             "legacy_epoch": schedule.legacy,
-            "irrecoverable_after": None if reason else _iso_up(schedule.irrecoverable_after),
+            "irrecoverable_after": None if reason or schedule.irrecoverable_after is None
+            else _iso_up(schedule.irrecoverable_after),
             "cancellable_until": None if reason or schedule.cancellable_until is None
             else _iso_up(schedule.cancellable_until),
             "no_date_reason": reason,

@@ -9,7 +9,7 @@ import asyncio
 import functools
 import threading
 from collections.abc import Callable
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 from keys.blob import BlobEncryptor, DecryptingReader
 from vault.sealed import SealedBlobs, SealedRef
@@ -32,7 +32,7 @@ async def reader_factory(sealed: SealedBlobs, ref: SealedRef) -> Callable[[], De
 
 
 async def write_in_thread(
-    sealed: SealedBlobs, tenant_id: str, patient_id: str, produce: Callable[[BinaryIO], T]
+    sealed: SealedBlobs, tenant_id: str, patient_id: str, produce: Callable[[BlobEncryptor], T]
 ) -> tuple[SealedRef, T]:
     """Run ``produce(writer)`` in a thread; what it writes is encrypted under a new object
     key and streamed into the store. If it raises, nothing is stored and the key is shredded."""

@@ -148,6 +148,10 @@ async def test_queue_wait_is_bounded():
         return b""
 
     try:
+        # the worker must be up first: with a 0.5 s queue bound, a slow start is itself "busy"
+        async with asyncio.timeout(120):
+            while pipeline.pool._idle.qsize() < 1:  # noqa: SLF001
+                await asyncio.sleep(0.05)
         running = asyncio.create_task(pipeline.pool.run("probe", {"size": 1 << 20, "max_pixels": MAX_PIXELS},
                                                         read=blocked_read, max_result=1 << 20))
         await asyncio.wait_for(holding.wait(), 120)

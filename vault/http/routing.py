@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)  # the decorators hand back the handler as it was typed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,8 +37,8 @@ class Endpoints:
     tag: str
     items: list[Endpoint] = field(default_factory=list)
 
-    def route(self, method: str, path: str, *, summary: str, **options: Any) -> Callable[[Handler], Handler]:
-        def register(handler: Handler) -> Handler:
+    def route(self, method: str, path: str, *, summary: str, **options: Any) -> Callable[[H], H]:
+        def register(handler: H) -> H:
             self.items.append(
                 Endpoint(method=method, path=path, handler=handler, summary=summary, tag=self.tag, **options)
             )
@@ -45,19 +46,19 @@ class Endpoints:
 
         return register
 
-    def get(self, path: str, **options: Any):
+    def get(self, path: str, **options: Any) -> Callable[[H], H]:
         return self.route("GET", path, **options)
 
-    def post(self, path: str, **options: Any):
+    def post(self, path: str, **options: Any) -> Callable[[H], H]:
         return self.route("POST", path, **options)
 
-    def put(self, path: str, **options: Any):
+    def put(self, path: str, **options: Any) -> Callable[[H], H]:
         return self.route("PUT", path, **options)
 
-    def patch(self, path: str, **options: Any):
+    def patch(self, path: str, **options: Any) -> Callable[[H], H]:
         return self.route("PATCH", path, **options)
 
-    def delete(self, path: str, **options: Any):
+    def delete(self, path: str, **options: Any) -> Callable[[H], H]:
         return self.route("DELETE", path, **options)
 
 

@@ -27,8 +27,9 @@ import logging
 import os
 import socket
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import Table, delete, event, select, update
 from sqlalchemy.orm import Session
 
 from vault.db import Database, utcnow
@@ -36,7 +37,7 @@ from vault.leftovers.models import BlobWrite
 from vault.leftovers.references import BLOB_REFERENCES
 
 log = logging.getLogger("vault.leftovers")
-_leases = BlobWrite.__table__
+_leases = cast(Table, BlobWrite.__table__)  # a Table, typed as its base FromClause
 
 
 class WriteLeases:

@@ -25,18 +25,19 @@ import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
 
 from keys.inventory import object_key_owners, object_keys_page
-from vault.db import Database, utcnow
+from vault.db import Database, rowcount, utcnow
 from vault.leftovers.models import BlobWrite
 from vault.leftovers.references import referenced
 from vault.shredding.models import LEFTOVER
 
 log = logging.getLogger("vault.leftovers")
 PAGE = 500
-_leases = BlobWrite.__table__
+_leases = cast(Table, BlobWrite.__table__)  # a Table, typed as its base FromClause
 
 
 @dataclass
@@ -103,7 +104,7 @@ class LeftoverSweep:
 
     async def _end_lease(self, blob_id: str, report: SweepReport) -> None:
         async with self.db.transaction() as session:
-            report.leases += (await session.execute(delete(_leases).where(_leases.c.blob_id == blob_id))).rowcount
+            report.leases += rowcount(await session.execute(delete(_leases).where(_leases.c.blob_id == blob_id)))
 
     async def _expired_leases(self, cutoff: datetime) -> AsyncIterator[list[str]]:
         after = ""

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keys.errors import KeyDestroyed
@@ -126,6 +126,7 @@ class ErasureService:
             # The refusal is audited on its own: the transaction above wrote nothing.
             await self.audit.record(AuditEvent.of(actor, "patient.erasure_request", outcome="legal_hold", patient_id=patient_id))
             raise LegalHoldError()
+        assert request is not None  # None only when held, which raised above
         return await self._complete(actor, request)
 
     async def _stored_receipt(self, actor: Actor, patient_id: str) -> dict[str, Any] | None:
@@ -172,6 +173,7 @@ class ErasureService:
             session.add(ErasureReceipt(patient_id=patient_id, tenant_id=tenant_id, receipt_id=document["receipt_id"],
                                        document=_canonical(signed["receipt"]), signature=signed["signature"], created_at=now))
             row = await session.get(ErasureRequest, request.id, with_for_update=True)
+            assert row is not None, "a committed erasure request is never deleted"
             row.state, row.completed_at = DONE, now
             # The hold's reason was sealed under the DEK just destroyed: nothing to keep.
             await session.execute(delete(LegalHold).where(LegalHold.patient_id == patient_id))
@@ -276,7 +278,7 @@ async def _media_blob_ids(session: AsyncSession, media_id: str) -> list[str]:
     released = (await session.execute(
         select(Release.blob_id).where(Release.media_id == media_id, Release.blob_id.is_not(None))
     )).scalars().all()
-    return sorted(set(renditions) | set(released))
+    return sorted(set(renditions) | {blob_id for blob_id in released if blob_id is not None})  # None excluded in SQL too
 
 
 async def object_count(session: AsyncSession, patient_id: str) -> int:
@@ -289,7 +291,7 @@ async def object_count(session: AsyncSession, patient_id: str) -> int:
         select(func.count()).select_from(Release).where(Release.patient_id == patient_id, Release.blob_id.is_not(None)),
         select(func.count()).select_from(Export).where(Export.patient_id == patient_id, Export.blob_id.is_not(None)),
     )
-    total = parts[0].scalar_subquery()
+    total: ColumnElement[Any] = parts[0].scalar_subquery()
     for part in parts[1:]:
         total = total + part.scalar_subquery()
     return int((await session.execute(select(total))).scalar_one())

@@ -134,6 +134,8 @@ class ExportService:
                 )).limit(500)
             )).scalars().all()
         for export in rows:
+            if export.blob_id is None:  # excluded by the query; narrows the type
+                continue
             ref = SealedRef(id=export.blob_id, tenant_id=export.tenant_id, patient_id=export.patient_id, plain_size=0)
             async with self.db.transaction() as session:
                 await session.execute(update(Export).where(Export.id == export.id, Export.status == EXPORT_READY)
@@ -149,6 +151,7 @@ class ExportService:
             if export is None or export.status not in (EXPORT_PENDING, EXPORT_RUNNING):
                 return
             patient = await session.get(Patient, export.patient_id)
+            assert patient is not None, "exports.patient_id is a foreign key; patients are tombstoned, never deleted"
             if patient.status == ERASED:
                 export.status, export.error = EXPORT_FAILED, "patient_erased"
                 await finish(session)
@@ -173,6 +176,7 @@ class ExportService:
             async with self.db.transaction() as session:
                 row = await session.get(Export, export.id, with_for_update=True)
                 patient = await session.get(Patient, export.patient_id)
+                assert row is not None and patient is not None, "exports and patients are never deleted"
                 now = utcnow()
                 if row.status == EXPORT_RUNNING and patient.status != ERASED:
                     row.status, row.blob_id, row.plain_size = EXPORT_READY, ref.id, ref.plain_size

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.consent.models import ConsentRecord
-from vault.db import Database, new_id, utcnow
+from vault.db import Database, new_id, rowcount, utcnow
 from vault.errors import Conflict, LegalHold as LegalHoldError, NotFound, PatientErased, ValidationFailed
 from vault.lifecycle.durations import Duration, start_of
 from vault.lifecycle.erasure import ErasureService, system_actor
@@ -194,6 +194,7 @@ class RetentionService:
             erased.append({"patient_id": entry["patient_id"], "receipt_id": signed["receipt"]["receipt_id"]})
         async with self.db.transaction() as session:
             row = await session.get(RetentionSweep, sweep_id, with_for_update=True)
+            assert row is not None, "committed by _start; sweeps are never deleted"
             row.erased = json.dumps([e["patient_id"] for e in erased])
             await self.audit.append(session, AuditEvent.of(actor, "retention.sweep", sweep_id=sweep_id, review_id=review_id,
                                                            erased=str(len(erased)), skipped=str(len(skipped))))
@@ -246,7 +247,7 @@ class RetentionService:
                     update(RetentionSweep).where(RetentionSweep.id == review.id, RetentionSweep.used_by.is_(None))
                     .values(used_by=row.id)
                 )
-                if claimed.rowcount != 1:
+                if rowcount(claimed) != 1:
                     raise RetentionBlocked("this dry run was already acted on", details={"reason": "review_used"})
             session.add(row)
         return row.id

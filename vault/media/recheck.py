@@ -140,7 +140,7 @@ def check_photo(result: dict[str, Any], parts: list[bytes], *, input_size: int, 
     if not parts or len(parts[0]) > input_size + _STRIP_GROWTH:
         raise _refuse("stripped.size")
     stripped = parts[0]
-    mime = result.get("mime")
+    mime = _str(result.get("mime"), "stripped.type")  # check_stripped refuses a non-string alike
     pixels = check_stripped(stripped, mime, max_pixels=max_pixels)
     width, height = _int(result.get("width"), "width", 1), _int(result.get("height"), "height", 1)
     if width * height != pixels:

@@ -194,7 +194,8 @@ async def create_playback(request: web.Request) -> web.Response:
 async def playback(request: web.Request) -> web.StreamResponse:
     service = request.app[MEDIA]
     actor = await service.playback_actor(request.match_info["media_id"], dict(request.query), request_id=request[REQUEST_ID])
-    if actor.role not in allowed(*CONTENT_ROUTE):  # the token's role may have changed since the link was made
+    roles = allowed(*CONTENT_ROUTE)  # the token's role may have changed since the link was made
+    if not isinstance(roles, frozenset) or actor.role not in roles:
         raise Forbidden("the link is not valid")
     content = await service.content(actor, request.match_info["media_id"], rendition=ORIGINAL, action="media.playback")
     return await _serve(request, service, content)

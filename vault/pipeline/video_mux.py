@@ -9,7 +9,7 @@ zero dates, no user data, the display matrix read back.
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import Protocol
 
 from vault.errors import VaultError
 from vault.pipeline.isobmff import Box, Cursor, boxes
@@ -23,6 +23,12 @@ class MuxerSurprise(VaultError):
     """The muxer wrote something other than what stripping relies on (our bug, a 500)."""
 
 
+class Target(Protocol):
+    """Where the bytes go: a binary file, a blob encryptor, or nothing at all."""
+
+    def write(self, data: memoryview, /) -> int | None: ...
+
+
 class FragmentedOutput:
     """What PyAV writes into: passes every byte on to ``target`` and never seeks.
 
@@ -30,7 +36,7 @@ class FragmentedOutput:
     cannot go back to patch an index, whatever ``target`` would allow.
     """
 
-    def __init__(self, target: BinaryIO) -> None:
+    def __init__(self, target: Target) -> None:
         self._target = target
         self.size = 0
         self.fragments = 0

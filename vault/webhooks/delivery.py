@@ -114,7 +114,8 @@ async def resolve(url: str, *, allow_http_loopback: bool) -> Destination:
                 )
         except (OSError, TimeoutError, UnicodeError):
             raise Refused("unresolvable") from None
-        found = [(ipaddress.ip_address(info[4][0].split("%")[0]), info[0]) for info in infos]
+        # sockaddr[0] is the address string for AF_INET/AF_INET6 (typeshed also allows an int).
+        found = [(ipaddress.ip_address(str(info[4][0]).split("%")[0]), info[0]) for info in infos]
         if not found:
             raise Refused("unresolvable")
     # Every answer must pass: a name answering both a public and a private address is refused.

@@ -179,7 +179,7 @@ class WebhookService:
             row = await session.get(WebhookDelivery, delivery_id)
             if row is None or row.state != PENDING:
                 return  # delivered, cancelled or given up by an earlier run
-            event = await session.get(WebhookEvent, row.event_id)
+            event = await session.get_one(WebhookEvent, row.event_id)  # foreign key: it exists
             endpoint = await session.get(WebhookEndpoint, row.endpoint_id)
             secret = await session.get(WebhookSecret, row.tenant_id)
         if endpoint is None or secret is None:
@@ -220,7 +220,8 @@ class WebhookService:
     async def _settle(self, delivery_id: str, *, state: str, status: int | None, error: str | None,
                       finish: Callable[[AsyncSession], Awaitable[None]] | None) -> None:
         async with self.db.transaction() as session:
-            row = await session.get(WebhookDelivery, delivery_id, with_for_update=True)
+            # Loaded by ``deliver`` just before; deliveries are never deleted.
+            row = await session.get_one(WebhookDelivery, delivery_id, with_for_update=True)
             row.attempts += 1
             row.state, row.last_status, row.last_error = state, status, error
             if state != PENDING:

@@ -95,7 +95,7 @@ async def measure_erasures(rt, keystore, actor: Actor, sizes: tuple[int, ...], r
                 signed = await rt.lifecycle.erasure.erase(actor, patient.id, reason="benchmark")
                 samples[size]["total"].append(time.perf_counter() - start)
                 samples[size]["shred"].append(spent["shred"])
-                assert signed["receipt"]["object_count"] == 3 * size
+                assert signed.receipt["object_count"] == 3 * size
     finally:
         rt.ledger.shred_patient = original
     return {size: {k: statistics.median(v) for k, v in parts.items()} for size, parts in samples.items()}

@@ -100,10 +100,10 @@ def cmd_token_create(settings: Settings, args) -> int:
 
 def cmd_token_list(settings: Settings, args) -> int:
     async def action(rt):
-        for token, slug in await rt.tenants.tokens(args.tenant):
+        for token in await rt.tenants.tokens(args.tenant):
             state = "revoked" if token.revoked_at else "active"
             used = token.last_used_at.isoformat(timespec="seconds") if token.last_used_at else "never"
-            print(f"{token.id}  {slug:<20} {token.role:<12} {state:<8} last used {used}  {token.label}")
+            print(f"{token.id}  {token.tenant_slug:<20} {token.role:<12} {state:<8} last used {used}  {token.label}")
 
     return run_with_runtime(settings, action)
 

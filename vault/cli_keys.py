@@ -93,9 +93,9 @@ def cmd_keys_reshred(settings: Settings, args) -> int:
         repaired = await rt.ledger.reconcile()
         removed = await _ops(rt).reshred(request_id=request_id())
         slugs = {t.id: t.slug for t in await rt.tenants.tenants()}
-        for tenant_id, count in sorted(removed.items(), key=lambda item: slugs.get(item[0], item[0])):
+        for tenant_id, count in sorted(removed.by_tenant.items(), key=lambda item: slugs.get(item[0], item[0])):
             print(f"{slugs.get(tenant_id, tenant_id)}: {count} key rows re-shredded")
-        total = sum(removed.values())
+        total = removed.total
         print(f"re-shredded {total} key rows from the shred ledger"
               + (f"; recorded {repaired} erased patients missing from it" if repaired else ""))
 

@@ -111,12 +111,23 @@ class KeyOperations:
                                               **({"forced": "true"} if early and force else {})))
         return irrecoverable
 
-    async def reshred(self, *, request_id: str) -> dict[str, int]:
+    async def reshred(self, *, request_id: str) -> Reshredded:
         """Re-shred a restored key-store backup from the ledger; key rows removed per tenant."""
         removed = await self.ledger.reshred()
         for tenant_id, count in removed.items():
             await self.audit.record(AuditEvent.of(Actor.cli(tenant_id, request_id), "keys.reshred", removed=str(count)))
-        return removed
+        return Reshredded(by_tenant=dict(removed))
+
+
+@dataclass(frozen=True)
+class Reshredded:
+    """What :meth:`KeyOperations.reshred` removed: key rows per tenant id."""
+
+    by_tenant: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_tenant.values())
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def _b64(data: bytes) -> str:
 
 async def _token_id(client, clinic, role: str) -> str:
     tokens = await client.server.app[RUNTIME].tenants.tokens(clinic.slug)
-    return next(t.id for t, _ in tokens if t.role == role)
+    return next(t.id for t in tokens if t.role == role)
 
 
 async def test_record_read_history_with_sealed_notes_and_evidence(api, client, clinic, tmp_path):

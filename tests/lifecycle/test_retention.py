@@ -51,7 +51,7 @@ def test_every_rule_must_say_due():
     rules = [Rule("last_treatment", Duration.parse("P7Y")), Rule("last_activity", Duration.parse("P24M"))]
     old = datetime(2018, 1, 1, tzinfo=UTC)
     due = Clocks("p", last_treatment=old, last_upload=old, last_consent=None, last_contact=old)
-    assert [r["clock"] for r in due_reasons(rules, due, NOW)] == ["last_treatment", "last_activity"]
+    assert [r.clock for r in due_reasons(rules, due, NOW)] == ["last_treatment", "last_activity"]
     recent_contact = Clocks("p", last_treatment=old, last_upload=old, last_consent=None, last_contact=NOW - timedelta(days=30))
     assert due_reasons(rules, recent_contact, NOW) is None
     never_treated = Clocks("p", last_treatment=None, last_upload=old, last_consent=None, last_contact=old)

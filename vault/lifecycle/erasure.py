@@ -45,6 +45,7 @@ from vault.errors import NotFound
 from vault.jobs import enqueue
 from vault.lifecycle.models import BY_REQUEST, DONE, PENDING, ErasureReceipt, ErasureRequest, Export, LegalHold
 from vault.lifecycle.reasons import seal_erasure_reason
+from vault.lifecycle.responses import ErasureReceiptOut, MediaDeletedOut
 from vault.media.models import DELETED as MEDIA_DELETED
 from vault.media.models import Media, MediaBlob
 from vault.patients.models import ERASED, Patient
@@ -93,7 +94,7 @@ class ErasureService:
 
     # -- a patient -----------------------------------------------------------------------
     async def erase(self, actor: Actor, patient_id: str, *, reason: str, origin: str = BY_REQUEST,
-                    sweep_id: str | None = None) -> dict[str, Any]:
+                    sweep_id: str | None = None) -> ErasureReceiptOut:
         """Erase the patient and return the signed receipt ``{"receipt", "signature"}``;
         the same receipt on every later call. ``LegalHold`` while a hold stands."""
         stored = await self._stored_receipt(actor, patient_id)
@@ -129,7 +130,7 @@ class ErasureService:
         assert request is not None  # None only when held, which raised above
         return await self._complete(actor, request)
 
-    async def _stored_receipt(self, actor: Actor, patient_id: str) -> dict[str, Any] | None:
+    async def _stored_receipt(self, actor: Actor, patient_id: str) -> ErasureReceiptOut | None:
         async with self.db.session() as session:
             row = (await session.execute(
                 select(ErasureReceipt).where(ErasureReceipt.patient_id == patient_id, ErasureReceipt.tenant_id == actor.tenant_id)
@@ -142,7 +143,7 @@ class ErasureService:
         except KeyDestroyed:
             return None
 
-    async def _complete(self, actor: Actor, request: ErasureRequest) -> dict[str, Any]:
+    async def _complete(self, actor: Actor, request: ErasureRequest) -> ErasureReceiptOut:
         """Steps 2 and 3 for a committed request; idempotent."""
         tenant_id, patient_id = request.tenant_id, request.patient_id
         destroyed = await self.ledger.shred_patient(tenant_id, patient_id, cause=ERASURE)
@@ -186,7 +187,7 @@ class ErasureService:
         # WAL in so no older page image keeps it. Bounded wait: a reader holding a
         # snapshot defers it to the shred.checkpoint job.
         await self.db.checkpoint()
-        return signed
+        return ErasureReceiptOut.of(signed)
 
     async def reconcile(self, *, request_id: str) -> int:
         """Finish every erasure whose intent was committed but which did not complete (a
@@ -207,7 +208,7 @@ class ErasureService:
         await self.ledger.reconcile()
         return finished
 
-    async def receipt_of(self, tenant_id: str, patient_id: str) -> dict[str, Any] | None:
+    async def receipt_of(self, tenant_id: str, patient_id: str) -> ErasureReceiptOut | None:
         async with self.db.session() as session:
             row = (await session.execute(
                 select(ErasureReceipt).where(ErasureReceipt.patient_id == patient_id, ErasureReceipt.tenant_id == tenant_id)
@@ -229,7 +230,7 @@ class ErasureService:
         return attestation
 
     # -- one photo or video ---------------------------------------------------------------
-    async def delete_media(self, actor: Actor, media_id: str) -> dict[str, Any]:
+    async def delete_media(self, actor: Actor, media_id: str) -> MediaDeletedOut:
         """Shred every rendition of one media (and its releases' own renditions), mark it
         deleted, recall its releases; the bytes go in a ``lifecycle.purge_media`` job."""
         async with self.db.session() as session:
@@ -261,12 +262,8 @@ class ErasureService:
                               dedupe_key=f"{PURGE_MEDIA}:{media.id}")
             await self.audit.append(session, AuditEvent.of(actor, "media.delete", patient_id=media.patient_id, media_id=media.id,
                                                            keys=str(len(destroyed)), recalled=str(len(recalled))))
-        return {
-            "media_id": media.id,
-            "status": MEDIA_DELETED,
-            "destroyed_key_ids": destroyed,
-            "recall": [(await release_view(self.keys, r)).model_dump() for r in recalled],
-        }
+        return MediaDeletedOut(media_id=media.id, status=MEDIA_DELETED, destroyed_key_ids=destroyed,
+                               recall=[await release_view(self.keys, r) for r in recalled])
 
     @staticmethod
     async def _media(session: AsyncSession, actor: Actor, media_id: str, *, lock: bool = False) -> Media:
@@ -308,5 +305,6 @@ def _canonical(document: dict[str, Any]) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
-def _signed(row: ErasureReceipt) -> dict[str, Any]:
-    return {"receipt": json.loads(row.document), "signature": row.signature}
+def _signed(row: ErasureReceipt) -> ErasureReceiptOut:
+    """The stored receipt as stored: the signed document exactly, never re-modelled."""
+    return ErasureReceiptOut(receipt=json.loads(row.document), signature=row.signature)

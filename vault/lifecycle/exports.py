@@ -29,6 +29,7 @@ from vault.errors import Gone, NotReady
 from vault.jobs import enqueue
 from vault.lifecycle.archive import MediaFile, zip_stream
 from vault.lifecycle.erasure import system_actor
+from vault.lifecycle.responses import ExportOut
 from vault.lifecycle.models import (
     EXPORT_DOWNLOADED,
     EXPORT_EXPIRED,
@@ -71,7 +72,7 @@ class ExportService:
         self.ttl = ttl
 
     # -- requests and status ----------------------------------------------------------------
-    async def request(self, actor: Actor, patient_id: str) -> dict[str, Any]:
+    async def request(self, actor: Actor, patient_id: str) -> ExportOut:
         async with self.db.transaction() as session:
             patient = await self.patients.load(session, actor, patient_id, lock=True)
             export = Export(id=new_id(), tenant_id=patient.tenant_id, patient_id=patient.id, status=EXPORT_PENDING,
@@ -87,7 +88,7 @@ class ExportService:
         await self.patients.load(session, actor, export.patient_id)  # erased -> 410
         return export
 
-    async def status(self, actor: Actor, export_id: str) -> dict[str, Any]:
+    async def status(self, actor: Actor, export_id: str) -> ExportOut:
         async with self.db.session() as session:
             export = await self._load(session, actor, export_id)
         await self.audit.record(AuditEvent.of(actor, "export.read", patient_id=export.patient_id, export_id=export.id))
@@ -241,21 +242,21 @@ class ExportService:
             after = rows[-1].seq
 
 
-def view(export: Export) -> dict[str, Any]:
-    return {
-        "id": export.id,
-        "patient_id": export.patient_id,
-        "status": export.status,
-        "progress": round(export.progress or 0.0, 3),
-        "items_done": export.items_done or 0,
-        "items_total": export.items_total or 0,
-        "size": export.plain_size,
-        "error": export.error,
-        "created_at": export.created_at.isoformat(),
-        "ready_at": export.ready_at.isoformat() if export.ready_at else None,
-        "expires_at": export.expires_at.isoformat() if export.expires_at else None,
-        "downloaded_at": export.downloaded_at.isoformat() if export.downloaded_at else None,
-    }
+def view(export: Export) -> ExportOut:
+    return ExportOut(
+        id=export.id,
+        patient_id=export.patient_id,
+        status=export.status,
+        progress=round(export.progress or 0.0, 3),
+        items_done=export.items_done or 0,
+        items_total=export.items_total or 0,
+        size=export.plain_size,
+        error=export.error,
+        created_at=export.created_at.isoformat(),
+        ready_at=export.ready_at.isoformat() if export.ready_at else None,
+        expires_at=export.expires_at.isoformat() if export.expires_at else None,
+        downloaded_at=export.downloaded_at.isoformat() if export.downloaded_at else None,
+    )
 
 
 class _Progress:

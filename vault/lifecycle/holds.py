@@ -11,8 +11,6 @@ storage, clinical reads and the patient's own subject-access export go on.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 
 from vault.actor import Actor
@@ -21,6 +19,7 @@ from vault.db import Database, utcnow
 from vault.errors import Conflict
 from vault.lifecycle.models import PENDING, ErasureRequest, LegalHold
 from vault.lifecycle.reasons import seal_hold_reason
+from vault.lifecycle.responses import LegalHoldOut, RestrictionOut
 from vault.patients.models import ACTIVE, RESTRICTED
 from vault.patients.service import PatientService
 
@@ -32,7 +31,7 @@ class HoldService:
         self.keys = keys
         self.patients = patients
 
-    async def place_hold(self, actor: Actor, patient_id: str, *, reason: str) -> dict[str, Any]:
+    async def place_hold(self, actor: Actor, patient_id: str, *, reason: str) -> LegalHoldOut:
         async with self.db.transaction() as session:
             patient = await self.patients.load(session, actor, patient_id, lock=True)
             pending = (await session.execute(
@@ -51,7 +50,7 @@ class HoldService:
             await self.audit.append(session, AuditEvent.of(actor, "patient.legal_hold.place", patient_id=patient.id))
             return _hold_view(patient.id, hold)
 
-    async def lift_hold(self, actor: Actor, patient_id: str) -> dict[str, Any]:
+    async def lift_hold(self, actor: Actor, patient_id: str) -> LegalHoldOut:
         async with self.db.transaction() as session:
             patient = await self.patients.load(session, actor, patient_id, lock=True)
             hold = await session.get(LegalHold, patient.id, with_for_update=True)
@@ -62,7 +61,7 @@ class HoldService:
                                                            patient_id=patient.id))
             return _hold_view(patient.id, hold)
 
-    async def restrict(self, actor: Actor, patient_id: str, *, restricted: bool) -> dict[str, Any]:
+    async def restrict(self, actor: Actor, patient_id: str, *, restricted: bool) -> RestrictionOut:
         async with self.db.transaction() as session:
             patient = await self.patients.load(session, actor, patient_id, lock=True)
             wanted = RESTRICTED if restricted else ACTIVE
@@ -72,15 +71,15 @@ class HoldService:
             patient.status = wanted
             action = "patient.restrict" if restricted else "patient.unrestrict"
             await self.audit.append(session, AuditEvent.of(actor, action, outcome=outcome, patient_id=patient.id))
-            return {"patient_id": patient.id, "status": patient.status}
+            return RestrictionOut(patient_id=patient.id, status=patient.status)
 
 
-def _hold_view(patient_id: str, hold: LegalHold | None) -> dict[str, Any]:
+def _hold_view(patient_id: str, hold: LegalHold | None) -> LegalHoldOut:
     active = hold is not None and hold.lifted_at is None
-    return {
-        "patient_id": patient_id,
-        "legal_hold": active,
-        "placed_at": hold.placed_at.isoformat() if hold is not None else None,
-        "placed_by": hold.placed_by if hold is not None else None,
-        "lifted_at": hold.lifted_at.isoformat() if hold is not None and hold.lifted_at else None,
-    }
+    return LegalHoldOut(
+        patient_id=patient_id,
+        legal_hold=active,
+        placed_at=hold.placed_at.isoformat() if hold is not None else None,
+        placed_by=hold.placed_by if hold is not None else None,
+        lifted_at=hold.lifted_at.isoformat() if hold is not None and hold.lifted_at else None,
+    )

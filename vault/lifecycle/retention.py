@@ -40,6 +40,16 @@ from vault.errors import Conflict, LegalHold as LegalHoldError, NotFound, Patien
 from vault.lifecycle.durations import Duration, start_of
 from vault.lifecycle.erasure import ErasureService, system_actor
 from vault.lifecycle.models import BY_RETENTION, PENDING, ErasureRequest, LegalHold, RetentionPolicy, RetentionSweep
+from vault.lifecycle.responses import (
+    DryRunOut,
+    DuePatientOut,
+    DueReasonOut,
+    ErasedPatientOut,
+    RetentionPolicyOut,
+    RetentionRuleOut,
+    SkippedPatientOut,
+    SweepRunOut,
+)
 from vault.media.models import Media
 from vault.patients.models import ERASED, Patient
 from vault.treatments.models import Treatment
@@ -96,7 +106,7 @@ class Clocks:
         return max(readings) if readings else None
 
 
-def due_reasons(rules: Iterable[Rule], clocks: Clocks, now: datetime) -> list[dict[str, str]] | None:
+def due_reasons(rules: Iterable[Rule], clocks: Clocks, now: datetime) -> list[DueReasonOut] | None:
     """Why the patient is due (one entry per rule), or None when any rule says no."""
     reasons = []
     for rule in rules:
@@ -106,8 +116,8 @@ def due_reasons(rules: Iterable[Rule], clocks: Clocks, now: datetime) -> list[di
         due_since = rule.erase_after.after(at)
         if due_since > now:
             return None
-        reasons.append({"clock": rule.clock, "at": at.isoformat(), "erase_after": str(rule.erase_after),
-                        "due_since": due_since.isoformat()})
+        reasons.append(DueReasonOut(clock=rule.clock, at=at.isoformat(), erase_after=str(rule.erase_after),
+                                    due_since=due_since.isoformat()))
     return reasons or None
 
 
@@ -128,13 +138,13 @@ class RetentionService:
         self.max_erasures = max_erasures
 
     # -- the policy ----------------------------------------------------------------------
-    async def policy(self, actor: Actor) -> dict[str, Any]:
+    async def policy(self, actor: Actor) -> RetentionPolicyOut:
         async with self.db.session() as session:
             row = await session.get(RetentionPolicy, actor.tenant_id)
         await self.audit.record(AuditEvent.of(actor, "retention.policy.read"))
         return _policy_view(row)
 
-    async def set_policy(self, actor: Actor, raw_rules: list[dict[str, str]]) -> dict[str, Any]:
+    async def set_policy(self, actor: Actor, raw_rules: list[dict[str, str]]) -> RetentionPolicyOut:
         rules = parse_rules(raw_rules)
         async with self.db.transaction() as session:
             row = await session.get(RetentionPolicy, actor.tenant_id, with_for_update=True)
@@ -148,23 +158,24 @@ class RetentionService:
         return _policy_view(row)
 
     # -- who is due ------------------------------------------------------------------------
-    async def due(self, session: AsyncSession, tenant_id: str, rules: list[Rule], now: datetime) -> list[dict[str, Any]]:
+    async def due(self, session: AsyncSession, tenant_id: str, rules: list[Rule], now: datetime) -> list[DuePatientOut]:
         if not rules:
             return []
-        found, after = [], ""
+        found: list[DuePatientOut] = []
+        after = ""
         while True:
             page = await _clocks(session, tenant_id, after)
             for clocks in page:
                 reasons = due_reasons(rules, clocks, now)
                 if reasons is not None:
-                    found.append({"patient_id": clocks.patient_id, "reasons": reasons})
+                    found.append(DuePatientOut(patient_id=clocks.patient_id, reasons=reasons))
             if len(page) < _PAGE:
                 return found
             after = page[-1].patient_id
 
     # -- sweeps ----------------------------------------------------------------------------
     async def sweep(self, actor: Actor, *, dry_run: bool = True, review_id: str | None = None, origin: str = "api",
-                    now: datetime | None = None) -> dict[str, Any]:
+                    now: datetime | None = None) -> DryRunOut | SweepRunOut:
         now = now or utcnow()
         async with self.db.session() as session:
             policy = await session.get(RetentionPolicy, actor.tenant_id)
@@ -179,28 +190,29 @@ class RetentionService:
             raise RetentionBlocked(details=blocked)
         if review is not None:
             listed = {d["patient_id"] for d in json.loads(review.due)}
-            due = [d for d in due if d["patient_id"] in listed]
+            due = [d for d in due if d.patient_id in listed]
         if not due and origin == "periodic":
-            return {"id": None, "dry_run": False, "erased": [], "skipped": []}
+            return SweepRunOut(id=None, dry_run=False, review_id=None, erased=[], skipped=[])
         sweep_id = await self._start(actor, policy, due, review, origin, now)
-        erased, skipped = [], []
+        erased: list[ErasedPatientOut] = []
+        skipped: list[SkippedPatientOut] = []
         for entry in due:
             try:
-                signed = await self.erasure.erase(actor, entry["patient_id"], reason=f"retention sweep {sweep_id}",
+                signed = await self.erasure.erase(actor, entry.patient_id, reason=f"retention sweep {sweep_id}",
                                                   origin=BY_RETENTION, sweep_id=sweep_id)
             except (LegalHoldError, PatientErased, NotFound) as exc:
-                skipped.append({"patient_id": entry["patient_id"], "reason": exc.code})
+                skipped.append(SkippedPatientOut(patient_id=entry.patient_id, reason=exc.code))
                 continue
-            erased.append({"patient_id": entry["patient_id"], "receipt_id": signed["receipt"]["receipt_id"]})
+            erased.append(ErasedPatientOut(patient_id=entry.patient_id, receipt_id=signed.receipt["receipt_id"]))
         async with self.db.transaction() as session:
             row = await session.get(RetentionSweep, sweep_id, with_for_update=True)
             assert row is not None, "committed by _start; sweeps are never deleted"
-            row.erased = json.dumps([e["patient_id"] for e in erased])
+            row.erased = json.dumps([e.patient_id for e in erased])
             await self.audit.append(session, AuditEvent.of(actor, "retention.sweep", sweep_id=sweep_id, review_id=review_id,
                                                            erased=str(len(erased)), skipped=str(len(skipped))))
-        return {"id": sweep_id, "dry_run": False, "review_id": review_id, "erased": erased, "skipped": skipped}
+        return SweepRunOut(id=sweep_id, dry_run=False, review_id=review_id, erased=erased, skipped=skipped)
 
-    def _blocked(self, policy: RetentionPolicy | None, due: list[dict[str, Any]], now: datetime) -> dict[str, Any] | None:
+    def _blocked(self, policy: RetentionPolicy | None, due: list[DuePatientOut], now: datetime) -> dict[str, Any] | None:
         """Why a real sweep without a review would refuse to act (None: it would act)."""
         if policy is not None and now - policy.updated_at < POLICY_SETTLE and due:
             return {"reason": "policy_recently_changed", "acts_after": (policy.updated_at + POLICY_SETTLE).isoformat()}
@@ -223,21 +235,21 @@ class RetentionService:
             raise RetentionBlocked("this dry run is too old; run a new one", details={"reason": "review_expired"})
         return review
 
-    async def _record_dry_run(self, actor: Actor, policy: RetentionPolicy | None, due: list[dict[str, Any]],
-                              blocked: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
-        row = RetentionSweep(id=new_id(), tenant_id=actor.tenant_id, dry_run=True, origin="api", due=json.dumps(due),
+    async def _record_dry_run(self, actor: Actor, policy: RetentionPolicy | None, due: list[DuePatientOut],
+                              blocked: dict[str, Any] | None, now: datetime) -> DryRunOut:
+        row = RetentionSweep(id=new_id(), tenant_id=actor.tenant_id, dry_run=True, origin="api", due=_due_json(due),
                              outcome="dry_run", policy_updated_at=policy.updated_at if policy else None,
                              created_by=actor.token_id, created_at=now)
         async with self.db.transaction() as session:
             session.add(row)
             await session.flush()
             await self.audit.append(session, AuditEvent.of(actor, "retention.sweep.dry_run", sweep_id=row.id, due=str(len(due))))
-        return {"id": row.id, "dry_run": True, "due": due, "created_at": now.isoformat(),
-                "policy": _policy_view(policy), "blocked_without_review": blocked}
+        return DryRunOut(id=row.id, dry_run=True, due=due, created_at=now.isoformat(), policy=_policy_view(policy),
+                         blocked_without_review=blocked)
 
-    async def _start(self, actor: Actor, policy: RetentionPolicy | None, due: list[dict[str, Any]],
+    async def _start(self, actor: Actor, policy: RetentionPolicy | None, due: list[DuePatientOut],
                      review: RetentionSweep | None, origin: str, now: datetime) -> str:
-        row = RetentionSweep(id=new_id(), tenant_id=actor.tenant_id, dry_run=False, origin=origin, due=json.dumps(due),
+        row = RetentionSweep(id=new_id(), tenant_id=actor.tenant_id, dry_run=False, origin=origin, due=_due_json(due),
                              outcome="ok", review_id=review.id if review else None,
                              policy_updated_at=policy.updated_at if policy else None, created_by=actor.token_id, created_at=now)
         async with self.db.transaction() as session:
@@ -263,7 +275,8 @@ class RetentionService:
             actor = system_actor(tenant_id, "retention.sweep", request_id)
             try:
                 result = await self.sweep(actor, dry_run=False, origin="periodic")
-                outcome[tenant_id] = len(result["erased"])
+                assert isinstance(result, SweepRunOut), "a real sweep"
+                outcome[tenant_id] = len(result.erased)
             except RetentionBlocked as exc:
                 log.warning("retention sweep blocked", extra={"tenant_id": tenant_id, "reason": exc.details.get("reason")})
                 outcome[tenant_id] = exc.details.get("reason")
@@ -290,12 +303,17 @@ async def _clocks(session: AsyncSession, tenant_id: str, after: str) -> list[Clo
     ]
 
 
-def _policy_view(row: RetentionPolicy | None) -> dict[str, Any]:
+def _policy_view(row: RetentionPolicy | None) -> RetentionPolicyOut:
     if row is None:
-        return {"rules": [], "updated_at": None, "updated_by": None, "acts_after": None}
-    return {
-        "rules": json.loads(row.rules),
-        "updated_at": row.updated_at.isoformat(),
-        "updated_by": row.updated_by,
-        "acts_after": (row.updated_at + POLICY_SETTLE).isoformat(),
-    }
+        return RetentionPolicyOut(rules=[], updated_at=None, updated_by=None, acts_after=None)
+    return RetentionPolicyOut(
+        rules=[RetentionRuleOut.model_validate(r) for r in json.loads(row.rules)],
+        updated_at=row.updated_at.isoformat(),
+        updated_by=row.updated_by,
+        acts_after=(row.updated_at + POLICY_SETTLE).isoformat(),
+    )
+
+
+def _due_json(due: list[DuePatientOut]) -> str:
+    """The due list as the sweeps table has always stored it (a review reads it back)."""
+    return json.dumps([d.model_dump(mode="json") for d in due])

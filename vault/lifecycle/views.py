@@ -4,10 +4,10 @@ Reasons are accepted, sealed and never echoed back. ``setup`` wires the domain i
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from vault.appkeys import RUNTIME, SETTINGS
 from vault.errors import ValidationFailed
@@ -15,6 +15,15 @@ from vault.http.context import actor_of
 from vault.http.downloads import send_once
 from vault.http.jsonio import json_response, read_json
 from vault.http.routing import Endpoints, add_endpoints
+from vault.lifecycle.responses import (
+    ErasureReceiptOut,
+    ExportOut,
+    LegalHoldOut,
+    MediaDeletedOut,
+    RestrictionOut,
+    RetentionPolicyOut,
+    SweepOut,
+)
 from vault.lifecycle.service import Lifecycle
 
 routes = Endpoints("lifecycle")
@@ -56,80 +65,6 @@ def setup(app: web.Application) -> None:
     app.on_startup.append(wire)  # after every cleanup_ctx has opened (aiohttp runs those first)
 
 
-# -- responses: the services' dicts, validated as they are (extra="forbid": a key the model
-# does not declare fails loudly instead of vanishing from the JSON); fields in the dicts' order.
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ErasureReceiptOut(_Out):
-    receipt: dict[str, Any] = Field(description="the signed erasure receipt document")
-    signature: str = Field(description="base64 signature of the canonical receipt")
-
-
-class MediaDeletedOut(_Out):
-    media_id: str
-    status: str
-    destroyed_key_ids: list[str]
-    recall: list[dict[str, Any]] = Field(description="the recalled releases (release views)")
-
-
-class LegalHoldOut(_Out):
-    patient_id: str
-    legal_hold: bool
-    placed_at: str | None
-    placed_by: str | None
-    lifted_at: str | None
-
-
-class RestrictionOut(_Out):
-    patient_id: str
-    status: str
-
-
-class RetentionPolicyOut(_Out):
-    rules: list[dict[str, Any]]
-    updated_at: str | None
-    updated_by: str | None
-    acts_after: str | None
-
-
-class DryRunOut(_Out):
-    id: str
-    dry_run: bool
-    due: list[dict[str, Any]]
-    created_at: str
-    policy: RetentionPolicyOut
-    blocked_without_review: dict[str, Any] | None
-
-
-class SweepRunOut(_Out):
-    id: str | None
-    dry_run: bool
-    review_id: str | None
-    erased: list[dict[str, Any]]
-    skipped: list[dict[str, Any]]
-
-
-class SweepOut(RootModel[DryRunOut | SweepRunOut]):
-    """A dry run (who is due, and why) or a real sweep (who was erased or skipped)."""
-
-
-class ExportOut(_Out):
-    id: str
-    patient_id: str
-    status: str
-    progress: float
-    items_done: int
-    items_total: int
-    size: int | None
-    error: str | None
-    created_at: str
-    ready_at: str | None
-    expires_at: str | None
-    downloaded_at: str | None
-
-
 def _lifecycle(request: web.Request) -> Lifecycle:
     return request.app[LIFECYCLE]
 
@@ -146,14 +81,14 @@ async def _body(request: web.Request, model: type[SweepIn]) -> SweepIn | None:
 async def erase_patient(request: web.Request) -> web.Response:
     body = await read_json(request, ReasonIn, limit=request.app[SETTINGS].max_json_bytes)
     signed = await _lifecycle(request).erasure.erase(actor_of(request), request.match_info["patient_id"], reason=body.reason)
-    return json_response(ErasureReceiptOut.model_validate(signed))
+    return json_response(signed)
 
 
 @routes.delete("/v1/media/{media_id}", summary="Shred one photo or video (all its renditions); returns the recall list",
                response=MediaDeletedOut, errors=(404, 409, 410))
 async def delete_media(request: web.Request) -> web.Response:
     deleted = await _lifecycle(request).erasure.delete_media(actor_of(request), request.match_info["media_id"])
-    return json_response(MediaDeletedOut.model_validate(deleted))
+    return json_response(deleted)
 
 
 # -- legal hold and restriction ------------------------------------------------------------------
@@ -162,32 +97,32 @@ async def delete_media(request: web.Request) -> web.Response:
 async def place_hold(request: web.Request) -> web.Response:
     body = await read_json(request, ReasonIn, limit=request.app[SETTINGS].max_json_bytes)
     hold = await _lifecycle(request).holds.place_hold(actor_of(request), request.match_info["patient_id"], reason=body.reason)
-    return json_response(LegalHoldOut.model_validate(hold))
+    return json_response(hold)
 
 
 @routes.delete("/v1/patients/{patient_id}/legal-hold", summary="Lift the legal hold", response=LegalHoldOut, errors=(404, 410))
 async def lift_hold(request: web.Request) -> web.Response:
     hold = await _lifecycle(request).holds.lift_hold(actor_of(request), request.match_info["patient_id"])
-    return json_response(LegalHoldOut.model_validate(hold))
+    return json_response(hold)
 
 
 @routes.put("/v1/patients/{patient_id}/restriction", summary="Restrict processing: no release, no third-party export",
             response=RestrictionOut, errors=(404, 410))
 async def restrict(request: web.Request) -> web.Response:
     state = await _lifecycle(request).holds.restrict(actor_of(request), request.match_info["patient_id"], restricted=True)
-    return json_response(RestrictionOut.model_validate(state))
+    return json_response(state)
 
 
 @routes.delete("/v1/patients/{patient_id}/restriction", summary="Lift the restriction", response=RestrictionOut, errors=(404, 410))
 async def unrestrict(request: web.Request) -> web.Response:
     state = await _lifecycle(request).holds.restrict(actor_of(request), request.match_info["patient_id"], restricted=False)
-    return json_response(RestrictionOut.model_validate(state))
+    return json_response(state)
 
 
 # -- retention --------------------------------------------------------------------------------------
 @routes.get("/v1/retention-policy", summary="The tenant's retention rules", response=RetentionPolicyOut)
 async def get_policy(request: web.Request) -> web.Response:
-    return json_response(RetentionPolicyOut.model_validate(await _lifecycle(request).retention.policy(actor_of(request))))
+    return json_response(await _lifecycle(request).retention.policy(actor_of(request)))
 
 
 @routes.put("/v1/retention-policy", summary="Replace the retention rules (real sweeps wait 24 h after a change)",
@@ -195,7 +130,7 @@ async def get_policy(request: web.Request) -> web.Response:
 async def put_policy(request: web.Request) -> web.Response:
     body = await read_json(request, PolicyIn, limit=request.app[SETTINGS].max_json_bytes)
     rules = [r.model_dump() for r in body.rules]
-    return json_response(RetentionPolicyOut.model_validate(await _lifecycle(request).retention.set_policy(actor_of(request), rules)))
+    return json_response(await _lifecycle(request).retention.set_policy(actor_of(request), rules))
 
 
 @routes.post("/v1/retention/sweep", summary="Who is due for erasure and why (dry run by default); a real sweep erases them",
@@ -205,7 +140,7 @@ async def sweep(request: web.Request) -> web.Response:
     if body.dry_run and body.review_id is not None:
         raise ValidationFailed(details={"errors": [{"field": "review_id", "problem": "only_for_a_real_sweep"}]})
     result = await _lifecycle(request).retention.sweep(actor_of(request), dry_run=body.dry_run, review_id=body.review_id)
-    return json_response(SweepOut.model_validate(result))
+    return json_response(SweepOut(result))
 
 
 # -- exports ----------------------------------------------------------------------------------------
@@ -213,13 +148,13 @@ async def sweep(request: web.Request) -> web.Response:
              status=202, response=ExportOut, errors=(404, 410))
 async def request_export(request: web.Request) -> web.Response:
     export = await _lifecycle(request).exports.request(actor_of(request), request.match_info["patient_id"])
-    return json_response(ExportOut.model_validate(export), status=202)
+    return json_response(export, status=202)
 
 
 @routes.get("/v1/exports/{export_id}", summary="An export's status and progress", response=ExportOut, errors=(404, 410))
 async def export_status(request: web.Request) -> web.Response:
     export = await _lifecycle(request).exports.status(actor_of(request), request.match_info["export_id"])
-    return json_response(ExportOut.model_validate(export))
+    return json_response(export)
 
 
 @routes.get("/v1/exports/{export_id}/download", summary="The export ZIP, once; then it is shredded",

@@ -47,6 +47,30 @@ class IssuedToken:
     token: str  # shown once, never stored
 
 
+@dataclass(frozen=True, slots=True)
+class TenantInfo:
+    id: str
+    slug: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Tenant) -> TenantInfo:
+        return cls(id=row.id, slug=row.slug, created_at=row.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An API token as listed (never the token itself, nor its hash)."""
+
+    id: str
+    tenant_slug: str
+    role: str
+    label: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
 class TenantService:
     def __init__(self, db: Database, audit: AuditLog, keys, *, cache_seconds: float = TOKEN_CACHE_SECONDS) -> None:
         self.db = db
@@ -55,7 +79,7 @@ class TenantService:
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal]] = {}
 
-    async def create_tenant(self, slug: str, *, request_id: str) -> Tenant:
+    async def create_tenant(self, slug: str, *, request_id: str) -> TenantInfo:
         if not _SLUG.match(slug):
             raise ValidationFailed("a tenant slug is 1-63 lowercase letters, digits and hyphens")
         async with self.db.transaction() as session:
@@ -69,18 +93,18 @@ class TenantService:
             await self.audit.append(session, AuditEvent.of(Actor.cli(tenant.id, request_id), "tenant.create", tenant_id=tenant.id))
         # Idempotent: a crash between the commit above and this call is mended on first use.
         await self.keys.ensure_tenant(tenant.id)
-        return tenant
+        return TenantInfo.of(tenant)
 
-    async def tenant_by_slug(self, slug: str) -> Tenant:
+    async def tenant_by_slug(self, slug: str) -> TenantInfo:
         async with self.db.session() as session:
             tenant = (await session.execute(select(Tenant).where(Tenant.slug == slug))).scalar_one_or_none()
         if tenant is None:
             raise NotFound("no such tenant")
-        return tenant
+        return TenantInfo.of(tenant)
 
-    async def tenants(self) -> list[Tenant]:
+    async def tenants(self) -> list[TenantInfo]:
         async with self.db.session() as session:
-            return list((await session.execute(select(Tenant).order_by(Tenant.slug))).scalars())
+            return [TenantInfo.of(t) for t in (await session.execute(select(Tenant).order_by(Tenant.slug))).scalars()]
 
     async def create_token(self, slug: str, role: str, *, label: str, request_id: str) -> IssuedToken:
         if role not in ROLES:
@@ -109,12 +133,14 @@ class TenantService:
             self._cache.pop(row.token_hash, None)
             await self.audit.append(session, AuditEvent.of(Actor.cli(row.tenant_id, request_id), "token.revoke", token_id=row.id))
 
-    async def tokens(self, slug: str | None = None) -> list[tuple[ApiToken, str]]:
+    async def tokens(self, slug: str | None = None) -> list[TokenInfo]:
         query = select(ApiToken, Tenant.slug).join(Tenant, Tenant.id == ApiToken.tenant_id).order_by(Tenant.slug, ApiToken.created_at)
         if slug:
             query = query.where(Tenant.slug == slug)
         async with self.db.session() as session:
-            return [(token, tenant_slug) for token, tenant_slug in (await session.execute(query)).all()]
+            return [TokenInfo(id=token.id, tenant_slug=tenant_slug, role=token.role, label=token.label,
+                              created_at=token.created_at, last_used_at=token.last_used_at, revoked_at=token.revoked_at)
+                    for token, tenant_slug in (await session.execute(query)).all()]
 
     async def authenticate(self, token: str) -> Principal:
         digest = hash_token(token)

@@ -148,7 +148,6 @@ async def test_kill_9_at_the_wrong_moments_leaves_nothing_after_reconcile_and_th
     # The restart: the reconcile job, then the sweep after its grace, through the real runner.
     before = await inventory(rt, clinic.id)
     kinds = [k for k in load().kinds if k != "webhooks.deliver"]
-    swept = []
     for round_ in range(3):
         await asyncio.sleep(2.2)  # writer leases (1 s) and the grace (1 s) pass
         async with rt.db.transaction() as s:

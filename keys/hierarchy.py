@@ -214,6 +214,13 @@ class KeyHierarchy:
         except (sa_exc.SQLAlchemyError, OSError) as exc:
             log.warning("key store hardening after shred failed: %s", type(exc).__name__)
 
+    @property
+    def waits_for_readers(self) -> bool:
+        """Whether :meth:`finish_shreds` can be held up by a reader's snapshot and is worth
+        retrying soon (SQLite's checkpoint); PostgreSQL's VACUUM reports through lagging
+        statistics instead, so a retry right away tells nothing."""
+        return self._sqlite
+
     async def finish_shreds(self) -> bool:
         """Finish removing old page images of shredded keys; True when nothing is left.
 

@@ -98,6 +98,9 @@ def cmd_keys_reshred(settings: Settings, args) -> int:
         total = removed.total
         print(f"re-shredded {total} key rows from the shred ledger"
               + (f"; recorded {repaired} erased patients missing from it" if repaired else ""))
+        if not removed.settled:
+            print("a reader still holds an older snapshot of the key store: the shred.checkpoint job removes "
+                  "the old page images once it ends (vault jobs list)")
 
     return run_with_runtime(settings, action)
 

@@ -11,6 +11,7 @@ the ``irrecoverable_after`` an erasure receipt states.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -111,12 +112,20 @@ class KeyOperations:
                                               **({"forced": "true"} if early and force else {})))
         return irrecoverable
 
-    async def reshred(self, *, request_id: str) -> Reshredded:
-        """Re-shred a restored key-store backup from the ledger; key rows removed per tenant."""
+    async def reshred(self, *, request_id: str, settle_seconds: float = 30.0) -> Reshredded:
+        """Re-shred a restored key-store backup from the ledger; key rows removed per tenant.
+
+        An operator runs this once, after a restore, and expects the old page images of
+        the re-shredded keys to be gone when it returns: unlike an erasure (which must
+        answer at once and leaves a busy checkpoint to the ``shred.checkpoint`` job), it
+        retries the checkpoint for up to ``settle_seconds`` while readers finish."""
         removed = await self.ledger.reshred()
         for tenant_id, count in removed.items():
             await self.audit.record(AuditEvent.of(Actor.cli(tenant_id, request_id), "keys.reshred", removed=str(count)))
-        return Reshredded(by_tenant=dict(removed))
+        settled = True
+        if sum(removed.values()):
+            settled = await _settle_shreds(self.keys, seconds=settle_seconds)
+        return Reshredded(by_tenant=dict(removed), settled=settled)
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class Reshredded:
     """What :meth:`KeyOperations.reshred` removed: key rows per tenant id."""
 
     by_tenant: dict[str, int] = field(default_factory=dict)
+    settled: bool = True  # the old page images are gone too (False: the shred.checkpoint job finishes)
 
     @property
     def total(self) -> int:
@@ -196,3 +206,15 @@ class _Seen:
         self.done = done
         if self.inner is not None:
             self.inner(done, total)
+
+
+async def _settle_shreds(keys: KeyStore, *, seconds: float) -> bool:
+    """Retry the key store's checkpoint/VACUUM until it completes or ``seconds`` pass."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    delay = 0.1
+    while not await keys.finish_shreds():
+        if not keys.waits_for_readers or asyncio.get_running_loop().time() + delay > deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    return True

@@ -16,7 +16,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from keys.errors import KeysError
-from vault import cli_keys
+from vault import cli_backup, cli_keys, cli_ops
 from vault.cli_runtime import request_id, require_data, run_with_runtime
 from vault.config import Settings
 from vault.errors import ConfigError, VaultError
@@ -184,7 +184,9 @@ def cmd_doctor(settings: Settings, args) -> int:
             mark = "ok  " if check.status == OK else "FAIL"
             hint = "" if check.status == OK else f"  {HINTS.get(check.code, check.code)}"
             print(f"{mark}  {check.name:<10} {check.code}{hint}")
-        return 0 if all(check.status == OK for check in report.checks) else 1
+        journal_ok, line = cli_ops.journal_line(settings)
+        print(line)
+        return 0 if journal_ok and all(check.status == OK for check in report.checks) else 1
 
     from keys.errors import KeysError
     from vault.runtime import runtime
@@ -314,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_audit_verify)
     cli_keys.add_audit_commands(audit)
     cli_keys.add_keys_commands(sub)
+    cli_backup.add_commands(sub)
 
     perms = sub.add_parser("permissions", help="print the role table as Markdown")
     perms.add_argument("--markdown", action="store_true", help="the whole of docs/permissions.md, not only the table")
@@ -324,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
     jobs = sub.add_parser("jobs", help="background jobs").add_subparsers(dest="jobs_command", required=True)
     jobs.add_parser("list", help="jobs per state and kind, and recent dead jobs with their last error").set_defaults(func=cmd_jobs_list)
+    cli_ops.add_commands(tenant, jobs)
     return parser
 
 

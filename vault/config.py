@@ -157,6 +157,17 @@ def _keystore_default(values: Mapping[str, Any], env: Mapping[str, str]) -> str:
     return _sqlite_in_data_dir("keys.sqlite3")(values, env) if database_url.startswith("sqlite") else database_url
 
 
+def _journal_default(values: Mapping[str, Any], env: Mapping[str, str]) -> Path | None:
+    """Beside a ``file:`` root keyring (never in the data folder); none for KMS/HSM."""
+    url = urlsplit(values["root_key_url"])
+    if url.scheme != "file" or not url.path:
+        return None
+    from urllib.parse import unquote
+
+    keyring = Path(unquote(url.path))
+    return keyring.with_name(keyring.name + ".shred-journal")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     data_dir: Path = field(metadata=variable("VAULT_DATA_DIR", _directory,
@@ -178,6 +189,9 @@ class Settings:
     face_model: Path | None = field(default=None, metadata=variable("VAULT_FACE_MODEL", _model_file))
     backup_window_days: int = field(default=35, metadata=variable("VAULT_BACKUP_WINDOW", _integer(minimum=1)))
     kek_rotation_days: int = field(default=7, metadata=variable("VAULT_KEK_ROTATION_DAYS", _integer(minimum=1)))
+    # every shred is also appended here, apart from backups (vault/backup/journal.py)
+    shred_journal: Path | None = field(default=None, metadata=variable("VAULT_SHRED_JOURNAL", _directory,
+                                                                       derive=_journal_default))
     # Embedded (SQLite) runs its jobs inside `vault serve`; PostgreSQL has worker nodes.
     inprocess_jobs: bool = field(default=True, metadata=variable(
         "VAULT_INPROCESS_JOBS", _boolean, derive=lambda values, env: values["database_url"].startswith("sqlite")))

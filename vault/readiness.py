@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from keys.errors import IntegrityError, RootKeyMissing
+from keys.errors import IntegrityError, ProviderError, RootKeyMissing
 from keys.migrate import CURRENT, NEWER
 from keys.store import KeyStore
 from vault.db import Database
@@ -163,6 +163,7 @@ HINTS = {
     "keystore_schema_absent": "the key store is not migrated: run `vault migrate`",
     "storage_mismatch": "the blob store (VAULT_STORAGE_URL) returned other bytes than were written",
     "no_worker_heartbeat": "no worker heartbeat: start `vault worker` (exports, erasure clean-up, key rotation wait)",
+    "root_key_unreachable": "the root key provider (VAULT_ROOT_KEY_URL: KMS, HSM) did not answer or refused the call",
     "timeout": "no answer in time",
     "database_failed": "the metadata database (VAULT_DATABASE_URL) does not answer",
     "schema_failed": "the schema versions could not be read (VAULT_DATABASE_URL, VAULT_KEYSTORE_URL)",
@@ -175,6 +176,8 @@ HINTS = {
 def _code(name: str, exc: BaseException) -> str:
     if isinstance(exc, RootKeyMissing):
         return "root_key_missing"
+    if isinstance(exc, ProviderError):
+        return "root_key_unreachable"  # KMS / HSM did not answer (or refused our credentials)
     if isinstance(exc, IntegrityError):
         return "wrong_root_key"  # the configured root key does not open this key store
     return f"{name}_failed"  # the exception's text may name paths or hosts: the log has the type

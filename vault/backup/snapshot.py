@@ -118,6 +118,7 @@ async def take_backup(settings: Settings, target: Path, *, vault_version: str) -
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     backend = "sqlite" if settings.is_sqlite else "postgresql"
     meta_name, keys_name = FILES[backend]
+    await _ensure_signing_key(settings)
     started = utcnow()
     # 1. metadata, 2. key store: a key never lacks from the copy what a row of it needs.
     if backend == "sqlite":
@@ -161,6 +162,23 @@ async def take_backup(settings: Settings, target: Path, *, vault_version: str) -
         f.flush()
         os.fsync(f.fileno())
     return BackupResult(target, manifest)
+
+
+async def _ensure_signing_key(settings: Settings) -> None:
+    """The service signing key is made on first use; a backup taken before the first
+    receipt must still hold it, or receipts signed later stop verifying after a restore."""
+    from keys.store import KeyStore
+    from vault.runtime import open_configured_root_key
+
+    root = await open_configured_root_key(settings, create=False)
+    try:
+        keys = await KeyStore.open(settings.keystore_url, root, backup_window_days=settings.backup_window_days)
+        try:
+            await keys.signing_key()
+        finally:
+            await keys.close()
+    finally:
+        await root.close()
 
 
 def _ensure_journal(settings: Settings) -> None:

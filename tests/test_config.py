@@ -88,5 +88,5 @@ def test_each_default_is_the_one_from_env_uses(tmp_path):
     # building the object with the derived values alone.
     s = Settings.from_env({"VAULT_DATA_DIR": str(tmp_path)})
     built = Settings(data_dir=s.data_dir, database_url=s.database_url, keystore_url=s.keystore_url,
-                     storage_url=s.storage_url, root_key_url=s.root_key_url)
+                     storage_url=s.storage_url, root_key_url=s.root_key_url, shred_journal=s.shred_journal)
     assert s == built

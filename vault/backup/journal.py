@@ -192,8 +192,8 @@ class JournaledLedger(ShredLedger):
 
     async def shred_patient(self, tenant_id: str, patient_id: str, **kwargs: Any) -> list[str]:
         ids = await super().shred_patient(tenant_id, patient_id, **kwargs)
-        await self._journal([JournalEntry(PATIENT_DEK, key_id, tenant_id, patient_id, None, kwargs["cause"], utcnow())
-                             for key_id in (ids[:1] or [None])])
+        key_id = ids[0] if ids else None  # None: already gone, recorded as a marker
+        await self._journal([JournalEntry(PATIENT_DEK, key_id, tenant_id, patient_id, None, kwargs["cause"], utcnow())])
         return ids
 
     async def shred_object(self, tenant_id: str, patient_id: str, object_id: str, **kwargs: Any) -> str | None:

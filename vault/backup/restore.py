@@ -29,10 +29,10 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -46,10 +46,11 @@ from vault.backup.snapshot import (
     BLOBS, FORMAT, FORMAT_VERSION, MANIFEST, BackupError, run_pg, sha256_file, sqlite_copy, sqlite_path,
 )
 from vault.config import Settings
-from vault.db import Database, new_id, utcnow
+from vault.db import Database, new_id, rowcount, utcnow
 from vault.shredding.models import ERASURE, LEFTOVER, OBJECT, OBJECT_DELETE, PATIENT_DEK, ShredRecord
 
 _PAGE = 500
+_ledger = cast(Table, ShredRecord.__table__)  # a Table, typed as its base FromClause
 
 
 @dataclass
@@ -225,9 +226,9 @@ async def reconcile(rt, rows: list[dict[str, Any]], *, report: RestoreReport, re
                     else ShredRecord.object_id == r["object_id"]).limit(1))
                 if present is not None:
                     continue
-            result = await s.execute(insert(ShredRecord.__table__).on_conflict_do_nothing(index_elements=["key_id"]),
-                                     [{**r, "id": new_id()}])
-            report.merged += max(result.rowcount or 0, 0)
+            result = await s.execute(insert(_ledger).on_conflict_do_nothing(index_elements=["key_id"]),
+                                     {**r, "id": new_id()})
+            report.merged += max(rowcount(result), 0)
     if unknown:
         report.reshredded += await rt.keys.reshred(unknown)
     # 2. patients erased after the backup: erased again, through the erasure service

@@ -19,6 +19,7 @@ key store, then a manifest of the blobs — never the root keyring.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -40,7 +41,7 @@ from keys.models import SCHEMA as KEYSTORE_SCHEMA
 from keys.models import patient_deks, root_versions, tenant_keks
 from vault.config import Settings
 from vault.db import new_id, utcnow
-from vault.errors import VaultError
+from vault.errors import BlobNotFound, VaultError
 from vault.storage import open_store
 
 FORMAT = "clinical-photo-vault-backup"
@@ -227,41 +228,48 @@ def unrestorable_after(epochs: list[dict[str, Any]], rotation_days: int) -> date
     return min(dates) - timedelta(days=rotation_days) if dates else None
 
 
-async def blob_manifest(settings: Settings, target: Path) -> dict[str, Any]:
+async def blob_manifest(settings: Settings, target: Path, *, concurrency: int = 8) -> dict[str, Any]:
     scheme = urlsplit(settings.storage_url).scheme
     copy = scheme == "file"
     folder = target / BLOBS
     if copy:
         folder.mkdir(mode=0o700)
     store = open_store(settings.storage_url)
-    items, total = [], 0
     try:
-        async for key in store.keys():
-            digest, size = hashlib.sha256(), 0
-            out = os.open(folder / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) if copy else None
-            try:
-                async with await store.get(key) as blob:
-                    async for chunk in blob:
-                        digest.update(chunk)
-                        size += len(chunk)
-                        if out is not None:
-                            os.write(out, chunk)
-                if out is not None:
-                    os.fsync(out)
-            except Exception as exc:
-                if type(exc).__name__ == "BlobNotFound":
-                    if out is not None:
-                        os.close(out)
-                        out = None
-                        (folder / key).unlink()
-                    continue  # deleted after the metadata snapshot: purged or swept
-                raise
-            finally:
-                if out is not None:
-                    os.close(out)
-            items.append({"key": key, "size": size, "sha256": digest.hexdigest()})
-            total += size
+        keys = [key async for key in store.keys()]
+        gate = asyncio.Semaphore(concurrency)  # overlaps reads, hashing and each copy's fsync
+
+        async def one(key: str) -> dict[str, Any] | None:
+            async with gate:
+                return await _blob(store, key, folder if copy else None)
+
+        items = [item for item in await asyncio.gather(*(one(key) for key in keys)) if item is not None]
     finally:
         await store.close()
-    return {"mode": "copied" if copy else "listed", "storage": scheme, "count": len(items), "bytes": total,
-            "items": items}
+    return {"mode": "copied" if copy else "listed", "storage": scheme, "count": len(items),
+            "bytes": sum(item["size"] for item in items), "items": items}
+
+
+async def _blob(store, key: str, folder: Path | None) -> dict[str, Any] | None:
+    """Size and SHA-256 of one blob's ciphertext, copied into ``folder`` when given;
+    None when it was deleted meanwhile (purged or swept after the metadata snapshot)."""
+    digest, size = hashlib.sha256(), 0
+    out = await asyncio.to_thread(os.open, folder / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600) if folder else None
+    try:
+        try:
+            async with await store.get(key) as blob:
+                async for chunk in blob:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if out is not None:
+                        await asyncio.to_thread(os.write, out, chunk)
+        except BlobNotFound:
+            if folder is not None:
+                (folder / key).unlink()
+            return None
+        if out is not None:
+            await asyncio.to_thread(os.fsync, out)
+    finally:
+        if out is not None:
+            os.close(out)
+    return {"key": key, "size": size, "sha256": digest.hexdigest()}

@@ -76,6 +76,12 @@ async def test_restore_keeps_later_erasures_and_deletions(backend, tmp_path, aio
         assert lost.returncode == 1
         assert "no shred journal" in lost.stderr and "--accept-resurrection-risk" in lost.stderr
 
+        kept_lines = journal[0].read_bytes()
+        journal[0].write_bytes(kept_lines.replace(b'"cause":"erasure"', b'"cause":"leftover"', 1))
+        forged = vault.cli("restore", "--from", str(backup), "--force")
+        assert forged.returncode == 1 and "broken at line" in forged.stderr, forged.stderr
+        journal[0].write_bytes(kept_lines)
+
         restored = vault.cli("restore", "--from", str(backup), "--force")
         assert restored.returncode == 0, restored.stderr
         assert "1 patients erased again, 1 media deleted again" in restored.stdout, restored.stdout

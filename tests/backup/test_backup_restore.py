@@ -14,6 +14,7 @@ from tests.backup.support import own_vault, start
 from tests.shredding.support import fetch_all, new_patient, upload_photo
 from tests.support.databases import backends
 from vault.appkeys import RUNTIME
+from vault.jobs.heartbeat import beat, forget
 
 
 def _when(text: str) -> datetime:
@@ -69,7 +70,14 @@ async def test_restore_keeps_later_erasures_and_deletions(backend, tmp_path, aio
         journal = list((tmp_path / "keyring.shred-journal").glob("*.jsonl"))
         assert journal and all(line for line in journal[0].read_text().splitlines())
 
-        # refusals: a non-empty target without --force; no journal
+        # refusals: a running vault (a worker's heartbeat), a non-empty target without --force; no journal
+        client = await start(vault, aiohttp_client)
+        db = client.server.app[RUNTIME].db
+        await beat(db, "test-worker", kinds=1)
+        running = vault.cli("restore", "--from", str(backup))
+        assert running.returncode == 1 and "worker(s) of this vault are running" in running.stderr, running.stderr
+        await forget(db, "test-worker")
+        await client.close()
         refused = vault.cli("restore", "--from", str(backup))
         assert refused.returncode == 1 and "not empty" in refused.stderr and "--force" in refused.stderr
         lost = vault.cli("restore", "--from", str(backup), "--force", env={"VAULT_SHRED_JOURNAL": str(tmp_path / "nowhere")})

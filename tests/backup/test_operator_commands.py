@@ -3,13 +3,15 @@ KMS, through the real CLI entry (a subprocess), each on a vault of its own."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from datetime import timedelta
 
 import pytest
 
 from tests.backup.support import own_vault, start
-from tests.shredding.support import new_patient
+from tests.shredding.support import fetch_all, new_patient, upload_photo
 from tests.support.databases import backends
 from vault.appkeys import RUNTIME
 from vault.jobs.queue import claim, enqueue, fail
@@ -79,7 +81,10 @@ async def test_doctor_on_postgresql_s3_and_kms(tmp_path, moto, aiohttp_client):
     root = f"aws-kms://{prefix}?region={moto.region}&endpoint_url={moto.url}"
     aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     async with own_vault("postgresql", tmp_path, storage_url=storage, root_key_url=root, extra_env=aws) as vault:
-        client = await start(vault, aiohttp_client)  # makes the tenant, its KMS epoch and a blob-store canary
+        client = await start(vault, aiohttp_client)  # makes the tenant and its KMS epoch
+        patient = await new_patient(client, vault)
+        photo = await upload_photo(client, vault, patient)
+        before = await fetch_all(client, vault, photo)
         await client.close()
 
         def lines(result) -> dict[str, str]:
@@ -98,3 +103,22 @@ async def test_doctor_on_postgresql_s3_and_kms(tmp_path, moto, aiohttp_client):
         assert "root_key_unreachable" in no_kms.stdout
         no_pg = vault.cli("doctor", env={"VAULT_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:9/none"})
         assert no_pg.returncode == 1 and lines(no_pg)["database"] == "FAIL"
+
+        # backup and restore on the same deployment: blobs listed (the bucket keeps them), epochs on KMS
+        backup = tmp_path / "backup"
+        made = vault.cli("backup", "--to", str(backup))
+        assert made.returncode == 0, made.stderr
+        manifest = json.loads((backup / "manifest.json").read_text())
+        s3 = moto.client("s3")
+        objects = {o["Key"].rsplit("/", 1)[-1]: o["Size"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+        assert manifest["blobs"]["mode"] == "listed" and not (backup / "blobs").exists()
+        assert {i["key"]: i["size"] for i in manifest["blobs"]["items"]} == objects
+        for item in manifest["blobs"]["items"]:
+            body = s3.get_object(Bucket=bucket, Key=f"blobs/{item['key']}")["Body"].read()
+            assert hashlib.sha256(body).hexdigest() == item["sha256"]
+        assert manifest["root_key_provider"] == "aws-kms" and manifest["epochs"]
+        restored = vault.cli("restore", "--from", str(backup), "--force")
+        assert restored.returncode == 0, restored.stderr
+        client = await start(vault, aiohttp_client)
+        assert await fetch_all(client, vault, photo) == before
+        await client.close()

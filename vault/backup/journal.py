@@ -122,11 +122,14 @@ class ShredJournal:
         return entries
 
     def writable(self) -> bool:
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Whether an append could succeed (the directory, or the nearest existing folder
+        above it, is writable); creates nothing."""
+        if self.directory.is_dir():
             return os.access(self.directory, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
-        except OSError:
-            return False
+        parent = self.directory.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        return parent.is_dir() and os.access(parent, os.W_OK)
 
 
 def _tail(fd: int) -> tuple[str, int]:

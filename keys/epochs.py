@@ -57,6 +57,9 @@ class ErasureSchedule:
     irrecoverable_after: datetime | None  # None: no date can be promised (legacy not yet scheduled)
     legacy: bool  # some of it still sits under the pre-epoch root key
     cancellable_until: datetime | None  # KMS: deletion can be cancelled until then
+    # One object's shred: the patient's DEK is not renewed yet (keys/renewal.py), so no
+    # epoch's destruction ends a copy's access to it.
+    awaiting_renewal: bool = False
 
 
 class RootEpochs(KeyHierarchy):
@@ -168,7 +171,10 @@ class RootEpochs(KeyHierarchy):
             kek_roots = [r.root_version for r in (await conn.execute(
                 sa.select(tenant_keks.c.root_version).where(tenant_keks.c.tenant_id == tenant_id,
                                                             tenant_keks.c.state != "destroyed"))).all()]
-        ids = sorted({v or LEGACY_VERSION for v in kek_roots})
+        return await self._schedule_of(sorted({v or LEGACY_VERSION for v in kek_roots}))
+
+    async def _schedule_of(self, ids: list[str]) -> ErasureSchedule:
+        """The latest date by which every one of these root versions is irrecoverable."""
         epochs = tuple(await self.root_versions(ids=ids))
         legacy = LEGACY_VERSION in ids
         delay = self.deletion_delay

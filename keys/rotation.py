@@ -17,9 +17,10 @@ import sqlalchemy as sa
 
 from keys import aead
 from keys.errors import KeyInUse, KeyNotFound, KeysError
-from keys.epochs import TENANT_KEK, RootEpochs
+from keys.epochs import TENANT_KEK
 from keys.hierarchy import KEY_BYTES, aware, kek_context, now
-from keys.models import patient_deks, root_versions, tenant_keks, tenants
+from keys.models import patient_deks, pending_deks, root_versions, tenant_keks, tenants
+from keys.renewal import DekRenewals, Reseal
 
 Progress = Callable[[int, int], Any]
 _REWRAP_BATCH = 200
@@ -36,7 +37,7 @@ class KekVersion:
     destroy_after: datetime | None = None  # when its epoch is due for destruction
 
 
-class KekRotation(RootEpochs):
+class KekRotation(DekRenewals):
     async def kek_versions(self, tenant_id: str) -> list[KekVersion]:
         counts = (
             sa.select(patient_deks.c.kek_version, sa.func.count().label("n"))
@@ -62,8 +63,12 @@ class KekRotation(RootEpochs):
             for r in rows
         ]
 
-    async def rotate_kek(self, tenant_id: str, progress: Progress | None = None) -> int:
-        """Create a new KEK version, rewrap every DEK under it, and return the new version."""
+    async def rotate_kek(self, tenant_id: str, progress: Progress | None = None, *, reseal: Reseal | None = None) -> int:
+        """Create a new KEK version, rewrap every DEK under it, and return the new version.
+
+        With ``reseal`` (the vault's pass over a patient's sealed fields), every patient
+        marked for DEK renewal first gets a new DEK under the new version (keys/renewal.py):
+        before the rewrap, so the old DEK is never wrapped under the new epoch."""
         for _attempt in range(5):
             current = await self._current_version(tenant_id)
             version = current + 1
@@ -83,6 +88,8 @@ class KekRotation(RootEpochs):
                 await self._discard_root_version(epoch["version_id"])
                 continue  # another node rotated meanwhile; go again above theirs
             self._cache.put(("kek", tenant_id, version), kek)
+            if reseal is not None:
+                await self.renew_pending(tenant_id, reseal)
             await self.rewrap(tenant_id, progress=progress)
             return version
         raise KeysError("KEK rotation kept losing races with other rotations")
@@ -182,6 +189,10 @@ class KekRotation(RootEpochs):
                 sa.select(sa.func.count())
                 .select_from(patient_deks)
                 .where(patient_deks.c.tenant_id == tenant_id, patient_deks.c.kek_version == version)
+            ) or await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(pending_deks)
+                .where(pending_deks.c.tenant_id == tenant_id, pending_deks.c.kek_version == version)
             )
             if in_use:
                 raise KeyInUse("KEK version still wraps patient keys; rewrap first")

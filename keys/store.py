@@ -32,8 +32,10 @@ from keys.errors import IntegrityError, KeyDestroyed, KeyExists, KeyInUse, KeyNo
 from keys.epochs import TENANT_KEK, ErasureSchedule, RootVersion, signing_context
 from keys.hierarchy import KEY_BYTES, ObjectKey, PatientKey, index_key_context, kek_context, now
 from keys.models import (
-    SCHEMA, erased_patients, object_keys, patient_deks, root_versions, service_keys, tenant_keks, tenants,
+    SCHEMA, erased_patients, object_keys, patient_deks, pending_deks, root_versions, service_keys, tenant_keks,
+    tenants,
 )
+from keys.renewal import OBJECT_DELETE, RECTIFICATION
 from keys.providers import RootKeyProvider
 from keys.rotation import KekRotation, KekVersion, Progress
 
@@ -192,6 +194,10 @@ class KeyStore(KekRotation):
             if dek_id is not None:
                 await self._overwrite(conn, patient_deks, mine)
                 await conn.execute(patient_deks.delete().where(mine))
+            # A renewal's next DEK dies with the patient too.
+            next_dek = (pending_deks.c.tenant_id == tenant_id) & (pending_deks.c.patient_id == patient_id)
+            await self._overwrite(conn, pending_deks, next_dek)
+            await conn.execute(pending_deks.delete().where(next_dek))
         self.evict(tenant_id, patient_id)
         if dek_id is None:
             return []
@@ -295,6 +301,9 @@ class KeyStore(KekRotation):
             if key_id is not None:
                 await self._overwrite(conn, object_keys, where)
                 await conn.execute(object_keys.delete().where(where))
+                # A copy made before now holds this key wrapped by the live DEK: renew the
+                # DEK at the next rotation so that copy dies with its epochs.
+                await self._request(conn, tenant_id, patient_id, OBJECT_DELETE)
         self.evict(tenant_id, patient_id, object_id)
         if key_id is None:
             return None
@@ -304,10 +313,18 @@ class KeyStore(KekRotation):
     # -- personal fields and blind indexes --------------------------------------------
 
     async def seal_field(
-        self, tenant_id: str, patient_id: str, *, table: str, column: str, row_id: str, value: bytes | str
+        self, tenant_id: str, patient_id: str, *, table: str, column: str, row_id: str, value: bytes | str,
+        rectification: bool = False,
     ) -> bytes:
-        """AES-256-GCM under the patient DEK; AAD names tenant, patient, table, column and row."""
+        """AES-256-GCM under the patient DEK; AAD names tenant, patient, table, column and row.
+
+        While the patient's DEK is being renewed, under the next DEK (keys/renewal.py).
+        ``rectification=True`` (a correction replacing an older value): the old value
+        may sit in a copy, so the DEK is marked for renewal at the next rotation."""
         patient = await self.patient_key(tenant_id, patient_id)
+        if rectification:
+            await self.request_dek_renewal(tenant_id, patient_id, RECTIFICATION)
+        patient = await self._pending_key(tenant_id, patient_id) or patient
         plaintext = value.encode() if isinstance(value, str) else bytes(value)
         associated = aead.aad(aead.LABEL_FIELD, tenant_id, patient_id, table, column, row_id)
         return aead.seal(patient.key, plaintext, associated)
@@ -317,7 +334,14 @@ class KeyStore(KekRotation):
     ) -> bytes:
         patient = await self.patient_key(tenant_id, patient_id)
         associated = aead.aad(aead.LABEL_FIELD, tenant_id, patient_id, table, column, row_id)
-        return aead.open_sealed(patient.key, sealed, associated)
+        try:
+            return aead.open_sealed(patient.key, sealed, associated)
+        except IntegrityError:
+            # Sealed under the next DEK by a renewal in progress (keys/renewal.py)?
+            pending = await self._pending_key(tenant_id, patient_id)
+            if pending is None:
+                raise
+            return aead.open_sealed(pending.key, sealed, associated)
 
     async def blind_index(self, tenant_id: str, purpose: str, value: str) -> str:
         """Keyed HMAC-SHA256 (hex) of the normalised value, for lookups without plaintext."""
@@ -340,10 +364,16 @@ class KeyStore(KekRotation):
                 chunk = ids[start : start + _ID_CHUNK]
                 for table, where in (
                     (patient_deks, patient_deks.c.dek_id.in_(chunk)),
+                    (pending_deks, pending_deks.c.dek_id.in_(chunk)),
                     (object_keys, object_keys.c.key_id.in_(chunk) | object_keys.c.dek_id.in_(chunk)),
                 ):
                     await self._overwrite(conn, table, where)
                     removed += (await conn.execute(table.delete().where(where))).rowcount
+            # A renewal's next DEK of a patient whose DEK is gone (erased since the backup).
+            orphan = ~sa.exists().where(patient_deks.c.tenant_id == pending_deks.c.tenant_id,
+                                        patient_deks.c.patient_id == pending_deks.c.patient_id)
+            await self._overwrite(conn, pending_deks, orphan)
+            removed += (await conn.execute(pending_deks.delete().where(orphan))).rowcount
         if removed:
             self._cache.clear()
             await self._harden(patient_deks, object_keys)

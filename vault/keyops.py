@@ -23,6 +23,7 @@ from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import utcnow
 from vault.errors import Conflict, NotFound
+from vault.sealed_fields import Resealer
 from vault.shredding.service import ShredLedger
 
 log = logging.getLogger("vault.keys")
@@ -53,10 +54,14 @@ class KeyOperations:
         return versions
 
     async def rotate(self, tenant_id: str, *, actor: Actor, progress: Progress | None = None) -> tuple[int, int]:
-        """New KEK version, every DEK rewrapped under it; returns (version, DEKs rewrapped)."""
+        """New KEK version, every DEK rewrapped under it; returns (version, DEKs rewrapped).
+
+        Patients marked for DEK renewal (an object shredded, a field corrected) first get
+        a new DEK under the new version, their sealed fields resealed (keys/renewal.py)."""
         seen = _Seen(progress)
         try:
-            version = await self.keys.rotate_kek(tenant_id, progress=seen)
+            version = await self.keys.rotate_kek(tenant_id, progress=seen,
+                                                 reseal=Resealer(self.ledger.db, self.keys))
         except KeyNotFound:
             raise NotFound("the tenant has no key hierarchy") from None
         await self.audit.record(

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keys.errors import KeysError
+from keys.renewal import AWAITING_ROTATION
 from keys.signing import key_fingerprint, sign_document, verify_document
 from keys.store import ErasureSchedule, KeyStore
 from vault.db import new_id
@@ -45,6 +46,7 @@ RECEIPT_VERSION = 2
 FINALITY_TYPE = "erasure_finality"
 NO_WORKER = "no worker is running the periodic key jobs, so no destruction date can be promised"
 LEGACY_UNSCHEDULED = "part of this tenant is still under the legacy root key, whose destruction is not scheduled yet"
+AWAITING_RENEWAL = AWAITING_ROTATION
 PATIENT_REF_PURPOSE = "erasure-receipt.patient-ref"
 ALGORITHM = "Ed25519"
 
@@ -109,6 +111,27 @@ def build_erasure_receipt(
             "no_date_reason": reason,
         })
     return document
+
+
+def object_promise(schedule: ErasureSchedule, *, jobs_running: bool) -> dict[str, Any]:
+    """What may be promised for one shredded object (a photo or video deleted alone):
+    its wrapped key stays in copies under the patient's DEK, which outlives epochs until
+    it is renewed at the next rotation (keys/renewal.py). Before that, no date; after,
+    the destruction of every epoch that held the old DEK (the key store's
+    :meth:`renewal_schedule`)."""
+    reason = None
+    if schedule.awaiting_renewal:
+        reason = AWAITING_RENEWAL
+    elif not jobs_running:
+        reason = NO_WORKER
+    elif schedule.irrecoverable_after is None:
+        reason = LEGACY_UNSCHEDULED
+    return {
+        "irrecoverable_after": None if reason or schedule.irrecoverable_after is None
+        else _iso_up(schedule.irrecoverable_after),
+        "epochs": [e.version_id for e in schedule.epochs],
+        "no_date_reason": reason,
+    }
 
 
 async def sign_receipt(keys: KeyStore, receipt: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,11 +66,14 @@ class PatientService:
         return patient
 
     # -- sealing ---------------------------------------------------------------------
-    async def _seal(self, patient: Patient, column: str, value: str | None) -> bytes | None:
+    async def _seal(self, patient: Patient, column: str, value: str | None, *, rectification: bool = False) -> bytes | None:
         if value is None:
+            if rectification:  # cleared: the old value may still sit in a copy
+                await self.keys.request_dek_renewal(patient.tenant_id, patient.id, "rectification")
             return None
         return await self.keys.seal_field(
-            patient.tenant_id, patient.id, table="patients", column=column, row_id=patient.id, value=value.encode()
+            patient.tenant_id, patient.id, table="patients", column=column, row_id=patient.id, value=value.encode(),
+            rectification=rectification,
         )
 
     async def _open(self, patient: Patient, column: str) -> str | None:
@@ -178,7 +181,8 @@ class PatientService:
                     patient.ref_index = ref_index
                 elif column == "date_of_birth" and value is not None:
                     value = value.isoformat()
-                setattr(patient, column, await self._seal(patient, column, value))
+                # A correction: the old value may sit in a copy; the DEK is renewed at the next rotation.
+                setattr(patient, column, await self._seal(patient, column, value, rectification=True))
             patient.updated_at = utcnow()
             try:
                 await session.flush()

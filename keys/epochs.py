@@ -130,7 +130,7 @@ class RootEpochs(KeyHierarchy):
         at = at or now()
         referenced = sa.union(
             sa.select(tenant_keks.c.root_version.label("v")).where(tenant_keks.c.state != "destroyed"),
-            sa.select(tenants.c.index_root_version.label("v")),
+            sa.select(tenants.c.index_root_version.label("v")).where(tenants.c.index_key_wrapped.is_not(None)),
             sa.select(service_keys.c.root_version.label("v")),
         ).subquery()
         async with self._reader.connect() as conn:
@@ -213,7 +213,8 @@ class RootEpochs(KeyHierarchy):
 
         async with self._reader.connect() as conn:
             index_rows = (await conn.execute(sa.select(tenants.c.tenant_id, tenants.c.index_key_wrapped)
-                                             .where(tenants.c.index_root_version.is_(None)))).all()
+                                             .where(tenants.c.index_root_version.is_(None),
+                                                    tenants.c.index_key_wrapped.is_not(None)))).all()
             signing_rows = (await conn.execute(sa.select(service_keys.c.name, service_keys.c.wrapped)
                                                .where(service_keys.c.root_version.is_(None)))).all()
         for r in index_rows:

@@ -22,8 +22,9 @@ tenants = sa.Table(
     metadata,
     sa.Column("tenant_id", _ID, primary_key=True),
     sa.Column("current_kek_version", sa.Integer, nullable=False),
-    # The blind-index key is not rotated with the KEK: rotating it would change every index.
-    sa.Column("index_key_wrapped", sa.LargeBinary, nullable=False),
+    # The legacy long-lived blind-index key of a tenant made before per-epoch index keys
+    # (tenant_keks.index_wrapped); NULL for newer tenants, and once retired.
+    sa.Column("index_key_wrapped", sa.LargeBinary, nullable=True),
     sa.Column("created_at", _NOW, nullable=False),
     # The root-key version wrapping the index key: the long-lived service version (NULL:
     # the legacy key of a store made before root-key epochs).

@@ -7,7 +7,8 @@ canonical JSON (:mod:`keys.signing`); anyone holding the published public key
 ``vault keys verify-receipt`` or any Ed25519 library.
 
 The patient is named by a *pseudonymous* reference, ``hmac-sha256:<hex>``: a keyed
-HMAC of the patient id under the tenant's blind-index key. The id itself is random
+HMAC of the patient id under the tenant's long-lived patient-reference key (a purpose
+key of the key store, never destroyed, used for nothing else). The id itself is random
 and carries no personal data, but it names the patient everywhere inside the vault
 (audit entries, tombstone row); the HMAC means a receipt handed to the patient or a
 regulator cannot be joined with those records by anyone but the clinic's vault,
@@ -53,7 +54,7 @@ ALGORITHM = "Ed25519"
 
 async def patient_ref(keys: KeyStore, tenant_id: str, patient_id: str) -> str:
     """The pseudonymous reference a receipt names the patient by (stable per tenant)."""
-    return "hmac-sha256:" + await keys.blind_index(tenant_id, PATIENT_REF_PURPOSE, patient_id)
+    return "hmac-sha256:" + await keys.purpose_hmac(tenant_id, PATIENT_REF_PURPOSE, patient_id)
 
 
 def build_erasure_receipt(

@@ -7,7 +7,8 @@ keys per KEK epoch, and per-purpose long-lived tenant keys.
   ``old_epochs`` (the root versions that held the old DEK) say when that ends.
 - ``pending_deks``: the new DEK while a renewal reseals the patient's fields.
 - ``tenant_keks.index_wrapped``: the epoch's blind-index key, wrapped by the epoch's own
-  root-key version (NULL: an older version, whose index key is the tenant's long-lived one).
+  root-key version (NULL: an older version, whose index key is the tenant's long-lived one,
+  ``tenants.index_key_wrapped``, now nullable: retired once no live epoch needs it).
 - ``tenant_purpose_keys``: long-lived keys of one purpose each (signed URLs, webhook
   secrets), wrapped by the service root version.
 
@@ -62,6 +63,10 @@ def upgrade() -> None:
         schema=schema,
     )
     op.add_column("tenant_keks", sa.Column("index_wrapped", sa.LargeBinary, nullable=True), schema=schema)
+    # The tenant's long-lived index key is legacy now: new tenants have none, and an
+    # upgraded tenant's is retired once no live epoch needs it.
+    with op.batch_alter_table("tenants", schema=schema) as batch:
+        batch.alter_column("index_key_wrapped", existing_type=sa.LargeBinary, nullable=True)
     op.create_table(
         "tenant_purpose_keys",
         sa.Column("tenant_id", _ID, primary_key=True),
@@ -76,6 +81,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     schema = _schema()
     op.drop_table("tenant_purpose_keys", schema=schema)
+    with op.batch_alter_table("tenants", schema=schema) as batch:
+        batch.alter_column("index_key_wrapped", existing_type=sa.LargeBinary, nullable=False)
     with op.batch_alter_table("tenant_keks", schema=schema) as batch:
         batch.drop_column("index_wrapped")
     op.drop_table("pending_deks", schema=schema)

@@ -57,6 +57,9 @@ class ErasureSchedule:
     irrecoverable_after: datetime | None  # None: no date can be promised (legacy not yet scheduled)
     legacy: bool  # some of it still sits under the pre-epoch root key
     cancellable_until: datetime | None  # KMS: deletion can be cancelled until then
+    # One object's shred: the patient's DEK is not renewed yet (keys/renewal.py), so no
+    # epoch's destruction ends a copy's access to it.
+    awaiting_renewal: bool = False
 
 
 class RootEpochs(KeyHierarchy):
@@ -127,7 +130,7 @@ class RootEpochs(KeyHierarchy):
         at = at or now()
         referenced = sa.union(
             sa.select(tenant_keks.c.root_version.label("v")).where(tenant_keks.c.state != "destroyed"),
-            sa.select(tenants.c.index_root_version.label("v")),
+            sa.select(tenants.c.index_root_version.label("v")).where(tenants.c.index_key_wrapped.is_not(None)),
             sa.select(service_keys.c.root_version.label("v")),
         ).subquery()
         async with self._reader.connect() as conn:
@@ -168,7 +171,10 @@ class RootEpochs(KeyHierarchy):
             kek_roots = [r.root_version for r in (await conn.execute(
                 sa.select(tenant_keks.c.root_version).where(tenant_keks.c.tenant_id == tenant_id,
                                                             tenant_keks.c.state != "destroyed"))).all()]
-        ids = sorted({v or LEGACY_VERSION for v in kek_roots})
+        return await self._schedule_of(sorted({v or LEGACY_VERSION for v in kek_roots}))
+
+    async def _schedule_of(self, ids: list[str]) -> ErasureSchedule:
+        """The latest date by which every one of these root versions is irrecoverable."""
         epochs = tuple(await self.root_versions(ids=ids))
         legacy = LEGACY_VERSION in ids
         delay = self.deletion_delay
@@ -207,7 +213,8 @@ class RootEpochs(KeyHierarchy):
 
         async with self._reader.connect() as conn:
             index_rows = (await conn.execute(sa.select(tenants.c.tenant_id, tenants.c.index_key_wrapped)
-                                             .where(tenants.c.index_root_version.is_(None)))).all()
+                                             .where(tenants.c.index_root_version.is_(None),
+                                                    tenants.c.index_key_wrapped.is_not(None)))).all()
             signing_rows = (await conn.execute(sa.select(service_keys.c.name, service_keys.c.wrapped)
                                                .where(service_keys.c.root_version.is_(None)))).all()
         for r in index_rows:

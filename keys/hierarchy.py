@@ -60,6 +60,14 @@ def index_key_context(tenant_id: str) -> dict[str, str]:
     return {"purpose": "blind-index", "tenant": tenant_id}
 
 
+def epoch_index_context(tenant_id: str, version: int) -> dict[str, str]:
+    return {"purpose": "blind-index-epoch", "tenant": tenant_id, "kek_version": str(version)}
+
+
+def purpose_key_context(tenant_id: str, purpose: str) -> dict[str, str]:
+    return {"purpose": "tenant-purpose-key", "tenant": tenant_id, "name": purpose}
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -167,6 +175,8 @@ class KeyHierarchy:
                 )).first()
             if row is None:
                 raise KeyNotFound("tenant has no key hierarchy; call ensure_tenant first")
+            if row.index_key_wrapped is None:
+                raise KeyDestroyed("the tenant has no legacy index key (never had one, or it was retired)")
             key = await self._root_unwrap(row.index_root_version, row.index_key_wrapped, index_key_context(tenant_id))
             self._cache.put(cache_key, key)
         return key
@@ -177,7 +187,8 @@ class KeyHierarchy:
 
     # -- shredding -------------------------------------------------------------------
 
-    async def _overwrite(self, conn: AsyncConnection, table: sa.Table, where: Any) -> None:
+    async def _overwrite(self, conn: AsyncConnection, table: sa.Table, where: Any,
+                         columns: tuple[str, ...] = ("wrapped",)) -> None:
         """Replace ``wrapped`` with same-length noise before a DELETE (PostgreSQL).
 
         PostgreSQL never overwrites in place (MVCC), but this way the newest tuple
@@ -187,13 +198,14 @@ class KeyHierarchy:
         if self._sqlite:
             return
         pk = list(table.primary_key.columns)
-        rows = (
-            await conn.execute(sa.select(*pk, sa.func.length(table.c.wrapped).label("n")).where(where))
-        ).all()
-        for row in rows:
-            if row.n:
-                match = sa.and_(*(col == getattr(row, col.name) for col in pk))
-                await conn.execute(table.update().where(match).values(wrapped=secrets.token_bytes(row.n)))
+        for column in columns:
+            rows = (
+                await conn.execute(sa.select(*pk, sa.func.length(table.c[column]).label("n")).where(where))
+            ).all()
+            for row in rows:
+                if row.n:
+                    match = sa.and_(*(col == getattr(row, col.name) for col in pk))
+                    await conn.execute(table.update().where(match).values({column: secrets.token_bytes(row.n)}))
 
     async def _harden(self, *tables: sa.Table) -> None:
         """After a committed shred, remove old page images: WAL checkpoint or VACUUM.

@@ -22,8 +22,9 @@ tenants = sa.Table(
     metadata,
     sa.Column("tenant_id", _ID, primary_key=True),
     sa.Column("current_kek_version", sa.Integer, nullable=False),
-    # The blind-index key is not rotated with the KEK: rotating it would change every index.
-    sa.Column("index_key_wrapped", sa.LargeBinary, nullable=False),
+    # The legacy long-lived blind-index key of a tenant made before per-epoch index keys
+    # (tenant_keks.index_wrapped); NULL for newer tenants, and once retired.
+    sa.Column("index_key_wrapped", sa.LargeBinary, nullable=True),
     sa.Column("created_at", _NOW, nullable=False),
     # The root-key version wrapping the index key: the long-lived service version (NULL:
     # the legacy key of a store made before root-key epochs).
@@ -41,6 +42,9 @@ tenant_keks = sa.Table(
     sa.Column("destroyed_at", _NOW, nullable=True),
     # The root-key version (epoch) that wraps this KEK and no other key; NULL: legacy.
     sa.Column("root_version", _VERSION, nullable=True),
+    # This epoch's blind-index key, wrapped by the same root-key version (dies with the
+    # epoch); NULL: a version from before per-epoch index keys (the tenant's long-lived one).
+    sa.Column("index_wrapped", sa.LargeBinary, nullable=True),
     sa.CheckConstraint("state IN ('active', 'retired', 'destroyed')", name="ck_tenant_keks_state"),
     sa.CheckConstraint("(wrapped IS NULL) = (state = 'destroyed')", name="ck_tenant_keks_wrapped"),
 )
@@ -117,6 +121,49 @@ keystore_info = sa.Table(
     metadata,
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("value", sa.String(200), nullable=False),
+)
+
+
+# A patient whose DEK must be replaced at the next KEK rotation: one of its object keys
+# was destroyed, or a sealed field corrected, while a backup may hold the old wrapped key
+# or value, which the live DEK would still open. Ids, times and root-version ids only.
+dek_renewals = sa.Table(
+    "dek_renewals",
+    metadata,
+    sa.Column("renewal_id", sa.String(36), primary_key=True),
+    sa.Column("tenant_id", _ID, nullable=False),
+    sa.Column("patient_id", _ID, nullable=False),
+    sa.Column("cause", sa.String(32), nullable=False),  # object_delete | rectification
+    sa.Column("requested_at", _NOW, nullable=False),
+    sa.Column("renewed_at", _NOW, nullable=True),  # NULL: still pending
+    sa.Column("old_dek_id", sa.String(36), nullable=True),
+    sa.Column("old_epochs", sa.Text, nullable=True),  # JSON list of the root versions that held the old DEK
+    sa.Index("ix_dek_renewals_patient", "tenant_id", "patient_id"),
+)
+
+# The patient's next DEK while a renewal reseals its fields: ``seal_field`` seals under it,
+# ``open_field`` falls back to it; it replaces the DEK row when the renewal swaps.
+pending_deks = sa.Table(
+    "pending_deks",
+    metadata,
+    sa.Column("tenant_id", _ID, primary_key=True),
+    sa.Column("patient_id", _ID, primary_key=True),
+    sa.Column("dek_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("kek_version", sa.Integer, nullable=False),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", _NOW, nullable=False),
+)
+
+# Long-lived tenant keys of one purpose each (signed URLs, webhook secrets), wrapped by
+# the service root version: a leak of one reveals nothing of another.
+tenant_purpose_keys = sa.Table(
+    "tenant_purpose_keys",
+    metadata,
+    sa.Column("tenant_id", _ID, primary_key=True),
+    sa.Column("purpose", sa.String(64), primary_key=True),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("root_version", _VERSION, nullable=False),
+    sa.Column("created_at", _NOW, nullable=False),
 )
 
 

@@ -17,9 +17,10 @@ import sqlalchemy as sa
 
 from keys import aead
 from keys.errors import KeyInUse, KeyNotFound, KeysError
-from keys.epochs import TENANT_KEK, RootEpochs
-from keys.hierarchy import KEY_BYTES, aware, kek_context, now
-from keys.models import patient_deks, root_versions, tenant_keks, tenants
+from keys.epochs import TENANT_KEK
+from keys.hierarchy import KEY_BYTES, aware, epoch_index_context, kek_context, now
+from keys.models import patient_deks, pending_deks, root_versions, tenant_keks, tenants
+from keys.renewal import DekRenewals, Reseal
 
 Progress = Callable[[int, int], Any]
 _REWRAP_BATCH = 200
@@ -36,7 +37,7 @@ class KekVersion:
     destroy_after: datetime | None = None  # when its epoch is due for destruction
 
 
-class KekRotation(RootEpochs):
+class KekRotation(DekRenewals):
     async def kek_versions(self, tenant_id: str) -> list[KekVersion]:
         counts = (
             sa.select(patient_deks.c.kek_version, sa.func.count().label("n"))
@@ -62,8 +63,12 @@ class KekRotation(RootEpochs):
             for r in rows
         ]
 
-    async def rotate_kek(self, tenant_id: str, progress: Progress | None = None) -> int:
-        """Create a new KEK version, rewrap every DEK under it, and return the new version."""
+    async def rotate_kek(self, tenant_id: str, progress: Progress | None = None, *, reseal: Reseal | None = None) -> int:
+        """Create a new KEK version, rewrap every DEK under it, and return the new version.
+
+        With ``reseal`` (the vault's pass over a patient's sealed fields), every patient
+        marked for DEK renewal first gets a new DEK under the new version (keys/renewal.py):
+        before the rewrap, so the old DEK is never wrapped under the new epoch."""
         for _attempt in range(5):
             current = await self._current_version(tenant_id)
             version = current + 1
@@ -72,22 +77,28 @@ class KekRotation(RootEpochs):
             # is taken: provider round trips should not hold it.
             epoch = await self._create_root_version(TENANT_KEK, tenant_id, f"kek-{version}")
             wrapped = await self._root.wrap(epoch["version_id"], kek, kek_context(tenant_id, version))
+            # The epoch's own blind-index key, under the same root version: dies with it.
+            index_wrapped = await self._root.wrap(epoch["version_id"], secrets.token_bytes(KEY_BYTES),
+                                                  epoch_index_context(tenant_id, version))
             async with self._writer.begin() as conn:
                 if await self._lock_tenant(conn, tenant_id) != current:
                     lost = True
                 else:
                     lost = False
                     await conn.execute(root_versions.insert().values(**epoch))
-                    await self._install_version(conn, tenant_id, version, wrapped, epoch)
+                    await self._install_version(conn, tenant_id, version, wrapped, epoch, index_wrapped)
             if lost:
                 await self._discard_root_version(epoch["version_id"])
                 continue  # another node rotated meanwhile; go again above theirs
             self._cache.put(("kek", tenant_id, version), kek)
+            if reseal is not None:
+                await self.renew_pending(tenant_id, reseal)
             await self.rewrap(tenant_id, progress=progress)
             return version
         raise KeysError("KEK rotation kept losing races with other rotations")
 
-    async def _install_version(self, conn: Any, tenant_id: str, version: int, wrapped: bytes, epoch: dict[str, Any]) -> None:
+    async def _install_version(self, conn: Any, tenant_id: str, version: int, wrapped: bytes, epoch: dict[str, Any],
+                               index_wrapped: bytes) -> None:
         await conn.execute(
             tenant_keks.update()
             .where(tenant_keks.c.tenant_id == tenant_id, tenant_keks.c.state == "active")
@@ -96,7 +107,7 @@ class KekRotation(RootEpochs):
         await conn.execute(
             tenant_keks.insert().values(
                 tenant_id=tenant_id, version=version, wrapped=wrapped, state="active",
-                created_at=epoch["created_at"], root_version=epoch["version_id"],
+                created_at=epoch["created_at"], root_version=epoch["version_id"], index_wrapped=index_wrapped,
             )
         )
         await conn.execute(
@@ -182,14 +193,20 @@ class KekRotation(RootEpochs):
                 sa.select(sa.func.count())
                 .select_from(patient_deks)
                 .where(patient_deks.c.tenant_id == tenant_id, patient_deks.c.kek_version == version)
+            ) or await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(pending_deks)
+                .where(pending_deks.c.tenant_id == tenant_id, pending_deks.c.kek_version == version)
             )
             if in_use:
                 raise KeyInUse("KEK version still wraps patient keys; rewrap first")
-            await self._overwrite(conn, tenant_keks, where)
+            await self._overwrite(conn, tenant_keks, where, ("wrapped", "index_wrapped"))
             await conn.execute(
-                tenant_keks.update().where(where).values(wrapped=None, state="destroyed", destroyed_at=now())
+                tenant_keks.update().where(where).values(wrapped=None, index_wrapped=None, state="destroyed",
+                                                         destroyed_at=now())
             )
         self._cache.evict(("kek", tenant_id, version))
+        self._cache.evict(("eidx", tenant_id, version))
         await self._harden(tenant_keks)
         # The row first, then the provider: a crash in between leaves a version that
         # wraps nothing live, which finish_root_destructions (and a retry) destroys.

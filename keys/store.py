@@ -30,10 +30,14 @@ from keys import aead, db
 from keys.cache import KeyCache
 from keys.errors import IntegrityError, KeyDestroyed, KeyExists, KeyInUse, KeyNotFound, KeysError
 from keys.epochs import TENANT_KEK, ErasureSchedule, RootVersion, signing_context
-from keys.hierarchy import KEY_BYTES, ObjectKey, PatientKey, index_key_context, kek_context, now
-from keys.models import (
-    SCHEMA, erased_patients, object_keys, patient_deks, root_versions, service_keys, tenant_keks, tenants,
+from keys.hierarchy import (
+    KEY_BYTES, ObjectKey, PatientKey, epoch_index_context, kek_context, now, purpose_key_context,
 )
+from keys.models import (
+    SCHEMA, erased_patients, object_keys, patient_deks, pending_deks, root_versions, service_keys, tenant_keks,
+    tenant_purpose_keys, tenants,
+)
+from keys.renewal import OBJECT_DELETE, RECTIFICATION
 from keys.providers import RootKeyProvider
 from keys.rotation import KekRotation, KekVersion, Progress
 
@@ -83,11 +87,10 @@ class KeyStore(KekRotation):
         except KeyNotFound:
             pass
         kek, index_key = secrets.token_bytes(KEY_BYTES), secrets.token_bytes(KEY_BYTES)
-        # KEK v1 gets its own epoch; the index key lives under the long-lived version.
-        service = await self._service_version()
+        # KEK v1 gets its own epoch, and so does its blind-index key (it dies with it).
         epoch = await self._create_root_version(TENANT_KEK, tenant_id, "kek-1")
         wrapped_kek = await self._root.wrap(epoch["version_id"], kek, kek_context(tenant_id, 1))
-        wrapped_index = await self._root.wrap(service, index_key, index_key_context(tenant_id))
+        wrapped_index = await self._root.wrap(epoch["version_id"], index_key, epoch_index_context(tenant_id, 1))
         created = epoch["created_at"]
         try:
             async with self._writer.begin() as conn:
@@ -96,9 +99,9 @@ class KeyStore(KekRotation):
                     tenants.insert().values(
                         tenant_id=tenant_id,
                         current_kek_version=1,
-                        index_key_wrapped=wrapped_index,
+                        index_key_wrapped=None,  # no long-lived index key (only legacy tenants have one)
                         created_at=created,
-                        index_root_version=service,
+                        index_root_version=None,
                     )
                 )
                 await conn.execute(
@@ -109,6 +112,7 @@ class KeyStore(KekRotation):
                         state="active",
                         created_at=created,
                         root_version=epoch["version_id"],
+                        index_wrapped=wrapped_index,
                     )
                 )
         except sa_exc.IntegrityError:
@@ -192,6 +196,10 @@ class KeyStore(KekRotation):
             if dek_id is not None:
                 await self._overwrite(conn, patient_deks, mine)
                 await conn.execute(patient_deks.delete().where(mine))
+            # A renewal's next DEK dies with the patient too.
+            next_dek = (pending_deks.c.tenant_id == tenant_id) & (pending_deks.c.patient_id == patient_id)
+            await self._overwrite(conn, pending_deks, next_dek)
+            await conn.execute(pending_deks.delete().where(next_dek))
         self.evict(tenant_id, patient_id)
         if dek_id is None:
             return []
@@ -295,6 +303,9 @@ class KeyStore(KekRotation):
             if key_id is not None:
                 await self._overwrite(conn, object_keys, where)
                 await conn.execute(object_keys.delete().where(where))
+                # A copy made before now holds this key wrapped by the live DEK: renew the
+                # DEK at the next rotation so that copy dies with its epochs.
+                await self._request(conn, tenant_id, patient_id, OBJECT_DELETE)
         self.evict(tenant_id, patient_id, object_id)
         if key_id is None:
             return None
@@ -304,10 +315,18 @@ class KeyStore(KekRotation):
     # -- personal fields and blind indexes --------------------------------------------
 
     async def seal_field(
-        self, tenant_id: str, patient_id: str, *, table: str, column: str, row_id: str, value: bytes | str
+        self, tenant_id: str, patient_id: str, *, table: str, column: str, row_id: str, value: bytes | str,
+        rectification: bool = False,
     ) -> bytes:
-        """AES-256-GCM under the patient DEK; AAD names tenant, patient, table, column and row."""
+        """AES-256-GCM under the patient DEK; AAD names tenant, patient, table, column and row.
+
+        While the patient's DEK is being renewed, under the next DEK (keys/renewal.py).
+        ``rectification=True`` (a correction replacing an older value): the old value
+        may sit in a copy, so the DEK is marked for renewal at the next rotation."""
         patient = await self.patient_key(tenant_id, patient_id)
+        if rectification:
+            await self.request_dek_renewal(tenant_id, patient_id, RECTIFICATION)
+        patient = await self._pending_key(tenant_id, patient_id) or patient
         plaintext = value.encode() if isinstance(value, str) else bytes(value)
         associated = aead.aad(aead.LABEL_FIELD, tenant_id, patient_id, table, column, row_id)
         return aead.seal(patient.key, plaintext, associated)
@@ -317,14 +336,161 @@ class KeyStore(KekRotation):
     ) -> bytes:
         patient = await self.patient_key(tenant_id, patient_id)
         associated = aead.aad(aead.LABEL_FIELD, tenant_id, patient_id, table, column, row_id)
-        return aead.open_sealed(patient.key, sealed, associated)
+        try:
+            return aead.open_sealed(patient.key, sealed, associated)
+        except IntegrityError:
+            # Sealed under the next DEK by a renewal in progress (keys/renewal.py)?
+            pending = await self._pending_key(tenant_id, patient_id)
+            if pending is None:
+                raise
+            return aead.open_sealed(pending.key, sealed, associated)
 
     async def blind_index(self, tenant_id: str, purpose: str, value: str) -> str:
-        """Keyed HMAC-SHA256 (hex) of the normalised value, for lookups without plaintext."""
-        if not purpose:
-            raise KeysError("blind index purpose must be a non-empty name")
-        key = await self._index_key(tenant_id)
-        return hmac.new(key, aead.aad(purpose, normalise_for_index(value)), hashlib.sha256).hexdigest()
+        """Keyed HMAC-SHA256 (hex) of the normalised value under the **current epoch's**
+        index key, for lookups without plaintext. It changes with every KEK rotation: the
+        vault re-indexes live rows under the new key (vault/patients/index.py), and once an
+        epoch is destroyed no live key recomputes an index it made (an old backup's index
+        of an erased patient's MRN can no longer be confirmed)."""
+        version = await self._current_version(tenant_id)
+        return _hmac_index(await self._epoch_index_key(tenant_id, version), purpose, value)
+
+    async def blind_indexes(self, tenant_id: str, purpose: str, value: str) -> list[str]:
+        """The value's index under every live epoch, the current one first: what a lookup
+        matches while rows are being re-indexed after a rotation."""
+        async with self._reader.connect() as conn:
+            versions = (await conn.scalars(
+                sa.select(tenant_keks.c.version).where(tenant_keks.c.tenant_id == tenant_id,
+                                                       tenant_keks.c.state != "destroyed")
+                .order_by(tenant_keks.c.version.desc()))).all()
+        if not versions:
+            raise KeyNotFound("tenant has no key hierarchy; call ensure_tenant first")
+        current = await self._current_version(tenant_id)
+        found: list[str] = []
+        for version in sorted(versions, key=lambda v: (v != current, -v)):
+            try:
+                index = _hmac_index(await self._epoch_index_key(tenant_id, int(version)), purpose, value)
+            except KeyDestroyed:
+                continue  # destroyed meanwhile
+            if index not in found:
+                found.append(index)
+        return found
+
+    async def legacy_blind_index(self, tenant_id: str, purpose: str, value: str) -> str:
+        """The index as the code before per-epoch keys made it, under the tenant's legacy
+        long-lived key; ``KeyDestroyed`` once that key is retired (or for newer tenants)."""
+        return _hmac_index(await self._index_key(tenant_id), purpose, value)
+
+    async def _epoch_index_key(self, tenant_id: str, version: int) -> bytes:
+        cache_key = ("eidx", tenant_id, version)
+        key = self._cache.get(cache_key)
+        if key is not None:
+            return key
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(
+                sa.select(tenant_keks.c.index_wrapped, tenant_keks.c.root_version, tenant_keks.c.state)
+                .where(tenant_keks.c.tenant_id == tenant_id, tenant_keks.c.version == version))).first()
+        if row is None:
+            raise KeyNotFound("no such KEK version")
+        if row.state == "destroyed":
+            raise KeyDestroyed("the epoch is destroyed")
+        if row.index_wrapped is None:
+            key = await self._index_key(tenant_id)  # a version from before per-epoch index keys
+        else:
+            key = await self._root_unwrap(row.root_version, row.index_wrapped, epoch_index_context(tenant_id, version))
+        self._cache.put(cache_key, key)
+        return key
+
+    # -- values that die with the epoch (erasure reasons) ------------------------------
+
+    async def seal_for_epoch(self, tenant_id: str, label: str, *ids: str, value: bytes) -> bytes:
+        """AES-256-GCM under a key of the **current epoch** (derived from its index key for
+        ``label``): readable until that epoch is destroyed, then by nobody — copies
+        included. Format ``0x02 ‖ u32 KEK version ‖ sealed``."""
+        version = await self._current_version(tenant_id)
+        key = _subkey(await self._epoch_index_key(tenant_id, version), label)
+        return EPOCH_SEALED + version.to_bytes(4, "big") + aead.seal(key, value, aead.aad(label, *ids))
+
+    async def open_for_epoch(self, tenant_id: str, label: str, *ids: str, sealed: bytes) -> bytes:
+        """``KeyDestroyed`` once the epoch it was sealed in is destroyed."""
+        if len(sealed) < 5 or sealed[:1] != EPOCH_SEALED:
+            raise IntegrityError("not a value sealed for an epoch")
+        version = int.from_bytes(sealed[1:5], "big")
+        key = _subkey(await self._epoch_index_key(tenant_id, version), label)
+        return aead.open_sealed(key, sealed[5:], aead.aad(label, *ids))
+
+    # -- long-lived keys, one per purpose --------------------------------------------------
+
+    async def purpose_key(self, tenant_id: str, purpose: str, *, legacy_derivation: str | None = None) -> bytes:
+        """A long-lived tenant key used for ``purpose`` only (signed URLs, webhook secrets,
+        receipts' patient references), wrapped by the service root version and never
+        destroyed; created on first use. ``legacy_derivation``: for a tenant that still has
+        its legacy index key, the new key *is* the value the code before derived for this
+        purpose (``legacy_blind_index(tenant, legacy_derivation, tenant_id)``), so what
+        was sealed with it still opens after the legacy key is retired."""
+        if not purpose or len(purpose) > 64:
+            raise KeysError("a purpose is a non-empty name of at most 64 characters")
+        cache_key = ("purpose", tenant_id, purpose)
+        key = self._cache.get(cache_key)
+        if key is not None:
+            return key
+        context = purpose_key_context(tenant_id, purpose)
+        row = await self._purpose_row(tenant_id, purpose)
+        if row is None:
+            await self._current_version(tenant_id)  # KeyNotFound for an unknown tenant
+            fresh = secrets.token_bytes(KEY_BYTES)
+            if legacy_derivation is not None:
+                try:
+                    fresh = bytes.fromhex(await self.legacy_blind_index(tenant_id, legacy_derivation, tenant_id))
+                except KeyDestroyed:
+                    pass
+            service = await self._service_version()
+            wrapped = await self._root.wrap(service, fresh, context)
+            try:
+                async with self._writer.begin() as conn:
+                    await conn.execute(tenant_purpose_keys.insert().values(
+                        tenant_id=tenant_id, purpose=purpose, wrapped=wrapped, root_version=service, created_at=now()))
+            except sa_exc.IntegrityError:
+                pass  # another node made it first; theirs wins
+            row = await self._purpose_row(tenant_id, purpose)
+            if row is None:
+                raise KeysError("the purpose key was neither created nor found")
+        key = await self._root_unwrap(row.root_version, row.wrapped, context)
+        self._cache.put(cache_key, key)
+        return key
+
+    async def purpose_hmac(self, tenant_id: str, purpose: str, value: str) -> str:
+        """HMAC-SHA256 (hex) of ``value`` exactly (no normalisation) under the purpose's key."""
+        key = await self.purpose_key(tenant_id, purpose)
+        return hmac.new(key, aead.aad(purpose, value), hashlib.sha256).hexdigest()
+
+    async def _purpose_row(self, tenant_id: str, purpose: str) -> Any:
+        async with self._reader.connect() as conn:
+            return (await conn.execute(sa.select(tenant_purpose_keys).where(
+                tenant_purpose_keys.c.tenant_id == tenant_id, tenant_purpose_keys.c.purpose == purpose))).first()
+
+    async def retire_legacy_index_key(self, tenant_id: str, *, keep: Iterable[tuple[str, str]] = ()) -> bool:
+        """Destroy the tenant's legacy long-lived index key once no live epoch uses it for
+        indexes; ``keep``: (purpose, legacy derivation) pairs whose purpose keys are made
+        from it first (see :meth:`purpose_key`). True when it was retired now."""
+        async with self._reader.connect() as conn:
+            wrapped = await conn.scalar(sa.select(tenants.c.index_key_wrapped).where(tenants.c.tenant_id == tenant_id))
+            needed = await conn.scalar(sa.select(sa.func.count()).select_from(tenant_keks).where(
+                tenant_keks.c.tenant_id == tenant_id, tenant_keks.c.state != "destroyed",
+                tenant_keks.c.index_wrapped.is_(None)))
+        if wrapped is None or needed:
+            return False
+        for purpose, derivation in keep:
+            await self.purpose_key(tenant_id, purpose, legacy_derivation=derivation)
+        where = tenants.c.tenant_id == tenant_id
+        async with self._writer.begin() as conn:
+            if not self._sqlite:
+                await conn.execute(tenants.update().where(where).values(
+                    index_key_wrapped=secrets.token_bytes(len(wrapped))))
+            await conn.execute(tenants.update().where(where).values(index_key_wrapped=None))
+        self._cache.evict(("idx", tenant_id))
+        self._cache.evict_where(lambda k: k[0] == "eidx" and k[1] == tenant_id)
+        await self._harden(tenants)
+        return True
 
     # -- backups ---------------------------------------------------------------------
 
@@ -340,10 +506,16 @@ class KeyStore(KekRotation):
                 chunk = ids[start : start + _ID_CHUNK]
                 for table, where in (
                     (patient_deks, patient_deks.c.dek_id.in_(chunk)),
+                    (pending_deks, pending_deks.c.dek_id.in_(chunk)),
                     (object_keys, object_keys.c.key_id.in_(chunk) | object_keys.c.dek_id.in_(chunk)),
                 ):
                     await self._overwrite(conn, table, where)
                     removed += (await conn.execute(table.delete().where(where))).rowcount
+            # A renewal's next DEK of a patient whose DEK is gone (erased since the backup).
+            orphan = ~sa.exists().where(patient_deks.c.tenant_id == pending_deks.c.tenant_id,
+                                        patient_deks.c.patient_id == pending_deks.c.patient_id)
+            await self._overwrite(conn, pending_deks, orphan)
+            removed += (await conn.execute(pending_deks.delete().where(orphan))).rowcount
         if removed:
             self._cache.clear()
             await self._harden(patient_deks, object_keys)
@@ -365,15 +537,19 @@ class KeyStore(KekRotation):
         """Prove the configured root key opens this store: unwrap one wrapped key,
         bypassing the cache. False when the store holds nothing to unwrap yet; raises
         :class:`IntegrityError` (wrong root key) or :class:`ProviderError`."""
-        async with self._reader.connect() as conn:
-            row = (await conn.execute(sa.select(tenants.c.tenant_id, tenants.c.index_key_wrapped,
-                                                tenants.c.index_root_version).limit(1))).first()
-        if row is not None:
-            await self._root_unwrap(row.index_root_version, row.index_key_wrapped, index_key_context(row.tenant_id))
-            return True
         signing = await self._signing_row()
         if signing is not None:
             await self._root_unwrap(signing.root_version, signing.wrapped, _SIGNING_CONTEXT)
+            return True
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(
+                sa.select(tenant_keks.c.tenant_id, tenant_keks.c.version, tenant_keks.c.wrapped,
+                          tenant_keks.c.root_version)
+                .join(tenants, sa.and_(tenants.c.tenant_id == tenant_keks.c.tenant_id,
+                                       tenants.c.current_kek_version == tenant_keks.c.version))
+                .limit(1))).first()
+        if row is not None and row.wrapped is not None:
+            await self._root_unwrap(row.root_version, row.wrapped, kek_context(row.tenant_id, row.version))
             return True
         return False
 
@@ -434,6 +610,20 @@ async def holds_keys(url: str, *, schema: str = SCHEMA) -> bool:
     finally:
         await engine.dispose()
     return tenant is not None or signing is not None
+
+
+EPOCH_SEALED = b"\x02"
+
+
+def _hmac_index(key: bytes, purpose: str, value: str) -> str:
+    if not purpose or "\x00" in purpose:
+        raise KeysError("blind index purpose must be a non-empty name")
+    return hmac.new(key, aead.aad(purpose, normalise_for_index(value)), hashlib.sha256).hexdigest()
+
+
+def _subkey(key: bytes, label: str) -> bytes:
+    # A NUL first byte: no blind index's HMAC input (a purpose without NUL) starts so.
+    return hmac.new(key, b"\x00vault.keys.v1.epoch-subkey\x00" + label.encode(), hashlib.sha256).digest()
 
 
 def normalise_for_index(value: str) -> str:

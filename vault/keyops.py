@@ -23,6 +23,9 @@ from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import utcnow
 from vault.errors import Conflict, NotFound
+from vault.patients.index import reindex_patients
+from vault.sealed_fields import Resealer
+from vault.webhooks.service import LEGACY_KEY_DERIVATIONS
 from vault.shredding.service import ShredLedger
 
 log = logging.getLogger("vault.keys")
@@ -53,14 +56,21 @@ class KeyOperations:
         return versions
 
     async def rotate(self, tenant_id: str, *, actor: Actor, progress: Progress | None = None) -> tuple[int, int]:
-        """New KEK version, every DEK rewrapped under it; returns (version, DEKs rewrapped)."""
+        """New KEK version, every DEK rewrapped under it; returns (version, DEKs rewrapped).
+
+        Patients marked for DEK renewal (an object shredded, a field corrected) first get
+        a new DEK under the new version, their sealed fields resealed (keys/renewal.py)."""
         seen = _Seen(progress)
         try:
-            version = await self.keys.rotate_kek(tenant_id, progress=seen)
+            version = await self.keys.rotate_kek(tenant_id, progress=seen,
+                                                 reseal=Resealer(self.ledger.db, self.keys))
         except KeyNotFound:
             raise NotFound("the tenant has no key hierarchy") from None
+        # Blind indexes follow the epoch: live patients move to the new index key.
+        reindexed = await reindex_patients(self.ledger.db, self.keys, tenant_id)
         await self.audit.record(
-            AuditEvent.of(actor, "keys.rotate", kek_version=str(version), rewrapped=str(seen.done))
+            AuditEvent.of(actor, "keys.rotate", kek_version=str(version), rewrapped=str(seen.done),
+                          reindexed=str(reindexed))
         )
         return version, seen.done
 
@@ -96,6 +106,8 @@ class KeyOperations:
                 f"KEK version {version} is younger than the backup window (due {target.destroy_after:%Y-%m-%d %H:%M} UTC): "
                 "backups made in its epoch could no longer be restored. Pass --force to destroy it anyway."
             )
+        # No live index may still need the epoch's index key (a rotation's re-index cut short).
+        await reindex_patients(self.ledger.db, self.keys, tenant_id)
         try:
             irrecoverable = await self.keys.destroy_kek_version(tenant_id, version)
         except KeyInUse as exc:
@@ -110,6 +122,9 @@ class KeyOperations:
             raise NotFound(f"no KEK version {version} for this tenant") from None
         await self.audit.record(AuditEvent.of(actor, "keys.destroy_kek_version", kek_version=str(version),
                                               **({"forced": "true"} if early and force else {})))
+        # A tenant from before per-epoch index keys: its long-lived index key goes once no
+        # live epoch indexes with it (the webhook secret's key is kept, made from it first).
+        await self.keys.retire_legacy_index_key(tenant_id, keep=LEGACY_KEY_DERIVATIONS)
         return irrecoverable
 
     async def reshred(self, *, request_id: str, settle_seconds: float = 30.0) -> Reshredded:

@@ -7,7 +7,8 @@ canonical JSON (:mod:`keys.signing`); anyone holding the published public key
 ``vault keys verify-receipt`` or any Ed25519 library.
 
 The patient is named by a *pseudonymous* reference, ``hmac-sha256:<hex>``: a keyed
-HMAC of the patient id under the tenant's blind-index key. The id itself is random
+HMAC of the patient id under the tenant's long-lived patient-reference key (a purpose
+key of the key store, never destroyed, used for nothing else). The id itself is random
 and carries no personal data, but it names the patient everywhere inside the vault
 (audit entries, tombstone row); the HMAC means a receipt handed to the patient or a
 regulator cannot be joined with those records by anyone but the clinic's vault,
@@ -36,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keys.errors import KeysError
+from keys.renewal import AWAITING_ROTATION
 from keys.signing import key_fingerprint, sign_document, verify_document
 from keys.store import ErasureSchedule, KeyStore
 from vault.db import new_id
@@ -45,13 +47,14 @@ RECEIPT_VERSION = 2
 FINALITY_TYPE = "erasure_finality"
 NO_WORKER = "no worker is running the periodic key jobs, so no destruction date can be promised"
 LEGACY_UNSCHEDULED = "part of this tenant is still under the legacy root key, whose destruction is not scheduled yet"
+AWAITING_RENEWAL = AWAITING_ROTATION
 PATIENT_REF_PURPOSE = "erasure-receipt.patient-ref"
 ALGORITHM = "Ed25519"
 
 
 async def patient_ref(keys: KeyStore, tenant_id: str, patient_id: str) -> str:
     """The pseudonymous reference a receipt names the patient by (stable per tenant)."""
-    return "hmac-sha256:" + await keys.blind_index(tenant_id, PATIENT_REF_PURPOSE, patient_id)
+    return "hmac-sha256:" + await keys.purpose_hmac(tenant_id, PATIENT_REF_PURPOSE, patient_id)
 
 
 def build_erasure_receipt(
@@ -109,6 +112,27 @@ def build_erasure_receipt(
             "no_date_reason": reason,
         })
     return document
+
+
+def object_promise(schedule: ErasureSchedule, *, jobs_running: bool) -> dict[str, Any]:
+    """What may be promised for one shredded object (a photo or video deleted alone):
+    its wrapped key stays in copies under the patient's DEK, which outlives epochs until
+    it is renewed at the next rotation (keys/renewal.py). Before that, no date; after,
+    the destruction of every epoch that held the old DEK (the key store's
+    :meth:`renewal_schedule`)."""
+    reason = None
+    if schedule.awaiting_renewal:
+        reason = AWAITING_RENEWAL
+    elif not jobs_running:
+        reason = NO_WORKER
+    elif schedule.irrecoverable_after is None:
+        reason = LEGACY_UNSCHEDULED
+    return {
+        "irrecoverable_after": None if reason or schedule.irrecoverable_after is None
+        else _iso_up(schedule.irrecoverable_after),
+        "epochs": [e.version_id for e in schedule.epochs],
+        "no_date_reason": reason,
+    }
 
 
 async def sign_receipt(keys: KeyStore, receipt: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 (an ``<img>`` thumbnail now, video playback later).
 
 A signature is HMAC-SHA256 over ``v1|purpose|resource|token id|expiry`` under the
-tenant's blind-index key (:meth:`KeyStore.blind_index`: one key per tenant, held in
-the key store, the same on every node). It binds what may be fetched (purpose and
+tenant's signed-URL key (:meth:`KeyStore.purpose_hmac`: a long-lived key of this one
+purpose per tenant, held in the key store, the same on every node). It binds what may be fetched (purpose and
 resource, e.g. ``release-thumbnail:education`` and ``<media id>:deidentified``), who
 asked (the token id) and until when. Verifying compares in constant time, and the
 caller must still check that the token is live and re-run its own authorisation
@@ -30,8 +30,7 @@ from vault.errors import Forbidden, Gone
 from vault.tenants.models import ApiToken
 
 INDEX_PURPOSE = "signed-url"
-# Every field is lowercase ASCII without separators or spaces, so the key store's
-# normalisation (NFKC, case-fold, whitespace) is the identity and fields cannot run together.
+# Every field is lowercase ASCII without separators or spaces, so fields cannot run together.
 _FIELD = re.compile(r"^[a-z0-9_.:-]{1,200}$")
 SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -56,7 +55,7 @@ def _payload(*, purpose: str, resource: str, token_id: str, expires: int) -> str
 async def sign(keys, tenant_id: str, *, purpose: str, resource: str, token_id: str, expires_at: datetime) -> SignedParams:
     expires = int(expires_at.timestamp())
     payload = _payload(purpose=purpose, resource=resource, token_id=token_id, expires=expires)
-    return SignedParams(token_id=token_id, expires=expires, signature=await keys.blind_index(tenant_id, INDEX_PURPOSE, payload))
+    return SignedParams(token_id=token_id, expires=expires, signature=await keys.purpose_hmac(tenant_id, INDEX_PURPOSE, payload))
 
 
 async def verify(keys, tenant_id: str, *, purpose: str, resource: str, params: SignedParams, now: datetime) -> None:
@@ -66,7 +65,7 @@ async def verify(keys, tenant_id: str, *, purpose: str, resource: str, params: S
         # that could never have been signed is a bad link, not a ValueError.
         raise Forbidden("the link is not valid")
     payload = _payload(purpose=purpose, resource=resource, token_id=params.token_id, expires=params.expires)
-    expected = await keys.blind_index(tenant_id, INDEX_PURPOSE, payload)
+    expected = await keys.purpose_hmac(tenant_id, INDEX_PURPOSE, payload)
     if not hmac.compare_digest(expected, params.signature):
         raise Forbidden("the link is not valid")
     if params.expires <= now.timestamp():

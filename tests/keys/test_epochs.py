@@ -222,3 +222,63 @@ async def test_upgrade_moves_a_legacy_store_onto_epochs(legacy_backend: Backend,
     assert legacy.destroyed_at is not None
     await fresh.close()
     await store.close()
+
+
+@pytest.mark.parametrize("legacy_backend", ["sqlite", "postgresql"], indirect=True)
+async def test_a_legacy_tenants_long_lived_index_key_is_retired_with_its_epochs(legacy_backend: Backend,
+                                                                                tmp_path: Path) -> None:
+    backend = legacy_backend
+    key = secrets.token_bytes(32)
+    tenant, _patient, _dek = await make_legacy_store(backend, key)
+    await upgrade(backend.url, schema=backend.schema)
+    ring = open_root_key((tmp_path / "keyring").as_uri(), production=False)
+    old_file = tmp_path / "root.key"
+    fd = os.open(old_file, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, key)
+    os.close(fd)
+    assert isinstance(ring, FileKeyring) and ring.import_legacy(old_file)
+    store = await open_store(backend, ring)
+    # Before the upgrade's rotation: v1 has no index key of its own, so indexes (and what
+    # the old code derived from the tenant's index key) come from the long-lived one.
+    legacy_index = await store.legacy_blind_index(tenant, "patient.external_ref", "MRN-1")
+    assert await store.blind_index(tenant, "patient.external_ref", "MRN-1") == legacy_index
+    webhook_legacy = bytes.fromhex(await store.legacy_blind_index(tenant, "webhooks.secret-key", tenant))
+    await store.upgrade_legacy()
+    current = await store.blind_index(tenant, "patient.external_ref", "MRN-1")
+    assert current != legacy_index
+    assert await store.blind_indexes(tenant, "patient.external_ref", "MRN-1") == [current, legacy_index]
+    assert not await store.retire_legacy_index_key(tenant)  # v1 still indexes with it
+
+    await store.destroy_kek_version(tenant, 1)
+    assert await store.retire_legacy_index_key(tenant, keep=[("webhook-secret", "webhooks.secret-key")])
+    fresh = await open_store(backend, ring)
+    with pytest.raises(KeyDestroyed):
+        await fresh.legacy_blind_index(tenant, "patient.external_ref", "MRN-1")
+    assert await fresh.blind_indexes(tenant, "patient.external_ref", "MRN-1") == [current]
+    # What was sealed with the old derived key still opens: the purpose key is that value.
+    assert await fresh.purpose_key(tenant, "webhook-secret") == webhook_legacy
+    (row,) = await rows(backend, tenants, tenants.c.tenant_id == tenant)
+    assert row.index_key_wrapped is None
+    await fresh.close()
+    await store.close()
+
+
+async def test_purpose_keys_are_apart_and_epoch_sealed_values_die_with_the_epoch(backend: Backend, provider) -> None:
+    store = await open_store(backend, provider)
+    tenant = f"clinic-{uuid.uuid4()}"
+    await store.ensure_tenant(tenant)
+    url_key, ref_key = await store.purpose_key(tenant, "signed-url"), await store.purpose_key(tenant, "patient-ref")
+    assert url_key != ref_key and len(url_key) == 32
+    sealed = await store.seal_for_epoch(tenant, "reason", tenant, "p1", value=b"asked by the patient")
+    assert await store.open_for_epoch(tenant, "reason", tenant, "p1", sealed=sealed) == b"asked by the patient"
+    with pytest.raises(KeysError):
+        await store.open_for_epoch(tenant, "reason", tenant, "p2", sealed=sealed)  # bound to its ids
+    await store.rotate_kek(tenant)
+    assert await store.open_for_epoch(tenant, "reason", tenant, "p1", sealed=sealed) == b"asked by the patient"
+    await store.destroy_kek_version(tenant, 1)
+    with pytest.raises(KeyDestroyed):
+        await store.open_for_epoch(tenant, "reason", tenant, "p1", sealed=sealed)
+    # The long-lived purpose keys outlive the epochs.
+    assert await store.purpose_key(tenant, "signed-url") == url_key
+    assert await store.purpose_hmac(tenant, "patient-ref", "p1") == await store.purpose_hmac(tenant, "patient-ref", "p1")
+    await store.close()

@@ -253,8 +253,14 @@ async def test_blind_index(store: KeyStore, tenant: str) -> None:
     other = f"clinic-{uuid.uuid4()}"
     await store.ensure_tenant(other)
     assert await store.blind_index(other, "external_ref", "AB-1234") != index
+    # Rotated with the KEK epoch: lookups match every live epoch, the current one first,
+    # and once the old epoch is destroyed no live key makes its index again.
     await store.rotate_kek(tenant)
-    assert await store.blind_index(tenant, "external_ref", "AB-1234") == index  # not rotated with the KEK
+    rotated = await store.blind_index(tenant, "external_ref", "AB-1234")
+    assert rotated != index
+    assert await store.blind_indexes(tenant, "external_ref", " ab-1234") == [rotated, index]
+    await store.destroy_kek_version(tenant, 1)
+    assert await store.blind_indexes(tenant, "external_ref", "AB-1234") == [rotated]
 
 
 # -- erasure ---------------------------------------------------------------------------

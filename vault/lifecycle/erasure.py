@@ -243,6 +243,7 @@ class ErasureService:
                                                   media_id=media.id))
             raise LegalHoldError()
         destroyed = []
+        shred_at = utcnow()  # the key store's clock: renewals are compared with it
         for blob_id in blob_ids:
             key_id = await self.ledger.shred_object(media.tenant_id, media.patient_id, blob_id, cause=OBJECT_DELETE)
             if key_id is not None:
@@ -262,8 +263,12 @@ class ErasureService:
                               dedupe_key=f"{PURGE_MEDIA}:{media.id}")
             await self.audit.append(session, AuditEvent.of(actor, "media.delete", patient_id=media.patient_id, media_id=media.id,
                                                            keys=str(len(destroyed)), recalled=str(len(recalled))))
+        promise = receipts.object_promise(
+            await self.keys.renewal_schedule(media.tenant_id, media.patient_id, since=shred_at),
+            jobs_running=await live_workers(self.db) > 0)
         return MediaDeletedOut(media_id=media.id, status=MEDIA_DELETED, destroyed_key_ids=destroyed,
-                               recall=[await release_view(self.keys, r) for r in recalled])
+                               recall=[await release_view(self.keys, r) for r in recalled],
+                               irrecoverable_after=promise["irrecoverable_after"], no_date_reason=promise["no_date_reason"])
 
     @staticmethod
     async def _media(session: AsyncSession, actor: Actor, media_id: str, *, lock: bool = False) -> Media:

@@ -5,10 +5,12 @@ patient DEK like any personal column, and dies with it.
 
 An erasure's reason cannot be: the patient DEK is destroyed by the very act the reason
 explains, yet the clinic must be able to show later why it erased (accountability).
-It is sealed under a tenant-level key instead, derived from the tenant's blind-index
-key in the key store (a keyed HMAC of a fixed label: 32 bytes only a holder of the key
-store and its root key can compute), with AES-256-GCM bound to tenant, patient and
-request. A dump of the metadata database alone does not open it. The reason is never
+It is sealed under a key of the tenant's current KEK epoch instead
+(:meth:`KeyStore.seal_for_epoch`), with AES-256-GCM bound to tenant, patient and request:
+readable while that epoch lives (the backup window), and by nobody once it is destroyed —
+copies of the metadata database included, so the reason does not outlive the patient's
+epoch. A dump of the metadata database alone never opens it. Reasons sealed before
+(format 0x01) used a key derived from the tenant's legacy index key and go with it. The reason is never
 logged, audited or echoed in an error; callers are told (docs/lifecycle.md) to state
 the legal ground, not details about the person.
 """
@@ -22,17 +24,16 @@ _LABEL = "vault.lifecycle.v1.erasure-reason"
 HOLD_TABLE, HOLD_COLUMN = "legal_holds", "reason"
 
 
-async def _tenant_key(keys, tenant_id: str) -> bytes:
-    return bytes.fromhex(await keys.blind_index(tenant_id, _KEY_PURPOSE, tenant_id))
-
-
 async def seal_erasure_reason(keys, tenant_id: str, patient_id: str, request_id: str, reason: str) -> bytes:
-    return aead.seal(await _tenant_key(keys, tenant_id), reason.encode(), aead.aad(_LABEL, tenant_id, patient_id, request_id))
+    return await keys.seal_for_epoch(tenant_id, _LABEL, tenant_id, patient_id, request_id, value=reason.encode())
 
 
 async def open_erasure_reason(keys, tenant_id: str, patient_id: str, request_id: str, sealed: bytes) -> str:
-    key = await _tenant_key(keys, tenant_id)
-    return aead.open_sealed(key, sealed, aead.aad(_LABEL, tenant_id, patient_id, request_id)).decode()
+    """``KeyDestroyed`` once the epoch it was sealed in is destroyed."""
+    if sealed[:1] == aead.FORMAT_V1:  # sealed before per-epoch keys
+        key = bytes.fromhex(await keys.legacy_blind_index(tenant_id, _KEY_PURPOSE, tenant_id))
+        return aead.open_sealed(key, sealed, aead.aad(_LABEL, tenant_id, patient_id, request_id)).decode()
+    return (await keys.open_for_epoch(tenant_id, _LABEL, tenant_id, patient_id, request_id, sealed=sealed)).decode()
 
 
 async def seal_hold_reason(keys, tenant_id: str, patient_id: str, reason: str) -> bytes:

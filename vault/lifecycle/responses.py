@@ -36,6 +36,9 @@ class MediaDeletedOut(_Out):
     status: str
     destroyed_key_ids: list[str]
     recall: list[ReleaseView] = Field(description="the recalled releases (release views)")
+    irrecoverable_after: str | None = Field(None, description="when copies (backups) can no longer open the object's key")
+    no_date_reason: str | None = Field(None, description="why no date can be promised yet (the patient key is renewed "
+                                                        "at the next KEK rotation)")
 
 
 # -- legal hold and restriction ---------------------------------------------------------------

@@ -66,11 +66,14 @@ class PatientService:
         return patient
 
     # -- sealing ---------------------------------------------------------------------
-    async def _seal(self, patient: Patient, column: str, value: str | None) -> bytes | None:
+    async def _seal(self, patient: Patient, column: str, value: str | None, *, rectification: bool = False) -> bytes | None:
         if value is None:
+            if rectification:  # cleared: the old value may still sit in a copy
+                await self.keys.request_dek_renewal(patient.tenant_id, patient.id, "rectification")
             return None
         return await self.keys.seal_field(
-            patient.tenant_id, patient.id, table="patients", column=column, row_id=patient.id, value=value.encode()
+            patient.tenant_id, patient.id, table="patients", column=column, row_id=patient.id, value=value.encode(),
+            rectification=rectification,
         )
 
     async def _open(self, patient: Patient, column: str) -> str | None:
@@ -97,7 +100,12 @@ class PatientService:
         )
 
     async def _ref_index(self, tenant_id: str, external_ref: str) -> str:
+        # Under the current epoch's index key: rows are re-indexed at each rotation
+        # (vault/patients/index.py), and lookups match every live epoch meanwhile.
         return await self.keys.blind_index(tenant_id, REF_INDEX, normalise_ref(external_ref))
+
+    async def _ref_indexes(self, tenant_id: str, external_ref: str) -> list[str]:
+        return await self.keys.blind_indexes(tenant_id, REF_INDEX, normalise_ref(external_ref))
 
     # -- use cases ----------------------------------------------------------------------
     async def create(
@@ -120,7 +128,7 @@ class PatientService:
             patient.date_of_birth = await self._seal(patient, "date_of_birth", date_of_birth.isoformat() if date_of_birth else None)
             patient.notes = await self._seal(patient, "notes", notes)
             async with self.db.transaction() as session:
-                await self._ensure_ref_free(session, actor.tenant_id, patient.ref_index)
+                await self._ensure_ref_free(session, actor.tenant_id, await self._ref_indexes(actor.tenant_id, external_ref))
                 session.add(patient)
                 await session.flush()
                 await self.audit.append(session, AuditEvent.of(actor, "patient.create", patient_id=patient.id))
@@ -129,11 +137,11 @@ class PatientService:
             raise
         return await self.view(patient)
 
-    async def _ensure_ref_free(self, session: AsyncSession, tenant_id: str, ref_index: str, *, other_than: str | None = None) -> None:
+    async def _ensure_ref_free(self, session: AsyncSession, tenant_id: str, ref_indexes: list[str], *, other_than: str | None = None) -> None:
         existing = (
-            await session.execute(select(Patient.id).where(Patient.tenant_id == tenant_id, Patient.ref_index == ref_index))
-        ).scalar_one_or_none()
-        if existing is not None and existing != other_than:
+            await session.execute(select(Patient.id).where(Patient.tenant_id == tenant_id, Patient.ref_index.in_(ref_indexes)))
+        ).scalars().all()
+        if any(found != other_than for found in existing):
             raise Conflict("a patient with that external_ref exists", details={"field": "external_ref"})
 
     async def get(self, actor: Actor, patient_id: str) -> PatientView:
@@ -144,11 +152,11 @@ class PatientService:
         return view
 
     async def find(self, actor: Actor, external_ref: str) -> list[PatientView]:
-        ref_index = await self._ref_index(actor.tenant_id, external_ref)
+        ref_indexes = await self._ref_indexes(actor.tenant_id, external_ref)
         async with self.db.session() as session:
             rows = (
                 await session.execute(
-                    select(Patient).where(Patient.tenant_id == actor.tenant_id, Patient.ref_index == ref_index, Patient.status != ERASED)
+                    select(Patient).where(Patient.tenant_id == actor.tenant_id, Patient.ref_index.in_(ref_indexes), Patient.status != ERASED)
                 )
             ).scalars().all()
         views = [await self.view(p) for p in rows]
@@ -174,11 +182,13 @@ class PatientService:
                 if column == "external_ref":
                     value = normalise_ref(value)
                     ref_index = await self._ref_index(actor.tenant_id, value)
-                    await self._ensure_ref_free(session, actor.tenant_id, ref_index, other_than=patient.id)
+                    await self._ensure_ref_free(session, actor.tenant_id, await self._ref_indexes(actor.tenant_id, value),
+                                                other_than=patient.id)
                     patient.ref_index = ref_index
                 elif column == "date_of_birth" and value is not None:
                     value = value.isoformat()
-                setattr(patient, column, await self._seal(patient, column, value))
+                # A correction: the old value may sit in a copy; the DEK is renewed at the next rotation.
+                setattr(patient, column, await self._seal(patient, column, value, rectification=True))
             patient.updated_at = utcnow()
             try:
                 await session.flush()

@@ -45,7 +45,10 @@ from vault.webhooks.models import (
 
 JOB_KIND = "webhooks.deliver"
 MAX_ENDPOINTS = 10
-_SECRET_KEY_INDEX = "webhooks.secret-key"
+_SECRET_KEY_INDEX = "webhooks.secret-key"  # how the key was derived before purpose keys
+SECRET_PURPOSE = "webhook-secret"
+# (purpose key, legacy derivation): made from a tenant's legacy index key before it is retired.
+LEGACY_KEY_DERIVATIONS = ((SECRET_PURPOSE, _SECRET_KEY_INDEX),)
 _SECRET_LABEL = "vault.webhooks.v1.secret"
 
 
@@ -64,9 +67,9 @@ class WebhookService:
 
     # -- the secret ----------------------------------------------------------------------
     async def _secret_key(self, tenant_id: str) -> bytes:
-        # An HMAC of the tenant id under the tenant's index key: 32 bytes that only a
-        # holder of the key store (and its root key) can compute.
-        return bytes.fromhex(await self.keys.blind_index(tenant_id, _SECRET_KEY_INDEX, tenant_id))
+        # The tenant's own long-lived key for this purpose (the key store's purpose keys);
+        # for a tenant from before them, the value the old code derived from its index key.
+        return await self.keys.purpose_key(tenant_id, SECRET_PURPOSE, legacy_derivation=_SECRET_KEY_INDEX)
 
     async def _seal_secret(self, tenant_id: str, secret: str) -> bytes:
         return aead.seal(await self._secret_key(tenant_id), secret.encode(), aead.aad(_SECRET_LABEL, tenant_id))

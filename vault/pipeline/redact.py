@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from collections.abc import Iterable, Sequence
 
 from PIL import ImageDraw
@@ -78,7 +80,9 @@ def render_redaction(image_bytes: bytes, rects: Iterable[Sequence[int]], *, thum
     except DECODE_ERRORS:
         raise CorruptMedia("the image cannot be decoded") from None
     method = TRANSPOSE.get(orientation)
-    image = image.transpose(method) if method is not None else image.copy()
+    if method is not None:
+        image = image.transpose(method)
+    # The decoded image is ours alone: fill and encode it in place (no 36 MB copies).
     draw = ImageDraw.Draw(image)
     fill = 0 if image.mode == "L" else (0, 0, 0)
     for x, y, w, h in rects:
@@ -86,7 +90,11 @@ def render_redaction(image_bytes: bytes, rects: Iterable[Sequence[int]], *, thum
         right, bottom = min(image.width, int(x) + int(w)), min(image.height, int(y) + int(h))
         if right > left and bottom > top:
             draw.rectangle((left, top, right - 1, bottom - 1), fill=fill)
-    full = encode_jpeg(image, icc=icc, quality=RENDER_QUALITY)
+    image.info = {}  # nothing of the source rides along (Pillow would copy a comment)
+    out = io.BytesIO()
+    save_icc = icc if icc and icc[16:20] == {"RGB": b"RGB ", "L": b"GRAY"}.get(image.mode) else None
+    image.save(out, format="JPEG", quality=RENDER_QUALITY, comment=b"", exif=b"", icc_profile=save_icc)
+    full = out.getvalue()
     thumbnails: dict[int, bytes] = {}
     current = image
     for size in sorted(thumbnail_sizes, reverse=True):

@@ -222,3 +222,35 @@ async def test_marketing_thumbnails_are_rendered_once_and_stored(api, client, cl
     cx, cy = int((x + w / 2) * scale), int((y + h / 2) * scale)
     assert small[cy - 3:cy + 3, cx - 3:cx + 3].max() <= 16  # made from the redacted rendition
     assert (await api.release(await api.handle(photo["id"])))["rendition"] == "deidentified"
+
+
+async def test_erasure_takes_the_redaction_with_it(api, client, clinic):
+    from keys.errors import KeyDestroyed, KeyNotFound
+    import pytest
+
+    from tests.support.jobs import drain
+    from vault.redaction.models import Redaction
+
+    rt = client.server.app[RUNTIME]
+    pid = await api.patient()
+    photo, other = await api.photo(pid, face_jpeg()), await api.photo(pid, face_jpeg())
+    await api.consent(pid, identifiable=False)
+    for media in (photo, other):
+        await api.approve(media["id"])
+    async with rt.db.session() as session:
+        redacted = {b.id for b in (await session.execute(select(MediaBlob).where(
+            MediaBlob.media_id.in_([photo["id"], other["id"]]), MediaBlob.rendition.in_([RENDITION_FULL, RENDITION_THUMB])
+        ))).scalars()}
+    assert len(redacted) == 4
+
+    resp = await client.delete(f"/v1/media/{photo['id']}", headers=clinic.auth("dpo"))
+    assert resp.status in (200, 202, 204), await resp.text()
+    await drain(rt, "lifecycle.purge_media")
+    resp = await client.post(f"/v1/patients/{pid}/erasure", json={"reason": "asked"}, headers=clinic.auth("dpo"))
+    assert resp.status == 200, await resp.text()
+    await drain(rt, "lifecycle.purge_patient")
+    async with rt.db.session() as session:
+        assert await session.get(Redaction, photo["id"]) is None and await session.get(Redaction, other["id"]) is None
+    for blob_id in redacted:  # the redacted renditions were shredded with the photo and the patient
+        with pytest.raises((KeyDestroyed, KeyNotFound)):
+            await rt.keys.object_key(clinic.id, pid, blob_id)

@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.consent import gate
@@ -138,3 +138,17 @@ async def gate_facts(session: AsyncSession, tenant_id: str, media: Sequence[Medi
         state = states.get(m.id, empty)
         out[m.id] = (facts_of(m, review_required=review, redaction_approved=state.approval is not None), state)
     return out
+
+
+async def forget(session: AsyncSession, *, patient_id: str | None = None, media_id: str | None = None) -> None:
+    """After an erasure (of a patient or one photo): drop the redaction rows, which hold a
+    hash of the stripped original. Approvals keep only rectangles and their digest; the
+    redacted renditions are media blobs and go with the others."""
+    query = delete(Redaction)
+    if media_id is not None:
+        query = query.where(Redaction.media_id == media_id)
+    elif patient_id is not None:
+        query = query.where(Redaction.patient_id == patient_id)
+    else:
+        raise ValueError("forget needs a patient or a media")
+    await session.execute(query)

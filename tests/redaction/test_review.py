@@ -254,3 +254,24 @@ async def test_erasure_takes_the_redaction_with_it(api, client, clinic):
     for blob_id in redacted:  # the redacted renditions were shredded with the photo and the patient
         with pytest.raises((KeyDestroyed, KeyNotFound)):
             await rt.keys.object_key(clinic.id, pid, blob_id)
+
+
+async def test_the_review_queue_pages_by_keyset(api, client, clinic, other_api):
+    pid = await api.patient()
+    photos = sorted([(await api.photo(pid))["id"] for _ in range(3)])
+    await api.consent(pid, identifiable=False, purposes=["education", "publication"])
+    other = await other_api.patient()
+    elsewhere = (await other_api.photo(other))["id"]
+    await other_api.consent(other, identifiable=False)  # another tenant's: never listed here
+    seen, cursor = [], None
+    while True:
+        params = {"state": "pending", "limit": "1", **({"cursor": cursor} if cursor else {})}
+        page = await (await client.get("/v1/redaction-reviews", params=params, headers=clinic.auth("dpo"))).json()
+        assert len(page["items"]) <= 1
+        seen += [(i["media_id"], tuple(i["purposes"])) for i in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert [s for s in seen if s[0] in photos] == [(m, ("education", "publication")) for m in photos]
+    assert elsewhere not in {m for m, _ in seen}
+    bad = await client.get("/v1/redaction-reviews", params={"state": "maybe"}, headers=clinic.auth("dpo"))
+    assert bad.status == 422

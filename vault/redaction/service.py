@@ -216,6 +216,7 @@ class RedactionService:
             sha256, orientation = hashlib.sha256(data).hexdigest(), orientation_of(data, original.mime)
             del data
             async with self.db.transaction() as session:
+                await owned(session, Media, media.id, actor.tenant_id, lock=True, what="media")  # one writer per photo
                 row = await session.get(Redaction, media.id, with_for_update=True)
                 if row is None:
                     row = Redaction(media_id=media.id, tenant_id=media.tenant_id, patient_id=media.patient_id)

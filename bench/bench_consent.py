@@ -109,7 +109,7 @@ async def bench_http(n_media: int, rounds: int) -> None:
 
     from keys.migrate import upgrade as upgrade_keys
     from vault.app import create_app
-    from vault.appkeys import TENANTS
+    from vault.appkeys import RUNTIME
     from vault.config import Settings
     from vault.migrate import upgrade
 
@@ -121,7 +121,7 @@ async def bench_http(n_media: int, rounds: int) -> None:
         await asyncio.to_thread(upgrade, settings.database_url)
         await upgrade_keys(settings.keystore_url)
         async with TestClient(TestServer(create_app(settings))) as client:
-            tenants = client.server.app[TENANTS]
+            tenants = client.server.app[RUNTIME].tenants
             await tenants.create_tenant("bench", request_id="bench")
             auth = {}
             for role in ("practitioner", "dpo", "marketing", "records"):
@@ -140,7 +140,12 @@ async def bench_http(n_media: int, rounds: int) -> None:
             await client.post(f"/v1/patients/{pid}/consents", json={"purposes": ["education"], "identifiable": True}, headers=auth["dpo"])
             await client.post(f"/v1/patients/{pid}/consents", json={"purposes": ["social_media"], "identifiable": False,
                                                                      "media_ids": [big_id]}, headers=auth["dpo"])
-            await client.patch(f"/v1/media/{big_id}", json={"identifiable": False}, headers=auth["dpo"])
+            # Policy "review" (the default): a person approves the redaction, rendered once.
+            seen = await (await client.get(f"/v1/media/{big_id}/redaction", headers=auth["dpo"])).json()
+            resp = await client.post(f"/v1/media/{big_id}/redaction/approve", json={"digest": seen["digest"]}, headers=auth["dpo"])
+            assert resp.status == 201, await resp.text()
+            listed = await (await client.get("/v1/releasable", params={"purpose": "social_media"}, headers=auth["marketing"])).json()
+            handle = listed["items"][0]["handle"]
 
             async def get(path: str, headers, params=None) -> bytes:
                 async with client.get(path, headers=headers, params=params) as r:
@@ -153,7 +158,8 @@ async def bench_http(n_media: int, rounds: int) -> None:
             row(f"GET /v1/releasable, {n_media + 1} items", listing, media)
 
             async def release_and_download(purpose: str) -> None:
-                resp = await client.post(f"/v1/media/{big_id}/releases", json={"purpose": purpose, "recipient": "bench"},
+                item = handle if purpose == "social_media" else big_id  # de-identified items by their handle
+                resp = await client.post(f"/v1/media/{item}/releases", json={"purpose": purpose, "recipient": "bench"},
                                          headers=auth["marketing"])
                 made = await resp.json()
                 await get(made["download_url"], auth["marketing"])

@@ -122,7 +122,20 @@ BODIES = {
     ("PUT", "/v1/patients/{patient_id}/legal-hold"): lambda: {"reason": "pending claim"},
     ("PUT", "/v1/retention-policy"): lambda: {"rules": [{"clock": "last_treatment", "erase_after": "P7Y"}]},
     ("POST", "/v1/retention/sweep"): lambda: {"dry_run": True},
+    ("PUT", "/v1/release-policy"): lambda: {"deidentified": "review"},
+    ("PUT", "/v1/media/{media_id}/redaction"): lambda: {"boxes": [[1, 1, 8, 8]]},
 }
+
+
+async def _approve_body(client, clinic, ids: dict[str, str]) -> dict:
+    """The approval names the digest the reviewer saw: read it as a dpo of the media's tenant."""
+    resp = await client.get(f"/v1/media/{ids['media_id']}/redaction", headers=clinic.auth("dpo"))
+    assert resp.status == 200, await resp.text()
+    return {"json": {"digest": (await resp.json())["digest"]}}
+
+
+#: routes whose valid body depends on the resource (own tenant's reads only)
+DEPENDENT_BODIES = {("POST", "/v1/media/{media_id}/redaction/approve"): _approve_body}
 
 
 def _request_body(body) -> dict:
@@ -158,6 +171,8 @@ async def test_permission_matrix(client, clinic, other_clinic):
                 ids = await _resources(client, owner, names)
                 path = ep.path.format(**ids)
                 kwargs = _request_body(BODIES.get((ep.method, ep.path)))
+                if (ep.method, ep.path) in DEPENDENT_BODIES:
+                    kwargs = await DEPENDENT_BODIES[(ep.method, ep.path)](client, owner, ids)
                 headers = {**kwargs.pop("headers", {}), **clinic.auth(role)}
                 resp = await client.request(ep.method, path, headers=headers, **kwargs)
                 text = (await resp.read())[:300]

@@ -10,6 +10,7 @@ from vault.lifecycle.models import (  # noqa: F401
 )
 from vault.media.models import Media, MediaBlob
 from vault.patients.models import Patient
+from vault.redaction.models import Redaction, RedactionApproval, ReleaseHandle, ReleasePolicy  # noqa: F401
 from vault.shredding.models import ShredRecord
 from vault.tenants.models import ApiToken, Tenant
 from vault.treatments.models import Treatment

@@ -73,6 +73,14 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/v1/media/{media_id}/releases"): frozenset({M}),
     ("GET", "/v1/releases/{release_id}/download"): frozenset({M}),
     ("GET", "/v1/releases"): frozenset({D, M}),
+    # redaction review (a person approves every de-identified release under policy "review")
+    ("GET", "/v1/release-policy"): frozenset({D}),
+    ("PUT", "/v1/release-policy"): frozenset({D}),
+    ("GET", "/v1/redaction-reviews"): frozenset({D, P}),
+    ("GET", "/v1/media/{media_id}/redaction"): frozenset({D, P}),
+    ("PUT", "/v1/media/{media_id}/redaction"): frozenset({D, P}),
+    ("POST", "/v1/media/{media_id}/redaction/approve"): frozenset({D, P}),
+    ("GET", "/v1/media/{media_id}/redaction/preview"): frozenset({D, P}),
     # lifecycle
     ("POST", "/v1/patients/{patient_id}/erasure"): frozenset({D, E}),
     ("GET", "/v1/erasure-receipts/{receipt_id}/finality"): frozenset({D, E}),

@@ -32,6 +32,7 @@ from vault.media.service import MediaService
 from vault.instruments import MeteredRootKey
 from vault.patients.service import PatientService
 from vault.readiness import Readiness
+from vault.redaction.service import RedactionService
 from vault.leftovers.leases import WriteLeases
 from vault.sealed import SealedBlobs
 from vault.shredding.receipts import ReceiptService
@@ -66,6 +67,7 @@ class Runtime:
     audit_reads: AuditReads
     lifecycle: Lifecycle = field(init=False)  # built from the services above
     receipts: ReceiptService = field(init=False)  # answers finality through lifecycle.erasure
+    redactions: RedactionService = field(init=False)  # built before the release service, which uses it
 
 
 def legacy_root_key_file(settings: Settings) -> Path:
@@ -131,6 +133,8 @@ async def runtime(
         patients = PatientService(db, audit, keys)
         webhooks = WebhookService(db, audit, keys, allow_http_loopback=settings.webhooks_allow_http_loopback)
         checkpoints = Checkpoints(db, audit, keys)
+        media = MediaService(db, audit, keys, sealed, patients, pipeline)
+        redactions = RedactionService(db, audit, sealed, media, pipeline)
         rt = Runtime(
             settings=settings,
             db=db,
@@ -142,10 +146,10 @@ async def runtime(
             tenants=TenantService(db, audit, keys),
             patients=patients,
             treatments=TreatmentService(db, audit, keys, patients),
-            media=MediaService(db, audit, keys, sealed, patients, pipeline),
+            media=media,
             webhooks=webhooks,
             consents=ConsentService(db, audit, keys, sealed, patients, webhooks),
-            releases=ReleaseService(db, audit, keys, sealed, patients, pipeline, public_url=settings.public_url),
+            releases=ReleaseService(db, audit, keys, sealed, patients, pipeline, redactions=redactions),
             readiness=Readiness(db=db, keys=keys, store=store),
             checkpoints=checkpoints,
             audit_reads=AuditReads(audit, checkpoints),
@@ -155,4 +159,5 @@ async def runtime(
             treatments=rt.treatments, media=rt.media, consents=rt.consents, webhooks=webhooks,
         )
         rt.receipts = ReceiptService(keys, rt.lifecycle.erasure)
+        rt.redactions = redactions
         yield rt

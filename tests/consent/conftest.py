@@ -13,6 +13,7 @@ from sqlalchemy import update
 from tests.pipeline import samples
 from tests.pipeline.conftest import exiftool  # noqa: F401  (shared fixture)
 from vault.appkeys import RUNTIME
+from vault.redaction import handles
 
 
 def plain_jpeg(color=(120, 90, 60), size=(96, 64)) -> bytes:
@@ -68,11 +69,40 @@ class Api:
         assert resp.status == status, await resp.text()
         return await resp.json()
 
-    async def releasable(self, purpose: str | None = "education") -> dict[str, dict]:
+    async def releasable(self, purpose: str | None = "education") -> dict[tuple[str, str], dict]:
+        """Marketing's listing keyed by (media id, purpose) for identifiable items and by
+        (handle, purpose) for de-identified ones."""
         params = {"purpose": purpose} if purpose else {}
         resp = await self.client.get("/v1/releasable", params=params, headers=self.clinic.auth("marketing"))
         assert resp.status == 200, await resp.text()
-        return {(i["media_id"], i["purpose"]): i for i in (await resp.json())["items"]}
+        return {(i.get("media_id") or i["handle"], i["purpose"]): i for i in (await resp.json())["items"]}
+
+    async def handle(self, media_id: str, purpose: str = "education") -> str:
+        """The opaque handle of (media, purpose) (marketing learns it only from the listing)."""
+        async with self.client.server.app[RUNTIME].db.session() as session:
+            found = await handles.lookup(session, self.clinic.id, media_id, purpose)
+        if found is None:
+            await handles.ensure(self.client.server.app[RUNTIME].db, self.clinic.id, [purpose])
+            async with self.client.server.app[RUNTIME].db.session() as session:
+                found = await handles.lookup(session, self.clinic.id, media_id, purpose)
+        assert found is not None
+        return found
+
+    async def policy(self, deidentified: str) -> None:
+        resp = await self.client.put("/v1/release-policy", json={"deidentified": deidentified}, headers=self.clinic.auth("dpo"))
+        assert resp.status == 200, await resp.text()
+
+    async def redaction(self, media_id: str, *, role: str = "practitioner") -> dict:
+        resp = await self.client.get(f"/v1/media/{media_id}/redaction", headers=self.clinic.auth(role))
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    async def approve(self, media_id: str, digest: str | None = None, *, status: int = 201, role: str = "practitioner") -> dict:
+        digest = digest or (await self.redaction(media_id))["digest"]
+        resp = await self.client.post(f"/v1/media/{media_id}/redaction/approve", json={"digest": digest},
+                                      headers=self.clinic.auth(role))
+        assert resp.status == status, await resp.text()
+        return await resp.json()
 
     async def set(self, model, row_id: str, **values) -> None:
         """Change a row behind the API's back: time passing, or another issue's feature."""

@@ -17,10 +17,14 @@ decides release. The rules, in the order they are applied (first match answers):
 5. a de-identified grant:
    video                                            -> deny ``video_not_deidentifiable``
    a reviewer marked the photo identifiable         -> deny ``needs_review``
-   a reviewer marked it not identifiable            -> allow_deidentified
-   face assumed, or flagged without boxes           -> deny ``needs_review``
-   face detected with boxes                         -> allow_deidentified (boxes filled)
-   no face found by a detector that ran             -> allow_deidentified (a fresh re-encode)
+   policy ``review`` (the default):
+     an approval holds for the current redaction    -> allow_deidentified (the approved rectangles)
+     otherwise                                      -> deny ``needs_review``
+   policy ``auto``:
+     a reviewer marked it not identifiable          -> allow_deidentified
+     face assumed, or flagged without boxes         -> deny ``needs_review``
+     face detected with boxes                       -> allow_deidentified (boxes filled)
+     no face found by a detector that ran           -> allow_deidentified (a fresh re-encode)
 
 Why "newest covering statement" across scopes (patient / treatment / listed media) rather
 than "most specific scope": a patient who withdraws everything after consenting to one
@@ -77,6 +81,10 @@ class MediaFacts:
     face_boxes: tuple[tuple[int, int, int, int], ...] = ()
     faces_assumed: bool = False  # no detector ran: a face is assumed, location unknown
     face_review: str | None = None  # "identifiable" | "not_identifiable" | None
+    #: the tenant's release policy is ``review``: a person's approval must bind the redaction
+    review_required: bool = False
+    #: an approval holds for the redaction as it is now (its digest unchanged since)
+    redaction_approved: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,6 +170,12 @@ def _deidentified(media: MediaFacts, consent_id: str) -> Decision:
         return _deny("video_not_deidentifiable", consent_id)
     if media.face_review == "identifiable":
         # A person judged it identifiable: the detector's boxes may not hold what identifies.
+        return _deny("needs_review", consent_id)
+    if media.review_required:
+        # Policy ``review``: only a person's approval of the exact rectangles opens release;
+        # neither the detector's boxes nor a "not identifiable" flag is enough.
+        if media.redaction_approved:
+            return Decision(ALLOW_DEIDENTIFIED, "deidentified_consent", consent_id)
         return _deny("needs_review", consent_id)
     if media.face_review == "not_identifiable":
         return Decision(ALLOW_DEIDENTIFIED, "deidentified_consent", consent_id)

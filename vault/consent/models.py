@@ -83,3 +83,7 @@ class Release(Base):
     #: set when a withdrawal (or an erasure) put this release on a recall list
     recalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     recall_event_id: Mapped[str | None] = mapped_column(String(32))
+    #: a de-identified release: the approval whose rectangles it carries (None under ``auto``)
+    #: and the opaque handle marketing asked by
+    approval_id: Mapped[str | None] = mapped_column(String(32))
+    handle: Mapped[str | None] = mapped_column(String(40))

@@ -14,7 +14,6 @@ whose result is re-checked here as a bare JPEG of the expected size).
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,27 +31,48 @@ from vault.audit.service import AuditEvent, AuditLog
 from vault.consent import gate
 from vault.consent.models import ConsentRecord, Release
 from vault.consent.responses import ReleasePage, ReleaseView
-from vault.consent.service import facts_of, load_events, release_view, shred_rendition
+from vault.consent.service import load_events, release_view, shred_rendition
 from vault.db import Database, new_id, utcnow
 from vault.errors import ConsentRequired, Forbidden, Gone, NotFound
-from vault.media import recheck
 from vault.media.models import ORIGINAL, READY, THUMB_256, Media, MediaBlob
 from vault.media.processing import PhotoPipeline
 from vault.media.service import sealed_ref
 from vault.patients.models import ACTIVE, Patient
 from vault.patients.service import PatientService
+from vault.redaction import handles
+from vault.redaction.models import ReleaseHandle
+from vault.redaction.service import RedactionService
+from vault.redaction.state import DETECTOR_MARGIN, ReviewState, gate_facts
 from vault.sealed import SealedBlobs, SealedRef
 
 LINK_TTL = timedelta(minutes=15)  # a release's download link
 THUMBNAIL_TTL = timedelta(minutes=10)  # a signed thumbnail URL in the listing
-REDACTION_MARGIN = 0.4  # of each face box's width/height, on every side
+REDACTION_MARGIN = DETECTOR_MARGIN  # of each detected face box's width/height, on every side
 _SCAN_BATCH = 200
 _SCAN_BUDGET = 2000  # candidate rows one listing request may examine
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic", "video/mp4": "mp4"}
+#: reasons only the de-identified branch of the gate gives
+_DEIDENTIFIED_REASONS = frozenset({"needs_review", "video_not_deidentifiable"})
+#: what marketing is told when a de-identified item is denied for any reason but a
+#: missing review: one person's withdrawal, restriction or erasure must not show up as
+#: the same telling reason on all of their items
+NOT_RELEASABLE = "not_releasable"
 
 
 def thumbnail_purpose(purpose: str) -> str:
     return f"release-thumbnail:{purpose}"
+
+
+def refusal(decision: gate.Decision, *, by_handle: bool) -> ConsentRequired:
+    """The 403 marketing gets. By handle (a de-identified item), only ``needs_review`` is
+    told as it is; by media id (an identifiable item), nothing of the de-identified
+    branch is told (it would say the person also agreed to de-identified use)."""
+    reason = decision.reason if not decision.allowed else "rendition_changed"
+    if by_handle and reason != "needs_review":
+        reason = NOT_RELEASABLE
+    elif not by_handle and (decision.outcome == gate.ALLOW_DEIDENTIFIED or reason in _DEIDENTIFIED_REASONS):
+        reason = NOT_RELEASABLE
+    return ConsentRequired(details={"reason": reason})
 
 
 @dataclass(frozen=True)
@@ -67,17 +87,22 @@ class Download:
 @dataclass(frozen=True)
 class Releasable:
     """One (media, purpose) the gate allows now, with the signed parameters of its
-    thumbnail; the HTTP layer makes them a URL."""
+    thumbnail; the HTTP layer makes them a URL. A de-identified item has a ``handle``
+    and nothing else that names or groups it (no media, treatment, consent or phase)."""
 
-    media_id: str
+    item: str  # the media id (identifiable) or the handle (de-identified): the URL's path part
     purpose: str
     rendition: str
     kind: str
-    phase: str
+    phase: str | None
     treatment_id: str | None
     consent_id: str | None
     thumbnail: signedurls.SignedParams
     thumbnail_expires_at: datetime
+
+    @property
+    def deidentified(self) -> bool:
+        return self.rendition == gate.DEIDENTIFIED
 
 
 @dataclass(frozen=True)
@@ -85,36 +110,52 @@ class MadeRelease:
     """A release just made; the HTTP layer adds its download URL."""
 
     id: str
-    media_id: str
+    item: str  # media id or handle, as asked
     purpose: str
     rendition: str
     consent_id: str | None
     expires_at: datetime
 
 
+@dataclass(frozen=True)
+class _Target:
+    media: Media
+    handle: str | None  # set when marketing named a de-identified item by its handle
+
+
 class ReleaseService:
     def __init__(self, db: Database, audit: AuditLog, keys: KeyStore, sealed: SealedBlobs, patients: PatientService,
-                 pipeline: PhotoPipeline, *, public_url: str | None = None) -> None:
-        # ``public_url`` is unused (URLs are built by vault/consent/views.py); accepted
-        # until vault/runtime.py stops passing it (issue 12).
+                 pipeline: PhotoPipeline, *, redactions: RedactionService) -> None:
         self.db = db
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
         self.patients = patients
-        self.pipeline = pipeline  # redaction runs in its decoder workers
+        self.pipeline = pipeline
+        self.redactions = redactions  # the stored redacted renditions, rendered once per digest
 
     # -- the gate with fresh rows --------------------------------------------------------
     async def _media(self, session: AsyncSession, tenant_id: str, media_id: str) -> Media:
         return await owned(session, Media, media_id, tenant_id, what="media")
 
+    async def _target(self, session: AsyncSession, actor: Actor, item: str, purpose: str) -> _Target:
+        """A media id or a handle; a handle names one purpose only."""
+        if handles.is_handle(item):
+            row = await handles.resolve(session, actor.tenant_id, item)
+            if row.purpose != purpose:
+                raise NotFound("no such item")
+            return _Target(await self._media(session, actor.tenant_id, row.media_id), row.handle)
+        return _Target(await self._media(session, actor.tenant_id, item), None)
+
     async def _decide(self, session: AsyncSession, actor: Actor, media: Media, purpose: str, now: datetime,
-                      *, lock: bool = False) -> gate.Decision:
-        # An erased patient's media answer 410 on every path, as elsewhere; the gate still
-        # denies erased patients on its own (it is the one place release is decided).
-        patient = await self.patients.load(session, actor, media.patient_id, lock=lock)
+                      *, lock: bool = False, by_handle: bool = False) -> tuple[gate.Decision, ReviewState]:
+        # By media id, an erased patient's media answer 410 on every path, as elsewhere; by
+        # handle the gate's denial is all marketing learns. The gate denies erased patients
+        # on its own either way (it is the one place release is decided).
+        patient = await self.patients.load(session, actor, media.patient_id, lock=lock, allow_erased=by_handle)
         events = (await load_events(session, actor.tenant_id, [media.patient_id])).get(media.patient_id, [])
-        return gate.decide(facts_of(media), purpose, now, events, patient.status)
+        facts, state = (await gate_facts(session, actor.tenant_id, [media]))[media.id]
+        return gate.decide(facts, purpose, now, events, patient.status), state
 
     @staticmethod
     async def _blob(session: AsyncSession, media_id: str, rendition: str) -> MediaBlob:
@@ -128,137 +169,164 @@ class ReleaseService:
     # -- the releasable listing ----------------------------------------------------------
     async def releasable(self, actor: Actor, *, purpose: str | None, cursor: str | None,
                          limit: int) -> tuple[list[Releasable], str | None]:
-        """What the gate allows now, one item per (media, purpose), paged by media id."""
+        """What the gate allows now, one item per (media, purpose), ordered by the random
+        per-purpose handle (never by media id or time); the cursor is sealed."""
         purposes = [purpose] if purpose else list(gate.PURPOSES)
+        await handles.ensure(self.db, actor.tenant_id, purposes)
+        after = await handles.open_cursor(self.keys, actor.tenant_id, cursor) if cursor else None
         now = utcnow()
         items: list[Releasable] = []
-        scanned, listed, position, more = 0, 0, cursor, True
+        scanned, position, more = 0, after, True
         async with self.db.session() as session:
-            while more and listed < limit and scanned < _SCAN_BUDGET:
-                rows = await self._candidates(session, actor.tenant_id, position, _SCAN_BATCH)
+            while more and len(items) < limit and scanned < _SCAN_BUDGET:
+                rows = await self._candidates(session, actor.tenant_id, purposes, position, _SCAN_BATCH)
                 more = len(rows) == _SCAN_BATCH
-                events = await load_events(session, actor.tenant_id, {m.patient_id for m, _ in rows})
-                for index, (media, status) in enumerate(rows):
-                    scanned, position = scanned + 1, media.id
-                    facts, history = facts_of(media), events.get(media.patient_id, [])
-                    allowed = [(p, d) for p in purposes if (d := gate.decide(facts, p, now, history, status)).allowed]
-                    for p, decision in allowed:
-                        items.append(await self._item(actor, media, p, decision, now))
-                    listed += bool(allowed)
-                    if listed >= limit:
+                events = await load_events(session, actor.tenant_id, {m.patient_id for _, _, m, _ in rows})
+                facts = await gate_facts(session, actor.tenant_id, list({m.id: m for _, _, m, _ in rows}.values()))
+                for index, (handle, p, media, status) in enumerate(rows):
+                    scanned, position = scanned + 1, handle
+                    decision = gate.decide(facts[media.id][0], p, now, events.get(media.patient_id, []), status)
+                    if decision.allowed:
+                        items.append(await self._item(actor, media, handle, p, decision, now))
+                    if len(items) >= limit:
                         more = more or index < len(rows) - 1
                         break
         await self.audit.record(AuditEvent.of(actor, "release.list_releasable", purpose=purpose, count=str(len(items))))
-        return items, (position if more else None)
+        next_cursor = await handles.seal_cursor(self.keys, actor.tenant_id, position) if more and position else None
+        return items, next_cursor
 
     @staticmethod
-    async def _candidates(session: AsyncSession, tenant_id: str, after: str | None, limit: int) -> list[tuple[Media, str]]:
+    async def _candidates(session: AsyncSession, tenant_id: str, purposes: list[str], after: str | None,
+                          limit: int) -> list[tuple[str, str, Media, str]]:
         # Only narrows what the gate would deny anyway (not ready, patient not active, no grant).
         has_grant = exists(select(ConsentRecord.id).where(ConsentRecord.patient_id == Media.patient_id, ConsentRecord.kind == gate.GRANT))
         query = (
-            select(Media, Patient.status)
+            select(ReleaseHandle.handle, ReleaseHandle.purpose, Media, Patient.status)
+            .join(Media, Media.id == ReleaseHandle.media_id)
             .join(Patient, Patient.id == Media.patient_id)
-            .where(Media.tenant_id == tenant_id, Media.status == READY, Patient.status == ACTIVE, has_grant)
+            .where(ReleaseHandle.tenant_id == tenant_id, ReleaseHandle.purpose.in_(purposes), Media.tenant_id == tenant_id,
+                   Media.status == READY, Patient.status == ACTIVE, has_grant)
         )
         if after:
-            query = query.where(Media.id > after)
-        return [(m, s) for m, s in (await session.execute(query.order_by(Media.id).limit(limit))).all()]
+            query = query.where(ReleaseHandle.handle > after)
+        return [(h, p, m, s) for h, p, m, s in (await session.execute(query.order_by(ReleaseHandle.handle).limit(limit))).all()]
 
-    async def _item(self, actor: Actor, media: Media, purpose: str, decision: gate.Decision, now: datetime) -> Releasable:
+    async def _item(self, actor: Actor, media: Media, handle: str, purpose: str, decision: gate.Decision,
+                    now: datetime) -> Releasable:
         rendition = decision.rendition
         assert rendition is not None  # an allowed decision always names its rendition
+        deidentified = rendition == gate.DEIDENTIFIED
+        item = handle if deidentified else media.id
         expires_at = now + THUMBNAIL_TTL
         params = await signedurls.sign(self.keys, actor.tenant_id, purpose=thumbnail_purpose(purpose),
-                                       resource=f"{media.id}:{rendition}", token_id=actor.token_id, expires_at=expires_at)
-        return Releasable(media_id=media.id, purpose=purpose, rendition=rendition, kind=media.kind, phase=media.phase,
+                                       resource=f"{item}:{rendition}", token_id=actor.token_id, expires_at=expires_at)
+        if deidentified:
+            return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=None, treatment_id=None,
+                              consent_id=None, thumbnail=params, thumbnail_expires_at=expires_at)
+        return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=media.phase,
                           treatment_id=media.treatment_id, consent_id=decision.consent_id, thumbnail=params,
                           thumbnail_expires_at=expires_at)
 
     # -- the signed thumbnail ------------------------------------------------------------
-    async def thumbnail(self, *, media_id: str, purpose: str, rendition: str, params: signedurls.SignedParams,
+    async def thumbnail(self, *, item: str, purpose: str, rendition: str, params: signedurls.SignedParams,
                         request_id: str) -> bytes:
         """The 256 px thumbnail of the rendition that would be released. The signature is
-        the authorisation; the token must still be live and the gate must still agree."""
+        the authorisation; the token must still be live and the gate must still agree.
+        A de-identified item's thumbnail is the stored one made from its redacted
+        rendition (rendered once, at approval, or on first use under ``auto``)."""
         now = utcnow()
         async with self.db.session() as session:
             principal = await signedurls.signer(session, params.token_id)
         await signedurls.verify(self.keys, principal.tenant_id, purpose=thumbnail_purpose(purpose),
-                                resource=f"{media_id}:{rendition}", params=params, now=now)
+                                resource=f"{item}:{rendition}", params=params, now=now)
         actor = Actor(tenant_id=principal.tenant_id, token_id=principal.token_id, role=principal.role, request_id=request_id)
         if principal.role != "marketing":
             raise Forbidden()
+        by_handle = handles.is_handle(item)
+        if by_handle != (rendition == gate.DEIDENTIFIED):
+            raise Forbidden("the link is not valid")
         async with self.db.session() as session:
-            media = await self._media(session, actor.tenant_id, media_id)
-            decision = await self._decide(session, actor, media, purpose, now)
-            blob = await self._blob(session, media.id, THUMB_256) if decision.rendition == rendition else None
-        if blob is None:
-            await self._denied(actor, media, "release.thumbnail", decision)
-        data = await self.sealed.read(sealed_ref(blob))
+            target = await self._target(session, actor, item, purpose)
+            media = target.media
+            decision, state = await self._decide(session, actor, media, purpose, now, by_handle=by_handle)
+        if decision.rendition != rendition:
+            await self._denied(actor, media, "release.thumbnail", decision, by_handle=by_handle)
         if rendition == gate.DEIDENTIFIED:
-            data = await self._redacted_thumbnail(data, media)
+            done = await self.redactions.rendered(actor, media.id)
+            if state.approval is not None and state.approval.digest != done.digest:
+                await self._denied(actor, media, "release.thumbnail", gate.Decision(gate.DENY, "needs_review"), by_handle=True)
+            data = await self.sealed.read(done.thumb)
+        else:
+            async with self.db.session() as session:
+                blob = await self._blob(session, media.id, THUMB_256)
+            data = await self.sealed.read(sealed_ref(blob))
         await self.audit.record(AuditEvent.of(actor, "release.thumbnail", patient_id=media.patient_id, media_id=media.id,
                                               purpose=purpose, rendition=rendition))
         return data
 
-    async def _denied(self, actor: Actor, media: Media, action: str, decision: gate.Decision) -> NoReturn:
+    async def _denied(self, actor: Actor, media: Media, action: str, decision: gate.Decision, *, by_handle: bool) -> NoReturn:
         reason = decision.reason if not decision.allowed else "rendition_changed"
         await self.audit.record(AuditEvent.of(actor, action, outcome="consent_required", patient_id=media.patient_id,
                                               media_id=media.id, reason=reason))
-        raise ConsentRequired(details={"reason": reason})
+        raise refusal(decision, by_handle=by_handle)
 
     # -- releasing ---------------------------------------------------------------------------
-    async def release(self, actor: Actor, media_id: str, *, purpose: str, recipient: str) -> MadeRelease:
+    async def release(self, actor: Actor, item: str, *, purpose: str, recipient: str) -> MadeRelease:
+        """Release by media id (the stripped original, under identifiable consent) or by
+        handle (the de-identified rendition: under policy ``review`` the approved one)."""
         async with self.db.session() as session:
-            media = await self._media(session, actor.tenant_id, media_id)
-            decision = await self._decide(session, actor, media, purpose, utcnow())
-            original = await self._blob(session, media.id, ORIGINAL) if decision.allowed else None
+            target = await self._target(session, actor, item, purpose)
+            media, by_handle = target.media, target.handle is not None
+            decision, state = await self._decide(session, actor, media, purpose, utcnow(), by_handle=by_handle)
+            wanted = gate.ALLOW_DEIDENTIFIED if by_handle else gate.ALLOW
+            original = await self._blob(session, media.id, ORIGINAL) if decision.outcome == wanted else None
         if original is None:
-            raise ConsentRequired(details={"reason": decision.reason})
+            await self._denied(actor, media, "release.create", decision, by_handle=by_handle)
         made: SealedRef | None = None
-        if decision.outcome == gate.ALLOW_DEIDENTIFIED:
-            made = await self._redacted(media, sealed_ref(original))
+        approval_id = state.approval.id if state.approval is not None else None
+        if by_handle:
+            made = await self._deidentified(actor, media, state)
         try:
             async with self.db.transaction() as session:
                 # Decide again under the patient's row lock: a withdrawal holds it too.
-                media = await self._media(session, actor.tenant_id, media_id)
+                media = await self._media(session, actor.tenant_id, media.id)
                 now = utcnow()
-                again = await self._decide(session, actor, media, purpose, now, lock=True)
-                if again.outcome != decision.outcome:
-                    raise ConsentRequired(details={"reason": again.reason if not again.allowed else "rendition_changed"})
+                again, state = await self._decide(session, actor, media, purpose, now, lock=True, by_handle=by_handle)
+                still = state.approval.id if state.approval is not None else None
+                if again.outcome != decision.outcome or still != approval_id:
+                    raise refusal(again if again.outcome != decision.outcome else gate.Decision(gate.DENY, "needs_review"),
+                                  by_handle=by_handle)
                 release = Release(
                     id=new_id(), tenant_id=actor.tenant_id, patient_id=media.patient_id, media_id=media.id, purpose=purpose,
                     rendition=again.rendition, consent_id=again.consent_id, released_by=actor.token_id, created_at=now,
                     expires_at=now + LINK_TTL, blob_id=made.id if made else None, blob_size=made.plain_size if made else None,
-                    mime="image/jpeg" if made else original.mime,
+                    mime="image/jpeg" if made else original.mime, approval_id=approval_id if by_handle else None,
+                    handle=target.handle,
                 )
                 release.recipient = await self.keys.seal_field(actor.tenant_id, media.patient_id, table="releases",
                                                                column="recipient", row_id=release.id, value=recipient)
                 session.add(release)
                 await session.flush()
                 await self.audit.append(session, AuditEvent.of(actor, "release.create", patient_id=media.patient_id, media_id=media.id,
-                                                               release_id=release.id, purpose=purpose, rendition=release.rendition))
+                                                               release_id=release.id, purpose=purpose, rendition=release.rendition,
+                                                               approval_id=release.approval_id))
         except BaseException:
             if made is not None:
                 await self.sealed.destroy(made)
             raise
-        return MadeRelease(id=release.id, media_id=media.id, purpose=purpose, rendition=release.rendition,
-                           consent_id=release.consent_id, expires_at=release.expires_at)
+        return MadeRelease(id=release.id, item=item, purpose=purpose, rendition=release.rendition,
+                           consent_id=release.consent_id if not by_handle else None, expires_at=release.expires_at)
 
-    async def _redacted(self, media: Media, original: SealedRef) -> SealedRef:
-        data = await self.sealed.read(original)
-        redacted = await self.pipeline.redact(data, json_boxes(media), margin=REDACTION_MARGIN,
-                                              width=media.width or 0, height=media.height or 0)
-        del data
-        ref: SealedRef = await self.sealed.put_bytes(media.tenant_id, media.patient_id, redacted)
+    async def _deidentified(self, actor: Actor, media: Media, state: ReviewState) -> SealedRef:
+        """This release's own copy of the stored redacted rendition: under ``review`` the
+        one rendered for the approval's digest (its rectangles, exactly as the reviewer
+        saw it), under ``auto`` the one for the current digest (rendered now if needed)."""
+        done = await self.redactions.rendered(actor, media.id)
+        if state.approval is not None and state.approval.digest != done.digest:
+            raise refusal(gate.Decision(gate.DENY, "needs_review"), by_handle=True)
+        data = await self.sealed.read(done.full)
+        ref: SealedRef = await self.sealed.put_bytes(media.tenant_id, media.patient_id, data)
         return ref
-
-    async def _redacted_thumbnail(self, thumb: bytes, media: Media) -> bytes:
-        """The thumbnail redacted with the full image's boxes scaled to it; its size comes
-        from its JPEG frame header (no pixel decoded here)."""
-        tw, th = recheck.jpeg_dimensions(thumb)
-        boxes = scale_boxes(json_boxes(media), (media.width or 0, media.height or 0), (tw, th))
-        redacted: bytes = await self.pipeline.redact(thumb, boxes, margin=REDACTION_MARGIN, width=tw, height=th)
-        return redacted
 
     # -- the one-time download -----------------------------------------------------------
     async def open_download(self, actor: Actor, release_id: str, *, claim: bool = True) -> Download:
@@ -278,9 +346,16 @@ class ReleaseService:
             if release.expires_at <= now:
                 raise Gone("this release link has expired")
             media = await self._media(session, actor.tenant_id, release.media_id)
-            decision = await self._decide(session, actor, media, release.purpose, now, lock=True)
-            if not decision.allowed or (release.rendition == gate.ORIGINAL and decision.outcome != gate.ALLOW):
-                raise ConsentRequired(details={"reason": decision.reason if not decision.allowed else "rendition_changed"})
+            by_handle = release.rendition == gate.DEIDENTIFIED
+            decision, state = await self._decide(session, actor, media, release.purpose, now, lock=True, by_handle=by_handle)
+            wanted = gate.ALLOW_DEIDENTIFIED if by_handle else gate.ALLOW
+            if decision.outcome != wanted:
+                raise refusal(decision, by_handle=by_handle)
+            if by_handle and release.approval_id is not None:
+                # The approval this release carries must still hold: a reviewer who changed
+                # the boxes since (a face the detector missed) stops the download too.
+                if state.approval is None or state.approval.id != release.approval_id:
+                    raise refusal(gate.Decision(gate.DENY, "needs_review"), by_handle=True)
             if claim:
                 claimed = await session.execute(
                     update(Release).where(Release.id == release.id, Release.downloaded_at.is_(None)).values(downloaded_at=now)
@@ -325,8 +400,12 @@ class ReleaseService:
         return len(rows)
 
     # -- the release list (recall) ---------------------------------------------------------
-    async def page(self, actor: Actor, *, media_id: str | None, patient_id: str | None, cursor: str | None,
-                   limit: int) -> ReleasePage:
+    async def page(self, actor: Actor, *, media_id: str | None, patient_id: str | None, handle: str | None = None,
+                   cursor: str | None, limit: int) -> ReleasePage:
+        """Releases, oldest first. Marketing sees a de-identified release only by its
+        handle (no media, patient, consent or approval id), and ``media_id`` finds only
+        identifiable releases for it."""
+        marketing = actor.role == "marketing"
         query = select(Release).where(Release.tenant_id == actor.tenant_id)
         async with self.db.session() as session:
             if patient_id is not None:
@@ -335,6 +414,12 @@ class ReleaseService:
             if media_id is not None:
                 await self._media(session, actor.tenant_id, media_id)
                 query = query.where(Release.media_id == media_id)
+                if marketing:
+                    query = query.where(Release.rendition == gate.ORIGINAL)
+            if handle is not None:
+                row = await handles.resolve(session, actor.tenant_id, handle)
+                query = query.where(Release.media_id == row.media_id, Release.purpose == row.purpose,
+                                    Release.rendition == gate.DEIDENTIFIED)
             if cursor is not None:
                 after = await session.get(Release, cursor)
                 if after is None or after.tenant_id != actor.tenant_id:
@@ -342,25 +427,18 @@ class ReleaseService:
                 query = query.where(or_(Release.created_at > after.created_at,
                                         and_(Release.created_at == after.created_at, Release.id > after.id)))
             rows = (await session.execute(query.order_by(Release.created_at, Release.id).limit(limit + 1))).scalars().all()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        items: list[ReleaseView] = [await release_view(self.keys, r) for r in rows]
-        if actor.role == "marketing":  # marketing works with media, never with patients
-            items = [ReleaseView.model_validate(item.model_dump(exclude={"patient_id"})) for item in items]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            named = {r.id: r.handle or await handles.lookup(session, actor.tenant_id, r.media_id, r.purpose)
+                     for r in rows if r.rendition == gate.DEIDENTIFIED}
+        items: list[ReleaseView] = []
+        for r in rows:
+            view = await release_view(self.keys, r)
+            if r.rendition == gate.DEIDENTIFIED and named[r.id] is not None:
+                view = view.model_copy(update={"handle": named[r.id]})
+            if marketing:  # marketing works with media, never with patients
+                hidden = {"patient_id", "approval_id"} | ({"media_id", "consent_id"} if r.rendition == gate.DEIDENTIFIED else set())
+                view = ReleaseView.model_validate(view.model_dump(exclude=hidden))
+            items.append(view)
         await self.audit.record(AuditEvent.of(actor, "release.list", patient_id=patient_id, media_id=media_id, count=str(len(items))))
         return ReleasePage(items=items, next_cursor=rows[-1].id if more else None)
-
-
-def json_boxes(media: Media) -> list[list[int]]:
-    return [list(box) for box in facts_of(media).face_boxes]
-
-
-def scale_boxes(boxes: list[list[int]], full: tuple[int, int], small: tuple[int, int]) -> list[list[int]]:
-    """The full image's boxes scaled to a smaller rendition, grown outward to whole pixels."""
-    (width, height), (tw, th) = full, small
-    sx, sy = (tw / width, th / height) if width and height else (1.0, 1.0)
-    scaled = []
-    for x, y, w, h in boxes:
-        left, top = math.floor(x * sx), math.floor(y * sy)
-        scaled.append([left, top, math.ceil((x + w) * sx) - left, math.ceil((y + h) * sy) - top])
-    return scaled

@@ -51,15 +51,19 @@ class ConsentList(BaseModel):
 
 
 class ReleaseView(_Response):
-    OMIT_UNSET = frozenset({"patient_id"})  # marketing works with media, never with patients
+    # Marketing works with media, never with patients; a de-identified release it sees
+    # only by its handle (no media, consent or approval id).
+    OMIT_UNSET = frozenset({"patient_id", "media_id", "consent_id", "handle", "approval_id"})
     id: str
-    media_id: str
+    media_id: str | None = None
+    handle: str | None = None
     patient_id: str | None = None
     purpose: str
     rendition: str
     recipient: str | None
     released_by: str
-    consent_id: str | None
+    consent_id: str | None = None
+    approval_id: str | None = None
     created_at: str
     expires_at: str
     downloaded_at: str | None
@@ -76,14 +80,19 @@ class ReleasePage(BaseModel):
     next_cursor: str | None
 
 
-class ReleasableItem(BaseModel):
-    media_id: str
+class ReleasableItem(_Response):
+    """An identifiable item carries ``media_id`` (and may keep its grouping fields); a
+    de-identified one only an opaque per-purpose ``handle``."""
+
+    OMIT_UNSET = frozenset({"media_id", "handle", "phase", "treatment_id", "consent_id"})
+    media_id: str | None = None
+    handle: str | None = None
     purpose: str
     rendition: str
     kind: str
-    phase: str
-    treatment_id: str | None
-    consent_id: str | None
+    phase: str | None = None
+    treatment_id: str | None = None
+    consent_id: str | None = None
     thumbnail_url: str
     thumbnail_expires_at: str
 
@@ -93,11 +102,13 @@ class ReleasablePage(BaseModel):
     next_cursor: str | None
 
 
-class ReleaseMade(BaseModel):
+class ReleaseMade(_Response):
+    OMIT_UNSET = frozenset({"media_id", "handle", "consent_id"})
     id: str
-    media_id: str
+    media_id: str | None = None
+    handle: str | None = None
     purpose: str
     rendition: str
-    consent_id: str | None
+    consent_id: str | None = None
     download_url: str
     expires_at: str

@@ -10,9 +10,10 @@ the field and nothing else.
 from __future__ import annotations
 
 import json
+import secrets
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -52,7 +53,9 @@ def to_gate_event(r: ConsentRecord) -> gate.ConsentEvent:
     )
 
 
-def facts_of(media: Media) -> gate.MediaFacts:
+def facts_of(media: Media, *, review_required: bool = False, redaction_approved: bool = False) -> gate.MediaFacts:
+    """The gate's facts about one media row; the release policy and the approval state
+    come from :func:`vault.redaction.state.gate_facts`, which every release path uses."""
     return gate.MediaFacts(
         media_id=media.id,
         patient_id=media.patient_id,
@@ -63,6 +66,8 @@ def facts_of(media: Media) -> gate.MediaFacts:
         face_boxes=tuple(_box(box) for box in json.loads(media.faces_boxes)),
         faces_assumed=media.faces_assumed,
         face_review=media.face_review,
+        review_required=review_required,
+        redaction_approved=redaction_approved,
     )
 
 
@@ -101,6 +106,8 @@ async def release_view(keys: KeyStore, r: Release) -> ReleaseView:
         recipient=recipient,
         released_by=r.released_by,
         consent_id=r.consent_id,
+        **({"approval_id": r.approval_id} if r.approval_id else {}),
+        **({"handle": r.handle} if r.handle else {}),
         created_at=r.created_at.isoformat(),
         expires_at=r.expires_at.isoformat(),
         downloaded_at=r.downloaded_at.isoformat() if r.downloaded_at else None,
@@ -328,7 +335,10 @@ async def recall(session: AsyncSession, tenant_id: str, patient_id: str, *, medi
     releases = list((await session.execute(query.order_by(Release.created_at, Release.id))).scalars())
     for r in releases:
         if r.recalled_at is None:
-            r.recalled_at, r.recall_event_id = now, event_id
+            # Each release its own instant (up to a second after the event): one withdrawal
+            # must not stamp one telling timestamp on all of a person's releases, which would
+            # link their de-identified releases to each other and to the identifiable ones.
+            r.recalled_at, r.recall_event_id = now + timedelta(microseconds=secrets.randbelow(1_000_000)), event_id
     await session.flush()
     return releases
 

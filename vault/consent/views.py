@@ -48,12 +48,13 @@ def _base(request: web.Request) -> str:
 
 def _releasable_item(base: str, item: Releasable) -> ReleasableItem:
     query = urlencode({"purpose": item.purpose, "rendition": item.rendition, **item.thumbnail.query()})
-    return ReleasableItem(
-        media_id=item.media_id, purpose=item.purpose, rendition=item.rendition, kind=item.kind, phase=item.phase,
-        treatment_id=item.treatment_id, consent_id=item.consent_id,
-        thumbnail_url=f"{base}/v1/releasable/{item.media_id}/thumbnail?{query}",
-        thumbnail_expires_at=item.thumbnail_expires_at.isoformat(),
-    )
+    common = {"purpose": item.purpose, "rendition": item.rendition, "kind": item.kind,
+              "thumbnail_url": f"{base}/v1/releasable/{item.item}/thumbnail?{query}",
+              "thumbnail_expires_at": item.thumbnail_expires_at.isoformat()}
+    if item.deidentified:  # the handle, and nothing that names or groups the photo
+        return ReleasableItem(handle=item.item, **common)
+    return ReleasableItem(media_id=item.item, phase=item.phase, treatment_id=item.treatment_id, consent_id=item.consent_id,
+                          **common)
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Purpose = Literal["education", "social_media", "marketing", "publication"]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
@@ -84,10 +85,14 @@ class WithdrawIn(BaseModel):
     notes: Text | None = None
 
 
+Handle = Annotated[str, StringConstraints(pattern=r"^h_[0-9a-f]{32}$")]
+Cursor = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{20,200}$")]
+
+
 class ReleasableQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     purpose: Purpose | None = Field(default=None, description="default: every purpose")
-    cursor: Id | None = None
+    cursor: Cursor | None = None
     limit: int = Field(default=50, ge=1, le=200)
 
 
@@ -110,7 +115,8 @@ class ReleaseIn(BaseModel):
 
 class ReleasesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    media_id: Id | None = None
+    media_id: Id | None = Field(default=None, description="releases of this media (marketing: its identifiable releases only)")
+    handle: Handle | None = Field(default=None, description="the de-identified releases of this handle")
     patient_id: Id | None = None
     cursor: Id | None = None
     limit: int = Field(default=50, ge=1, le=200)
@@ -182,12 +188,13 @@ async def list_releasable(request: web.Request) -> web.Response:
     return json_response(ReleasablePage(items=[_releasable_item(base, item) for item in items], next_cursor=next_cursor))
 
 
-@routes.get("/v1/releasable/{media_id}/thumbnail", summary="Signed thumbnail of the rendition that would be released (no bearer)",
+@routes.get("/v1/releasable/{media_id}/thumbnail", summary="Signed thumbnail of the rendition that would be released (no bearer); "
+            "the path names a media id (identifiable) or a handle (de-identified)",
             query=SignedThumbnailQuery, response_media="image/jpeg", errors=(403, 404, 410, 422))
 async def releasable_thumbnail(request: web.Request) -> web.Response:
     q = parse_query(request, SignedThumbnailQuery)
     data = await request.app[RELEASES].thumbnail(
-        media_id=request.match_info["media_id"], purpose=q.purpose, rendition=q.rendition,
+        item=request.match_info["media_id"], purpose=q.purpose, rendition=q.rendition,
         params=SignedParams(token_id=q.token, expires=q.expires, signature=q.signature), request_id=request[REQUEST_ID],
     )
     response = web.Response(body=data, content_type="image/jpeg")
@@ -195,14 +202,16 @@ async def releasable_thumbnail(request: web.Request) -> web.Response:
     return response
 
 
-@routes.post("/v1/media/{media_id}/releases", summary="Release one photo or video for a purpose (the gate decides the rendition)",
+@routes.post("/v1/media/{media_id}/releases", summary="Release one photo or video for a purpose: by media id the stripped "
+             "original (identifiable consent), by handle the de-identified rendition",
              body=ReleaseIn, status=201, response=ReleaseMade, errors=(404, 422))
 async def create_release(request: web.Request) -> web.Response:
     body = await read_json(request, ReleaseIn, limit=request.app[SETTINGS].max_json_bytes)
     made = await request.app[RELEASES].release(actor_of(request), request.match_info["media_id"], purpose=body.purpose,
                                                recipient=body.recipient)
+    named = {"handle": made.item} if made.rendition == "deidentified" else {"media_id": made.item, "consent_id": made.consent_id}
     return json_response(ReleaseMade(
-        id=made.id, media_id=made.media_id, purpose=made.purpose, rendition=made.rendition, consent_id=made.consent_id,
+        id=made.id, purpose=made.purpose, rendition=made.rendition, **named,
         download_url=f"{_base(request)}/v1/releases/{made.id}/download", expires_at=made.expires_at.isoformat(),
     ), status=201)
 
@@ -220,6 +229,6 @@ async def download_release(request: web.Request) -> web.StreamResponse:
             response=ReleasePage, errors=(404, 422))
 async def list_releases(request: web.Request) -> web.Response:
     q = parse_query(request, ReleasesQuery)
-    page = await request.app[RELEASES].page(actor_of(request), media_id=q.media_id, patient_id=q.patient_id,
+    page = await request.app[RELEASES].page(actor_of(request), media_id=q.media_id, patient_id=q.patient_id, handle=q.handle,
                                             cursor=q.cursor, limit=q.limit)
     return json_response(page)

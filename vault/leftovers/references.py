@@ -18,6 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from vault.consent.models import ConsentRecord, Release
 from vault.lifecycle.models import Export
 from vault.media.models import MediaBlob
+from vault.redaction.models import Redaction
 
 #: (model, column): a blob id in that column keeps the blob.
 BLOB_REFERENCES: tuple[tuple[type, str], ...] = (
@@ -25,6 +26,7 @@ BLOB_REFERENCES: tuple[tuple[type, str], ...] = (
     (ConsentRecord, "evidence_blob_id"),
     (Release, "blob_id"),
     (Export, "blob_id"),
+    (Redaction, "original_blob_id"),  # the original a redaction was read from (also a media blob)
 )
 
 

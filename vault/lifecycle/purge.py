@@ -25,6 +25,7 @@ from vault.db import Database, utcnow
 from vault.lifecycle.erasure import ERASED_EVENT
 from vault.lifecycle.models import Export
 from vault.media.models import Media, MediaBlob
+from vault.redaction import state as redaction_state
 from vault.treatments.models import Treatment
 
 _PAGE = 500
@@ -83,6 +84,7 @@ class Purger:
                 "media_ids": sorted({r.media_id for r in recalled}),
             })
             await _forget_treatments_and_consent(session, tenant_id, patient_id)
+            await redaction_state.forget(session, patient_id=patient_id)
             await finish(session)
         # secure_delete zeroed the cells; fold the WAL in so no older page image keeps
         # them. Bounded: a reader holding a snapshot defers it to shred.checkpoint.
@@ -101,6 +103,7 @@ class Purger:
             lambda ids: update(Release).where(Release.blob_id.in_(ids)).values(blob_id=None),
         )
         async with self.db.transaction() as session:
+            await redaction_state.forget(session, media_id=media_id)
             await finish(session)
         return self.deleted - before
 

@@ -1,8 +1,9 @@
 """Idempotent uploads, shared by the photo and the video paths.
 
 A client's ``Idempotency-Key`` is scoped to its token and the patient, and stored only
-as a keyed blind index; so is the body's SHA-256 (keyed, so a stored digest cannot
-confirm a guessed photo). A replay with the same key and body returns the first media;
+as an HMAC under the tenant's long-lived key of that purpose (not the per-epoch index
+key, so a retry that spans a KEK rotation still finds its upload); so is the body's
+SHA-256 (keyed, so a stored digest cannot confirm a guessed photo). A replay with the same key and body returns the first media;
 the same key with another body is a conflict.
 """
 
@@ -27,8 +28,8 @@ async def digests(
     if idempotency_key is None:
         return None, None
     scope = f"{actor.token_id}|{patient_id}|{idempotency_key}"
-    key_digest = await keys.blind_index(actor.tenant_id, IDEMPOTENCY_INDEX, scope)
-    body_digest = await keys.blind_index(actor.tenant_id, BODY_INDEX, body_sha256)
+    key_digest = await keys.purpose_hmac(actor.tenant_id, IDEMPOTENCY_INDEX, scope)
+    body_digest = await keys.purpose_hmac(actor.tenant_id, BODY_INDEX, body_sha256)
     return key_digest, body_digest
 
 

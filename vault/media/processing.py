@@ -75,6 +75,24 @@ class PhotoPipeline:
         _, parts = await self.pool.run("redact", header, data, max_result=recheck.redacted_bound(width, height))
         return recheck.check_redacted(parts, width=width, height=height)
 
+    @timed_stage("photo.render_redaction")
+    async def render_redaction(self, data: bytes, rects: list[list[int]], *, width: int,
+                               height: int) -> tuple[bytes, bytes]:
+        """The full-resolution redacted JPEG of the stored photo ``data`` (every rectangle
+        filled exactly, :func:`vault.pipeline.redact.render_redaction`) and the 256 px
+        thumbnail made from it, both in a worker; accepted only as bare JPEGs, the first of
+        exactly ``width`` x ``height`` (the displayed frame the rectangles refer to)."""
+        if width < 1 or height < 1:
+            raise DecoderFailed(details={"check": "redacted.dimensions"})
+        header = {"rects": [[int(v) for v in box] for box in rects], "thumbnails": [256], "max_pixels": self.max_pixels}
+        result, parts = await self.pool.run("render_redaction", header, data,
+                                            max_result=recheck.redacted_bound(width, height) + recheck.MAX_THUMBNAIL_BYTES)
+        full = recheck.check_redacted(parts[:1], width=width, height=height)
+        thumbs = recheck.check_thumbnails(result.get("thumbnails"), parts[1:])
+        if set(thumbs) != {256}:
+            raise DecoderFailed(details={"check": "redacted.thumbnails"})
+        return full, thumbs[256]
+
     # -- video --------------------------------------------------------------------------
     @timed_stage("video.probe")
     async def probe_video(self, sealed: SealedBlobs, ref: SealedRef) -> VideoProbe:

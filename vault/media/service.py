@@ -348,6 +348,9 @@ class MediaService:
                     setattr(media, field, changes[field])
             if "identifiable" in changes:
                 value = changes["identifiable"]
+                if media.face_review == "identifiable" and value is not True and actor.role != "dpo":
+                    # A reviewer's "identifiable, cannot be de-identified" stands until a dpo clears it.
+                    raise Forbidden("only a data protection officer may clear an 'identifiable' mark")
                 media.face_review = None if value is None else ("identifiable" if value else "not_identifiable")
                 media.reviewed_by = actor.token_id
             media.updated_at = utcnow()

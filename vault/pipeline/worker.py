@@ -116,14 +116,14 @@ class Worker:
 
         from vault.pipeline.faces import load_detector
         from vault.pipeline.photo import process_photo
-        from vault.pipeline.redact import redact_faces
+        from vault.pipeline.redact import redact_faces, render_redaction
         from vault.pipeline.video import poster_and_faces, probe_video, strip_video
 
         Image.init()  # every image plugin now, before the sandbox closes the file system
         self.inp, self.out = inp, out
         self.detector = load_detector(face_model)
         self._photo, self._probe, self._strip, self._poster = process_photo, probe_video, strip_video, poster_and_faces
-        self._redact = redact_faces
+        self._redact, self._render = redact_faces, render_redaction
 
     def serve(self) -> None:
         while True:
@@ -162,6 +162,13 @@ class Worker:
             redacted = self._redact(parts[0], boxes, margin=float(header["margin"]),
                                     max_pixels=int(header["max_pixels"]))
             return {"t": "done", "result": {}}, [redacted]
+        if op == "render_redaction":
+            rects = [[int(v) for v in box] for box in header["rects"]]
+            if any(len(box) != 4 for box in rects):
+                raise ValueError("a rectangle is [x, y, w, h]")
+            sizes = sorted(int(s) for s in header["thumbnails"])
+            full, thumbs = self._render(parts[0], rects, thumbnail_sizes=sizes, max_pixels=int(header["max_pixels"]))
+            return {"t": "done", "result": {"thumbnails": sizes}}, [full, *(thumbs[s] for s in sizes)]
         if op == "probe":
             probe = self._probe(self._remote(header), max_pixels=max_pixels)
             return {"t": "done", "result": probe.as_dict()}, []

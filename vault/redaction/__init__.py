@@ -1,0 +1,1 @@
+"""A person's review of the redaction before a de-identified release (docs/consent.md)."""

@@ -9,6 +9,8 @@ leftover) is also appended here, after the key store destroyed the key:
   never inside the data folder) holding one file per host, ``<host>.jsonl``: processes
   on one host share it under an exclusive ``flock``; nodes on other machines write
   their own file in the same shared directory, and a restore reads them all;
+- and/or, for nodes on several machines without a shared folder, objects in an S3
+  bucket (``VAULT_SHRED_JOURNAL_S3``, :class:`StoreJournal`): one object per append;
 - one JSON line per entry, ``fsync``-ed before the shred call returns: ids, cause and
   time, never key bytes or patient data;
 - hash-chained: each line carries ``prev`` (the hash of the line before, 64 zeros for

@@ -68,6 +68,8 @@ def journal_line(settings: Settings) -> tuple[bool, str]:
     from vault.backup.journal import journal_for
 
     journal = journal_for(settings)
+    if journal is None and settings.shred_journal_s3:
+        return True, f"ok    {'journal':<10} ok  S3 only (VAULT_SHRED_JOURNAL_S3)"
     if journal is None:
         return True, f"ok    {'journal':<10} none  VAULT_SHRED_JOURNAL is not set: a restore cannot re-shred later erasures"
     if not journal.writable():

@@ -192,6 +192,7 @@ class Settings:
     # every shred is also appended here, apart from backups (vault/backup/journal.py)
     shred_journal: Path | None = field(default=None, metadata=variable("VAULT_SHRED_JOURNAL", _directory,
                                                                        derive=_journal_default))
+    shred_journal_s3: str | None = field(default=None, metadata=variable("VAULT_SHRED_JOURNAL_S3", _url(("s3",))))
     # Embedded (SQLite) runs its jobs inside `vault serve`; PostgreSQL has worker nodes.
     inprocess_jobs: bool = field(default=True, metadata=variable(
         "VAULT_INPROCESS_JOBS", _boolean, derive=lambda values, env: values["database_url"].startswith("sqlite")))
@@ -288,6 +289,9 @@ class Settings:
         if self.upload_memory_bytes < 3 * self.max_photo_bytes:  # vault.http.limits.WORKING_COPIES
             # Otherwise a photo at the size cap could never be accepted.
             raise ConfigError("VAULT_UPLOAD_MEMORY_BYTES", "must be at least 3 x VAULT_MAX_PHOTO_BYTES (a photo's working copies)")
+        if self.shred_journal_s3 is not None and self.shred_journal_s3 == self.storage_url:
+            # The leftover sweep would take journal objects for blobs without a row.
+            raise ConfigError("VAULT_SHRED_JOURNAL_S3", "must name another bucket or prefix than VAULT_STORAGE_URL")
         if self.webhooks_allow_http_loopback and self.production:
             raise ConfigError("VAULT_WEBHOOKS_ALLOW_HTTP_LOOPBACK", "plain-http loopback webhooks are for tests, not production")
 

@@ -19,7 +19,7 @@ from keys.keyring import FileKeyring
 from keys.providers import open_root_key
 from keys.store import KeyStore, holds_keys
 from vault.audit.checkpoints import Checkpoints
-from vault.backup.journal import JournaledLedger, journal_for
+from vault.backup.journal import JournaledLedger, journals_for
 from vault.audit.reads import AuditReads
 from vault.audit.service import AuditLog
 from vault.config import Settings
@@ -126,7 +126,10 @@ async def runtime(
         stack.push_async_callback(keys.close)
         store = open_store(settings.storage_url)
         stack.push_async_callback(store.close)
-        ledger: ShredLedger = JournaledLedger(db, keys, journal=journal_for(settings))  # every shred also journaled
+        journal = journals_for(settings)  # every shred is also journaled, apart from backups
+        if journal is not None:
+            stack.push_async_callback(journal.close)
+        ledger: ShredLedger = JournaledLedger(db, keys, journal=journal)
         leases = WriteLeases(db, lease_seconds=settings.blob_lease_seconds)
         stack.push_async_callback(leases.close)
         sealed = SealedBlobs(keys, store, ledger=ledger, leases=leases)

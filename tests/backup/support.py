@@ -44,7 +44,7 @@ async def own_vault(backend: str, tmp_path: Path, **options) -> AsyncIterator[Va
 
 @contextmanager
 def own_vault_sync(backend: str, tmp_path: Path, *, storage_url: str | None = None, root_key_url: str | None = None,
-              extra_env: dict[str, str] | None = None) -> Iterator[Vault]:
+                   extra_env: dict[str, str] | None = None, journal_s3: str | None = None) -> Iterator[Vault]:
     from keys.migrate import upgrade as upgrade_keys
     from vault.config import Settings
     from vault.migrate import upgrade
@@ -58,13 +58,15 @@ def own_vault_sync(backend: str, tmp_path: Path, *, storage_url: str | None = No
             data_dir=data, database_url=db.url, keystore_url=db.keystore_url,
             storage_url=storage_url or (data / "blobs").as_uri(),
             root_key_url=root_key_url or (tmp_path / "keyring").as_uri(),
-            shred_journal=tmp_path / "keyring.shred-journal", inprocess_jobs=False,
+            shred_journal=tmp_path / "keyring.shred-journal", shred_journal_s3=journal_s3, inprocess_jobs=False,
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
         env.update(VAULT_DATA_DIR=str(data), VAULT_DATABASE_URL=db.url, VAULT_KEYSTORE_URL=db.keystore_url,
                    VAULT_STORAGE_URL=settings.storage_url, VAULT_ROOT_KEY_URL=settings.root_key_url,
                    VAULT_SHRED_JOURNAL=str(settings.shred_journal), VAULT_LOG_LEVEL="WARNING",
                    VAULT_INPROCESS_JOBS="false", **(extra_env or {}))
+        if journal_s3:
+            env["VAULT_SHRED_JOURNAL_S3"] = journal_s3
         yield Vault(settings=settings, env=env)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -74,3 +75,45 @@ def test_processes_of_one_host_share_one_chain_and_hosts_have_their_own(tmp_path
     entries = ShredJournal(tmp_path / "journal").read()
     assert len(entries) == 121 and len({e.key_id for e in entries}) == 121
     assert sorted(p.name for p in (tmp_path / "journal").iterdir()) == ["node-a.jsonl", "node-b.jsonl"]
+
+
+async def test_the_s3_journal_chains_each_process_and_a_restore_reads_it(tmp_path, moto, aiohttp_client):
+    from tests.backup.support import own_vault, start
+    from tests.shredding.support import new_patient, upload_photo
+    from vault.backup.journal import StoreJournal
+    from vault.storage import open_store
+
+    bucket = "journal-" + secrets.token_hex(4)
+    s3 = moto.client("s3")
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": moto.region})
+    url = f"s3://{bucket}/shreds/?endpoint_url={moto.url}&region={moto.region}"
+
+    # three appends of one process: one chain; a missing object in the middle breaks it
+    journal = StoreJournal(open_store(url))
+    for i in range(3):
+        await journal.append([_entry(i)])
+    assert [e.key_id for e in await journal.read()] == ["key-0", "key-1", "key-2"]
+    s3.delete_object(Bucket=bucket, Key=f"shreds/sj{journal.chain}{2:012d}")
+    with pytest.raises(JournalError, match="broken at object 2"):
+        await journal.read()
+    await journal.close()
+
+    # a vault journaling to S3 only: its restore re-erases from the bucket
+    url = f"s3://{bucket}/vault/?endpoint_url={moto.url}&region={moto.region}"
+    async with own_vault("sqlite", tmp_path, journal_s3=url) as vault:
+        client = await start(vault, aiohttp_client)
+        patient = await new_patient(client, vault)
+        await upload_photo(client, vault, patient)
+        await client.close()
+        assert vault.cli("backup", "--to", str(tmp_path / "backup")).returncode == 0
+        client = await start(vault, aiohttp_client)
+        resp = await client.post(f"/v1/patients/{patient}/erasure", json={"reason": "Art. 17"}, headers=vault.auth("dpo"))
+        assert resp.status == 200
+        await client.close()
+        no_folder = {"VAULT_SHRED_JOURNAL": str(tmp_path / "nowhere")}
+        restored = vault.cli("restore", "--from", str(tmp_path / "backup"), "--force", env=no_folder)
+        assert restored.returncode == 0, restored.stderr
+        assert "1 patients erased again" in restored.stdout
+        client = await start(vault, aiohttp_client)
+        assert (await client.get(f"/v1/patients/{patient}", headers=vault.auth("practitioner"))).status == 410
+        await client.close()

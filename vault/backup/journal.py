@@ -9,6 +9,8 @@ leftover) is also appended here, after the key store destroyed the key:
   never inside the data folder) holding one file per host, ``<host>.jsonl``: processes
   on one host share it under an exclusive ``flock``; nodes on other machines write
   their own file in the same shared directory, and a restore reads them all;
+- and/or, for nodes on several machines without a shared folder, objects in an S3
+  bucket (``VAULT_SHRED_JOURNAL_S3``, :class:`StoreJournal`): one object per append;
 - one JSON line per entry, ``fsync``-ed before the shred call returns: ids, cause and
   time, never key bytes or patient data;
 - hash-chained: each line carries ``prev`` (the hash of the line before, 64 zeros for
@@ -186,10 +188,104 @@ def read_file(path: Path) -> list[JournalEntry]:
     return entries
 
 
+class StoreJournal:
+    """The journal as objects in an S3 bucket (``VAULT_SHRED_JOURNAL_S3``), for nodes on
+    several machines without a shared folder: one object per append, named
+    ``sj<chain><seq>`` (a chain per process: 24 random hex, then a 12-digit sequence), the
+    same hash chain inside each chain. A missing object in the middle of a chain breaks
+    it; keep the bucket versioned (and apart from the blob store's prefix: the leftover
+    sweep would take journal objects for blobs without a row)."""
+
+    PREFIX = "sj"
+
+    def __init__(self, store) -> None:
+        import secrets
+
+        self.store = store
+        self.chain = secrets.token_hex(12)
+        self._seq = 0
+        self._prev = GENESIS
+        self._lock = asyncio.Lock()
+
+    async def append(self, entries: list[JournalEntry]) -> None:
+        if not entries:
+            return
+        async with self._lock:
+            body = {"v": 1, "chain": self.chain, "seq": self._seq + 1, "prev": self._prev,
+                    "entries": [_entry_document(e) for e in entries]}
+            digest = _digest(self._prev, body)
+            data = _canonical({**body, "hash": digest})
+
+            async def chunks():
+                yield data
+
+            try:
+                await self.store.put(f"{self.PREFIX}{self.chain}{self._seq + 1:012d}", chunks(), size_hint=len(data))
+            except Exception as exc:  # a vendor error: named by type only
+                raise JournalError(f"cannot append to the S3 shred journal: {type(exc).__name__}") from None
+            self._seq, self._prev = self._seq + 1, digest
+
+    async def read(self) -> list[JournalEntry]:
+        chains: dict[str, list[str]] = {}
+        try:
+            async for key in self.store.keys(self.PREFIX):
+                chains.setdefault(key[2:26], []).append(key)
+            documents = {key: json.loads(await self.store.read(key)) for keys in chains.values() for key in keys}
+        except ValueError:
+            raise JournalError("the S3 shred journal holds an unreadable object") from None
+        except Exception as exc:  # noqa: BLE001 - unreachable bucket: a restore must not go on
+            raise JournalError(f"cannot read the S3 shred journal: {type(exc).__name__}") from None
+        entries: list[JournalEntry] = []
+        for chain, keys in sorted(chains.items()):
+            prev = GENESIS
+            for number, key in enumerate(sorted(keys), start=1):
+                document = documents[key]
+                claimed = document.pop("hash", None)
+                if document.get("seq") != number or document.get("prev") != prev or _digest(prev, document) != claimed:
+                    raise JournalError(f"the S3 shred journal chain {chain} is broken at object {number}: "
+                                       "an object was edited, removed or reordered")
+                prev = claimed
+                entries.extend(_entry_of(d) for d in document["entries"])
+        return entries
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def _entry_document(entry: JournalEntry) -> dict[str, Any]:
+    return {"at": entry.at.isoformat(timespec="microseconds"), "kind": entry.kind, "key_id": entry.key_id,
+            "tenant_id": entry.tenant_id, "patient_id": entry.patient_id, "object_id": entry.object_id,
+            "cause": entry.cause}
+
+
+def _entry_of(document: dict[str, Any]) -> JournalEntry:
+    return JournalEntry(kind=document["kind"], key_id=document["key_id"], tenant_id=document["tenant_id"],
+                        patient_id=document["patient_id"], object_id=document["object_id"], cause=document["cause"],
+                        at=datetime.fromisoformat(document["at"]))
+
+
+class Journals:
+    """Every configured journal: a shred is appended to each (file and/or S3)."""
+
+    def __init__(self, *, file: ShredJournal | None, store: StoreJournal | None) -> None:
+        self.file = file
+        self.store = store
+
+    async def append(self, entries: list[JournalEntry]) -> None:
+        if self.file is not None:
+            await self.file.append(entries)
+        if self.store is not None:
+            await self.store.append(entries)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+
+
 class JournaledLedger(ShredLedger):
     """The shred ledger, with every shred also appended to the journal."""
 
-    def __init__(self, db, keys, *, journal: ShredJournal | None) -> None:
+    def __init__(self, db, keys, *, journal: ShredJournal | Journals | None) -> None:
         super().__init__(db, keys)
         self.journal = journal
 
@@ -217,6 +313,17 @@ class JournaledLedger(ShredLedger):
 
 
 def journal_for(settings) -> ShredJournal | None:
-    """The configured journal, or None when there is none (restore then needs
-    ``--accept-resurrection-risk``)."""
+    """The configured journal folder, or None when there is none."""
     return ShredJournal(settings.shred_journal) if settings.shred_journal is not None else None
+
+
+def journals_for(settings) -> Journals | None:
+    """Every configured journal (folder and/or S3), or None when there is none (a restore
+    then needs ``--accept-resurrection-risk``). The caller closes it."""
+    store = None
+    if settings.shred_journal_s3:
+        from vault.storage import open_store
+
+        store = StoreJournal(open_store(settings.shred_journal_s3))
+    file = journal_for(settings)
+    return Journals(file=file, store=store) if file is not None or store is not None else None

@@ -41,7 +41,7 @@ from keys.hierarchy import kek_context
 from keys.inventory import object_key_owners
 from keys.models import object_keys, patient_deks
 from keys.models import root_versions as root_versions_table
-from vault.backup.journal import JournalEntry, JournalError, journal_for
+from vault.backup.journal import JournalEntry, JournalError, journals_for
 from vault.backup.snapshot import (
     BLOBS, FORMAT, FORMAT_VERSION, MANIFEST, BackupError, run_pg, sha256_file, sqlite_copy, sqlite_path,
 )
@@ -319,18 +319,27 @@ async def restore(settings: Settings, source: Path, *, force: bool, accept_resur
     manifest = read_manifest(source)
     report = RestoreReport(backup_id=manifest["backup_id"])
     await check_epochs(settings, manifest, now=utcnow())
-    journal = journal_for(settings)
     entries: list[JournalEntry] = []
-    if journal is None or not journal.directory.is_dir():
+    journals = journals_for(settings)
+    folder = journals.file if journals is not None and journals.file is not None and journals.file.directory.is_dir() else None
+    if journals is None or (folder is None and journals.store is None):
+        if journals is not None:
+            await journals.close()
         if not accept_resurrection_risk:
-            where = f" ({journal.directory} is missing)" if journal is not None else " (VAULT_SHRED_JOURNAL is not set)"
+            where = (f" ({settings.shred_journal} is missing)" if settings.shred_journal is not None
+                     else " (VAULT_SHRED_JOURNAL is not set)")
             raise BackupError("no shred journal" + where + ": patients erased after this backup would come back; "
                               "refusing without --accept-resurrection-risk")
     else:
         try:
-            entries = journal.read()
+            if folder is not None:
+                entries += folder.read()
+            if journals.store is not None:
+                entries += await journals.store.read()
         except JournalError as exc:
             raise BackupError(f"{exc}; refusing to restore") from None
+        finally:
+            await journals.close()
     report.journal_entries = len(entries)
     tenants, workers, live_ledger = await inspect_target(settings)
     if workers and not force:

@@ -124,13 +124,18 @@ async def take_backup(settings: Settings, target: Path, *, vault_version: str) -
     # 1. metadata, 2. key store: a key never lacks from the copy what a row of it needs.
     if backend == "sqlite":
         sqlite_copy(sqlite_path(settings.database_url), target / meta_name)
-        sqlite_copy(sqlite_path(settings.keystore_url), target / keys_name)
     else:
         run_pg("pg_dump", "--format=custom", "--no-owner", f"--exclude-schema={KEYSTORE_SCHEMA}",
                "--file", str(target / meta_name), url=settings.database_url)
+    # The epochs the copy needs, read before and after its snapshot: a rotation in
+    # between (the hourly job) must not hide the version the copy's DEKs are under.
+    before = await live_epochs(settings)
+    if backend == "sqlite":
+        sqlite_copy(sqlite_path(settings.keystore_url), target / keys_name)
+    else:
         run_pg("pg_dump", "--format=custom", "--no-owner", f"--schema={KEYSTORE_SCHEMA}",
                "--file", str(target / keys_name), url=settings.keystore_url)
-    epochs = await live_epochs(settings)
+    epochs = _union(before, await live_epochs(settings))
     blobs = await blob_manifest(settings, target)
     _ensure_journal(settings)
     manifest: dict[str, Any] = {
@@ -219,6 +224,16 @@ async def live_epochs(settings: Settings) -> list[dict[str, Any]]:
                        "state": r.state, "destroy_after": iso(destroy_after),
                        "wrapped_kek": base64.b64encode(r.wrapped).decode() if r.wrapped else None})
     return epochs
+
+
+def _union(*reads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for read in reads:
+        for epoch in read:
+            known = merged.get((epoch["tenant_id"], epoch["kek_version"]))
+            if known is None or (known["wrapped_kek"] is None and epoch["wrapped_kek"] is not None):
+                merged[(epoch["tenant_id"], epoch["kek_version"])] = epoch
+    return [merged[k] for k in sorted(merged)]
 
 
 def unrestorable_after(epochs: list[dict[str, Any]], rotation_days: int) -> datetime | None:

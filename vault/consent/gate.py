@@ -16,6 +16,7 @@ decides release. The rules, in the order they are applied (first match answers):
    an identifiable grant                            -> allow (the stripped original)
 5. a de-identified grant:
    video                                            -> deny ``video_not_deidentifiable``
+   full-resolution face search still ``pending``    -> deny ``needs_review``
    a reviewer marked the photo identifiable         -> deny ``needs_review``
    a reviewer marked it not identifiable            -> allow_deidentified
    face assumed, or flagged without boxes           -> deny ``needs_review``
@@ -77,6 +78,8 @@ class MediaFacts:
     face_boxes: tuple[tuple[int, int, int, int], ...] = ()
     faces_assumed: bool = False  # no detector ran: a face is assumed, location unknown
     face_review: str | None = None  # "identifiable" | "not_identifiable" | None
+    #: the full-resolution search: "pending" (not finished) | "searched" | "incomplete" (a bound hit)
+    faces_state: str = "searched"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +163,8 @@ def decide(
 def _deidentified(media: MediaFacts, consent_id: str) -> Decision:
     if media.kind != "photo":
         return _deny("video_not_deidentifiable", consent_id)
+    if media.faces_state == "pending":  # the full-resolution search has not finished
+        return _deny("needs_review", consent_id)
     if media.face_review == "identifiable":
         # A person judged it identifiable: the detector's boxes may not hold what identifies.
         return _deny("needs_review", consent_id)

@@ -63,6 +63,7 @@ def facts_of(media: Media) -> gate.MediaFacts:
         face_boxes=tuple(_box(box) for box in json.loads(media.faces_boxes)),
         faces_assumed=media.faces_assumed,
         face_review=media.face_review,
+        faces_state=media.faces_state,
     )
 
 

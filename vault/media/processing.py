@@ -20,11 +20,13 @@ from vault.media import recheck
 from vault.media.decoders import DecoderPool, PoolLimits
 from vault.instruments import timed_stage
 from vault.pipeline.faces import Faces
+from vault.pipeline.faces_search import SearchResult as FaceSearchResult
 from vault.pipeline.photo import ProcessedPhoto
 from vault.pipeline.video import VideoInfo, VideoProbe
 from vault.pipeline.video_mux import FragmentedOutput, MuxerSurprise, check_init_segment
 from vault.sealed import SealedBlobs, SealedRef
 
+SEARCH_SHARE = 0.75  # of the item's time bound, for the face search (the rest: decode, reply)
 OUTPUT_DEPTH = 4  # remuxed chunks in flight between the worker and the blob store
 _TOP_LEVEL = frozenset({b"ftyp", b"moov", b"moof", b"mdat", b"mfra"})
 
@@ -74,6 +76,18 @@ class PhotoPipeline:
                   "max_pixels": self.max_pixels}
         _, parts = await self.pool.run("redact", header, data, max_result=recheck.redacted_bound(width, height))
         return recheck.check_redacted(parts, width=width, height=height)
+
+    @timed_stage("photo.faces")
+    async def search_faces(self, data: bytes, *, width: int, height: int) -> FaceSearchResult:
+        """The full-resolution face search of a stored photo (``data``: its stripped
+        original), in a worker (:func:`vault.pipeline.faces_search.search_photo`). The worker
+        stops searching at 3/4 of the item's time bound and answers ``incomplete``; boxes
+        come back after the margin, in the displayed frame of ``width`` x ``height``."""
+        limits = self.pool.limits
+        header = {"max_pixels": self.max_pixels, "memory_bytes": limits.memory_bytes // 2,
+                  "seconds": limits.item_seconds * SEARCH_SHARE}
+        result, _ = await self.pool.run("faces", header, data, max_result=1 << 20)
+        return recheck.check_search(result, width, height)
 
     # -- video --------------------------------------------------------------------------
     @timed_stage("video.probe")

@@ -106,8 +106,9 @@ class FaceSearches:
             if row is None or row.faces_state != PENDING:
                 return
             # The quick search's boxes stay: every box any pass found is filled.
-            every = [tuple(b) for b in json.loads(row.faces_boxes or "[]")] + [tuple(b) for b in boxes]
-            merged = [[round(v) for v in box] for box in merge(every)]  # type: ignore[arg-type]
+            every = [(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+                     for b in [*json.loads(row.faces_boxes or "[]"), *boxes]]
+            merged = [[round(v) for v in box] for box in merge(every)]
             row.faces_boxes = json.dumps(merged)
             row.faces_count = len(merged)
             row.faces_state = state

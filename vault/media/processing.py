@@ -37,6 +37,7 @@ class PhotoPipeline:
     def __init__(self, pool: DecoderPool, *, max_pixels: int) -> None:
         self.pool = pool
         self.max_pixels = max_pixels
+        self._searches: asyncio.Semaphore | None = None  # made on first use, in the running loop
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PhotoPipeline:
@@ -86,7 +87,12 @@ class PhotoPipeline:
         limits = self.pool.limits
         header = {"max_pixels": self.max_pixels, "memory_bytes": limits.memory_bytes // 2,
                   "seconds": limits.item_seconds * SEARCH_SHARE}
-        result, _ = await self.pool.run("faces", header, data, max_result=1 << 20)
+        if self._searches is None:
+            self._searches = asyncio.Semaphore(max(1, limits.workers - 1))
+        # A search costs ~80 plain decodes: never let searches take every worker, so an
+        # upload always finds one within its queue bound (no 503 from a burst of jobs).
+        async with self._searches:
+            result, _ = await self.pool.run("faces", header, data, max_result=1 << 20)
         return recheck.check_search(result, width, height)
 
     # -- video --------------------------------------------------------------------------

@@ -12,9 +12,10 @@ Why this shape (numbers measured on this code, see ``docs/media.md`` and
   smaller; a face larger than a tile's overlap at one level is small enough at the next,
   and the last level is the whole photo in one piece.
 * YuNet (and dlib's HOG) look for upright faces. Searching every level in four rotations
-  would cost 4x; instead the rotated passes run on the pyramid from half the first
-  level's scale down (faces >= 2 x MIN_FACE, a quarter of the pixels), and at the first
-  level only around skin-coloured regions small enough to hold a 20-40 px face.
+  would cost 4x; instead the rotated passes run on the pyramid from a smaller scale
+  (turned faces >= :data:`TURNED_MIN` px, 0.39x the pixels of the first level each), and
+  at the first level only around compact skin-coloured blobs small enough to be a
+  20-32 px face (at most :data:`SKIN_REGIONS` of them).
 * The second family is dlib's HOG frontal detector (weights inside the ``dlib-bin``
   wheel): a different feature (gradient histograms + linear SVM) from YuNet's CNN, so its
   misses are not YuNet's. It is ~2x YuNet's cost per pixel and finds faces from ~80 px
@@ -48,6 +49,9 @@ MIN_FACE = 20
 """Smallest face height (px in the displayed original) the search is built to find."""
 DETECTOR_MIN = 25
 """Smallest face YuNet finds reliably in its input (measured: 5/6 at 24 px, 6/6 at 28)."""
+TURNED_MIN = 32
+"""Smallest turned (90/180/270) face the whole-photo rotated passes are built to find;
+smaller turned faces are looked for around skin-coloured blobs only."""
 MARGIN = 0.25
 """Each stored box is the detection grown by this fraction of its width/height per side."""
 TILE = 1600
@@ -166,7 +170,7 @@ class FaceSearch:
         if max(width, height) <= SMALL_IMAGE:  # small photos: once more at twice the size
             stats["passes"]["yunet r0 upscaled"] = _search_level(image, 2 * first, 0, detect, out, tick, tile=self.tile)
         for rotation in (0, 1, 2, 3):
-            scale = first if rotation == 0 else first / 2
+            scale = first if rotation == 0 else DETECTOR_MIN / TURNED_MIN
             while True:
                 n = _search_level(image, scale, rotation, detect, out, tick, tile=self.tile)
                 stats["passes"][f"yunet r{rotation * 90} s{scale:.3g}"] = n
@@ -230,7 +234,8 @@ def _detect_scaled(crop: NDArray[np.uint8], scale: float, rotation: int, detect:
     height, width = crop.shape[:2]
     if scale != 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        crop = np.asarray(cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR),
+                          dtype=np.uint8)
     sh, sw = crop.shape[:2]
     turned = np.ascontiguousarray(np.rot90(crop, rotation)) if rotation else crop
     boxes = []
@@ -283,7 +288,7 @@ def skin_regions(image: NDArray[np.uint8]) -> list[tuple[int, int, int, int]]:
 def merge(boxes: list[Box], *, overlap: float = 0.3) -> list[Box]:
     """Union of boxes that overlap (intersection over the smaller box >= ``overlap``),
     repeated until no two overlap: one box per face, covering what every pass found."""
-    merged = [tuple(b) for b in boxes if b[2] > 0 and b[3] > 0]
+    merged: list[Box] = [(b[0], b[1], b[2], b[3]) for b in boxes if b[2] > 0 and b[3] > 0]
     changed = True
     while changed:
         changed = False
@@ -295,9 +300,9 @@ def merge(boxes: list[Box], *, overlap: float = 0.3) -> list[Box]:
                     changed = True
                     break
             else:
-                out.append(box)  # type: ignore[arg-type]
-        merged = out  # type: ignore[assignment]
-    return merged  # type: ignore[return-value]
+                out.append(box)
+        merged = out
+    return merged
 
 
 def _overlap(a: Box, b: Box) -> float:

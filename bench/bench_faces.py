@@ -107,26 +107,33 @@ async def ingest(photos: list[bytes], workers: int, model: str) -> None:
     pipeline.start()
     try:
         await asyncio.gather(*(pipeline.process(photos[0]) for _ in range(workers)))  # warm
+        # before: an upload was the whole processing (quick 640 px search only)
         start = time.perf_counter()
-        done = await asyncio.gather(*(pipeline.process(p) for p in photos))
-        accepted = len(photos) / (time.perf_counter() - start)
+        await asyncio.gather(*(pipeline.process(p) for p in photos))
+        before = len(photos) / (time.perf_counter() - start)
 
-        async def full(data: bytes) -> None:
+        # after: each accepted upload starts its full search (the job) at once, as a
+        # worker node would; uploads keep arriving meanwhile
+        searches: list[asyncio.Task] = []
+        start = time.perf_counter()
+
+        async def upload(data: bytes) -> None:
             photo = await pipeline.process(data)
-            await pipeline.search_faces(photo.stripped, width=photo.width, height=photo.height)
+            searches.append(asyncio.create_task(
+                pipeline.search_faces(photo.stripped, width=photo.width, height=photo.height)))
 
-        start = time.perf_counter()
-        await asyncio.gather(*(full(p) for p in photos))
+        await asyncio.gather(*(upload(p) for p in photos))
+        accepted = len(photos) / (time.perf_counter() - start)
+        await asyncio.gather(*searches)
         processed = len(photos) / (time.perf_counter() - start)
-        del done
     finally:
         await pipeline.close()
-    print(f"\n## 4. Ingest, {len(photos)} 12 MP JPEGs, {workers} decoder workers")
+    print(f"\n## 4. Ingest, {len(photos)} 12 MP JPEGs, {workers} decoder workers (wall clock: a shared, busy host)")
     print("| | photos/s |")
     print("|---|---|")
-    print(f"| accepted (upload answers; before = after: the search is a job) | {accepted:.2f} |")
-    print(f"| fully processed (upload + full search) | {processed:.2f} |")
-    print(f"| ratio fully processed / accepted | {processed / accepted:.2f} |")
+    print(f"| before: accepted = fully processed (640 px search only) | {before:.2f} |")
+    print(f"| after: accepted (the upload answers; searches running meanwhile) | {accepted:.2f} ({accepted / before:.2f}x) |")
+    print(f"| after: fully processed (upload + full search) | {processed:.2f} ({processed / before:.2f}x) |")
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ Why this shape (numbers measured on this code, see ``docs/media.md`` and
   would cost 4x; instead the rotated passes run on the pyramid from a smaller scale
   (turned faces >= :data:`TURNED_MIN` px, 0.39x the pixels of the first level each), and
   at the first level only around compact skin-coloured blobs small enough to be a
-  20-32 px face (at most :data:`SKIN_REGIONS` of them).
+  20-32 px face (at most :data:`SKIN_REGIONS` of them). A greyscale photo has no skin
+  cue: its turned passes run at the first level's scale everywhere (4x the upright cost).
 * The second family is dlib's HOG frontal detector (weights inside the ``dlib-bin``
   wheel): a different feature (gradient histograms + linear SVM) from YuNet's CNN, so its
   misses are not YuNet's. It is ~2x YuNet's cost per pixel and finds faces from ~80 px
@@ -169,8 +170,11 @@ class FaceSearch:
         detect = self.primary.detect  # type: ignore[union-attr]
         if max(width, height) <= SMALL_IMAGE:  # small photos: once more at twice the size
             stats["passes"]["yunet r0 upscaled"] = _search_level(image, 2 * first, 0, detect, out, tick, tile=self.tile)
+        # Without colour there is no skin cue for small turned faces: search them everywhere.
+        grey = is_greyscale(image)
+        stats["greyscale"] = grey
         for rotation in (0, 1, 2, 3):
-            scale = first if rotation == 0 else DETECTOR_MIN / TURNED_MIN
+            scale = first if rotation == 0 or grey else DETECTOR_MIN / TURNED_MIN
             while True:
                 n = _search_level(image, scale, rotation, detect, out, tick, tile=self.tile)
                 stats["passes"][f"yunet r{rotation * 90} s{scale:.3g}"] = n
@@ -254,6 +258,13 @@ def _unrotate(x: float, y: float, w: float, h: float, rotation: int, width: int,
         source_width = width if (k - 1) % 2 == 0 else height
         x, y, w, h = source_width - y - h, x, h, w
     return x, y, w, h
+
+
+def is_greyscale(image: NDArray[np.uint8]) -> bool:
+    """No pixel (of a sparse sample) has visible colour: a black-and-white photo."""
+    sample = image[::7, ::7].astype(np.int16)
+    spread = sample.max(axis=2) - sample.min(axis=2)
+    return bool(np.count_nonzero(spread > 12) <= spread.size // 1000)
 
 
 def skin_regions(image: NDArray[np.uint8]) -> list[tuple[int, int, int, int]]:

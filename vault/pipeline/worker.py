@@ -5,7 +5,8 @@ Started by :mod:`vault.media.decoders` as a fresh interpreter (``python -I``, a 
 environment, no inherited descriptors but its two pipes), it imports its libraries, loads
 the face model, confines itself (:func:`vault.pipeline.sandbox.confine_worker`) and only
 then reads work. Bytes in, stripped bytes, renditions, capture metadata and boxes out (and, for a
-de-identified release, bytes and boxes in, a face-redacted JPEG out)
+de-identified release, bytes and boxes in, a face-redacted JPEG out; for the full-resolution
+face search job, a stored photo in, boxes and the search's state out)
 (:mod:`vault.pipeline.wire`); a video is never sent whole: the worker asks the server for
 byte ranges (the server decrypts them) and streams its fragmented-MP4 output back in
 chunks (the server encrypts them). Nothing here touches a file.

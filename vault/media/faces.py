@@ -103,8 +103,8 @@ class FaceSearches:
         async with self.db.transaction() as session:
             await finish(session)  # fenced first, as JobContext.transaction() does
             row = await session.get(Media, media_id, with_for_update=True)
-            if row is None or row.faces_state != PENDING:
-                return
+            if row is None or row.status != READY or row.faces_state != PENDING:
+                return  # deleted or erased meanwhile, or stored already
             # The quick search's boxes stay: every box any pass found is filled.
             every = [(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
                      for b in [*json.loads(row.faces_boxes or "[]"), *boxes]]

@@ -49,15 +49,19 @@ class Scene:
 
 
 def background(width: int, height: int, *, seed: int) -> np.ndarray:
-    """A textured, busy background: coloured blobs at a few scales plus fine noise."""
+    """A textured, busy background: coloured blobs at a few scales plus fine noise. Built at
+    half size in float and enlarged as bytes, so a 48 MP one needs ~0.5 GB at most."""
     rng = np.random.default_rng(seed)
-    out = np.zeros((height, width, 3), np.float32)
+    half = (max(1, width // 2), max(1, height // 2))
+    out = np.zeros((half[1], half[0], 3), np.float32)
     for cells, weight in ((12, 0.5), (60, 0.3), (300, 0.2)):
         small = rng.uniform(30, 225, (max(2, height * cells // max(width, height)), cells, 3)).astype(np.float32)
-        out += weight * cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
-    noise = rng.integers(-18, 19, (height // 2 + 1, width // 2 + 1, 3), dtype=np.int16).astype(np.float32)
-    out += cv2.resize(noise, (width, height), interpolation=cv2.INTER_NEAREST)
-    return np.clip(out, 0, 255).astype(np.uint8)
+        out += weight * cv2.resize(small, half, interpolation=cv2.INTER_CUBIC)
+    blobs = cv2.resize(np.clip(out, 0, 255).astype(np.uint8), (width, height), interpolation=cv2.INTER_LINEAR)
+    del out
+    noise = cv2.resize(rng.integers(0, 37, (half[1], half[0], 3), dtype=np.uint8), (width, height),
+                       interpolation=cv2.INTER_NEAREST)
+    return np.asarray(cv2.subtract(cv2.add(blobs, noise), np.full_like(blobs, 18)), dtype=np.uint8)
 
 
 def place(scene: Scene, source: Source, *, height: int, at: tuple[int, int], rotation: int = 0,

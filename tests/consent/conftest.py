@@ -11,6 +11,7 @@ from PIL import Image
 from sqlalchemy import update
 
 from tests.pipeline import samples
+from tests.support.jobs import drain
 from tests.pipeline.conftest import exiftool  # noqa: F401  (shared fixture)
 from vault.appkeys import RUNTIME
 from vault.redaction import handles
@@ -48,6 +49,11 @@ class Api:
         resp = await self.client.post(f"/v1/patients/{patient_id}/media", data=data or plain_jpeg(), params=params,
                                       headers={**self.clinic.auth("practitioner"), "Content-Type": "image/jpeg"})
         assert resp.status == 201, await resp.text()
+        # The full-resolution face search runs as a job after the upload answers; until it
+        # has, the photo is not releasable de-identified (vault/media/faces.py).
+        await drain(self.client.server.app[RUNTIME], "media.search_faces", due_only=True)
+        media = await resp.json()
+        resp = await self.client.get(f"/v1/media/{media['id']}", headers=self.clinic.auth("practitioner"))
         return await resp.json()
 
     async def consent(self, patient_id: str, *, status: int = 201, role: str = "dpo", **body) -> dict:

@@ -16,6 +16,7 @@ decides release. The rules, in the order they are applied (first match answers):
    an identifiable grant                            -> allow (the stripped original)
 5. a de-identified grant:
    video                                            -> deny ``video_not_deidentifiable``
+   full-resolution face search still ``pending``    -> deny ``needs_review``
    a reviewer marked the photo identifiable         -> deny ``needs_review``
    policy ``review`` (the default):
      an approval holds for the current redaction    -> allow_deidentified (the approved rectangles)
@@ -85,6 +86,9 @@ class MediaFacts:
     review_required: bool = False
     #: an approval holds for the redaction as it is now (its digest unchanged since)
     redaction_approved: bool = False
+
+    #: the full-resolution search: "pending" (not finished) | "searched" | "incomplete" (a bound hit)
+    faces_state: str = "searched"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +172,8 @@ def decide(
 def _deidentified(media: MediaFacts, consent_id: str) -> Decision:
     if media.kind != "photo":
         return _deny("video_not_deidentifiable", consent_id)
+    if media.faces_state == "pending":  # the full-resolution search has not finished
+        return _deny("needs_review", consent_id)
     if media.face_review == "identifiable":
         # A person judged it identifiable: the detector's boxes may not hold what identifies.
         return _deny("needs_review", consent_id)

@@ -68,6 +68,8 @@ def facts_of(media: Media, *, review_required: bool = False, redaction_approved:
         face_review=media.face_review,
         review_required=review_required,
         redaction_approved=redaction_approved,
+
+        faces_state=media.faces_state,
     )
 
 

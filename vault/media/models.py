@@ -41,6 +41,8 @@ class Media(Base):
     faces_boxes: Mapped[str] = mapped_column(Text, default="[]")
     faces_assumed: Mapped[bool] = mapped_column(Boolean, default=True)
     face_detector: Mapped[str] = mapped_column(String(32), default="")
+    #: the full-resolution search (vault/media/faces.py): "pending" | "searched" | "incomplete"
+    faces_state: Mapped[str] = mapped_column(String(12), default="pending", server_default="incomplete")
     #: a person's review overrides the detector: "identifiable" | "not_identifiable" | None
     face_review: Mapped[str | None] = mapped_column(String(20))
     reviewed_by: Mapped[str | None] = mapped_column(String(64))

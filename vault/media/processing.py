@@ -20,11 +20,13 @@ from vault.media import recheck
 from vault.media.decoders import DecoderPool, PoolLimits
 from vault.instruments import timed_stage
 from vault.pipeline.faces import Faces
+from vault.pipeline.faces_search import SearchResult as FaceSearchResult
 from vault.pipeline.photo import ProcessedPhoto
 from vault.pipeline.video import VideoInfo, VideoProbe
 from vault.pipeline.video_mux import FragmentedOutput, MuxerSurprise, check_init_segment
 from vault.sealed import SealedBlobs, SealedRef
 
+SEARCH_SHARE = 0.75  # of the item's time bound, for the face search (the rest: decode, reply)
 OUTPUT_DEPTH = 4  # remuxed chunks in flight between the worker and the blob store
 _TOP_LEVEL = frozenset({b"ftyp", b"moov", b"moof", b"mdat", b"mfra"})
 
@@ -35,6 +37,7 @@ class PhotoPipeline:
     def __init__(self, pool: DecoderPool, *, max_pixels: int) -> None:
         self.pool = pool
         self.max_pixels = max_pixels
+        self._searches: asyncio.Semaphore | None = None  # made on first use, in the running loop
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PhotoPipeline:
@@ -92,6 +95,23 @@ class PhotoPipeline:
         if set(thumbs) != {256}:
             raise DecoderFailed(details={"check": "redacted.thumbnails"})
         return full, thumbs[256]
+
+    @timed_stage("photo.faces")
+    async def search_faces(self, data: bytes, *, width: int, height: int) -> FaceSearchResult:
+        """The full-resolution face search of a stored photo (``data``: its stripped
+        original), in a worker (:func:`vault.pipeline.faces_search.search_photo`). The worker
+        stops searching at 3/4 of the item's time bound and answers ``incomplete``; boxes
+        come back after the margin, in the displayed frame of ``width`` x ``height``."""
+        limits = self.pool.limits
+        header = {"max_pixels": self.max_pixels, "memory_bytes": limits.memory_bytes // 2,
+                  "seconds": limits.item_seconds * SEARCH_SHARE}
+        if self._searches is None:
+            self._searches = asyncio.Semaphore(max(1, limits.workers - 1))
+        # A search costs ~80 plain decodes: never let searches take every worker, so an
+        # upload always finds one within its queue bound (no 503 from a burst of jobs).
+        async with self._searches:
+            result, _ = await self.pool.run("faces", header, data, max_result=1 << 20)
+        return recheck.check_search(result, width, height)
 
     # -- video --------------------------------------------------------------------------
     @timed_stage("video.probe")

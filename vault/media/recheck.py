@@ -15,6 +15,7 @@ from typing import Any
 
 from vault.errors import DecoderFailed, VaultError
 from vault.pipeline.faces import Faces
+from vault.pipeline.faces_search import INCOMPLETE, SEARCHED, SearchResult
 from vault.pipeline.photo import ProcessedPhoto
 from vault.pipeline.sanitize import SANITIZERS, Sanitized
 from vault.pipeline.sniff import JPEG, MP4, QUICKTIME, SNIFF_BYTES, sniff
@@ -134,6 +135,19 @@ def check_faces(value: Any, width: int, height: int) -> Faces:
         raise _refuse("faces.count")
     return Faces(detected=detected, count=count, boxes=checked, detector=_str(value.get("detector", ""), "faces.detector"),
                  assumed=assumed)
+
+
+def check_search(value: Any, width: int, height: int) -> SearchResult:
+    """The full-resolution face search's answer: a known state, boxes inside the frame."""
+    if not isinstance(value, dict) or value.get("state") not in (SEARCHED, INCOMPLETE):
+        raise _refuse("search")
+    faces = check_faces({"boxes": value.get("boxes"), "detected": bool(value.get("boxes")), "assumed": False,
+                         "count": len(value.get("boxes") or [])}, width, height)
+    stats = value.get("stats")
+    if not isinstance(stats, dict) or len(json.dumps(stats, default=str)) > 16_384:
+        raise _refuse("search.stats")
+    return SearchResult(boxes=faces.boxes, state=value["state"], detector=_str(value.get("detector"), "search.detector"),
+                        stats=stats)
 
 
 def check_photo(result: dict[str, Any], parts: list[bytes], *, input_size: int, max_pixels: int) -> ProcessedPhoto:

@@ -20,6 +20,8 @@ class FaceSummary(BaseModel):
     detector: str | None
     review: str | None
     identifiable: bool
+    #: the full-resolution search: "pending" | "searched" | "incomplete" (see docs/media.md)
+    state: str = "searched"
 
 
 class MediaView(BaseModel):

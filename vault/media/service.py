@@ -28,7 +28,8 @@ from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
 from keys.store import KeyStore
 from vault.errors import Forbidden, Gone, NotFound, NotReady, PatientErased
-from vault.media import idempotency
+from vault.media import faces, idempotency
+from vault.media.faces import grown_boxes
 from vault.media.models import (
     DELETED,
     ORIGINAL,
@@ -149,9 +150,10 @@ class MediaService:
             height=photo.height,
             faces_detected=photo.faces.detected,
             faces_count=photo.faces.count,
-            faces_boxes=json.dumps(photo.faces.boxes),
+            faces_boxes=json.dumps(grown_boxes(photo.faces.boxes, photo.width, photo.height)),
             faces_assumed=photo.faces.assumed,
             face_detector=photo.faces.detector,
+            faces_state=faces.PENDING,  # until the full-resolution search job has run
             idempotency_key=key_digest,
             body_digest=body_digest,
             created_by=actor.token_id,
@@ -175,6 +177,7 @@ class MediaService:
                 for (rendition, (_, mime)), ref in zip(renditions.items(), refs, strict=True):
                     session.add(MediaBlob(id=ref.id, media_id=media.id, tenant_id=actor.tenant_id, patient_id=patient_id,
                                           rendition=rendition, mime=mime, plain_size=ref.plain_size))
+                await faces.enqueue_search(session, media.id)
                 await self.audit.append(session, AuditEvent.of(actor, "media.upload", patient_id=patient_id, media_id=media.id))
         except _Superseded as won:
             await asyncio.gather(*(self.sealed.destroy(ref, cause="upload_rollback") for ref in refs))
@@ -375,6 +378,7 @@ def face_summary(media: Media) -> FaceSummary:
         detector=media.face_detector,
         review=media.face_review,
         identifiable=identifiable,
+        state=media.faces_state,
     )
 
 

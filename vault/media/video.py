@@ -137,6 +137,7 @@ class Videos:
                 row.width, row.height, row.capture = info.width, info.height, capture
                 row.faces_detected, row.faces_count = faces.detected, faces.count
                 row.faces_boxes, row.faces_assumed, row.face_detector = json.dumps(faces.boxes), faces.assumed, faces.detector
+                row.faces_state = "incomplete"  # sampled frames only; a video is never released de-identified
                 row.updated_at = utcnow()
                 renditions = [(ORIGINAL, info.mime)] + [(THUMBNAILS[size], "image/jpeg") for size in sorted(thumbnails)]
                 for (rendition, mime), ref in zip(renditions, made, strict=True):

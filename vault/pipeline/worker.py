@@ -5,7 +5,8 @@ Started by :mod:`vault.media.decoders` as a fresh interpreter (``python -I``, a 
 environment, no inherited descriptors but its two pipes), it imports its libraries, loads
 the face model, confines itself (:func:`vault.pipeline.sandbox.confine_worker`) and only
 then reads work. Bytes in, stripped bytes, renditions, capture metadata and boxes out (and, for a
-de-identified release, bytes and boxes in, a face-redacted JPEG out)
+de-identified release, bytes and boxes in, a face-redacted JPEG out; for the full-resolution
+face search job, a stored photo in, boxes and the search's state out)
 (:mod:`vault.pipeline.wire`); a video is never sent whole: the worker asks the server for
 byte ranges (the server decrypts them) and streams its fragmented-MP4 output back in
 chunks (the server encrypts them). Nothing here touches a file.
@@ -115,6 +116,7 @@ class Worker:
         from PIL import Image
 
         from vault.pipeline.faces import load_detector
+        from vault.pipeline.faces_search import load_search, search_photo
         from vault.pipeline.photo import process_photo
         from vault.pipeline.redact import redact_faces, render_redaction
         from vault.pipeline.video import poster_and_faces, probe_video, strip_video
@@ -122,6 +124,8 @@ class Worker:
         Image.init()  # every image plugin now, before the sandbox closes the file system
         self.inp, self.out = inp, out
         self.detector = load_detector(face_model)
+        self.search = load_search(face_model)  # the full-resolution search (a job, after upload)
+        self._search_photo = search_photo
         self._photo, self._probe, self._strip, self._poster = process_photo, probe_video, strip_video, poster_and_faces
         self._redact, self._render = redact_faces, render_redaction
 
@@ -155,6 +159,10 @@ class Worker:
                       "orientation": photo.orientation, "capture": photo.capture,
                       "faces": photo.faces.as_dict(), "thumbnails": sizes}
             return {"t": "done", "result": result}, [photo.stripped, *(photo.thumbnails[s] for s in sizes)]
+        if op == "faces":
+            found = self._search_photo(parts[0], self.search, max_pixels=max_pixels,
+                                       memory_bytes=int(header["memory_bytes"]), seconds=float(header["seconds"]))
+            return {"t": "done", "result": found.as_dict()}, []
         if op == "redact":
             boxes = [[int(v) for v in box] for box in header["boxes"]]
             if any(len(box) != 4 for box in boxes):
@@ -230,5 +238,6 @@ def main() -> None:
     from vault.pipeline.sandbox import confine_worker
 
     report = confine_worker(address_space_bytes=address_space or None)
-    wire.send(out, {"t": "ready", "sandbox": report, "detector": worker.detector.name})
+    wire.send(out, {"t": "ready", "sandbox": report, "detector": worker.detector.name,
+                    "search": worker.search.version})
     worker.serve()

@@ -23,13 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.consent import gate
 from vault.consent.service import facts_of
+from vault.media.faces import detection_summary
 from vault.media.models import ORIGINAL, Media, MediaBlob
 from vault.pipeline.redact import RENDERER_VERSION
 from vault.redaction.models import REVIEW, Redaction, RedactionApproval, ReleasePolicy
 
-#: Detector boxes are grown by this fraction of their width/height on every side
-#: (hair line, ears, chin); a reviewer's boxes are filled exactly as drawn.
-DETECTOR_MARGIN = 0.4
+#: Extra growth of the detector's boxes here: none, since the face search stores them
+#: already grown by its margin (vault.pipeline.faces_search.MARGIN: hair line, ears, chin);
+#: a reviewer's boxes are filled exactly as drawn.
+DETECTOR_MARGIN = 0.0
 RENDITION_FULL, RENDITION_THUMB = "redacted", "redacted256"
 DIGEST_VERSION = "redaction-digest/v1"
 
@@ -41,10 +43,10 @@ class Detected:
 
 
 def detected(media: Media) -> Detected:
-    """The detector's boxes and version for ``media`` (the one reader of ``faces_boxes``
-    and ``face_detector`` on this side)."""
-    return Detected(boxes=[[int(v) for v in box] for box in json.loads(media.faces_boxes or "[]")],
-                    version=media.face_detector or "")
+    """The detector's boxes and version for ``media``, through the one summary of the
+    face search (:func:`vault.media.faces.detection_summary`)."""
+    summary = detection_summary(media)
+    return Detected(boxes=[list(box) for box in summary.boxes], version=summary.detector_version or "")
 
 
 def clip(boxes: Iterable[Sequence[int]], width: int, height: int, *, margin: float = 0.0) -> list[list[int]]:

@@ -13,7 +13,7 @@ from alembic import op
 import vault.db.base
 
 revision = '0013'
-down_revision = '0008'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 

@@ -35,6 +35,7 @@ from vault.leftovers.leases import WriteLeases
 from vault.sealed import SealedBlobs
 from vault.shredding.receipts import ReceiptService
 from vault.shredding.service import ShredLedger
+from vault.staff.service import StaffService
 from vault.storage.base import BlobStore
 from vault.storage import open_store
 from vault.tenants.service import TenantService
@@ -65,6 +66,7 @@ class Runtime:
     audit_reads: AuditReads
     lifecycle: Lifecycle = field(init=False)  # built from the services above
     receipts: ReceiptService = field(init=False)  # answers finality through lifecycle.erasure
+    staff: StaffService = field(init=False)  # the web app's logins (vault/staff)
 
 
 def legacy_root_key_file(settings: Settings) -> Path:
@@ -154,4 +156,6 @@ async def runtime(
             treatments=rt.treatments, media=rt.media, consents=rt.consents, webhooks=webhooks,
         )
         rt.receipts = ReceiptService(keys, rt.lifecycle.erasure)
+        rt.staff = StaffService(db, audit, keys, idle_seconds=settings.staff_idle_seconds,
+                                session_seconds=settings.staff_session_seconds)
         yield rt

@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, select, update
 from keys import aead
 from vault.actor import Actor, Principal
 from vault.audit.service import AuditEvent, AuditLog
-from vault.db import Database, utcnow
+from vault.db import Database, rowcount, utcnow
 from vault.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed, VaultError
 from vault.permissions import ROLES
 from vault.staff import passwords, totp
@@ -330,9 +330,9 @@ class StaffService:
         if step is not None:
             async with self.db.transaction() as session:
                 # Compare-and-set: of two requests with the same code, one wins.
-                won = (await session.execute(update(StaffAccount).where(
+                won = rowcount(await session.execute(update(StaffAccount).where(
                     StaffAccount.id == account.id, StaffAccount.totp_last_step < step)
-                    .values(totp_last_step=step, failed_logins=0))).rowcount
+                    .values(totp_last_step=step, failed_logins=0)))
             if won:
                 return
         await self._fail(account, request_id, action)
@@ -351,7 +351,7 @@ class StaffService:
         fresh_id = secrets.token_urlsafe(32)
         now = utcnow()
         async with self.db.transaction() as session:
-            gone = (await session.execute(delete(StaffSession).where(StaffSession.id_hash == _digest(session_id)))).rowcount
+            gone = rowcount(await session.execute(delete(StaffSession).where(StaffSession.id_hash == _digest(session_id))))
             if not gone:
                 raise Unauthorized("log in again")
             session.add(StaffSession(id_hash=_digest(fresh_id), staff_id=account.id, tenant_id=account.tenant_id,

@@ -50,11 +50,12 @@ def clear_cookie(response: web.StreamResponse, name: str) -> None:
 
 
 def _origin_ok(request: web.Request, public_url: str | None) -> bool:
+    """Our own origin only. Browsers send ``Origin`` on every POST (``null`` under some
+    referrer policies); then ``Sec-Fetch-Site``, which no page can forge, must say
+    ``same-origin``. A request with neither (no browser) is refused too."""
     origin = request.headers.get("Origin")
     if origin is None or origin == "null":
-        # Browsers send Origin on every cross-site POST; Sec-Fetch-Site covers the rest.
-        return origin is None and request.headers.get("Sec-Fetch-Site") in ("same-origin", None) \
-            and request.headers.get("Sec-Fetch-Site") is not None
+        return request.headers.get("Sec-Fetch-Site") == "same-origin"
     allowed = {request.host}
     if public_url:
         allowed.add(urlsplit(public_url).netloc)

@@ -83,6 +83,9 @@ async def pages(request: web.Request, handler):
     if not request.path.startswith("/static"):
         response.headers.update(NO_STORE)
     response.headers.setdefault("X-Frame-Options", "DENY")
+    # Pages carry only ids in their URLs; same-origin keeps the Origin header on our own
+    # form posts (no-referrer would make it "null") and sends nothing to other sites.
+    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 
@@ -183,7 +186,6 @@ async def enrol_page(request: web.Request) -> web.StreamResponse:
     enrolment = await request.app[STAFF].enrolment(request.match_info["token"])
     token = _login_csrf(request)
     response = render(request, "enrol.html", {"enrolment": enrolment, "login_csrf": token, "error": None})
-    response.headers["Referrer-Policy"] = "no-referrer"
     return _with_login_cookie(response, token)
 
 

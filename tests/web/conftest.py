@@ -42,6 +42,7 @@ class Vault:
     log: Path
     proc: subprocess.Popen
     tokens: dict[str, str] = field(default_factory=dict)
+    admin_links: dict[str, str] = field(default_factory=dict)
 
     def cli(self, *args: str) -> str:
         proc = subprocess.run([sys.executable, "-m", "vault.cli", *args], env=self.env, capture_output=True, text=True,
@@ -57,11 +58,15 @@ class Vault:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return json.load(resp)
 
-    def staff(self, tenant: str, role: str, name: str) -> tuple[str, str]:
-        """``vault staff create``: (e-mail, enrolment link)."""
-        email = f"{name}@{tenant}.example"
-        out = self.cli("staff", "create", "--tenant", tenant, "--email", email, "--role", role)
-        return email, LINK.search(out).group(1)  # type: ignore[union-attr]
+    def cli_parallel(self, commands: list[tuple[str, ...]]) -> list[str]:
+        procs = [subprocess.Popen([sys.executable, "-m", "vault.cli", *args], env=self.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for args in commands]
+        outs = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0, err
+            outs.append(out)
+        return outs
 
 
 @pytest.fixture(scope="session")
@@ -90,11 +95,16 @@ def vault(tmp_path_factory) -> Vault:
         except OSError:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-    for tenant in ("north", "south"):
-        server.cli("tenant", "create", tenant)
-        for role in ("practitioner", "dpo", "marketing"):
-            out = server.cli("token", "create", "--tenant", tenant, "--role", role, "--label", f"{role} system")
-            server.tokens[f"{tenant}:{role}"] = out.strip().splitlines()[-1]
+    # The CLI opens the whole runtime each time (seconds): run what does not depend on
+    # each other at once. Everyone but the two admins is invited through the admin's page.
+    server.cli_parallel([("tenant", "create", "north"), ("tenant", "create", "south")])
+    token, north, south = server.cli_parallel([
+        ("token", "create", "--tenant", "north", "--role", "practitioner", "--label", "camera app"),
+        ("staff", "create", "--tenant", "north", "--email", "admin@north.example", "--role", "admin"),
+        ("staff", "create", "--tenant", "south", "--email", "admin@south.example", "--role", "admin"),
+    ])
+    server.tokens["north:practitioner"] = token.strip().splitlines()[-1]
+    server.admin_links = {"north": LINK.search(north).group(1), "south": LINK.search(south).group(1)}  # type: ignore[union-attr]
     yield server
     proc.terminate()
     try:
@@ -111,6 +121,29 @@ def browser_type():
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def admins(browser_type, vault: Vault, artifacts) -> dict[str, Person]:
+    """Each tenant's admin, enrolled from the CLI's link and logged in (a phone-sized window)."""
+    people = {}
+    for tenant in ("north", "south"):
+        admin = Person(browser_type, vault, artifacts, f"{tenant}-admin", mobile=True)
+        admin.enrol(vault.admin_links[tenant])
+        admin.log_in(tenant, f"admin@{tenant}.example")
+        people[tenant] = admin
+    yield people
+    for admin in people.values():
+        admin.close()
+
+
+def person(browser_type, vault: Vault, artifacts, admins, tenant: str, role: str, name: str) -> Person:
+    """A new member of staff: invited by the tenant's admin, enrolled and logged in."""
+    email, link = admins[tenant].invite(role, name)
+    someone = Person(browser_type, vault, artifacts, f"{tenant}-{name}")
+    someone.enrol(link)
+    someone.log_in(tenant, email)
+    return someone
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +167,7 @@ class Person:
         self.violations: list[str] = []
         self.app: Authenticator | None = None
         self.email = ""
+        self.tenant = ""
 
     def look(self, label: str) -> None:
         """Screenshot the page and run axe-core in it."""
@@ -160,6 +194,7 @@ class Person:
 
     def log_in(self, tenant: str, email: str, *, password: str = PASSWORD, look: bool = False) -> None:
         page = self.page
+        self.tenant, self.email = tenant, email
         page.goto("/")
         if look:
             self.look("login")
@@ -174,6 +209,16 @@ class Person:
         page.get_by_label("Code").fill(self.app.code())
         page.get_by_role("button", name="Log in").click()
         page.get_by_role("heading", name="Welcome").wait_for()
+
+    def invite(self, role: str, name: str) -> tuple[str, str]:
+        """As an admin on the staff page: a new login, and its enrolment link as shown."""
+        page = self.page
+        page.goto("/app/staff")
+        email = f"{name}@{self.tenant}.example"
+        page.get_by_label("E-mail address").fill(email)
+        page.get_by_label("Role").select_option(role)
+        page.get_by_role("button", name="Create and show the enrolment link").click()
+        return email, page.locator("code.link").inner_text().strip()
 
     def close(self) -> None:
         self.context.close()

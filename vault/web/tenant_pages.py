@@ -34,7 +34,7 @@ async def retention_page(request: web.Request, *, extra: dict | None = None, sta
     policy = await services(request).lifecycle.retention.policy(actor_of(request))
     rules = [r.model_dump() for r in policy.rules]
     rows = rules + [{"clock": "", "erase_after": ""}] * max(0, RULE_ROWS - len(rules))
-    return render(request, "retention.html", {"policy": policy, "rows": rows, "clocks": CLOCKS, "run": None,
+    return render(request, "retention.html", {"policy": policy, "rows": rows, "clocks": CLOCKS, "run": None, "saved": False, "swept": None,
                                               "error": None, **(extra or {})}, status=status)
 
 

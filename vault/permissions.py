@@ -46,6 +46,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     # patients
     ("POST", "/v1/patients"): frozenset({D, P}),
     ("GET", "/v1/patients"): frozenset({D, P, R}),
+    ("POST", "/v1/patients/search"): frozenset({D, P, R}),  # the GET's twin: the hospital number in the body
     ("GET", "/v1/patients/{patient_id}"): frozenset({D, P, R}),
     ("PATCH", "/v1/patients/{patient_id}"): frozenset({D, P}),
     # treatments and media

@@ -45,3 +45,15 @@ async def test_search_is_a_post_and_finds_by_hospital_number(client, clinic):
     assert none.status == 200 and "No patient has that hospital number" in await none.text()
     page = await browser.get(found.headers["Location"])
     assert page.status == 200 and "Bea" in await page.text() and page.headers["Cache-Control"] == "no-store"
+
+
+async def test_post_twin_of_the_external_ref_lookup(client, clinic, other_clinic):
+    resp = await client.post("/v1/patients", json={"external_ref": "MRN-9931"}, headers=clinic.auth("practitioner"))
+    patient = (await resp.json())["id"]
+    found = await client.post("/v1/patients/search", json={"external_ref": " mrn-9931 "}, headers=clinic.auth("records"))
+    assert found.status == 200 and [p["id"] for p in (await found.json())["items"]] == [patient]
+    other = await client.post("/v1/patients/search", json={"external_ref": "MRN-9931"}, headers=other_clinic.auth("dpo"))
+    assert (await other.json())["items"] == []
+    assert (await client.post("/v1/patients/search", json={"external_ref": "MRN-9931"},
+                              headers=clinic.auth("marketing"))).status == 403
+    assert (await client.post("/v1/patients/search", json={}, headers=clinic.auth("dpo"))).status == 422

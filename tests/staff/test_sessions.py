@@ -174,3 +174,23 @@ async def test_sessions_meet_the_permission_table_and_tenants(client, clinic, ot
     entries = (await rt.audit_reads.entries(
         __import__("vault.actor", fromlist=["Actor"]).Actor.cli(clinic.id, "t"), after_seq=0, limit=1000)).items
     assert any(e.actor == f"staff:{dpo.staff_id}" and e.action.startswith("patient") for e in entries)
+
+
+async def test_signed_links_bind_to_the_session(client, clinic):
+    """A signed link (playback, thumbnails) asked for by a web session stands for its staff
+    member while they hold an active session: after logging out everywhere it is refused."""
+    from vault import signedurls
+    from vault.errors import Forbidden
+
+    rt = rt_of(client)
+    who = await enrolled(rt, clinic.slug, "records")
+    browser = Browser(client)
+    await browser.log_in(clinic.slug, who)
+    async with rt.db.session() as session:
+        principal = await signedurls.signer(session, f"staff:{who.staff_id}")
+    assert (principal.tenant_id, principal.role) == (clinic.id, "records")
+    csrf = await browser.csrf_of("/app/")
+    await browser.post("/app/logout", {"csrf_token": csrf, "everywhere": "1"})
+    async with rt.db.session() as session:
+        with pytest.raises(Forbidden):
+            await signedurls.signer(session, f"staff:{who.staff_id}")

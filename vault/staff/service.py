@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,6 +39,8 @@ MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=15)
 #: an erasure or a retention sweep needs a TOTP code given this recently
 FRESH_AUTH = timedelta(minutes=5)
+SESSION_CACHE_SECONDS = 2.0
+SESSION_CACHE_SIZE = 10_000
 #: last_seen_at is written at most this often (a write per request would serialise SQLite)
 SEEN_RESOLUTION = timedelta(seconds=30)
 _SECRET_KEY_INDEX = "staff.totp-key"
@@ -112,12 +115,17 @@ def _state(row: StaffAccount) -> str:
 
 class StaffService:
     def __init__(self, db: Database, audit: AuditLog, keys, *, idle_seconds: int = 1800,
-                 session_seconds: int = 43200) -> None:
+                 session_seconds: int = 43200, cache_seconds: float = SESSION_CACHE_SECONDS) -> None:
         self.db = db
         self.audit = audit
         self.keys = keys
         self.idle = timedelta(seconds=idle_seconds)
         self.lifetime = timedelta(seconds=session_seconds)
+        # Like tokens (vault/tenants/service.py): a resolved session is trusted for
+        # SESSION_CACHE_SECONDS without the database; logging out, disabling or resetting
+        # on this node clears it at once, on other nodes it ends within that time.
+        self._cache: dict[str, tuple[float, CurrentSession]] = {}
+        self.cache_seconds = cache_seconds
 
     # -- sealing the TOTP secret under a tenant-level key ----------------------------------
     async def _secret_key(self, tenant_id: str) -> bytes:
@@ -206,6 +214,7 @@ class StaffService:
             row = await session.get(StaffAccount, staff_id)
             if row is None or (actor is not None and row.tenant_id != actor.tenant_id):
                 raise NotFound("no such staff account")
+            self._cache.clear()
             if row.disabled_at is None:
                 row.disabled_at = utcnow()
             await session.execute(delete(StaffSession).where(StaffSession.staff_id == row.id))
@@ -221,6 +230,7 @@ class StaffService:
             row = await session.get(StaffAccount, staff_id)
             if row is None or (actor is not None and row.tenant_id != actor.tenant_id):
                 raise NotFound("no such staff account")
+            self._cache.clear()
             row.password_hash, row.totp_sealed, row.enrolled_at, row.disabled_at = None, None, None, None
             row.failed_logins, row.locked_until = 0, None
             await session.execute(delete(StaffSession).where(StaffSession.staff_id == row.id))
@@ -365,6 +375,10 @@ class StaffService:
     async def resolve(self, session_id: str) -> CurrentSession:
         """The active session behind a cookie; Unauthorized when unknown, pending, idle too
         long, too old, or its account disabled."""
+        digest = _digest(session_id)
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         now = utcnow()
         async with self.db.session() as session:
             found = (await session.execute(
@@ -382,8 +396,13 @@ class StaffService:
             async with self.db.transaction() as session:
                 await session.execute(update(StaffSession).where(StaffSession.id_hash == row.id_hash)
                                       .values(last_seen_at=now))
-        return CurrentSession(staff_id=account.id, tenant_id=row.tenant_id, tenant_slug=slug, email=account.email,
-                              role=account.role, csrf=row.csrf, verified_at=row.verified_at)
+        current = CurrentSession(staff_id=account.id, tenant_id=row.tenant_id, tenant_slug=slug, email=account.email,
+                                 role=account.role, csrf=row.csrf, verified_at=row.verified_at)
+        if self.cache_seconds > 0:
+            if len(self._cache) >= SESSION_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[digest] = (time.monotonic() + self.cache_seconds, current)
+        return current
 
     async def reauthenticate(self, session_id: str, code: str, *, request_id: str) -> None:
         """A fresh TOTP code for a sensitive step (erasure, sweep)."""
@@ -395,6 +414,7 @@ class StaffService:
         async with self.db.transaction() as session:
             await session.execute(update(StaffSession).where(StaffSession.id_hash == _digest(session_id))
                                   .values(verified_at=utcnow()))
+        self._cache.pop(_digest(session_id), None)
 
     def require_fresh(self, current: CurrentSession) -> None:
         if current.verified_at is None or utcnow() - current.verified_at > FRESH_AUTH:
@@ -408,6 +428,7 @@ class StaffService:
         return current
 
     async def logout(self, session_id: str, *, everywhere: bool = False, request_id: str) -> None:
+        self._cache.clear()
         async with self.db.transaction() as session:
             row = await session.get(StaffSession, _digest(session_id))
             if row is None:

@@ -122,6 +122,8 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/app/retention/sweep"): frozenset({D}),
     ("GET", "/app/audit"): frozenset({D, U}),
     ("POST", "/app/audit/verify"): frozenset({D, U}),
+    ("GET", "/app/webhooks"): frozenset({A}),
+    ("POST", "/app/webhooks"): frozenset({A}),
     ("GET", "/app/staff"): frozenset({A}),
     ("POST", "/app/staff"): frozenset({A}),
     ("POST", "/app/staff/{staff_id}/disable"): frozenset({A}),

@@ -85,11 +85,13 @@ def test_dpo_console_end_to_end(dpo: Person, patient: str, vault: Vault) -> None
     # legal hold with a reason, then lifted; restriction on and off
     page.get_by_label("Reason for a legal hold").fill("pending complaint")
     page.get_by_role("button", name="Place legal hold").click()
-    page.get_by_role("status").get_by_text("Saved.").wait_for()
+    page.get_by_role("status").get_by_text("Legal hold placed").wait_for()
     page.get_by_role("button", name="Lift legal hold").click()
+    page.get_by_role("status").get_by_text("Legal hold lifted").wait_for()
     page.get_by_role("button", name="Restrict processing").click()
+    page.get_by_text("restricted", exact=True).wait_for()  # the status in the details
     page.get_by_role("button", name="Lift the restriction").click()
-    page.get_by_role("status").get_by_text("Saved.").wait_for()
+    page.get_by_role("status").get_by_text("The restriction is lifted").wait_for()
 
     # subject-access export: progress, then the one download (a POST with the CSRF token)
     page.get_by_role("button", name="Start a subject-access export").click()
@@ -148,6 +150,12 @@ def test_admin_manages_staff(admins, vault: Vault) -> None:
     page.goto("/app/staff")
     page.get_by_role("cell", name="dpo@north.example").wait_for()
     admin.look("staff-list")
+    page.goto("/app/webhooks")
+    admin.look("webhooks")
+    page.get_by_label("Endpoints (one https URL a line)").fill("http://10.1.2.3/vault-events")
+    page.get_by_role("button", name="Save the endpoints").click()
+    page.get_by_text("a webhook destination was refused").wait_for()  # plain http to a private address
+    admin.look("webhooks-refused")
     assert page.goto("/app/patients").status == 403  # admin never reads patient data
     assert page.goto("/v1/patients").status == 403
     assert not admin.violations, admin.violations

@@ -18,6 +18,7 @@ from vault.media.service import MediaService
 from vault.patients.service import PatientService
 from vault.permissions import PUBLIC, allowed
 from vault.staff.service import StaffService
+from vault.webhooks.service import WebhookService
 from vault.web.session import CURRENT, CSRF_FIELD
 
 
@@ -32,6 +33,7 @@ class WebServices:
     releases: ReleaseService
     lifecycle: Lifecycle
     audit: AuditReads
+    webhooks: WebhookService
 
 
 SERVICES = web.AppKey("web_services", WebServices)

@@ -17,6 +17,11 @@ from vault.web.common import can, form, render, see_other, services
 from vault.web.session import SESSION_COOKIE
 
 P = "/app/patients/{patient_id}"
+#: what the page says after a form (the redirect carries only this code)
+DONE = {"rectified": "The correction is saved.", "consent": "The consent is recorded.",
+        "hold_placed": "Legal hold placed: erasure is blocked until it is lifted.", "hold_lifted": "Legal hold lifted.",
+        "restricted": "Processing is restricted: no release, no export to third parties.",
+        "unrestricted": "The restriction is lifted."}
 
 
 def routes(r: web.UrlDispatcher) -> None:
@@ -60,7 +65,7 @@ async def patient_page(request: web.Request) -> web.StreamResponse:
         if can(request, "GET", "/v1/releases") else None
     return render(request, "patient.html", {"patient": patient, "media": media.items, "consents": consents,
                                             "releases": releases, "purposes": PURPOSES,
-                                            "done": request.query.get("done", "")})
+                                            "done": DONE.get(request.query.get("done", ""))})
 
 
 async def rectify(request: web.Request) -> web.StreamResponse:
@@ -94,16 +99,17 @@ async def legal_hold(request: web.Request) -> web.StreamResponse:
     holds, actor, patient_id = services(request).lifecycle.holds, actor_of(request), request.match_info["patient_id"]
     if data.get("action") == "lift":
         await holds.lift_hold(actor, patient_id)
-    else:
-        await holds.place_hold(actor, patient_id, reason=_reason(data))
-    return see_other(f"/app/patients/{patient_id}?done=hold")
+        return see_other(f"/app/patients/{patient_id}?done=hold_lifted")
+    await holds.place_hold(actor, patient_id, reason=_reason(data))
+    return see_other(f"/app/patients/{patient_id}?done=hold_placed")
 
 
 async def restriction(request: web.Request) -> web.StreamResponse:
     data = await form(request)
     patient_id = request.match_info["patient_id"]
-    await services(request).lifecycle.holds.restrict(actor_of(request), patient_id, restricted=data.get("action") != "lift")
-    return see_other(f"/app/patients/{patient_id}?done=restriction")
+    restricted = data.get("action") != "lift"
+    await services(request).lifecycle.holds.restrict(actor_of(request), patient_id, restricted=restricted)
+    return see_other(f"/app/patients/{patient_id}?done={'restricted' if restricted else 'unrestricted'}")
 
 
 async def record_consent(request: web.Request) -> web.StreamResponse:

@@ -23,6 +23,8 @@ def routes(r: web.UrlDispatcher) -> None:
     r.add_post("/app/retention/sweep", sweep)
     r.add_get("/app/audit", audit_page)
     r.add_post("/app/audit/verify", verify_audit)
+    r.add_get("/app/webhooks", webhooks_page)
+    r.add_post("/app/webhooks", save_webhooks)
     r.add_get("/app/staff", staff_page)
     r.add_post("/app/staff", create_staff)
     r.add_post("/app/staff/{staff_id}/disable", disable_staff)
@@ -103,6 +105,20 @@ async def verify_audit(request: web.Request) -> web.StreamResponse:
     await form(request)
     result = await services(request).audit.verify(actor_of(request))
     return await audit_page(request, verification=result)
+
+
+# -- webhooks (admin) -----------------------------------------------------------------------------
+async def webhooks_page(request: web.Request, *, config=None) -> web.StreamResponse:
+    config = config or await services(request).webhooks.config(actor_of(request))
+    return render(request, "webhooks.html", {"config": config})
+
+
+async def save_webhooks(request: web.Request) -> web.StreamResponse:
+    """The endpoint list, one URL a line; the signing secret is shown once, when it is made."""
+    data = await form(request)
+    urls = [line.strip() for line in data.get("urls", "").splitlines() if line.strip()]
+    config = await services(request).webhooks.configure(actor_of(request), urls, rotate_secret=data.get("rotate") == "1")
+    return await webhooks_page(request, config=config)
 
 
 # -- staff (admin) --------------------------------------------------------------------------------

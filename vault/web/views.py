@@ -52,7 +52,8 @@ async def _bind(app: web.Application) -> None:
     rt = app[RUNTIME]
     app[STAFF] = rt.staff
     app[SERVICES] = WebServices(staff=rt.staff, patients=rt.patients, media=rt.media, consents=rt.consents,
-                                releases=rt.releases, lifecycle=rt.lifecycle, audit=rt.audit_reads)
+                                releases=rt.releases, lifecycle=rt.lifecycle, audit=rt.audit_reads,
+                                webhooks=rt.webhooks)
 
 
 def _is_page(request: web.Request) -> bool:
@@ -74,11 +75,15 @@ async def pages(request: web.Request, handler):
     except errors.VaultError as exc:
         if exc.status >= 500:
             raise
-        response = render(request, "error.html", {"status": exc.status, "message": exc.message}, status=exc.status)
+        problems = [f"{e.get('field', '')}: {e.get('problem', '')}".strip(": ")
+                    for e in exc.details.get("errors", []) if isinstance(e, dict)]
+        response = render(request, "error.html", {"status": exc.status, "message": exc.message, "problems": problems},
+                          status=exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = render(request, "error.html", {"status": exc.status, "message": exc.reason}, status=exc.status)
+        response = render(request, "error.html", {"status": exc.status, "message": exc.reason, "problems": []},
+                          status=exc.status)
     response.headers["Content-Security-Policy"] = CSP
     if not request.path.startswith("/static"):
         response.headers.update(NO_STORE)

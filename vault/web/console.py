@@ -139,6 +139,7 @@ async def erase(request: web.Request) -> web.StreamResponse:
     """The confirmation page posts here with a fresh authenticator code."""
     data = await form(request)
     svc, patient_id = services(request), request.match_info["patient_id"]
+    patient = await svc.patients.get(actor_of(request), patient_id)  # another tenant's: 404 before anything
     if data.get("confirm") != "erase":
         raise errors.ValidationFailed("tick the box that confirms the erasure")
     reason = _reason(data)
@@ -146,7 +147,6 @@ async def erase(request: web.Request) -> web.StreamResponse:
         await svc.staff.fresh_step(request.cookies.get(SESSION_COOKIE, ""), data.get("code", ""),
                                    request_id=request[REQUEST_ID])
     except errors.Unauthorized as exc:
-        patient = await svc.patients.get(actor_of(request), patient_id)
         return render(request, "erasure.html", {"patient": patient, "error": exc.message}, status=401)
     signed = await svc.lifecycle.erasure.erase(actor_of(request), patient_id, reason=reason)
     document = signed.model_dump(mode="json")

@@ -47,6 +47,18 @@ async def test_enrolment_link_shows_a_form_and_is_consumed_only_by_completing_it
     assert secret.encode() not in (row.totp_sealed or b"") and row.password_hash.startswith("$argon2id$")
 
 
+async def test_one_login_per_person_per_tenant(client, clinic, other_clinic):
+    from vault.errors import Conflict
+
+    rt = rt_of(client)
+    await rt.staff.create(clinic.slug, "same@clinic.example", "dpo", request_id="t")
+    with pytest.raises(Conflict):
+        await rt.staff.create(clinic.slug, "Same@Clinic.example", "records", request_id="t")
+    await rt.staff.create(other_clinic.slug, "same@clinic.example", "dpo", request_id="t")  # another tenant: its own login
+    with pytest.raises(ValidationFailed):
+        await rt.staff.create(clinic.slug, "other@clinic.example", "superuser", request_id="t")
+
+
 def test_password_policy():
     for bad in ("short", "Q1W2E3R4T5Y6", "qwerty123456", "1qaz2wsx3edc"):
         with pytest.raises(ValidationFailed):

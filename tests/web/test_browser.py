@@ -126,15 +126,23 @@ def test_dpo_console_end_to_end(dpo: Person, patient: str, vault: Vault) -> None
 
 
 def test_retention_and_audit_pages(dpo: Person, vault: Vault) -> None:
+    due = vault.api("POST", "/v1/patients", "practitioner", {"external_ref": "MRN-OLD-" + secrets.token_hex(3)})["id"]
+    vault.api("POST", f"/v1/patients/{due}/treatments", "practitioner", {"name": "Peel", "performed_on": "2010-03-04"})
     page = dpo.page
     page.goto("/app/retention")
-    page.get_by_label("Clock").first.select_option("last_activity")
-    page.get_by_label("Erase after (e.g. P7Y, P24M)").first.fill("P24M")
+    page.get_by_label("Clock").first.select_option("last_treatment")
+    page.get_by_label("Erase after (e.g. P7Y, P24M)").first.fill("P7Y")
     page.get_by_role("button", name="Save the policy").click()
     page.get_by_text("Policy saved").wait_for()
     page.get_by_role("button", name="Run a dry run").click()
     page.get_by_role("heading", name=re.compile(r"^Dry run [0-9a-f]{32}$")).wait_for()
+    page.get_by_role("link", name=f"{due[:8]}…").wait_for()  # listed, with its reason
     dpo.look("retention")
+    page.get_by_label("A current authenticator code").fill(dpo.app.code())
+    page.get_by_role("button", name=re.compile(r"^Erase these \d+ patients$")).click()
+    page.get_by_text(re.compile(r"Swept: [1-9]\d* erased")).wait_for()
+    dpo.look("retention-swept")
+    assert page.goto(f"/app/patients/{due}").status == 410  # the sweep erased the patient it listed
     page.goto("/app/audit")
     page.get_by_label("Staff member or token").fill(dpo.email)
     page.get_by_role("button", name="Filter").click()

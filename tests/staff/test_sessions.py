@@ -207,3 +207,28 @@ async def test_signed_links_bind_to_the_session(client, clinic):
     async with rt.db.session() as session:
         with pytest.raises(Forbidden):
             await signedurls.signer(session, f"staff:{who.staff_id}")
+
+
+async def test_one_time_downloads_need_the_csrf_token(client, clinic):
+    """A cookie-authenticated GET that spends something (the export's one download) must carry
+    the session's CSRF token, so a cross-site <img> or link cannot spend it."""
+    from tests.lifecycle.support import drain
+
+    rt = rt_of(client)
+    who = await enrolled(rt, clinic.slug, "dpo")
+    browser = Browser(client)
+    await browser.log_in(clinic.slug, who)
+    resp = await client.post("/v1/patients", json={"external_ref": "MRN-DL1"}, headers=clinic.auth("dpo"))
+    patient = (await resp.json())["id"]
+    csrf = await browser.csrf_of("/app/")
+    started = await browser.post(f"/v1/patients/{patient}/exports", json={}, headers={"X-CSRF-Token": csrf})
+    assert started.status == 202
+    export = (await started.json())["id"]
+    await drain(rt, "lifecycle.build_export")
+    assert (await browser.get(f"/v1/exports/{export}")).status == 200  # reading progress is safe
+    assert (await browser.get(f"/v1/exports/{export}/download")).status == 403
+    assert (await browser.get(f"/v1/exports/{export}/download", headers={"Origin": "https://evil.example",
+                                                                           "X-CSRF-Token": csrf})).status == 403
+    ok = await browser.get(f"/v1/exports/{export}/download", headers={"X-CSRF-Token": csrf})
+    assert ok.status == 200 and ok.headers["Content-Type"] == "application/zip"
+    await ok.read()

@@ -49,7 +49,7 @@ def clear_cookie(response: web.StreamResponse, name: str) -> None:
     response.del_cookie(name, path="/", secure=True, httponly=True, samesite="Strict")
 
 
-def _origin_ok(request: web.Request, public_url: str | None) -> bool:
+def origin_ok(request: web.Request, public_url: str | None) -> bool:
     """Our own origin only. Browsers send ``Origin`` on every POST (``null`` under some
     referrer policies); then ``Sec-Fetch-Site``, which no page can forge, must say
     ``same-origin``. A request with neither (no browser) is refused too."""
@@ -63,7 +63,7 @@ def _origin_ok(request: web.Request, public_url: str | None) -> bool:
 
 
 async def check_csrf(request: web.Request, expected: str, public_url: str | None) -> None:
-    if not _origin_ok(request, public_url):
+    if not origin_ok(request, public_url):
         raise CsrfRefused()
     given = request.headers.get(CSRF_HEADER)
     if given is None and request.content_type == "application/x-www-form-urlencoded":

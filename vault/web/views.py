@@ -16,13 +16,13 @@ import jinja2
 from aiohttp import web
 
 from vault import errors
-from vault.appkeys import RUNTIME
+from vault.appkeys import RUNTIME, SETTINGS
 from vault.http.context import REQUEST_ID
 from vault.staff.service import LockedOut
 from vault.web import console, tenant_pages
 from vault.web.common import CSP, NO_STORE, SERVICES, WebServices, form, render, see_other, services
 from vault.web.session import (
-    CURRENT, LOGIN_CSRF_COOKIE, PENDING_COOKIE, SESSION_COOKIE, STAFF, CsrfRefused, _origin_ok, clear_cookie,
+    CURRENT, LOGIN_CSRF_COOKIE, PENDING_COOKIE, SESSION_COOKIE, STAFF, CsrfRefused, origin_ok, clear_cookie,
     set_cookie,
 )
 
@@ -103,11 +103,10 @@ async def static(request: web.Request) -> web.Response:
 
 
 # -- login --------------------------------------------------------------------------------------
-def _login_csrf(request: web.Request, response: web.StreamResponse | None = None) -> str:
+def _login_csrf(request: web.Request) -> str:
     """Login CSRF: a random value in a __Host- cookie and in the form (double submit), plus
     the Origin check, so no other site can log a browser in to an account of its choosing."""
-    token = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
-    return token
+    return request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
 
 
 def _with_login_cookie(response: web.StreamResponse, token: str) -> web.StreamResponse:
@@ -118,7 +117,7 @@ def _with_login_cookie(response: web.StreamResponse, token: str) -> web.StreamRe
 def _check_login_csrf(request: web.Request, data: dict[str, str]) -> None:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     given = data.get("csrf_token", "")
-    if not _origin_ok(request, None) or not cookie or not hmac.compare_digest(cookie.encode(), given.encode()):
+    if not origin_ok(request, request.app[SETTINGS].public_url) or not cookie or not hmac.compare_digest(cookie.encode(), given.encode()):
         raise CsrfRefused()
 
 
@@ -165,7 +164,7 @@ async def code(request: web.Request) -> web.StreamResponse:
     if not pending:
         return see_other("/")
     csrf = await request.app[STAFF].pending(pending)
-    if not _origin_ok(request, None) or not hmac.compare_digest(csrf.encode(), data.get("csrf_token", "").encode()):
+    if not origin_ok(request, request.app[SETTINGS].public_url) or not hmac.compare_digest(csrf.encode(), data.get("csrf_token", "").encode()):
         raise CsrfRefused()
     try:
         session_id = await request.app[STAFF].second_factor(pending, data.get("code", ""), request_id=request[REQUEST_ID])

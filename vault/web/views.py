@@ -56,8 +56,14 @@ async def _bind(app: web.Application) -> None:
                                 webhooks=rt.webhooks)
 
 
+def is_page_path(path: str) -> bool:
+    """The web app's paths (HTML pages, their forms, static files), which the OpenAPI
+    document of the API leaves out."""
+    return path == "/" or path.startswith(PAGE_PREFIXES)
+
+
 def _is_page(request: web.Request) -> bool:
-    return request.path == "/" or request.path.startswith(PAGE_PREFIXES)
+    return is_page_path(request.path)
 
 
 @web.middleware

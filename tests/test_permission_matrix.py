@@ -111,6 +111,7 @@ RESOURCES = {"patient_id": _patient, "media_id": _media, "consent_id": _consent,
 BODIES = {
     ("POST", "/v1/patients"): lambda: {"external_ref": "MRN-" + secrets.token_hex(6)},
     ("PATCH", "/v1/patients/{patient_id}"): lambda: {"display_name": "Renamed"},
+    ("POST", "/v1/patients/search"): lambda: {"external_ref": "MRN-" + secrets.token_hex(6)},
     ("POST", "/v1/patients/{patient_id}/treatments"): lambda: {"name": "Filler", "performed_on": "2026-01-02"},
     ("POST", "/v1/patients/{patient_id}/media"): lambda: (_jpeg(), "image/jpeg"),
     ("PATCH", "/v1/media/{media_id}"): lambda: {"phase": "after"},

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Principal:
     tenant_id: str
-    token_id: str
+    token_id: str  # an API token's id, or "staff:<staff id>" for a web session (vault/staff)
     role: str
 
 

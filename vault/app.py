@@ -33,13 +33,15 @@ from vault.runtime import runtime
 from vault.shredding import views as shredding_views
 from vault.treatments import views as treatment_views
 from vault.webhooks import views as webhook_views
+from vault.web import views as web_views
+from vault.web.session import SessionAuth
 
 log = logging.getLogger("vault")
 
 # Every domain's HTTP module, in route-registration order (which is also the order of
 # the OpenAPI document). A new domain joins here with its own ``setup(app)``.
 DOMAINS = (system, patient_views, treatment_views, media_views, audit_views, shredding_views,
-           consent_views, redaction_views, webhook_views, lifecycle_views)
+           consent_views, redaction_views, webhook_views, lifecycle_views, web_views)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -61,8 +63,11 @@ def create_app(settings: Settings) -> web.Application:
         )
 
     # Metrics sit inside request_context: they see each refusal's error code before it becomes JSON.
-    app.middlewares.extend([request_context, make_metrics_middleware(route_template),
-                            authorize_middleware(authenticate, on_denied)])
+    # The web app's pages turn refusals into pages (web_views.pages); a session cookie
+    # resolves to the same Principal as a token (one decision path).
+    app.middlewares.extend([request_context, make_metrics_middleware(route_template), web_views.pages,
+                            authorize_middleware(authenticate, on_denied,
+                                                 authenticate_session=SessionAuth(app, settings.public_url))])
     # First of all startup work: the domains' hooks (appended by their setup below) run
     # after every cleanup context has entered, so the runtime is open when they copy from it.
     app.cleanup_ctx.append(_runtime)

@@ -16,7 +16,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from keys.errors import KeysError
-from vault import cli_backup, cli_keys, cli_ops
+from vault import cli_backup, cli_keys, cli_ops, cli_staff
 from vault.cli_runtime import request_id, require_data, run_with_runtime
 from vault.config import Settings
 from vault.errors import ConfigError, VaultError
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_keys.add_audit_commands(audit)
     cli_keys.add_keys_commands(sub)
     cli_backup.add_commands(sub)
+    cli_staff.add_staff_commands(sub)
 
     perms = sub.add_parser("permissions", help="print the role table as Markdown")
     perms.add_argument("--markdown", action="store_true", help="the whole of docs/permissions.md, not only the table")

@@ -211,6 +211,10 @@ class Settings:
                                         metadata=variable("VAULT_RETENTION_MAX_ERASURES", _integer(minimum=1)))
     # an unread subject-access export is shredded after this
     export_ttl_hours: int = field(default=72, metadata=variable("VAULT_EXPORT_TTL_HOURS", _integer(minimum=1)))
+    # staff web sessions (docs/staff.md): idle and absolute expiry
+    staff_idle_seconds: int = field(default=1800, metadata=variable("VAULT_STAFF_IDLE_SECONDS", _integer(minimum=60)))
+    staff_session_seconds: int = field(default=43200,
+                                       metadata=variable("VAULT_STAFF_SESSION_SECONDS", _integer(minimum=300)))
     # a blob writer's lease, extended every third of it while it writes
     blob_lease_seconds: int = field(default=120, metadata=variable("VAULT_BLOB_LEASE_SECONDS", _integer(minimum=1)))
     # leftovers go this long after their writer's lease expired

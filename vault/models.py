@@ -12,6 +12,7 @@ from vault.media.models import Media, MediaBlob
 from vault.patients.models import Patient
 from vault.redaction.models import Redaction, RedactionApproval, ReleaseHandle, ReleasePolicy  # noqa: F401
 from vault.shredding.models import ShredRecord
+from vault.staff.models import StaffAccount, StaffEnrolment, StaffSession  # noqa: F401
 from vault.tenants.models import ApiToken, Tenant
 from vault.treatments.models import Treatment
 from vault.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookSecret  # noqa: F401

@@ -46,6 +46,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     # patients
     ("POST", "/v1/patients"): frozenset({D, P}),
     ("GET", "/v1/patients"): frozenset({D, P, R}),
+    ("POST", "/v1/patients/search"): frozenset({D, P, R}),  # the GET's twin: the hospital number in the body
     ("GET", "/v1/patients/{patient_id}"): frozenset({D, P, R}),
     ("PATCH", "/v1/patients/{patient_id}"): frozenset({D, P}),
     # treatments and media
@@ -99,6 +100,42 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     # audit
     ("GET", "/v1/audit"): frozenset({D, U}),
     ("GET", "/v1/audit/verify"): frozenset({D, U}),
+    # the staff web app (docs/staff.md): pages and their forms, decided here like the API.
+    # Login, its second factor, enrolment and the static files need no session.
+    ("GET", "/"): PUBLIC,
+    ("POST", "/"): PUBLIC,
+    ("GET", "/login/code"): PUBLIC,
+    ("POST", "/login/code"): PUBLIC,
+    ("GET", "/enrol/{token}"): PUBLIC,
+    ("POST", "/enrol/{token}"): PUBLIC,
+    ("GET", "/static/{name}"): PUBLIC,
+    ("GET", "/app/"): frozenset(ROLES),
+    ("POST", "/app/logout"): frozenset(ROLES),
+    ("GET", "/app/patients"): frozenset({D, P, R}),
+    ("POST", "/app/patients"): frozenset({D, P, R}),
+    ("GET", "/app/patients/{patient_id}"): frozenset({D, P, R}),
+    ("POST", "/app/patients/{patient_id}"): frozenset({D, P}),
+    ("POST", "/app/patients/{patient_id}/legal-hold"): frozenset({D}),
+    ("POST", "/app/patients/{patient_id}/restriction"): frozenset({D}),
+    ("POST", "/app/patients/{patient_id}/consents"): frozenset({D, P}),
+    ("POST", "/app/consents/{consent_id}/withdraw"): frozenset({D, P}),
+    ("GET", "/app/patients/{patient_id}/erasure"): frozenset({D}),
+    ("POST", "/app/patients/{patient_id}/erasure"): frozenset({D}),
+    ("POST", "/app/patients/{patient_id}/exports"): frozenset({D}),
+    ("GET", "/app/exports/{export_id}"): frozenset({D}),
+    ("POST", "/app/exports/{export_id}/download"): frozenset({D}),
+    ("GET", "/app/retention"): frozenset({A, D}),
+    ("POST", "/app/retention"): frozenset({D}),
+    ("POST", "/app/retention/dry-run"): frozenset({D}),
+    ("POST", "/app/retention/sweep"): frozenset({D}),
+    ("GET", "/app/audit"): frozenset({D, U}),
+    ("POST", "/app/audit/verify"): frozenset({D, U}),
+    ("GET", "/app/webhooks"): frozenset({A}),
+    ("POST", "/app/webhooks"): frozenset({A}),
+    ("GET", "/app/staff"): frozenset({A}),
+    ("POST", "/app/staff"): frozenset({A}),
+    ("POST", "/app/staff/{staff_id}/disable"): frozenset({A}),
+    ("POST", "/app/staff/{staff_id}/reset"): frozenset({A}),
 }
 
 
@@ -132,8 +169,14 @@ own/other tenant against this table.
 `admin` configures the tenant and never reads patient data. Tokens are created by
 operators on the command line (`vault token create`), each naming a person or system.
 Routes marked `public` take no role: health, readiness, the OpenAPI document and the
-receipts' public key; `/metrics` (its own token, `VAULT_METRICS_TOKEN`); and signed links,
-whose signature is the authorisation (release thumbnails, video playback).
+receipts' public key; `/metrics` (its own token, `VAULT_METRICS_TOKEN`); signed links,
+whose signature is the authorisation (release thumbnails, video playback); and the web app's
+login, second-factor and enrolment forms and its static files.
+
+People log in to the web app (`/`, pages under `/app/`) with a staff account holding one of
+these roles (docs/staff.md): its session cookie resolves to the same principal as a token,
+so every page and every `/v1` call it makes is decided by this same table, then by tenant
+and ownership, then by the consent gate.
 
 """
 

@@ -37,6 +37,7 @@ from vault.leftovers.leases import WriteLeases
 from vault.sealed import SealedBlobs
 from vault.shredding.receipts import ReceiptService
 from vault.shredding.service import ShredLedger
+from vault.staff.service import StaffService
 from vault.storage.base import BlobStore
 from vault.storage import open_store
 from vault.tenants.service import TenantService
@@ -68,6 +69,7 @@ class Runtime:
     lifecycle: Lifecycle = field(init=False)  # built from the services above
     receipts: ReceiptService = field(init=False)  # answers finality through lifecycle.erasure
     redactions: RedactionService = field(init=False)  # built before the release service, which uses it
+    staff: StaffService = field(init=False)  # the web app's logins (vault/staff)
 
 
 def legacy_root_key_file(settings: Settings) -> Path:
@@ -163,4 +165,6 @@ async def runtime(
         )
         rt.receipts = ReceiptService(keys, rt.lifecycle.erasure)
         rt.redactions = redactions
+        rt.staff = StaffService(db, audit, keys, idle_seconds=settings.staff_idle_seconds,
+                                session_seconds=settings.staff_session_seconds)
         yield rt

@@ -5,7 +5,8 @@ A signature is HMAC-SHA256 over ``v1|purpose|resource|token id|expiry`` under th
 tenant's signed-URL key (:meth:`KeyStore.purpose_hmac`: a long-lived key of this one
 purpose per tenant, held in the key store, the same on every node). It binds what may be fetched (purpose and
 resource, e.g. ``release-thumbnail:education`` and ``<media id>:deidentified``), who
-asked (the token id) and until when. Verifying compares in constant time, and the
+asked (the token id, or ``staff:<id>`` for a web session: then the link works only while
+that person is enabled and has an active session) and until when. Verifying compares in constant time, and the
 caller must still check that the token is live and re-run its own authorisation
 (for release paths: the consent gate) — a signature only says "we issued this".
 
@@ -20,16 +21,20 @@ from __future__ import annotations
 import hmac
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.actor import Principal
 from vault.errors import Forbidden, Gone
+from vault.staff.models import StaffAccount, StaffSession
 from vault.tenants.models import ApiToken
 
+STAFF_PREFIX = "staff:"  # vault.staff.service.actor_id: a link asked for by a web session
+
 INDEX_PURPOSE = "signed-url"
+_STAFF_LINK_IDLE = timedelta(minutes=30)  # the default idle expiry of a web session (VAULT_STAFF_IDLE_SECONDS)
 # Every field is lowercase ASCII without separators or spaces, so fields cannot run together.
 _FIELD = re.compile(r"^[a-z0-9_.:-]{1,200}$")
 SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
@@ -75,9 +80,27 @@ async def verify(keys, tenant_id: str, *, purpose: str, resource: str, params: S
 async def signer(session: AsyncSession, token_id: str) -> Principal:
     """The live token a signed link was issued to; Forbidden when unknown or revoked
     (the same answer for both, so a link reveals nothing about tokens)."""
+    if token_id.startswith(STAFF_PREFIX):
+        return await _staff_signer(session, token_id)
     row = (
         await session.execute(select(ApiToken.tenant_id, ApiToken.role, ApiToken.revoked_at).where(ApiToken.id == token_id))
     ).first()
     if row is None or row.revoked_at is not None:
+        raise Forbidden("the link is not valid")
+    return Principal(tenant_id=row.tenant_id, token_id=token_id, role=row.role)
+
+
+async def _staff_signer(session: AsyncSession, token_id: str) -> Principal:
+    """A link a logged-in person asked for works while that person is enabled and still
+    has an active session (logging out everywhere, or being disabled, ends it)."""
+    from vault.db import utcnow
+
+    staff_id = token_id[len(STAFF_PREFIX):]
+    row = (await session.execute(select(StaffAccount.tenant_id, StaffAccount.role).where(
+        StaffAccount.id == staff_id, StaffAccount.disabled_at.is_(None)))).first()
+    live = (await session.execute(select(StaffSession.id_hash).where(
+        StaffSession.staff_id == staff_id, StaffSession.state == "active",
+        StaffSession.last_seen_at > utcnow() - _STAFF_LINK_IDLE).limit(1))).first()
+    if row is None or live is None:
         raise Forbidden("the link is not valid")
     return Principal(tenant_id=row.tenant_id, token_id=token_id, role=row.role)

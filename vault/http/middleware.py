@@ -122,9 +122,12 @@ async def _error_response(request: web.Request, exc: Exception) -> web.StreamRes
     return json_response(error_body("internal", "internal error"), status=500)
 
 
-def authorize_middleware(authenticate, on_denied):
+def authorize_middleware(authenticate, on_denied, *, authenticate_session=None):
     """Build the auth middleware around ``authenticate(token) -> Principal``;
-    ``on_denied(request, principal, error)`` audits refusals of known principals."""
+    ``on_denied(request, principal, error)`` audits refusals of known principals.
+    ``authenticate_session(request) -> Principal | None`` (the staff web app's cookie,
+    vault/web/session.py; None when the request carries none) is asked when there is no
+    ``Authorization`` header: a logged-in person then takes the same path as a token."""
 
     @web.middleware
     async def authorize(request: web.Request, handler):
@@ -135,10 +138,14 @@ def authorize_middleware(authenticate, on_denied):
         if roles == PUBLIC:
             return await handler(request)
         header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise errors.Unauthorized()
-        principal = await authenticate(token.strip())
+        principal = None
+        if not header and authenticate_session is not None:
+            principal = await authenticate_session(request)
+        if principal is None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise errors.Unauthorized()
+            principal = await authenticate(token.strip())
         request[PRINCIPAL] = principal
         try:
             if roles is None or principal.role not in roles:

@@ -95,6 +95,19 @@ async def list_patients(request: web.Request) -> web.Response:
     return json_response(PatientPage(items=[PatientOut.of(v) for v in items], next_cursor=next_cursor))
 
 
+class PatientSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    external_ref: Ref
+
+
+@routes.post("/v1/patients/search", summary="Find a patient by external_ref, sent in the body (kept out of URLs and logs)",
+             body=PatientSearch, response=PatientPage, errors=(422,))
+async def search_patients(request: web.Request) -> web.Response:
+    body = await read_json(request, PatientSearch, limit=request.app[SETTINGS].max_json_bytes)
+    items = await request.app[PATIENTS].find(actor_of(request), body.external_ref)
+    return json_response(PatientPage(items=[PatientOut.of(v) for v in items], next_cursor=None))
+
+
 @routes.get("/v1/patients/{patient_id}", summary="Read a patient", response=PatientOut, errors=(404, 410))
 async def get_patient(request: web.Request) -> web.Response:
     view = await request.app[PATIENTS].get(actor_of(request), request.match_info["patient_id"])

@@ -164,3 +164,59 @@ async def postgres_vacuum(engine: AsyncEngine, table: sa.Table, *, schema: str) 
     async with engine.connect() as conn:
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await auto.exec_driver_sql(f"VACUUM {quote(schema)}.{quote(table.name)}")
+
+
+class PointReader:
+    """Single-statement reads on hot paths (a key row checked on every media read).
+
+    SQLite: a dedicated synchronous connection, run on the caller's thread — the event
+    loop — so a read costs no thread hop (through aiosqlite each statement is several:
+    cursor, execute, fetch, close, reset). In WAL mode a reader takes no lock that a
+    writer holds, so the read does not wait; the connection is ``query_only`` with a busy
+    timeout of 0, and in the rare case SQLite still answers busy (a WAL reset by a
+    checkpoint), the read goes through the async engine, which may wait. PostgreSQL:
+    the async engine with driver-level autocommit (no BEGIN/COMMIT round trips).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._fallback = reader(engine)
+        self._sync: sa.Engine | None = None
+        if is_sqlite(engine):
+            schema_translate_map = engine.get_execution_options().get("schema_translate_map")
+            self._sync = sa.create_engine(
+                engine.url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0, hide_parameters=True,
+                connect_args={"check_same_thread": False},
+                execution_options={"schema_translate_map": schema_translate_map} if schema_translate_map else {},
+            )
+
+            @sa.event.listens_for(self._sync, "connect")
+            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.isolation_level = None
+                cursor = dbapi_connection.cursor()
+                for pragma in ("PRAGMA query_only=ON", "PRAGMA busy_timeout=0"):
+                    cursor.execute(pragma)
+                cursor.close()
+
+            @sa.event.listens_for(self._sync, "begin")
+            def _on_begin(conn: sa.Connection) -> None:
+                return None  # one statement, its own snapshot: no BEGIN
+
+    async def first(self, statement: sa.Executable) -> sa.Row[Any] | None:
+        if self._sync is not None:
+            try:
+                with self._sync.connect() as conn:
+                    return conn.execute(statement).first()
+            except sa.exc.OperationalError as exc:
+                if not _sqlite_busy(exc):
+                    raise
+        async with self._fallback.connect() as conn:
+            return (await conn.execute(statement)).first()
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.dispose()
+
+
+def _sqlite_busy(exc: sa.exc.OperationalError) -> bool:
+    message = str(exc.orig).lower()
+    return "locked" in message or "busy" in message

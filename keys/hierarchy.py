@@ -85,6 +85,8 @@ class KeyHierarchy:
         self.backup_window = backup_window
         self._writer = engine.execution_options(**db.WRITE)
         self._reader = db.reader(engine)
+        # The key row read on every use of a key: no thread hop on SQLite.
+        self._points = db.PointReader(engine)
         self._root = root
         self._cache = cache
         self._schema = schema
@@ -116,13 +118,11 @@ class KeyHierarchy:
         return None if version is None else int(version)
 
     async def _dek_row(self, tenant_id: str, patient_id: str) -> Any:
-        async with self._reader.connect() as conn:
-            result = await conn.execute(
-                sa.select(patient_deks.c.dek_id, patient_deks.c.kek_version, patient_deks.c.wrapped).where(
-                    patient_deks.c.tenant_id == tenant_id, patient_deks.c.patient_id == patient_id
-                )
+        return await self._points.first(
+            sa.select(patient_deks.c.dek_id, patient_deks.c.kek_version, patient_deks.c.wrapped).where(
+                patient_deks.c.tenant_id == tenant_id, patient_deks.c.patient_id == patient_id
             )
-            return result.first()
+        )
 
     async def _unwrap_dek(
         self, tenant_id: str, patient_id: str, dek_id: str, kek_version: int, wrapped: bytes

@@ -74,6 +74,7 @@ class KeyStore(KekRotation):
 
     async def close(self) -> None:
         self._cache.clear()
+        self._points.close()
         await self._engine.dispose()
 
     async def ensure_tenant(self, tenant_id: str) -> int:
@@ -265,8 +266,7 @@ class KeyStore(KekRotation):
             patient_deks.c.patient_id == object_keys.c.patient_id,
             patient_deks.c.dek_id == object_keys.c.dek_id,
         )
-        async with self._reader.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._points.first(query)
         if row is None:
             self.evict(tenant_id, patient_id, object_id)
             raise KeyDestroyed("object key does not exist")

@@ -147,20 +147,38 @@ async def patch_media(request: web.Request) -> web.Response:
 
 
 def _private(response: web.StreamResponse, etag: str) -> None:
-    response.headers["Cache-Control"] = "private, no-store"
+    # A records system may keep the bytes, but must revalidate (If-None-Match) before
+    # every use: a 304 is answered only after every check a 200 would pass, and audited.
+    response.headers["Cache-Control"] = "private, no-cache"
     response.headers["ETag"] = etag
     response.headers["X-Content-Type-Options"] = "nosniff"
 
 
-@routes.get("/v1/media/{media_id}/content", summary="The stripped original (Range and HEAD supported)", response_media="application/octet-stream", errors=(404, 409, 410, 416))
+def if_none_match(request: web.Request) -> tuple[str, ...] | None:
+    """The entity tags of ``If-None-Match`` (weak or strong alike), ``"*"`` for any."""
+    tags = request.if_none_match
+    return None if tags is None else tuple(tag.value for tag in tags)
+
+
+def not_modified(etag: str) -> web.Response:
+    response = web.Response(status=304)
+    _private(response, etag)
+    return response
+
+
+@routes.get("/v1/media/{media_id}/content", summary="The stripped original (Range, HEAD and If-None-Match supported)", response_media="application/octet-stream", errors=(404, 409, 410, 416))
 async def media_content(request: web.Request) -> web.StreamResponse:
     service = request.app[MEDIA]
-    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=ORIGINAL, action="media.content")
+    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=ORIGINAL, action="media.content",
+                                    if_none_match=if_none_match(request))
     return await _serve(request, service, content)
 
 
 async def _serve(request: web.Request, service: MediaService, content: Content) -> web.StreamResponse:
-    """Stream a rendition, or the byte range asked for, decrypting only the segments it touches."""
+    """Stream a rendition, or the byte range asked for, decrypting only the segments it
+    touches; 304 when the client's tag matched (before Range, RFC 9110 §13.2.2)."""
+    if content.not_modified:
+        return not_modified(content.etag)
     size = content.ref.plain_size
     wanted = parse_range(request.headers.get("Range"), size)
     start, end = wanted or (0, size)
@@ -197,15 +215,19 @@ async def playback(request: web.Request) -> web.StreamResponse:
     roles = allowed(*CONTENT_ROUTE)  # the token's role may have changed since the link was made
     if not isinstance(roles, frozenset) or actor.role not in roles:
         raise Forbidden("the link is not valid")
-    content = await service.content(actor, request.match_info["media_id"], rendition=ORIGINAL, action="media.playback")
+    content = await service.content(actor, request.match_info["media_id"], rendition=ORIGINAL, action="media.playback",
+                                    if_none_match=if_none_match(request))
     return await _serve(request, service, content)
 
 
-@routes.get("/v1/media/{media_id}/thumbnail", summary="A JPEG thumbnail, 256 or 1024 px", query=ThumbnailQuery, response_media="image/jpeg", errors=(404, 409, 410, 422))
+@routes.get("/v1/media/{media_id}/thumbnail", summary="A JPEG thumbnail, 256 or 1024 px (If-None-Match supported)", query=ThumbnailQuery, response_media="image/jpeg", errors=(404, 409, 410, 422))
 async def media_thumbnail(request: web.Request) -> web.Response:
     q = parse_query(request, ThumbnailQuery)
     service = request.app[MEDIA]
-    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=THUMBNAILS[int(q.size)], action="media.thumbnail")
+    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=THUMBNAILS[int(q.size)],
+                                    action="media.thumbnail", if_none_match=if_none_match(request))
+    if content.not_modified:
+        return not_modified(content.etag)
     body = await service.read_all(content)
     response = web.Response(body=body, content_type="image/jpeg")
     _private(response, content.etag)

@@ -90,9 +90,11 @@ class Database:
         async with self._read() as session, session.begin():
             yield session
 
-    async def first(self, statement: Executable) -> Row[Any] | None:
-        """The first row of one SELECT, in no transaction of its own (hot read paths)."""
-        return await self._points.first(statement)
+    async def first(self, statement: Executable, params: dict[str, Any] | None = None) -> Row[Any] | None:
+        """The first row of one SELECT, in no transaction of its own (hot read paths);
+        build ``statement`` once, with ``bindparam``s."""
+        row: Row[Any] | None = await self._points.first(statement, params)
+        return row
 
     async def checkpoint(self, *, wait_ms: int = 100) -> bool:
         """SQLite: fold the WAL into the main file and truncate it, waiting at most

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field as dataclass_field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.db.tenancy import owned
@@ -50,6 +50,15 @@ from vault.treatments.service import TreatmentService
 
 PLAYBACK = "media-playback"
 PLAYBACK_LINK_LIFETIME = timedelta(minutes=10)
+
+
+# Built once (the read path's one query): no statement construction per request.
+_READY_RENDITION = (
+    select(Media.status, Media.patient_id, Patient.status.label("patient_status"), MediaBlob.id, MediaBlob.mime, MediaBlob.plain_size)
+    .join(Patient, Patient.id == Media.patient_id)
+    .outerjoin(MediaBlob, (MediaBlob.media_id == Media.id) & (MediaBlob.rendition == bindparam("rendition")))
+    .where(Media.id == bindparam("media_id"), Media.tenant_id == bindparam("tenant_id"))
+)
 
 
 def sealed_ref(blob: MediaBlob) -> SealedRef:
@@ -288,13 +297,7 @@ class MediaService:
     async def _ready_rendition(self, actor: Actor, media_id: str, rendition: str) -> ReadyRendition:
         """One query, in no transaction of its own: the media of the actor's tenant, its
         patient's status and the rendition's blob row; cached once ready."""
-        query = (
-            select(Media.status, Media.patient_id, Patient.status.label("patient_status"), MediaBlob.id, MediaBlob.mime, MediaBlob.plain_size)
-            .join(Patient, Patient.id == Media.patient_id)
-            .outerjoin(MediaBlob, (MediaBlob.media_id == Media.id) & (MediaBlob.rendition == rendition))
-            .where(Media.id == media_id, Media.tenant_id == actor.tenant_id)
-        )
-        row = await self.db.first(query)
+        row = await self.db.first(_READY_RENDITION, {"media_id": media_id, "tenant_id": actor.tenant_id, "rendition": rendition})
         if row is None:
             raise NotFound("no such media")
         if row.patient_status == ERASED:

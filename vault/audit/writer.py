@@ -33,6 +33,10 @@ from vault.db.engine import install_sqlite_pragmas
 
 _heads = AuditHead.__table__
 _entries = AuditEntry.__table__
+_HEAD = sa.select(_heads.c.tenant_id, _heads.c.seq, _heads.c.hash).where(_heads.c.tenant_id == sa.bindparam("t"))
+_HEAD_LOCKED = _HEAD.with_for_update()
+_SET_HEAD = _heads.update().where(_heads.c.tenant_id == sa.bindparam("t")).values(
+    seq=sa.bindparam("s"), hash=sa.bindparam("h"), updated_at=sa.bindparam("u", type_=_heads.c.updated_at.type))
 
 
 class Event(Protocol):
@@ -75,21 +79,20 @@ def write_batch(conn: Connection, events: Sequence[Event]) -> None:
     """Append ``events`` in the connection's open transaction (sync Core: runs in the
     SQLite writer thread, or through ``run_sync`` on PostgreSQL)."""
     tenants = sorted({e.tenant_id for e in events})
-    query = sa.select(_heads.c.tenant_id, _heads.c.seq, _heads.c.hash).where(_heads.c.tenant_id.in_(tenants))
-    if conn.dialect.name != "sqlite":  # BEGIN IMMEDIATE already holds SQLite's one write lock
-        query = query.order_by(_heads.c.tenant_id).with_for_update()
-    heads = {row.tenant_id: (row.seq, row.hash) for row in conn.execute(query)}
+    lock = conn.dialect.name != "sqlite"  # BEGIN IMMEDIATE already holds SQLite's one write lock
+    if len(tenants) == 1:  # the usual batch: no expanding IN to render per execution
+        rows = conn.execute(_HEAD_LOCKED if lock else _HEAD, {"t": tenants[0]})
+    else:
+        query = sa.select(_heads.c.tenant_id, _heads.c.seq, _heads.c.hash).where(_heads.c.tenant_id.in_(tenants))
+        rows = conn.execute(query.order_by(_heads.c.tenant_id).with_for_update() if lock else query)
+    heads = {row.tenant_id: (row.seq, row.hash) for row in rows}
     missing = [t for t in tenants if t not in heads]
     if missing:
         raise LookupError(f"{len(missing)} tenant(s) without an audit head")
     now = utcnow()
     rows, new_heads = build_rows(events, heads, now)
     conn.execute(_entries.insert(), rows)
-    conn.execute(
-        _heads.update().where(_heads.c.tenant_id == sa.bindparam("t")).values(
-            seq=sa.bindparam("s"), hash=sa.bindparam("h"), updated_at=sa.bindparam("u", type_=_heads.c.updated_at.type)),
-        [{"t": t, "s": s, "h": h, "u": now} for t, (s, h) in sorted(new_heads.items())],
-    )
+    conn.execute(_SET_HEAD, [{"t": t, "s": s, "h": h, "u": now} for t, (s, h) in sorted(new_heads.items())])
 
 
 class BatchWriter(Protocol):

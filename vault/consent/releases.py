@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
@@ -38,6 +38,7 @@ from vault.errors import ConsentRequired, Forbidden, Gone, NotFound
 from vault.media import recheck
 from vault.media.models import ORIGINAL, READY, THUMB_256, Media, MediaBlob
 from vault.media.processing import PhotoPipeline
+from vault.media.reads import etag_of, none_match
 from vault.media.service import sealed_ref
 from vault.patients.models import ACTIVE, Patient
 from vault.patients.service import PatientService
@@ -49,6 +50,14 @@ REDACTION_MARGIN = 0.4  # of each face box's width/height, on every side
 _SCAN_BATCH = 200
 _SCAN_BUDGET = 2000  # candidate rows one listing request may examine
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic", "video/mp4": "mp4"}
+
+
+@dataclass(frozen=True)
+class ReleaseThumbnail:
+    """A signed thumbnail to send: ``data`` is None when the client's tag still matches (304)."""
+
+    data: bytes | None
+    etag: str
 
 
 def thumbnail_purpose(purpose: str) -> str:
@@ -176,9 +185,11 @@ class ReleaseService:
 
     # -- the signed thumbnail ------------------------------------------------------------
     async def thumbnail(self, *, media_id: str, purpose: str, rendition: str, params: signedurls.SignedParams,
-                        request_id: str) -> bytes:
+                        request_id: str, if_none_match: Iterable[str] | None = None) -> ReleaseThumbnail:
         """The 256 px thumbnail of the rendition that would be released. The signature is
-        the authorisation; the token must still be live and the gate must still agree."""
+        the authorisation; the token must still be live and the gate must still agree.
+        A client holding its tag (``if_none_match``) gets ``data=None`` (a 304) only after
+        the same checks, the key row and the audit entry."""
         now = utcnow()
         async with self.db.session() as session:
             principal = await signedurls.signer(session, params.token_id)
@@ -193,12 +204,22 @@ class ReleaseService:
             blob = await self._blob(session, media.id, THUMB_256) if decision.rendition == rendition else None
         if blob is None:
             await self._denied(actor, media, "release.thumbnail", decision)
-        data = await self.sealed.read(sealed_ref(blob))
-        if rendition == gate.DEIDENTIFIED:
-            data = await self._redacted_thumbnail(data, media)
-        await self.audit.record(AuditEvent.of(actor, "release.thumbnail", patient_id=media.patient_id, media_id=media.id,
-                                              purpose=purpose, rendition=rendition))
-        return data
+        ref = sealed_ref(blob)
+        key = await self.sealed.open_key(ref)  # 410 once shredded, for a 304 as for a 200
+        # The bytes depend on the stored thumbnail and, redacted, on the boxes and margin.
+        parts = (blob.id, rendition) if rendition != gate.DEIDENTIFIED else (
+            blob.id, rendition, repr(json_boxes(media)), str(media.width), str(media.height), str(REDACTION_MARGIN))
+        etag = etag_of(*parts)
+        unchanged = none_match(etag, if_none_match)
+        data = None
+        if not unchanged:
+            data = await self.sealed.read(ref, key=key)
+            if rendition == gate.DEIDENTIFIED:
+                data = await self._redacted_thumbnail(data, media)
+        await self.audit.record(AuditEvent.of(actor, "release.thumbnail", outcome="not_modified" if unchanged else "ok",
+                                              patient_id=media.patient_id, media_id=media.id, purpose=purpose,
+                                              rendition=rendition))
+        return ReleaseThumbnail(data=data, etag=etag)
 
     async def _denied(self, actor: Actor, media: Media, action: str, decision: gate.Decision) -> NoReturn:
         reason = decision.reason if not decision.allowed else "rendition_changed"

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from vault.appkeys import RUNTIME, SETTINGS, UPLOAD_LIMITS
 from vault.errors import Forbidden, UnsupportedMedia, ValidationFailed
+from vault.http.conditional import if_none_match, not_modified, private
 from vault.http.context import REQUEST_ID, actor_of
 from vault.http.jsonio import json_response, parse_query, read_json
 from vault.http.ranges import parse_range
@@ -146,26 +147,6 @@ async def patch_media(request: web.Request) -> web.Response:
     return json_response(view)
 
 
-def _private(response: web.StreamResponse, etag: str) -> None:
-    # A records system may keep the bytes, but must revalidate (If-None-Match) before
-    # every use: a 304 is answered only after every check a 200 would pass, and audited.
-    response.headers["Cache-Control"] = "private, no-cache"
-    response.headers["ETag"] = etag
-    response.headers["X-Content-Type-Options"] = "nosniff"
-
-
-def if_none_match(request: web.Request) -> tuple[str, ...] | None:
-    """The entity tags of ``If-None-Match`` (weak or strong alike), ``"*"`` for any."""
-    tags = request.if_none_match
-    return None if tags is None else tuple(tag.value for tag in tags)
-
-
-def not_modified(etag: str) -> web.Response:
-    response = web.Response(status=304)
-    _private(response, etag)
-    return response
-
-
 @routes.get("/v1/media/{media_id}/content", summary="The stripped original (Range, HEAD and If-None-Match supported)", response_media="application/octet-stream", errors=(404, 409, 410, 416))
 async def media_content(request: web.Request) -> web.StreamResponse:
     service = request.app[MEDIA]
@@ -189,7 +170,7 @@ async def _serve(request: web.Request, service: MediaService, content: Content) 
     response.headers["Content-Disposition"] = f'inline; filename="{request.match_info["media_id"]}.{EXTENSIONS.get(content.mime, "bin")}"'
     if wanted:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    _private(response, content.etag)
+    private(response, content.etag)
     # Unwrap the key before the status line goes out: a key destroyed meanwhile is a
     # clean 410, not a dropped connection.
     pieces = await service.stream(content, start, end) if request.method != "HEAD" and end > start else None
@@ -230,5 +211,5 @@ async def media_thumbnail(request: web.Request) -> web.Response:
         return not_modified(content.etag)
     body = await service.read_all(content)
     response = web.Response(body=body, content_type="image/jpeg")
-    _private(response, content.etag)
+    private(response, content.etag)
     return response

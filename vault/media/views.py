@@ -24,7 +24,6 @@ from vault.media.service import Content, MediaService
 from vault.media.upload import PHOTO_TYPES, VIDEO_TYPES, check_matches, open_upload
 from vault.permissions import allowed
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
-from vault.pipeline.video import looks_like_video
 
 routes = Endpoints("media")
 MEDIA = web.AppKey("media", MediaService)
@@ -69,6 +68,14 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+def _looks_like_video(head: bytes) -> str | None:
+    # Imported on first use: vault.pipeline.video pulls in PyAV, which the server process
+    # needs only if a video's first bytes are not plain ftyp (start-up memory, issue 15).
+    from vault.pipeline.video import looks_like_video
+
+    return looks_like_video(head)
+
+
 def setup(app: web.Application) -> None:
     """Register the media routes; set :data:`MEDIA` once the runtime is open."""
     add_endpoints(app, routes)
@@ -101,7 +108,7 @@ async def upload_media(request: web.Request) -> web.Response:
         stream = await open_upload(request, photo_limit=settings.max_photo_bytes, video_limit=settings.max_video_bytes,
                                    body_timeout=settings.http_body_timeout)
         head = await stream.head(SNIFF_BYTES)
-        sniffed = sniff(head) or looks_like_video(head)  # old QuickTime files start without ftyp
+        sniffed = sniff(head) or _looks_like_video(head)  # old QuickTime files start without ftyp
         if sniffed is None:
             raise UnsupportedMedia("not a supported photo or video type", details={"accepted": sorted(PHOTO_TYPES | VIDEO_TYPES)})
         check_matches(stream.declared, sniffed)

@@ -16,7 +16,7 @@ import collections
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -233,11 +233,12 @@ class PointReader:
             columns = list(getattr(statement, "selected_columns", ()))
             if columns and all(isinstance(c.type, _PLAIN_TYPES) for c in columns):
                 assert self._sync is not None
-                compiled = statement.compile(dialect=self._sync.dialect, schema_translate_map=self._translate)
+                compiled = cast(sa.ClauseElement, statement).compile(dialect=self._sync.dialect,
+                                                                    schema_translate_map=self._translate)
                 sql = compiled.string
                 for schema, target in (self._translate or {}).items():  # what execution would render
                     sql = sql.replace(f"__[SCHEMA_{schema}].", "" if target is None else f'"{target}".')
-                names = tuple(compiled.positiontup or ())
+                names = tuple(getattr(compiled, "positiontup", None) or ())  # SQLCompiler: qmark order
                 row_type = collections.namedtuple("PointRow", [c.key for c in columns], rename=True)  # type: ignore[misc]
                 entry = (statement, sql, names, row_type)  # the statement is kept alive: id() stays its
             self._compiled[key] = entry

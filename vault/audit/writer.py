@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
@@ -31,32 +31,25 @@ from vault.audit.models import AuditEntry, AuditHead
 from vault.db import Database, utcnow
 from vault.db.engine import install_sqlite_pragmas
 
-_heads = AuditHead.__table__
-_entries = AuditEntry.__table__
+if TYPE_CHECKING:
+    from vault.audit.service import AuditEvent
+
+_heads = cast(sa.Table, AuditHead.__table__)
+_entries = cast(sa.Table, AuditEntry.__table__)
 _HEAD = sa.select(_heads.c.tenant_id, _heads.c.seq, _heads.c.hash).where(_heads.c.tenant_id == sa.bindparam("t"))
 _HEAD_LOCKED = _HEAD.with_for_update()
 _SET_HEAD = _heads.update().where(_heads.c.tenant_id == sa.bindparam("t")).values(
     seq=sa.bindparam("s"), hash=sa.bindparam("h"), updated_at=sa.bindparam("u", type_=_heads.c.updated_at.type))
 
 
-class Event(Protocol):
-    tenant_id: str
-    actor: str
-    role: str
-    action: str
-    request_id: str
-    outcome: str
-    targets: dict[str, str]
-
-
-def build_rows(events: Sequence[Event], heads: dict[str, tuple[int, str]], now: datetime) -> tuple[list[dict[str, Any]], dict[str, tuple[int, str]]]:
+def build_rows(events: Sequence[AuditEvent], heads: dict[str, tuple[int, str]], now: datetime) -> tuple[list[dict[str, Any]], dict[str, tuple[int, str]]]:
     """Chain ``events`` onto ``heads`` (tenant -> (seq, hash)); returns the entry rows
     and the new heads. Pure: the caller holds the head locks."""
     from vault.audit.service import canonical, chain_hash
 
     rows: list[dict[str, Any]] = []
     new_heads = dict(heads)
-    by_tenant: dict[str, list[Event]] = defaultdict(list)
+    by_tenant: dict[str, list[AuditEvent]] = defaultdict(list)
     for event in events:
         by_tenant[event.tenant_id].append(event)
     for tenant_id in sorted(by_tenant):
@@ -75,7 +68,7 @@ def build_rows(events: Sequence[Event], heads: dict[str, tuple[int, str]], now: 
     return rows, new_heads
 
 
-def write_batch(conn: Connection, events: Sequence[Event]) -> None:
+def write_batch(conn: Connection, events: Sequence[AuditEvent]) -> None:
     """Append ``events`` in the connection's open transaction (sync Core: runs in the
     SQLite writer thread, or through ``run_sync`` on PostgreSQL)."""
     tenants = sorted({e.tenant_id for e in events})
@@ -90,13 +83,13 @@ def write_batch(conn: Connection, events: Sequence[Event]) -> None:
     if missing:
         raise LookupError(f"{len(missing)} tenant(s) without an audit head")
     now = utcnow()
-    rows, new_heads = build_rows(events, heads, now)
-    conn.execute(_entries.insert(), rows)
+    entries, new_heads = build_rows(events, heads, now)
+    conn.execute(_entries.insert(), entries)
     conn.execute(_SET_HEAD, [{"t": t, "s": s, "h": h, "u": now} for t, (s, h) in sorted(new_heads.items())])
 
 
 class BatchWriter(Protocol):
-    async def write(self, events: Sequence[Event]) -> None: ...
+    async def write(self, events: Sequence[AuditEvent]) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -109,11 +102,11 @@ class SqliteBatchWriter:
         install_sqlite_pragmas(self._engine, immediate=True)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
 
-    def _write(self, events: Sequence[Event]) -> None:
+    def _write(self, events: Sequence[AuditEvent]) -> None:
         with self._engine.begin() as conn:
             write_batch(conn, events)
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[AuditEvent]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._write, events)
 
     async def close(self) -> None:
@@ -127,7 +120,7 @@ class PostgresBatchWriter:
     def __init__(self, url: str) -> None:
         self._engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True, hide_parameters=True)
 
-    async def write(self, events: Sequence[Event]) -> None:
+    async def write(self, events: Sequence[AuditEvent]) -> None:
         async with self._engine.begin() as conn:
             await conn.run_sync(write_batch, events)
 

@@ -85,6 +85,10 @@ def create_engine(url: str | sa.URL, *, schema: str = SCHEMA, **engine_kw: Any) 
         return engine
     engine_kw.setdefault("pool_pre_ping", True)
     engine_kw.setdefault("hide_parameters", True)
+    # Every media read checks its key row: at 16 concurrent reads SQLAlchemy's default pool
+    # (5 + 10 overflow) opened and closed a connection for nearly every read.
+    engine_kw.setdefault("pool_size", 16)
+    engine_kw.setdefault("max_overflow", 16)
     return create_async_engine(
         parsed,
         execution_options={"schema_translate_map": {SCHEMA: schema}},

@@ -12,9 +12,11 @@ DELETE a shred; the WAL checkpoint after it removes the old page images.
 
 from __future__ import annotations
 
+import collections
 import os
+import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -83,6 +85,10 @@ def create_engine(url: str | sa.URL, *, schema: str = SCHEMA, **engine_kw: Any) 
         return engine
     engine_kw.setdefault("pool_pre_ping", True)
     engine_kw.setdefault("hide_parameters", True)
+    # Every media read checks its key row: at 16 concurrent reads SQLAlchemy's default pool
+    # (5 + 10 overflow) opened and closed a connection for nearly every read.
+    engine_kw.setdefault("pool_size", 16)
+    engine_kw.setdefault("max_overflow", 16)
     return create_async_engine(
         parsed,
         execution_options={"schema_translate_map": {SCHEMA: schema}},
@@ -164,3 +170,107 @@ async def postgres_vacuum(engine: AsyncEngine, table: sa.Table, *, schema: str) 
     async with engine.connect() as conn:
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
         await auto.exec_driver_sql(f"VACUUM {quote(schema)}.{quote(table.name)}")
+
+
+class PointReader:
+    """Single-statement reads on hot paths (a key row checked on every media read).
+
+    SQLite: a dedicated synchronous connection, run on the caller's thread — the event
+    loop — so a read costs no thread hop (through aiosqlite each statement is several:
+    cursor, execute, fetch, close, reset). In WAL mode a reader takes no lock that a
+    writer holds, so the read does not wait; the connection is ``query_only`` with a busy
+    timeout of 0, and in the rare case SQLite still answers busy (a WAL reset by a
+    checkpoint), the read goes through the async engine, which may wait. A statement
+    whose columns need no type conversion (strings, integers, bytes) is compiled once and
+    run on the DBAPI connection directly. PostgreSQL: the async engine with driver-level
+    autocommit (no BEGIN/COMMIT round trips).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._fallback = reader(engine)
+        self._sync: sa.Engine | None = None
+        self._raw: Any = None
+        self._compiled: dict[int, tuple[sa.Executable, str, tuple[str, ...], Any] | None] = {}
+        if is_sqlite(engine):
+            self._translate = engine.get_execution_options().get("schema_translate_map")
+            self._sync = sa.create_engine(
+                engine.url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0, hide_parameters=True,
+                connect_args={"check_same_thread": False},
+                execution_options={"schema_translate_map": self._translate} if self._translate else {},
+            )
+
+            @sa.event.listens_for(self._sync, "connect")
+            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.isolation_level = None
+                cursor = dbapi_connection.cursor()
+                for pragma in ("PRAGMA query_only=ON", "PRAGMA busy_timeout=0"):
+                    cursor.execute(pragma)
+                cursor.close()
+
+            @sa.event.listens_for(self._sync, "begin")
+            def _on_begin(conn: sa.Connection) -> None:
+                return None  # one statement, its own snapshot: no BEGIN
+
+    async def first(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Any:
+        """The first row of ``statement``, or None. With ``params``, ``statement`` must be
+        built once (module level, with ``bindparam``s): it is then compiled once."""
+        if self._sync is not None:
+            try:
+                plain = self._plain(statement) if params is not None else None  # built once: compile once
+                if plain is not None and params is not None:
+                    return self._first_plain(plain, params or {})
+                with self._sync.connect() as conn:
+                    return conn.execute(statement, params).first()
+            except sa.exc.OperationalError as exc:
+                if not _sqlite_busy(exc):
+                    raise
+            except sqlite3.OperationalError as exc:
+                if not _sqlite_busy(exc):
+                    raise
+        async with self._fallback.connect() as conn:
+            return (await conn.execute(statement, params)).first()
+
+    def _plain(self, statement: sa.Executable) -> tuple[sa.Executable, str, tuple[str, ...], Any] | None:
+        key = id(statement)
+        if key not in self._compiled:
+            entry = None
+            columns = list(getattr(statement, "selected_columns", ()))
+            if columns and all(isinstance(c.type, _PLAIN_TYPES) for c in columns):
+                assert self._sync is not None
+                compiled = cast(sa.ClauseElement, statement).compile(dialect=self._sync.dialect,
+                                                                    schema_translate_map=self._translate)
+                sql = compiled.string
+                for schema, target in (self._translate or {}).items():  # what execution would render
+                    sql = sql.replace(f"__[SCHEMA_{schema}].", "" if target is None else f'"{target}".')
+                names = tuple(getattr(compiled, "positiontup", None) or ())  # SQLCompiler: qmark order
+                row_type = collections.namedtuple("PointRow", [c.key for c in columns], rename=True)  # type: ignore[misc]
+                entry = (statement, sql, names, row_type)  # the statement is kept alive: id() stays its
+            self._compiled[key] = entry
+        return self._compiled[key]
+
+    def _first_plain(self, plain: tuple[sa.Executable, str, tuple[str, ...], Any], params: dict[str, Any]) -> Any:
+        _, sql, names, row_type = plain
+        if self._raw is None:
+            assert self._sync is not None
+            self._raw = self._sync.raw_connection()
+        cursor = self._raw.driver_connection.execute(sql, tuple(params[name] for name in names))  # KeyError: a missing bindparam
+        try:
+            row = cursor.fetchone()
+        finally:
+            cursor.close()  # resets the statement: no read snapshot is left open
+        return None if row is None else row_type(*row)
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+        if self._sync is not None:
+            self._sync.dispose()
+
+
+_PLAIN_TYPES = (sa.String, sa.Integer, sa.LargeBinary)
+
+
+def _sqlite_busy(exc: Exception) -> bool:
+    message = str(getattr(exc, "orig", exc)).lower()
+    return "locked" in message or "busy" in message

@@ -83,6 +83,10 @@ def aware(value: datetime | None) -> datetime | None:
     return value
 
 
+_DEK_ROW = sa.select(patient_deks.c.dek_id, patient_deks.c.kek_version, patient_deks.c.wrapped).where(
+    patient_deks.c.tenant_id == sa.bindparam("t"), patient_deks.c.patient_id == sa.bindparam("p"))
+
+
 class KeyHierarchy:
     def __init__(
         self, engine: AsyncEngine, root: RootKeyProvider, *, cache: KeyCache, schema: str,
@@ -93,6 +97,8 @@ class KeyHierarchy:
         self.backup_window = backup_window
         self._writer = engine.execution_options(**db.WRITE)
         self._reader = db.reader(engine)
+        # The key row read on every use of a key: no thread hop on SQLite.
+        self._points = db.PointReader(engine)
         self._root = root
         self._cache = cache
         self._schema = schema
@@ -124,13 +130,7 @@ class KeyHierarchy:
         return None if version is None else int(version)
 
     async def _dek_row(self, tenant_id: str, patient_id: str) -> Any:
-        async with self._reader.connect() as conn:
-            result = await conn.execute(
-                sa.select(patient_deks.c.dek_id, patient_deks.c.kek_version, patient_deks.c.wrapped).where(
-                    patient_deks.c.tenant_id == tenant_id, patient_deks.c.patient_id == patient_id
-                )
-            )
-            return result.first()
+        return await self._points.first(_DEK_ROW, {"t": tenant_id, "p": patient_id})
 
     async def _unwrap_dek(
         self, tenant_id: str, patient_id: str, dek_id: str, kek_version: int, wrapped: bytes

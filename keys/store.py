@@ -45,6 +45,21 @@ __all__ = ["ErasureSchedule", "KekVersion", "KeyStore", "holds_keys", "ObjectKey
            "RootVersion", "normalise_for_index"]
 
 _ID_CHUNK = 500
+# Built once: the hot path (every media read) skips statement construction and its cache key.
+_OBJECT_KEY_ROW = sa.select(
+    object_keys.c.key_id,
+    object_keys.c.wrapped,
+    patient_deks.c.dek_id,
+    patient_deks.c.kek_version,
+    patient_deks.c.wrapped.label("dek_wrapped"),
+).where(
+    object_keys.c.tenant_id == sa.bindparam("t"),
+    object_keys.c.patient_id == sa.bindparam("p"),
+    object_keys.c.object_id == sa.bindparam("o"),
+    patient_deks.c.tenant_id == object_keys.c.tenant_id,
+    patient_deks.c.patient_id == object_keys.c.patient_id,
+    patient_deks.c.dek_id == object_keys.c.dek_id,
+)
 _SIGNING_KEY = "ed25519"
 _SIGNING_CONTEXT = signing_context(_SIGNING_KEY)
 
@@ -78,6 +93,7 @@ class KeyStore(KekRotation):
 
     async def close(self) -> None:
         self._cache.clear()
+        self._points.close()
         await self._engine.dispose()
 
     async def ensure_tenant(self, tenant_id: str) -> int:
@@ -259,22 +275,7 @@ class KeyStore(KekRotation):
         return key
 
     async def object_key(self, tenant_id: str, patient_id: str, object_id: str) -> ObjectKey:
-        query = sa.select(
-            object_keys.c.key_id,
-            object_keys.c.wrapped,
-            patient_deks.c.dek_id,
-            patient_deks.c.kek_version,
-            patient_deks.c.wrapped.label("dek_wrapped"),
-        ).where(
-            object_keys.c.tenant_id == tenant_id,
-            object_keys.c.patient_id == patient_id,
-            object_keys.c.object_id == object_id,
-            patient_deks.c.tenant_id == object_keys.c.tenant_id,
-            patient_deks.c.patient_id == object_keys.c.patient_id,
-            patient_deks.c.dek_id == object_keys.c.dek_id,
-        )
-        async with self._reader.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._points.first(_OBJECT_KEY_ROW, {"t": tenant_id, "p": patient_id, "o": object_id})
         if row is None:
             self.evict(tenant_id, patient_id, object_id)
             raise KeyDestroyed("object key does not exist")

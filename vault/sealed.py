@@ -91,13 +91,20 @@ class SealedBlobs:
         except (KeyDestroyed, KeyNotFound):
             raise Gone("the data has been erased") from None
 
-    async def read(self, ref: SealedRef) -> bytes:
-        key = await self._key(ref)
+    async def open_key(self, ref: SealedRef) -> bytes:
+        """The blob's object key, after reading its key row (410 when it was shredded).
+        A caller that checks before it answers (a 304, a status line) passes it on to
+        :meth:`read` or :meth:`stream`, so one read checks the row once."""
+        return await self._key(ref)
+
+    async def read(self, ref: SealedRef, *, key: bytes | None = None) -> bytes:
+        key = await self._key(ref) if key is None else key
         return decrypt_bytes(key, ref.binding, await self.store.read(ref.id))
 
-    async def stream(self, ref: SealedRef, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def stream(self, ref: SealedRef, start: int = 0, end: int | None = None, *,
+                     key: bytes | None = None) -> AsyncIterator[bytes]:
         """Plaintext ``[start, end)``; reads and decrypts only the segments it touches."""
-        key = await self._key(ref)
+        key = await self._key(ref) if key is None else key
         end = ref.plain_size if end is None else end
 
         async def fetch(cstart: int, cend: int) -> bytes:

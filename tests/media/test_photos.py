@@ -59,7 +59,7 @@ async def test_upload_strips_metadata_keeps_pixels_and_orientation(client, clini
 
     resp = await client.get(f"/v1/media/{media['id']}/content", headers=clinic.auth("records"))
     assert resp.status == 200
-    assert resp.headers["Cache-Control"] == "private, no-store"
+    assert resp.headers["Cache-Control"] == "private, no-cache"
     stored = await resp.read()
     assert identifying_tags(exiftool.tags(stored)) == []
     assert planted_markers(stored) == []

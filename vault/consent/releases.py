@@ -15,7 +15,7 @@ whose result is re-checked here as a bare JPEG of the expected size).
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
@@ -36,6 +36,7 @@ from vault.db import Database, new_id, utcnow
 from vault.errors import ConsentRequired, Forbidden, Gone, NotFound
 from vault.media.models import ORIGINAL, READY, THUMB_256, Media, MediaBlob
 from vault.media.processing import PhotoPipeline
+from vault.media.reads import etag_of, none_match
 from vault.media.service import sealed_ref
 from vault.patients.models import ACTIVE, Patient
 from vault.patients.service import PatientService
@@ -57,6 +58,14 @@ _DEIDENTIFIED_REASONS = frozenset({"needs_review", "video_not_deidentifiable"})
 #: missing review: one person's withdrawal, restriction or erasure must not show up as
 #: the same telling reason on all of their items
 NOT_RELEASABLE = "not_releasable"
+
+
+@dataclass(frozen=True)
+class ReleaseThumbnail:
+    """A signed thumbnail to send: ``data`` is None when the client's tag still matches (304)."""
+
+    data: bytes | None
+    etag: str
 
 
 def thumbnail_purpose(purpose: str) -> str:
@@ -229,11 +238,13 @@ class ReleaseService:
 
     # -- the signed thumbnail ------------------------------------------------------------
     async def thumbnail(self, *, item: str, purpose: str, rendition: str, params: signedurls.SignedParams,
-                        request_id: str) -> bytes:
+                        request_id: str, if_none_match: Iterable[str] | None = None) -> ReleaseThumbnail:
         """The 256 px thumbnail of the rendition that would be released. The signature is
         the authorisation; the token must still be live and the gate must still agree.
         A de-identified item's thumbnail is the stored one made from its redacted
-        rendition (rendered once, at approval, or on first use under ``auto``)."""
+        rendition (rendered once, at approval, or on first use under ``auto``). A client
+        holding its tag (``if_none_match``) gets ``data=None`` (a 304) only after the same
+        checks, the key row and the audit entry."""
         now = utcnow()
         async with self.db.session() as session:
             principal = await signedurls.signer(session, params.token_id)
@@ -255,14 +266,22 @@ class ReleaseService:
             done = await self.redactions.rendered(actor, media.id)
             if state.approval is not None and state.approval.digest != done.digest:
                 await self._denied(actor, media, "release.thumbnail", gate.Decision(gate.DENY, "needs_review"), by_handle=True)
-            data = await self.sealed.read(done.thumb)
+            ref = done.thumb
+            # Per handle and purpose (the stored thumbnail is shared by the photo's purposes):
+            # no tag links two purposes' items, or an item to the identifiable view.
+            etag = etag_of("deidentified", item, purpose, done.digest)
         else:
             async with self.db.session() as session:
                 blob = await self._blob(session, media.id, THUMB_256)
-            data = await self.sealed.read(sealed_ref(blob))
-        await self.audit.record(AuditEvent.of(actor, "release.thumbnail", patient_id=media.patient_id, media_id=media.id,
-                                              purpose=purpose, rendition=rendition))
-        return data
+            ref = sealed_ref(blob)
+            etag = etag_of(blob.id, rendition)
+        key = await self.sealed.open_key(ref)  # 410 once shredded, for a 304 as for a 200
+        unchanged = none_match(etag, if_none_match)
+        data = None if unchanged else await self.sealed.read(ref, key=key)
+        await self.audit.record(AuditEvent.of(actor, "release.thumbnail", outcome="not_modified" if unchanged else "ok",
+                                              patient_id=media.patient_id, media_id=media.id, purpose=purpose,
+                                              rendition=rendition))
+        return ReleaseThumbnail(data=data, etag=etag)
 
     async def _denied(self, actor: Actor, media: Media, action: str, decision: gate.Decision, *, by_handle: bool) -> NoReturn:
         reason = decision.reason if not decision.allowed else "rendition_changed"

@@ -19,6 +19,7 @@ from vault.consent.responses import (
 )
 from vault.consent.service import ConsentService
 from vault.errors import TooLarge, UnsupportedMedia, ValidationFailed
+from vault.http.conditional import REVALIDATE, if_none_match, not_modified
 from vault.http.context import REQUEST_ID, actor_of
 from vault.http.downloads import send_once
 from vault.http.jsonio import json_response, parse_query, read_json
@@ -193,12 +194,16 @@ async def list_releasable(request: web.Request) -> web.Response:
             query=SignedThumbnailQuery, response_media="image/jpeg", errors=(403, 404, 410, 422))
 async def releasable_thumbnail(request: web.Request) -> web.Response:
     q = parse_query(request, SignedThumbnailQuery)
-    data = await request.app[RELEASES].thumbnail(
+    thumb = await request.app[RELEASES].thumbnail(
         item=request.match_info["media_id"], purpose=q.purpose, rendition=q.rendition,
         params=SignedParams(token_id=q.token, expires=q.expires, signature=q.signature), request_id=request[REQUEST_ID],
+        if_none_match=if_none_match(request),
     )
-    response = web.Response(body=data, content_type="image/jpeg")
-    response.headers["Cache-Control"] = "private, no-store"
+    if thumb.data is None:
+        return not_modified(thumb.etag)
+    response = web.Response(body=thumb.data, content_type="image/jpeg")
+    response.headers["Cache-Control"] = REVALIDATE  # a 304 passes the gate first
+    response.headers["ETag"] = thumb.etag
     return response
 
 

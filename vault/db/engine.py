@@ -13,19 +13,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, event
+from sqlalchemy import CursorResult, Executable, Result, Row, event
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from keys.db import PointReader
 
 
 _BUSY_TIMEOUT_MS = 30000
+_SINGLE_READ = "keys_read"  # the option keys.db.reader sets: one statement, no BEGIN
 
 
-def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
-    # hide_parameters: SQL values (blind indexes, token digests, sealed fields) never
-    # reach a log line or an exception message, whatever the log level.
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60, hide_parameters=True)
+def install_sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
+    """Our connection settings and our own BEGIN on every connection of ``engine`` (a sync
+    engine, or an async engine's ``sync_engine``). A connection used with the execution
+    option ``keys_read`` (keys.db.reader) runs one SELECT without BEGIN: one statement is its own
+    consistent snapshot, so the BEGIN/COMMIT round trips would buy nothing."""
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
@@ -39,10 +44,18 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
             cursor.execute(pragma)
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin(conn) -> None:
+        if conn.get_execution_options().get(_SINGLE_READ):
+            return
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
+
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
+    # hide_parameters: SQL values (blind indexes, token digests, sealed fields) never
+    # reach a log line or an exception message, whatever the log level.
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60, hide_parameters=True)
+    install_sqlite_pragmas(engine.sync_engine, immediate=immediate)
     return engine
 
 
@@ -59,6 +72,9 @@ class Database:
             self.read_engine = self.write_engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True
             )
+        # One-statement reads on hot paths: no BEGIN/COMMIT round trips, and on SQLite
+        # no thread hop either (keys.db.PointReader).
+        self._points = PointReader(self.read_engine)
         self._read = async_sessionmaker(self.read_engine, expire_on_commit=False)
         self._write = async_sessionmaker(self.write_engine, expire_on_commit=False)
 
@@ -73,6 +89,12 @@ class Database:
         """A read-only unit of work (never commit in it)."""
         async with self._read() as session, session.begin():
             yield session
+
+    async def first(self, statement: Executable, params: dict[str, Any] | None = None) -> Row[Any] | None:
+        """The first row of one SELECT, in no transaction of its own (hot read paths);
+        build ``statement`` once, with ``bindparam``s."""
+        row: Row[Any] | None = await self._points.first(statement, params)
+        return row
 
     async def checkpoint(self, *, wait_ms: int = 100) -> bool:
         """SQLite: fold the WAL into the main file and truncate it, waiting at most
@@ -107,6 +129,7 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        self._points.close()
         await self.read_engine.dispose()
         if self.write_engine is not self.read_engine:
             await self.write_engine.dispose()

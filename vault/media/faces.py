@@ -27,11 +27,12 @@ from vault.jobs import enqueue
 from vault.media.models import ORIGINAL, PHOTO, READY, Media, MediaBlob
 from vault.media.processing import PhotoPipeline
 from vault.media.video import Finish
-from vault.pipeline.faces_search import INCOMPLETE, MARGIN, SEARCHED, grow, merge
 from vault.sealed import SealedBlobs, SealedRef
 
 SEARCH_JOB = "media.search_faces"
-PENDING = "pending"
+# The states, as vault.pipeline.faces_search names its answers (that module imports OpenCV
+# and NumPy, which the server process leaves to the decoder workers: imported lazily below).
+PENDING, SEARCHED, INCOMPLETE = "pending", "searched", "incomplete"
 STATES = (PENDING, SEARCHED, INCOMPLETE)
 
 
@@ -53,6 +54,8 @@ def detection_summary(media: Media) -> FaceDetection:
 
 def grown_boxes(boxes: list[list[int]], width: int, height: int) -> list[list[int]]:
     """The quick search's boxes with the same margin as the full search's."""
+    from vault.pipeline.faces_search import MARGIN, grow
+
     return [list(grow((b[0], b[1], b[2], b[3]), MARGIN, width, height)) for b in boxes]
 
 
@@ -105,6 +108,8 @@ class FaceSearches:
             row = await session.get(Media, media_id, with_for_update=True)
             if row is None or row.status != READY or row.faces_state != PENDING:
                 return  # deleted or erased meanwhile, or stored already
+            from vault.pipeline.faces_search import merge
+
             # The quick search's boxes stay: every box any pass found is filled.
             every = [(float(b[0]), float(b[1]), float(b[2]), float(b[3]))
                      for b in [*json.loads(row.faces_boxes or "[]"), *boxes]]

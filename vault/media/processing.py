@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keys.blobio import HEADER_SIZE, Header, SegmentCipher, ciphertext_span, open_span
 from vault.config import Settings
@@ -19,12 +19,14 @@ from vault.errors import DecoderFailed
 from vault.media import recheck
 from vault.media.decoders import DecoderPool, PoolLimits
 from vault.instruments import timed_stage
-from vault.pipeline.faces import Faces
-from vault.pipeline.faces_search import SearchResult as FaceSearchResult
-from vault.pipeline.photo import ProcessedPhoto
-from vault.pipeline.video import VideoInfo, VideoProbe
 from vault.pipeline.video_mux import FragmentedOutput, MuxerSurprise, check_init_segment
 from vault.sealed import SealedBlobs, SealedRef
+
+if TYPE_CHECKING:  # their modules import NumPy/OpenCV/PyAV: the decoder workers' business
+    from vault.pipeline.faces import Faces
+    from vault.pipeline.faces_search import SearchResult as FaceSearchResult
+    from vault.pipeline.photo import ProcessedPhoto
+    from vault.pipeline.video import VideoInfo, VideoProbe
 
 SEARCH_SHARE = 0.75  # of the item's time bound, for the face search (the rest: decode, reply)
 OUTPUT_DEPTH = 4  # remuxed chunks in flight between the worker and the blob store

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vault.errors import DecoderFailed, VaultError
-from vault.pipeline.faces import Faces
-from vault.pipeline.faces_search import INCOMPLETE, SEARCHED, SearchResult
-from vault.pipeline.photo import ProcessedPhoto
 from vault.pipeline.sanitize import SANITIZERS, Sanitized
 from vault.pipeline.sniff import JPEG, MP4, QUICKTIME, SNIFF_BYTES, sniff
-from vault.pipeline.thumbnails import THUMBNAIL_SIZES
-from vault.pipeline.video import VideoInfo, VideoProbe
+
+if TYPE_CHECKING:
+    from vault.pipeline.faces import Faces
+    from vault.pipeline.faces_search import SearchResult
+    from vault.pipeline.photo import ProcessedPhoto
+    from vault.pipeline.video import VideoInfo, VideoProbe
+
+# The result types below are imported where they are built, not at start: their modules
+# pull in NumPy, Pillow plugins, OpenCV and PyAV, which the server process itself never
+# runs (the decoder workers do); its start-up memory stays small (issue 15 item 4).
 
 MAX_CAPTURE_JSON = 64 * 1024
 MAX_THUMBNAIL_BYTES = 4 << 20
@@ -105,14 +110,22 @@ def check_thumbnails(sizes: Any, blobs: list[bytes]) -> dict[int, bytes]:
         raise _refuse("thumbnails")
     out = {}
     for size, blob in zip(sizes, blobs, strict=True):
-        if size not in THUMBNAIL_SIZES or len(blob) > MAX_THUMBNAIL_BYTES:
+        if size not in _thumbnail_sizes() or len(blob) > MAX_THUMBNAIL_BYTES:
             raise _refuse("thumbnails")
         check_stripped(blob, JPEG, max_pixels=size * size)
         out[size] = blob
     return out
 
 
+def _thumbnail_sizes() -> tuple[int, ...]:
+    from vault.pipeline.thumbnails import THUMBNAIL_SIZES
+
+    return tuple(THUMBNAIL_SIZES)
+
+
 def check_faces(value: Any, width: int, height: int) -> Faces:
+    from vault.pipeline.faces import Faces
+
     if not isinstance(value, dict):
         raise _refuse("faces")
     boxes = value.get("boxes")
@@ -139,6 +152,8 @@ def check_faces(value: Any, width: int, height: int) -> Faces:
 
 def check_search(value: Any, width: int, height: int) -> SearchResult:
     """The full-resolution face search's answer: a known state, boxes inside the frame."""
+    from vault.pipeline.faces_search import INCOMPLETE, SEARCHED, SearchResult
+
     if not isinstance(value, dict) or value.get("state") not in (SEARCHED, INCOMPLETE):
         raise _refuse("search")
     faces = check_faces({"boxes": value.get("boxes"), "detected": bool(value.get("boxes")), "assumed": False,
@@ -151,6 +166,8 @@ def check_search(value: Any, width: int, height: int) -> SearchResult:
 
 
 def check_photo(result: dict[str, Any], parts: list[bytes], *, input_size: int, max_pixels: int) -> ProcessedPhoto:
+    from vault.pipeline.photo import ProcessedPhoto
+
     if not parts or len(parts[0]) > input_size + _STRIP_GROWTH:
         raise _refuse("stripped.size")
     stripped = parts[0]
@@ -190,6 +207,8 @@ def _video_common(result: dict[str, Any], *, max_pixels: int) -> dict[str, Any]:
 
 
 def check_probe(result: dict[str, Any], *, max_pixels: int) -> VideoProbe:
+    from vault.pipeline.video import VideoProbe
+
     common = _video_common(result, max_pixels=max_pixels)
     dropped = result.get("dropped")
     if not isinstance(dropped, list) or len(dropped) > 64:
@@ -205,6 +224,8 @@ def check_probe(result: dict[str, Any], *, max_pixels: int) -> VideoProbe:
 
 
 def check_info(result: dict[str, Any], *, max_pixels: int, streamed: int, fragments: int) -> VideoInfo:
+    from vault.pipeline.video import VideoInfo
+
     """``streamed``/``fragments``: what the server itself counted in the output."""
     common = _video_common(result, max_pixels=max_pixels)
     if result.get("size") != streamed or result.get("fragments") != fragments:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass, field as dataclass_field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.db.tenancy import owned
@@ -40,6 +40,7 @@ from vault.media.models import (
     MediaBlob,
 )
 from vault.media.processing import PhotoPipeline
+from vault.media.reads import ReadyRendition, RenditionCache, etag_of, none_match
 from vault.media.responses import FaceSummary, MediaGroup, MediaPage, MediaView
 from vault.media.video import Finish, Videos
 from vault.patients.models import ERASED, Patient
@@ -50,6 +51,15 @@ from vault.treatments.service import TreatmentService
 
 PLAYBACK = "media-playback"
 PLAYBACK_LINK_LIFETIME = timedelta(minutes=10)
+
+
+# Built once (the read path's one query): no statement construction per request.
+_READY_RENDITION = (
+    select(Media.status, Media.patient_id, Patient.status.label("patient_status"), MediaBlob.id, MediaBlob.mime, MediaBlob.plain_size)
+    .join(Patient, Patient.id == Media.patient_id)
+    .outerjoin(MediaBlob, (MediaBlob.media_id == Media.id) & (MediaBlob.rendition == bindparam("rendition")))
+    .where(Media.id == bindparam("media_id"), Media.tenant_id == bindparam("tenant_id"))
+)
 
 
 def sealed_ref(blob: MediaBlob) -> SealedRef:
@@ -63,6 +73,8 @@ class Content:
     ref: SealedRef
     mime: str
     etag: str
+    key: bytes = dataclass_field(repr=False)  # checked against its key row for this request; never cached
+    not_modified: bool = False  # the client's If-None-Match named this etag: answer 304
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,7 @@ class MediaService:
         self.sealed = sealed
         self.patients = patients
         self.pipeline = pipeline
+        self._renditions = RenditionCache()
         self.videos = Videos(db=db, audit=audit, keys=keys, sealed=sealed, patients=patients, pipeline=pipeline)
 
     # -- loading -------------------------------------------------------------------------
@@ -249,19 +262,45 @@ class MediaService:
             media = await self.load(session, actor, media_id)
         return await self._view_and_audit(actor, media, "media.read")
 
-    async def content(self, actor: Actor, media_id: str, *, rendition: str, action: str) -> Content:
-        """The rendition to serve, after the tenant check and a durable audit entry.
+    async def content(self, actor: Actor, media_id: str, *, rendition: str, action: str,
+                      if_none_match: Iterable[str] | None = None) -> Content:
+        """The rendition to serve, after the tenant check, the key row check and a durable
+        audit entry. ``if_none_match``: the entity tags a client holds; when one matches,
+        the same checks and the audit entry (outcome ``not_modified``) come first and the
+        caller answers 304.
 
-        One query on the hot path (thumbnails): the media of the actor's tenant, its
-        patient's status and the rendition's blob row."""
-        query = (
-            select(Media.status, Media.patient_id, Patient.status.label("patient_status"), MediaBlob.id, MediaBlob.mime, MediaBlob.plain_size)
-            .join(Patient, Patient.id == Media.patient_id)
-            .outerjoin(MediaBlob, (MediaBlob.media_id == Media.id) & (MediaBlob.rendition == rendition))
-            .where(Media.id == media_id, Media.tenant_id == actor.tenant_id)
-        )
-        async with self.db.session() as session:
-            row = (await session.execute(query)).first()
+        Hot path: the rendition's immutable fields come from :class:`RenditionCache` (see
+        vault/media/reads.py for why that is safe without invalidation), else from one
+        query; the key row is read on every call."""
+        cached = self._renditions.get(media_id, rendition)
+        if cached is not None and cached.tenant_id != actor.tenant_id:
+            raise NotFound("no such media")
+        ready = cached or await self._ready_rendition(actor, media_id, rendition)
+        try:
+            key = await self.sealed.open_key(self._ref(ready))
+        except Gone:
+            if cached is None:
+                raise
+            self._renditions.evict(media_id, rendition)  # ask the database why (erased, deleted, replaced)
+            ready = await self._ready_rendition(actor, media_id, rendition)
+            if ready.blob_id == cached.blob_id:
+                raise
+            key = await self.sealed.open_key(self._ref(ready))
+        etag = etag_of(ready.blob_id)
+        unchanged = none_match(etag, if_none_match)
+        await self.audit.record(AuditEvent.of(actor, action, outcome="not_modified" if unchanged else "ok",
+                                              patient_id=ready.patient_id, media_id=media_id, rendition=rendition))
+        return Content(ref=self._ref(ready), mime=ready.mime, etag=etag, key=key, not_modified=unchanged)
+
+    @staticmethod
+    def _ref(ready: ReadyRendition) -> SealedRef:
+        return SealedRef(id=ready.blob_id, tenant_id=ready.tenant_id, patient_id=ready.patient_id,
+                         plain_size=ready.plain_size)
+
+    async def _ready_rendition(self, actor: Actor, media_id: str, rendition: str) -> ReadyRendition:
+        """One query, in no transaction of its own: the media of the actor's tenant, its
+        patient's status and the rendition's blob row; cached once ready."""
+        row = await self.db.first(_READY_RENDITION, {"media_id": media_id, "tenant_id": actor.tenant_id, "rendition": rendition})
         if row is None:
             raise NotFound("no such media")
         if row.patient_status == ERASED:
@@ -272,9 +311,10 @@ class MediaService:
             raise NotReady(details={"status": row.status})
         if row.id is None:
             raise NotFound("no such rendition")
-        await self.audit.record(AuditEvent.of(actor, action, patient_id=row.patient_id, media_id=media_id, rendition=rendition))
-        ref = SealedRef(id=row.id, tenant_id=actor.tenant_id, patient_id=row.patient_id, plain_size=row.plain_size)
-        return Content(ref=ref, mime=row.mime, etag=f'"{row.id}"')
+        ready = ReadyRendition(tenant_id=actor.tenant_id, patient_id=row.patient_id, blob_id=row.id, mime=row.mime,
+                               plain_size=row.plain_size)
+        self._renditions.put(media_id, rendition, ready)
+        return ready
 
     async def playback_link(self, actor: Actor, media_id: str) -> SignedPlayback:
         async with self.db.session() as session:
@@ -302,10 +342,10 @@ class MediaService:
         return Actor(tenant_id=principal.tenant_id, token_id=principal.token_id, role=principal.role, request_id=request_id)
 
     async def read_all(self, content: Content) -> bytes:
-        return await self.sealed.read(content.ref)
+        return await self.sealed.read(content.ref, key=content.key)
 
     async def stream(self, content: Content, start: int, end: int) -> AsyncIterator[bytes]:
-        return await self.sealed.stream(content.ref, start, end)
+        return await self.sealed.stream(content.ref, start, end, key=content.key)
 
     async def page(
         self,

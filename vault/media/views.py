@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from vault.appkeys import RUNTIME, SETTINGS, UPLOAD_LIMITS
 from vault.errors import Forbidden, UnsupportedMedia, ValidationFailed
+from vault.http.conditional import if_none_match, not_modified, private
 from vault.http.context import REQUEST_ID, actor_of
 from vault.http.jsonio import json_response, parse_query, read_json
 from vault.http.ranges import parse_range
@@ -23,7 +24,6 @@ from vault.media.service import Content, MediaService
 from vault.media.upload import PHOTO_TYPES, VIDEO_TYPES, check_matches, open_upload
 from vault.permissions import allowed
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
-from vault.pipeline.video import looks_like_video
 
 routes = Endpoints("media")
 MEDIA = web.AppKey("media", MediaService)
@@ -68,6 +68,14 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+def _looks_like_video(head: bytes) -> str | None:
+    # Imported on first use: vault.pipeline.video pulls in PyAV, which the server process
+    # needs only if a video's first bytes are not plain ftyp (start-up memory, issue 15).
+    from vault.pipeline.video import looks_like_video
+
+    return looks_like_video(head)
+
+
 def setup(app: web.Application) -> None:
     """Register the media routes; set :data:`MEDIA` once the runtime is open."""
     add_endpoints(app, routes)
@@ -100,7 +108,7 @@ async def upload_media(request: web.Request) -> web.Response:
         stream = await open_upload(request, photo_limit=settings.max_photo_bytes, video_limit=settings.max_video_bytes,
                                    body_timeout=settings.http_body_timeout)
         head = await stream.head(SNIFF_BYTES)
-        sniffed = sniff(head) or looks_like_video(head)  # old QuickTime files start without ftyp
+        sniffed = sniff(head) or _looks_like_video(head)  # old QuickTime files start without ftyp
         if sniffed is None:
             raise UnsupportedMedia("not a supported photo or video type", details={"accepted": sorted(PHOTO_TYPES | VIDEO_TYPES)})
         check_matches(stream.declared, sniffed)
@@ -146,21 +154,19 @@ async def patch_media(request: web.Request) -> web.Response:
     return json_response(view)
 
 
-def _private(response: web.StreamResponse, etag: str) -> None:
-    response.headers["Cache-Control"] = "private, no-store"
-    response.headers["ETag"] = etag
-    response.headers["X-Content-Type-Options"] = "nosniff"
-
-
-@routes.get("/v1/media/{media_id}/content", summary="The stripped original (Range and HEAD supported)", response_media="application/octet-stream", errors=(404, 409, 410, 416))
+@routes.get("/v1/media/{media_id}/content", summary="The stripped original (Range, HEAD and If-None-Match supported)", response_media="application/octet-stream", errors=(404, 409, 410, 416))
 async def media_content(request: web.Request) -> web.StreamResponse:
     service = request.app[MEDIA]
-    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=ORIGINAL, action="media.content")
+    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=ORIGINAL, action="media.content",
+                                    if_none_match=if_none_match(request))
     return await _serve(request, service, content)
 
 
 async def _serve(request: web.Request, service: MediaService, content: Content) -> web.StreamResponse:
-    """Stream a rendition, or the byte range asked for, decrypting only the segments it touches."""
+    """Stream a rendition, or the byte range asked for, decrypting only the segments it
+    touches; 304 when the client's tag matched (before Range, RFC 9110 §13.2.2)."""
+    if content.not_modified:
+        return not_modified(content.etag)
     size = content.ref.plain_size
     wanted = parse_range(request.headers.get("Range"), size)
     start, end = wanted or (0, size)
@@ -171,7 +177,7 @@ async def _serve(request: web.Request, service: MediaService, content: Content) 
     response.headers["Content-Disposition"] = f'inline; filename="{request.match_info["media_id"]}.{EXTENSIONS.get(content.mime, "bin")}"'
     if wanted:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    _private(response, content.etag)
+    private(response, content.etag)
     # Unwrap the key before the status line goes out: a key destroyed meanwhile is a
     # clean 410, not a dropped connection.
     pieces = await service.stream(content, start, end) if request.method != "HEAD" and end > start else None
@@ -197,16 +203,20 @@ async def playback(request: web.Request) -> web.StreamResponse:
     roles = allowed(*CONTENT_ROUTE)  # the token's role may have changed since the link was made
     if not isinstance(roles, frozenset) or actor.role not in roles:
         raise Forbidden("the link is not valid")
-    content = await service.content(actor, request.match_info["media_id"], rendition=ORIGINAL, action="media.playback")
+    content = await service.content(actor, request.match_info["media_id"], rendition=ORIGINAL, action="media.playback",
+                                    if_none_match=if_none_match(request))
     return await _serve(request, service, content)
 
 
-@routes.get("/v1/media/{media_id}/thumbnail", summary="A JPEG thumbnail, 256 or 1024 px", query=ThumbnailQuery, response_media="image/jpeg", errors=(404, 409, 410, 422))
+@routes.get("/v1/media/{media_id}/thumbnail", summary="A JPEG thumbnail, 256 or 1024 px (If-None-Match supported)", query=ThumbnailQuery, response_media="image/jpeg", errors=(404, 409, 410, 422))
 async def media_thumbnail(request: web.Request) -> web.Response:
     q = parse_query(request, ThumbnailQuery)
     service = request.app[MEDIA]
-    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=THUMBNAILS[int(q.size)], action="media.thumbnail")
+    content = await service.content(actor_of(request), request.match_info["media_id"], rendition=THUMBNAILS[int(q.size)],
+                                    action="media.thumbnail", if_none_match=if_none_match(request))
+    if content.not_modified:
+        return not_modified(content.etag)
     body = await service.read_all(content)
     response = web.Response(body=body, content_type="image/jpeg")
-    _private(response, content.etag)
+    private(response, content.etag)
     return response

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from PIL import ImageDraw
 
 from vault.errors import CorruptMedia
+from vault.pipeline.renderer import RENDERER_VERSION  # noqa: F401 (the version of what this module renders)
 from vault.pipeline.resize import fit
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
 from vault.pipeline.thumbnails import DECODE_ERRORS, TRANSPOSE, display_mode, encode_jpeg, open_image
@@ -51,10 +52,6 @@ def redact_faces(image_bytes: bytes, boxes: Iterable[Sequence[int]], *, margin: 
     return encode_jpeg(image, icc=icc, quality=REDACTION_QUALITY)
 
 
-#: Bumped whenever what ``render_redaction`` produces from the same input could change
-#: (fill, quality, thumbnail method): the version is part of every redaction digest, so a
-#: new renderer voids approvals of renditions a person never saw.
-RENDERER_VERSION = "fill-black/q92/thumb85/v1"
 RENDER_QUALITY = 92
 
 

@@ -9,7 +9,6 @@ for the remaining factor below 2, where bilinear no longer skips source pixels. 
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -25,5 +24,7 @@ def fit(image: Image.Image, longest: int) -> Image.Image:
         image = image.reduce(factor)
     if image.size == target:
         return image
+    import cv2  # here, not at import: only the decoder workers resize (server start-up memory)
+
     pixels = cv2.resize(np.asarray(image), target, interpolation=cv2.INTER_LINEAR)
     return Image.fromarray(pixels)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from PIL import Image
+if TYPE_CHECKING:  # Pillow is imported where a transpose is built (the server never needs it at start)
+    from PIL import Image
 
 IDENTITY = (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
 
@@ -52,6 +54,8 @@ def orientation(matrix: tuple[int, ...] | list[int] | None) -> Orientation:
 
 
 def _transpose(rotation: int, m: tuple[int, ...] | list[int]) -> Image.Transpose | None:
+    from PIL import Image
+
     T = Image.Transpose  # noqa: N806
     if rotation == 90:
         return T.TRANSPOSE if m[3] > 0 else T.ROTATE_270  # transpose=cclock_flip : clock

@@ -33,7 +33,7 @@ from vault.media.models import ORIGINAL, PHOTO, READY, Media, MediaBlob
 from vault.media.processing import PhotoPipeline
 from vault.media.service import MediaService, sealed_ref
 from vault.patients.models import ACTIVE, Patient
-from vault.pipeline.redact import RENDERER_VERSION
+from vault.pipeline.renderer import RENDERER_VERSION
 from vault.pipeline.sanitize import SANITIZERS
 from vault.redaction.models import AUTO, REVIEW, Redaction, RedactionApproval, ReleasePolicy
 from vault.redaction.responses import ApprovalView, PolicyView, RedactionView, ReviewItem, ReviewPage

@@ -25,7 +25,7 @@ from vault.consent import gate
 from vault.consent.service import facts_of
 from vault.media.faces import detection_summary
 from vault.media.models import ORIGINAL, Media, MediaBlob
-from vault.pipeline.redact import RENDERER_VERSION
+from vault.pipeline.renderer import RENDERER_VERSION
 from vault.redaction.models import REVIEW, Redaction, RedactionApproval, ReleasePolicy
 
 #: Extra growth of the detector's boxes here: none, since the face search stores them

@@ -1,0 +1,282 @@
+"""The audited read path (thumbnail GET) against a bare aiohttp read+decrypt server, same run.
+
+    .venv/bin/python bench/bench_read.py [--rounds 3] [--secs 5] [--conc 16]
+        [--pg postgresql+asyncpg://postgres@127.0.0.1:5432/postgres] [--profile DIR]
+
+Starts `vault serve` (embedded default; with ``--pg`` the metadata database and the key
+store on a fresh PostgreSQL database) with one uploaded 12 MP photo, and a peer: a minimal
+aiohttp app that reads the same 256 px thumbnail's AES-256-GCM ciphertext from disk and
+decrypts it on every GET (the shared peers harness's ``/thumb-dec``). Both get closed-loop
+load at concurrency 16 (wrk when installed, else an aiohttp client), in interleaved
+rounds; the medians and their ratio are printed (aim: vault >= 0.5 x peer). Every vault
+GET is authenticated, tenant-checked, checks its key row, decrypts and is durably
+audited before it answers.
+
+``--profile DIR`` also samples the vault server with py-spy during one extra round and
+prints the functions holding the most samples (own time and inclusive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import aiohttp  # noqa: E402
+
+PY = str(ROOT / ".venv" / "bin" / "python")
+
+PEER = textwrap.dedent(
+    """
+    import sys
+    from aiohttp import web
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    port, enc_path, key_path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    aead = AESGCM(open(key_path, "rb").read())
+    async def thumb(request):
+        with open(enc_path, "rb") as f:
+            blob = f.read()
+        return web.Response(body=aead.decrypt(blob[:12], blob[12:], b"thumb256"), content_type="image/jpeg")
+    app = web.Application()
+    app.router.add_get("/thumb-dec", thumb)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def vault_cli(env: dict[str, str], *args: str) -> str:
+    return subprocess.run([PY, "-m", "vault.cli", *args], env=env, check=True, capture_output=True, text=True).stdout
+
+
+async def wait_ok(url: str, headers: dict[str, str] | None = None) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(600):
+            try:
+                async with s.get(url, headers=headers) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def wrk_rate(url: str, headers: dict[str, str], *, secs: int, conc: int) -> tuple[float, float]:
+    """(requests/s, p50 ms) from wrk; non-2xx answers fail the run."""
+    cmd = ["wrk", "-t2", f"-c{conc}", f"-d{secs}s", "--latency"]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*cmd, url], check=True, capture_output=True, text=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"non-2xx answers from {url}: {out}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return rate, float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan")
+
+
+async def client_rate(url: str, headers: dict[str, str], *, secs: int, conc: int) -> tuple[float, float]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + secs
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as s:
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                async with s.get(url, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}: {r.status}")
+                latencies.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+    return len(latencies) / (time.perf_counter() - t0), statistics.median(latencies) * 1000
+
+
+async def rate(url: str, headers: dict[str, str], *, secs: int, conc: int) -> tuple[float, float]:
+    if shutil.which("wrk"):
+        return await asyncio.to_thread(wrk_rate, url, headers, secs=secs, conc=conc)
+    return await client_rate(url, headers, secs=secs, conc=conc)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its threads (/proc/PID/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summarise_profile(raw: Path, top: int = 25) -> str:
+    """py-spy ``--format raw`` (collapsed stacks) -> the functions with the most samples."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r" \(([^)]*/)?([^/)]+)\)", r" (\2)", f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for f in set(frames):
+            inclusive[f] += n
+    lines = [f"{total} samples", "own time:"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    lines.append("inclusive:")
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+async def audit_summary(url: str, token: str) -> str:
+    """Mean wait of a read for its durable audit entry, and entries per group commit."""
+    async with aiohttp.ClientSession() as s, s.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
+        text = await r.text()
+    values = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(vault_audit_\w+?(?:_sum|_count))(?:\{[^}]*\})? ([\d.e+-]+)$", text, re.M)}
+    try:
+        wait = values["vault_audit_append_seconds_sum"] / values["vault_audit_append_seconds_count"] * 1000
+        batch = values["vault_audit_commit_entries_sum"] / values["vault_audit_commit_entries_count"]
+    except (KeyError, ZeroDivisionError):
+        return "audit metrics: " + ", ".join(sorted(values)) or "none"
+    return f"audit: mean wait for the durable entry {wait:.1f} ms, {batch:.1f} entries per group commit"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--secs", type=int, default=5)
+    parser.add_argument("--conc", type=int, default=16)
+    parser.add_argument("--pg", help="PostgreSQL server URL (a fresh database is made on it)")
+    parser.add_argument("--profile", type=Path, help="py-spy the vault during one more round; write here")
+    parser.add_argument("--path", default="thumbnail", choices=("thumbnail", "content"))
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="vault-bench-read-"))
+    metrics_token = secrets.token_urlsafe(24)
+    env = {**os.environ, "VAULT_DATA_DIR": str(tmp / "data"), "VAULT_LOG_LEVEL": "WARNING", "VAULT_METRICS_TOKEN": metrics_token}
+    dropdb = None
+    if args.pg:
+        import asyncpg  # type: ignore[import-untyped]
+
+        name = "bench_read_" + secrets.token_hex(4)
+        server_url = args.pg.replace("postgresql+asyncpg", "postgresql")
+        conn = await asyncpg.connect(server_url)
+        await conn.execute(f"CREATE DATABASE {name}")
+        await conn.close()
+        db_url = args.pg.rsplit("/", 1)[0] + "/" + name
+        env["VAULT_DATABASE_URL"] = env["VAULT_KEYSTORE_URL"] = db_url
+
+        async def dropdb() -> None:
+            c = await asyncpg.connect(server_url)
+            await c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            await c.close()
+    vault_cli(env, "migrate")
+    vault_cli(env, "tenant", "create", "bench")
+    token = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "records", "--label", "bench").strip().splitlines()[-1]
+    writer = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "practitioner", "--label", "bench-up").strip().splitlines()[-1]
+    port, pport = free_port(), free_port()
+    server = subprocess.Popen([PY, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL)
+    peer = None
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        await wait_ok(base + "/healthz")
+        from bench_pipeline import sample_jpeg
+
+        photo = sample_jpeg()
+        up = {"Authorization": f"Bearer {writer}"}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(base + "/v1/patients", json={"external_ref": "BENCH-READ"}, headers=up) as r:
+                pid = (await r.json())["id"]
+            async with s.post(f"{base}/v1/patients/{pid}/media", data=io.BytesIO(photo),
+                              headers={**up, "Content-Type": "image/jpeg"}) as r:
+                body = await r.json()
+                assert r.status == 201, body
+                media_id = body["id"]
+            url = f"{base}/v1/media/{media_id}/thumbnail?size=256" if args.path == "thumbnail" else f"{base}/v1/media/{media_id}/content"
+            async with s.get(f"{base}/v1/media/{media_id}/thumbnail?size=256", headers=auth) as r:
+                thumb = await r.read()
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
+        (tmp / "thumb.key").write_bytes(key)
+        (tmp / "thumb.enc").write_bytes(nonce + AESGCM(key).encrypt(nonce, thumb, b"thumb256"))
+        peer = subprocess.Popen([PY, "-c", PEER, str(pport), str(tmp / "thumb.enc"), str(tmp / "thumb.key")])
+        peer_url = f"http://127.0.0.1:{pport}/thumb-dec"
+        await wait_ok(peer_url)
+        await rate(url, auth, secs=1, conc=args.conc)  # warm-up
+        await rate(peer_url, {}, secs=1, conc=args.conc)
+        vault_rates, peer_rates, vault_p50, peer_p50, vault_cpu, peer_cpu = [], [], [], [], [], []
+        for _ in range(args.rounds):
+            c0 = cpu_seconds(peer.pid)
+            r_, p = await rate(peer_url, {}, secs=args.secs, conc=args.conc)
+            peer_cpu.append((cpu_seconds(peer.pid) - c0) / (r_ * args.secs) * 1e6)
+            peer_rates.append(r_)
+            peer_p50.append(p)
+            c0 = cpu_seconds(server.pid)
+            r_, p = await rate(url, auth, secs=args.secs, conc=args.conc)
+            vault_cpu.append((cpu_seconds(server.pid) - c0) / (r_ * args.secs) * 1e6)
+            vault_rates.append(r_)
+            vault_p50.append(p)
+        audit_line = await audit_summary(f"{base}/metrics", metrics_token)
+        profile = None
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            raw = args.profile / f"read-{'pg' if args.pg else 'sqlite'}.txt"
+            spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+            rec = subprocess.Popen([spy, "record", "--format", "raw", "--gil", "-r", "200", "-d", str(args.secs + 1), "-o", str(raw),
+                                    "-p", str(server.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await rate(url, auth, secs=args.secs, conc=args.conc)
+            rec.wait()
+            profile = summarise_profile(raw) if raw.exists() else "py-spy wrote nothing (ptrace not permitted?)"
+    finally:
+        for proc in (peer, server):
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
+        if dropdb is not None:
+            await dropdb()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    v, p = statistics.median(vault_rates), statistics.median(peer_rates)
+    result = {
+        "backend": "postgresql" if args.pg else "sqlite", "path": args.path, "concurrency": args.conc,
+        "client": "wrk" if shutil.which("wrk") else "aiohttp", "rounds": args.rounds,
+        "vault_rps": round(v), "vault_p50_ms": round(statistics.median(vault_p50), 2),
+        "peer_rps": round(p), "peer_p50_ms": round(statistics.median(peer_p50), 2),
+        "ratio": round(v / p, 3),
+        "vault_cpu_us_per_req": round(statistics.median(vault_cpu)), "peer_cpu_us_per_req": round(statistics.median(peer_cpu)), "vault_rounds": [round(x) for x in vault_rates], "peer_rounds": [round(x) for x in peer_rates],
+    }
+    print(json.dumps(result))
+    print(f"{args.path} GET c={args.conc} ({result['backend']}): vault {v:.0f} req/s vs aiohttp read+decrypt {p:.0f} req/s"
+          f" -> ratio {v / p:.2f} (aim >= 0.50); server CPU per request {statistics.median(vault_cpu):.0f} us vs"
+          f" {statistics.median(peer_cpu):.0f} us")
+    print(audit_line)
+    if profile:
+        print(profile)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,53 @@
+"""A started `vault serve` has not loaded the decoders' heavy libraries: OpenCV, PyAV and
+NumPy belong in the decoder worker processes (start-up memory, issue 15 item 4)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HEAVY = ("cv2", "av", "numpy", "pillow_heif")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _loaded(pid: int) -> set[str]:
+    """Which heavy packages have a shared object mapped into the process."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {name for name in HEAVY if f"/site-packages/{name}/" in maps or f"/site-packages/{name}.libs/" in maps}
+
+
+def test_a_started_server_has_not_loaded_opencv_pyav_or_numpy(tmp_path):
+    env = {**os.environ, "VAULT_DATA_DIR": str(tmp_path / "data"), "VAULT_ROOT_KEY_URL": (tmp_path / "keyring").as_uri(),
+           "VAULT_LOG_LEVEL": "WARNING"}
+    for name in [k for k in env if k in ("VAULT_DATABASE_URL", "VAULT_KEYSTORE_URL", "VAULT_STORAGE_URL")]:
+        del env[name]
+    subprocess.run([sys.executable, "-m", "vault.cli", "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, "vault serve exited"
+            assert time.monotonic() < deadline, "vault serve did not become ready"
+            time.sleep(0.2)
+        assert _loaded(server.pid) == set()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

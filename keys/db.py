@@ -27,7 +27,14 @@ from keys.models import SCHEMA
 
 WRITE = {"keys_write": True}
 _BUSY_TIMEOUT_MS = 15000
+# Fold the WAL every 100 pages (SQLite's default: 1000). An erasure ends with a TRUNCATE
+# checkpoint, which copies whatever other writers left in the WAL: with the default, up to
+# ~4 MiB of object-key inserts made just before it, so erasing after a burst of uploads
+# cost 2-3x an erasure after quiet (bench/RESULTS.md, "Erasure ratio"). Key rows are tiny;
+# writers pay one more small checkpoint every ~25 object keys instead.
+WAL_AUTOCHECKPOINT_PAGES = 100
 _SQLITE_PRAGMAS = (
+    f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}",
     "PRAGMA journal_mode=WAL",
     f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}",
     "PRAGMA secure_delete=ON",

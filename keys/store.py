@@ -324,13 +324,32 @@ class KeyStore(KekRotation):
         While the patient's DEK is being renewed, under the next DEK (keys/renewal.py).
         ``rectification=True`` (a correction replacing an older value): the old value
         may sit in a copy, so the DEK is marked for renewal at the next rotation."""
-        patient = await self.patient_key(tenant_id, patient_id)
         if rectification:
             await self.request_dek_renewal(tenant_id, patient_id, RECTIFICATION)
-        patient = await self._pending_key(tenant_id, patient_id) or patient
+        patient = await self._sealing_key(tenant_id, patient_id)
         plaintext = value.encode() if isinstance(value, str) else bytes(value)
         associated = aead.aad(aead.LABEL_FIELD, tenant_id, patient_id, table, column, row_id)
         return aead.seal(patient.key, plaintext, associated)
+
+    async def _sealing_key(self, tenant_id: str, patient_id: str) -> PatientKey:
+        """The DEK new values are sealed under: the pending one while a renewal runs. One
+        SELECT (the DEK row, outer-joined with a pending DEK)."""
+        mine = (patient_deks.c.tenant_id == tenant_id) & (patient_deks.c.patient_id == patient_id)
+        query = sa.select(
+            patient_deks.c.dek_id, patient_deks.c.kek_version, patient_deks.c.wrapped,
+            pending_deks.c.dek_id.label("next_id"), pending_deks.c.kek_version.label("next_version"),
+            pending_deks.c.wrapped.label("next_wrapped"),
+        ).select_from(patient_deks.outerjoin(pending_deks, sa.and_(
+            pending_deks.c.tenant_id == patient_deks.c.tenant_id, pending_deks.c.patient_id == patient_deks.c.patient_id,
+        ))).where(mine)
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            self.evict(tenant_id, patient_id)
+            raise KeyDestroyed("patient key does not exist")
+        if row.next_id is not None:
+            return await self._unwrap_dek(tenant_id, patient_id, row.next_id, row.next_version, row.next_wrapped)
+        return await self._unwrap_dek(tenant_id, patient_id, row.dek_id, row.kek_version, row.wrapped)
 
     async def open_field(
         self, tenant_id: str, patient_id: str, *, table: str, column: str, row_id: str, sealed: bytes

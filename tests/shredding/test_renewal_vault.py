@@ -96,7 +96,10 @@ def test_every_sealed_column_is_resealed() -> None:
     from vault.webhooks.models import WebhookSecret  # noqa: F401  (sealed under a tenant key, not a DEK)
     from vault.lifecycle.models import ErasureRequest  # noqa: F401
 
-    not_dek = {("erasure_requests", "reason"), ("webhook_secrets", "sealed")}
+    # Sealed under tenant keys, not a patient's DEK: erasure reasons (the epoch), webhook
+    # secrets and staff TOTP secrets (vault/staff: a long-lived purpose key of its own).
+    not_dek = {("erasure_requests", "reason"), ("webhook_secrets", "sealed"),
+               ("staff_accounts", "totp_sealed"), ("staff_enrolments", "totp_sealed")}
     listed = {(spec.model.__tablename__, c) for spec in SEALED_COLUMNS for c in spec.columns}
     binary = {(t.name, c.name) for t in Base.metadata.sorted_tables for c in t.columns
               if isinstance(c.type, sa.LargeBinary)}

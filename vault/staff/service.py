@@ -129,7 +129,9 @@ class StaffService:
 
     # -- sealing the TOTP secret under a tenant-level key ----------------------------------
     async def _secret_key(self, tenant_id: str) -> bytes:
-        return bytes.fromhex(await self.keys.blind_index(tenant_id, _SECRET_KEY_INDEX, tenant_id))
+        # A long-lived key of its own purpose: the per-epoch index keys rotate, and a TOTP
+        # secret must open after a KEK rotation (docs/keys.md, the long-lived keys).
+        return await self.keys.purpose_key(tenant_id, _SECRET_KEY_INDEX)
 
     async def _seal(self, tenant_id: str, staff_id: str, secret: str) -> bytes:
         return aead.seal(await self._secret_key(tenant_id), secret.encode(), aead.aad(_SECRET_LABEL, tenant_id, staff_id))

@@ -192,7 +192,7 @@ class KeyStore(KekRotation):
             if dek_id is not None:
                 await self._overwrite(conn, patient_deks, mine)
                 await conn.execute(patient_deks.delete().where(mine))
-        self.evict(tenant_id, patient_id)
+        await self._cache.destroyed(("patient", tenant_id, patient_id))  # here and on every other node
         if dek_id is None:
             return []
         await self._harden(patient_deks)
@@ -295,7 +295,7 @@ class KeyStore(KekRotation):
             if key_id is not None:
                 await self._overwrite(conn, object_keys, where)
                 await conn.execute(object_keys.delete().where(where))
-        self.evict(tenant_id, patient_id, object_id)
+        await self._cache.destroyed(("object", tenant_id, patient_id, object_id))
         if key_id is None:
             return None
         await self._harden(object_keys)
@@ -345,7 +345,7 @@ class KeyStore(KekRotation):
                     await self._overwrite(conn, table, where)
                     removed += (await conn.execute(table.delete().where(where))).rowcount
         if removed:
-            self._cache.clear()
+            await self._cache.destroyed(("all",))
             await self._harden(patient_deks, object_keys)
         return removed
 

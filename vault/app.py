@@ -30,6 +30,7 @@ from vault.metrics import METRICS, Metrics, make_metrics_middleware
 from vault.patients import views as patient_views
 from vault.runtime import runtime
 from vault.shredding import views as shredding_views
+from vault.tenants import views as token_views
 from vault.treatments import views as treatment_views
 from vault.webhooks import views as webhook_views
 
@@ -38,7 +39,7 @@ log = logging.getLogger("vault")
 # Every domain's HTTP module, in route-registration order (which is also the order of
 # the OpenAPI document). A new domain joins here with its own ``setup(app)``.
 DOMAINS = (system, patient_views, treatment_views, media_views, audit_views, shredding_views,
-           consent_views, webhook_views, lifecycle_views)
+           consent_views, webhook_views, lifecycle_views, token_views)
 
 
 def create_app(settings: Settings) -> web.Application:

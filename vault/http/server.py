@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from typing import Any
 
 from aiohttp import web
@@ -137,19 +138,50 @@ class VaultRunner(web.AppRunner):
 
 
 def run(app: web.Application, *, host: str, port: int) -> None:
-    """``vault serve``: like ``web.run_app``, with :class:`VaultRunner`. SIGINT and SIGTERM
-    stop it gracefully (aiohttp's ``GracefulExit``)."""
+    """``vault serve``: like ``web.run_app``, with :class:`VaultRunner`, and a graceful stop.
+
+    SIGTERM (or SIGINT) closes the listening socket at once — new connections are refused,
+    so a proxy sends them to another node — and idle kept-alive connections; requests in
+    flight, uploads included, run to their answer for up to ``VAULT_SHUTDOWN_TIMEOUT``
+    seconds, each connection closing after its answer. Then whatever is still running is
+    cancelled, the app's clients close and the process exits 0. A second signal ends the
+    wait for the requests at once. (aiohttp's own ``handle_signals`` raises ``GracefulExit``
+    inside the event loop, which makes ``asyncio.run`` cancel every request's task at once.)
+    """
+    from vault.appkeys import SETTINGS
+
+    drain = app[SETTINGS].shutdown_timeout
 
     async def serve() -> None:
-        runner = VaultRunner(app, handle_signals=True, access_log=None)
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        runner = VaultRunner(app, access_log=None, shutdown_timeout=drain)
         await runner.setup()
+        cleanup: asyncio.Task[None] | None = None
+
+        def on_signal() -> None:
+            if not stopping.is_set():
+                stopping.set()
+            elif cleanup is not None and not cleanup.done():
+                log.info("second stop signal: in-flight requests are cancelled now")
+                if runner.server is not None:
+                    for conn in list(runner.server.connections):
+                        conn.force_close()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal)
         try:
             await web.TCPSite(runner, host, port).start()
-            await asyncio.Event().wait()
+            await stopping.wait()
+            busy = sum(1 for conn in (runner.server.connections if runner.server else ()) if conn._request_in_progress)
+            log.info("stopping: no new connections; waiting for requests in flight",
+                     extra={"in_flight": busy, "timeout_s": drain})
         finally:
-            await runner.cleanup()
+            cleanup = asyncio.create_task(runner.cleanup())
+            await cleanup
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
 
-    try:
-        asyncio.run(serve())
-    except (web.GracefulExit, KeyboardInterrupt):
-        pass
+    asyncio.run(serve())

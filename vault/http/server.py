@@ -50,6 +50,19 @@ class VaultRequestHandler(RequestHandler):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._close and not self._force_close and self._request_in_progress:
+            # A graceful stop has marked this connection to close after its request
+            # (``close()``), and aiohttp then drops every byte that arrives: the rest of an
+            # upload's body would never come and the upload would fail. Keep reading it.
+            self._close = False
+            try:
+                self._received(data)
+            finally:
+                self._close = True
+            return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         # start() waits on _waiter only between requests: bytes arriving then begin a head.
         if data and self._header_timer is None and self._waiter is not None:
             self._arm_header_timer()
@@ -57,6 +70,27 @@ class VaultRequestHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != parsed:  # a whole head (or a parse error) came out
             self._cancel_header_timer()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """A graceful stop of this connection. aiohttp's own first sets ``_force_close``,
+        after which every byte that arrives is dropped: an upload whose body is still
+        arriving could never finish. So the request in progress is waited for here first,
+        its connection still reading (``close()`` already marked it to end after this
+        request); aiohttp's shutdown then finds nothing to wait for, or — past the
+        timeout — cancels the handler."""
+        if self._request_in_progress and timeout:
+            started = self._loop.time()
+            waiter = self._loop.create_future()
+            self._handler_waiter = waiter
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except asyncio.TimeoutError:
+                log.warning("a request outlasted the shutdown timeout; it is cancelled", extra={"timeout_s": timeout})
+            finally:
+                self._handler_waiter = None
+            # never 0 or less: aiohttp reads that as "no timeout"
+            timeout = max(1.0, timeout - (self._loop.time() - started))
+        await super().shutdown(timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()

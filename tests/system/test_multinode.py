@@ -9,7 +9,7 @@ root keys on moto's KMS (tests/system/cluster.py).
   at which each node first refused is printed.
 - Keys destroyed on one node (an erasure, a KEK version) leave the other node's key cache.
 - SIGTERM: the node stops accepting at once, an upload in flight finishes with 201, and the
-  process exits 0.
+  process exits 0 (during the rolling restart).
 - A rolling restart of both nodes during a stream of idempotent uploads (retried on
   connection errors with the same ``Idempotency-Key``) loses none and duplicates none.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import socket
 import threading
 import time
@@ -34,6 +33,7 @@ import pytest
 
 from tests.support.databases import PG_ENV, fresh_database
 from tests.system.cluster import Node, Worker, cluster_env, is_connection_error, jpeg, vault
+from vault.tenants.service import IssuedToken
 
 METRICS_TOKEN = "mn-metrics-" + "x" * 24
 ROLES = ("admin", "practitioner", "dpo", "records")
@@ -73,8 +73,9 @@ def cluster(tmp_path_factory, moto) -> Iterator[Cluster]:
         began = time.monotonic()
         vault(env, "migrate")
         migrated = time.monotonic()
-        vault(env, "tenant", "create", "north")
-        tokens = asyncio.run(_tokens(env))
+        asyncio.run(_tenant(env, "north"))
+        issued = asyncio.run(_tokens(env, {role: f"{role} system" for role in ROLES}))
+        tokens = {role: token.token for role, token in issued.items()}
         a, b = Node(env, folder, "a"), Node(env, folder, "b")
         worker = None
         try:
@@ -88,20 +89,22 @@ def cluster(tmp_path_factory, moto) -> Iterator[Cluster]:
                   f"nodes up {time.monotonic() - prepared:.1f} s")
             yield Cluster(env=env, folder=folder, a=a, b=b, worker=worker, tokens=tokens)
         finally:
-            for node in (a, b):
-                if node.proc is not None and node.proc.poll() is None:
-                    node.terminate()
-                    try:
-                        node.wait_exit()
-                    finally:
-                        node.kill()
+            running = [node for node in (a, b) if node.proc is not None and node.proc.poll() is None]
+            for node in running:
+                node.terminate()
             if worker is not None:
                 worker.stop()
+            for node in running:
+                try:
+                    node.wait_exit()
+                finally:
+                    node.kill()
 
 
-async def _tokens(env: dict[str, str]) -> dict[str, str]:
-    """The suite's own tokens, made through the token service on the cluster's database (a
-    CLI process per token would cost seconds each; the CLI path is tested below)."""
+async def _tokens(env: dict[str, str], labels: dict[str, str]) -> dict[str, IssuedToken]:
+    """Tokens made through the token service on the cluster's database, as ``vault token
+    create`` makes them (a CLI process per token would cost seconds each here; the CLI
+    itself is tested in tests/test_cli.py, and revokes below)."""
     from vault.audit.service import AuditLog
     from vault.db import Database
     from vault.tenants.service import TenantService
@@ -109,9 +112,29 @@ async def _tokens(env: dict[str, str]) -> dict[str, str]:
     db = Database(env["VAULT_DATABASE_URL"], pool_size=1)
     try:
         tenants = TenantService(db, AuditLog(db), keys=None)
-        return {role: (await tenants.create_token("north", role, label=f"{role} system", request_id="mn")).token
-                for role in ROLES}
+        return {role: await tenants.create_token("north", role, label=label, request_id="mn")
+                for role, label in labels.items()}
     finally:
+        await db.close()
+
+
+async def _tenant(env: dict[str, str], slug: str) -> None:
+    """``vault tenant create``, in this process: the tenant row and its key hierarchy (KEK
+    wrapped by a new KMS key on moto)."""
+    from keys.providers import open_root_key
+    from keys.store import KeyStore
+    from vault.audit.service import AuditLog
+    from vault.db import Database
+    from vault.tenants.service import TenantService
+
+    db = Database(env["VAULT_DATABASE_URL"], pool_size=1)
+    root = open_root_key(env["VAULT_ROOT_KEY_URL"], production=True)
+    keys = await KeyStore.open(env["VAULT_KEYSTORE_URL"], root)
+    try:
+        await TenantService(db, AuditLog(db), keys).create_tenant(slug, request_id="mn")
+    finally:
+        await keys.close()
+        await root.close()
         await db.close()
 
 
@@ -154,10 +177,8 @@ def test_an_erasure_on_one_node_is_refused_on_the_other_at_once(cluster):
 
 
 def _new_token(cluster: Cluster, label: str) -> tuple[str, str]:
-    out = vault(cluster.env, "token", "create", "--tenant", "north", "--role", "records", "--label", label).stdout
-    token_id = re.search(r"token id ([0-9a-f]{32})", out)
-    assert token_id, out
-    return token_id.group(1), out.strip().splitlines()[-1]
+    issued = asyncio.run(_tokens(cluster.env, {"records": label}))["records"]
+    return issued.id, issued.token
 
 
 def test_a_revoked_token_is_refused_on_every_node_within_a_second(cluster):
@@ -268,37 +289,10 @@ def _refuses_connections(node: Node) -> bool:
         return True
 
 
-def test_sigterm_finishes_an_upload_in_flight_then_exits_0(cluster):
-    a, tokens = cluster.a, cluster.tokens
-    patient = cluster.patient(a, "MN-SIGTERM")
-    upload = TrickleUpload(a, f"/v1/patients/{patient}/media?phase=before", tokens["practitioner"],
-                           jpeg(4, (1600, 1200)))
-    upload.start()
-    assert upload.half_sent.wait(30)
-    time.sleep(0.2)  # the server is reading the body
-    a.terminate()
-    signalled = time.monotonic()
-    while not _refuses_connections(a):  # stops accepting (a proxy sends new requests elsewhere)
-        assert time.monotonic() - signalled < 10, "node A still accepts connections after SIGTERM"
-        time.sleep(0.02)
-    assert a.proc is not None and a.proc.poll() is None  # ... while the upload is still in flight
-    refused_after = time.monotonic() - signalled
-    upload.go_on.set()
-    upload.join(60)
-    assert b" 201 " in upload.status_line, (refused_after, upload.answer[-300:], a.tail())
-    media = json.loads(upload.answer.split(b"\r\n\r\n", 1)[1])
-    assert media["status"] == "ready"
-    assert a.wait_exit() == 0, a.tail()
-    stopped = time.monotonic() - signalled
-    assert "stopping: no new connections" in a.tail()
-    a.start()
-    a.wait_ready()
-    status, body = cluster.b.json("GET", f"/v1/media/{media['id']}", tokens["records"])
-    assert status == 200 and body["status"] == "ready"
-    print(f"\nSIGTERM with an upload in flight: 201, exit 0 after {stopped:.1f} s")
-
-
 def test_a_rolling_restart_loses_no_upload_and_duplicates_none(cluster):
+    """Both nodes restarted in turn (SIGTERM, exit 0, start) while three clients upload;
+    node A gets its SIGTERM while an upload's body is still arriving: it stops accepting
+    at once, that upload still finishes with 201, and only then does the process exit 0."""
     a, b, tokens = cluster.a, cluster.b, cluster.tokens
     patient = cluster.patient(b, "MN-ROLLING")
     outcomes: dict[str, tuple[int, str]] = {}  # Idempotency-Key -> (status, media id)
@@ -335,11 +329,32 @@ def test_a_rolling_restart_loses_no_upload_and_duplicates_none(cluster):
         thread.start()
     while len(outcomes) < 6:
         time.sleep(0.05)
-    restarts = []
+    restarts, stopped = [], []
     for node in (a, b):
+        trickle = None
+        if node is a:  # an upload whose body is still arriving when SIGTERM comes
+            trickle = TrickleUpload(a, f"/v1/patients/{patient}/media?phase=before", tokens["practitioner"],
+                                    jpeg(4, (1600, 1200)))
+            trickle.start()
+            assert trickle.half_sent.wait(30)
+            time.sleep(0.2)  # the node is reading its body
         began = time.monotonic()
         node.terminate()
+        if trickle is not None:
+            while not _refuses_connections(node):  # stops accepting: new requests go to the other node
+                assert time.monotonic() - began < 10, "the node still accepts connections after SIGTERM"
+                time.sleep(0.02)
+            assert node.proc is not None and node.proc.poll() is None  # ... while the upload is in flight
+            trickle.go_on.set()
+            trickle.join(60)
+            assert b" 201 " in trickle.status_line, (trickle.answer[-300:], node.tail())
+            finished = json.loads(trickle.answer.split(b"\r\n\r\n", 1)[1])
+            assert finished["status"] == "ready"
+            with lock:
+                outcomes["in flight at SIGTERM"] = (201, finished["id"])
         assert node.wait_exit() == 0, node.tail()
+        stopped.append(time.monotonic() - began)
+        assert "stopping: no new connections" in node.tail()
         node.start()
         node.wait_ready()
         restarts.append(time.monotonic() - began)
@@ -366,5 +381,6 @@ def test_a_rolling_restart_loses_no_upload_and_duplicates_none(cluster):
         cursor = f"&cursor={page['next_cursor']}"
     assert sorted(listed) == sorted(made.values())  # none lost, none duplicated
     print(f"\nrolling restart: {len(made)} idempotent uploads, {len(retries)} retried after a connection error, "
-          f"{sum(1 for s, _ in outcomes.values() if s == 200)} answered as replays; node restarts took "
+          f"{sum(1 for s, _ in outcomes.values() if s == 200)} answered as replays; SIGTERM to exit 0: "
+          + ", ".join(f"{s:.1f} s" for s in stopped) + " (A with an upload in flight, which got 201); restarts took "
           + ", ".join(f"{s:.1f} s" for s in restarts))

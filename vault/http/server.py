@@ -92,6 +92,11 @@ class VaultRequestHandler(RequestHandler):
             timeout = max(1.0, timeout - (self._loop.time() - started))
         await super().shutdown(timeout)
 
+    async def finish_response(self, request: Any, resp: web.StreamResponse, start_time: float | None) -> Any:
+        if self._close and not resp.prepared:
+            resp.force_close()  # stopping: say so (``Connection: close``), so the client opens its next elsewhere
+        return await super().finish_response(request, resp, start_time)
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)

@@ -195,7 +195,7 @@ class PgNotifier(Notifier):
         await self._drop()
 
     async def _run(self) -> None:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]
 
         backoff = BACKOFF_FIRST
         while True:

@@ -142,7 +142,7 @@ async def test_a_revocation_on_one_node_is_heard_by_the_other(two_nodes, clinic,
         await here.revoke_token("f" * 32, request_id="t")
 
 
-async def test_caches_are_off_while_the_listener_is_down(two_nodes, migrated_db):
+async def test_caches_are_off_while_the_listener_is_down(two_nodes, migrated_db, clinic):
     from vault.db.notify import LOCAL_BOUND
 
     _, there, notifier = two_nodes
@@ -158,3 +158,24 @@ async def test_caches_are_off_while_the_listener_is_down(two_nodes, migrated_db)
         assert time.monotonic() < deadline, "the listener did not come back"
         await asyncio.sleep(0.05)
     assert notifier.connects == 2
+
+    # The server ends the listener's connection: caches go off, it reconnects by itself,
+    # and a revocation after that is heard again.
+    from sqlalchemy import text
+
+    pid = notifier._conn.get_server_pid()
+    async with there.db.transaction() as session:
+        await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    deadline = time.monotonic() + 15
+    while notifier.connects < 3 or not notifier.listening:
+        assert time.monotonic() < deadline, "the listener did not reconnect"
+        await asyncio.sleep(0.05)
+    heard = notifier.delivered
+    issued = await there.create_token(clinic.slug, "records", label="after reconnect", request_id="t")
+    await there.authenticate(issued.token)
+    await two_nodes[0].revoke_token(issued.id, request_id="t")
+    while notifier.delivered == heard:
+        assert time.monotonic() < deadline, "a revocation after the reconnect was not heard"
+        await asyncio.sleep(0.02)
+    with pytest.raises(Unauthorized):
+        await there.authenticate(issued.token)

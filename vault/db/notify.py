@@ -150,6 +150,7 @@ class PgNotifier(Notifier):
                                   password=url.password, database=url.database)
         self._task: asyncio.Task[None] | None = None
         self._conn: Any = None
+        self._listening = False
         self._last_ok = float("-inf")
         self._restart = asyncio.Event()
         self.connects = 0  # successful (re)connections, for tests
@@ -159,7 +160,7 @@ class PgNotifier(Notifier):
 
     @property
     def listening(self) -> bool:
-        return self._conn is not None and time.monotonic() - self._last_ok < STALE_AFTER
+        return self._listening and time.monotonic() - self._last_ok < STALE_AFTER
 
     async def publish_in(self, session: AsyncSession, channel: str, payload: str) -> None:
         await super().publish_in(session, channel, payload)
@@ -201,10 +202,16 @@ class PgNotifier(Notifier):
         while True:
             try:
                 self._restart.clear()
-                conn = await asyncpg.connect(**self._connect_args, timeout=5)
+                connecting = asyncio.ensure_future(asyncpg.connect(**self._connect_args, timeout=5))
+                try:
+                    # shielded: a close() arriving mid-connect must not leave a half-made connection open
+                    conn = self._conn = await asyncio.shield(connecting)
+                except asyncio.CancelledError:
+                    connecting.add_done_callback(_terminate_when_made)
+                    raise
                 for channel in self.channels:
                     await conn.add_listener(channel, self._on_notify)
-                self._conn = conn
+                self._listening = True
                 self._last_ok = time.monotonic()
                 self.connects += 1
                 # Whatever was announced while nobody listened is lost: start over.
@@ -221,7 +228,7 @@ class PgNotifier(Notifier):
                     self._last_ok = time.monotonic()
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever broke, the listener must come back
                 log.warning("cache invalidation listener lost its connection; caches are off until it is back",
                             extra={"reason": type(exc).__name__, "retry_s": backoff})
             await self._drop()
@@ -233,6 +240,7 @@ class PgNotifier(Notifier):
         self.deliver(channel, payload)
 
     async def _drop(self) -> None:
+        self._listening = False
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:
@@ -243,6 +251,11 @@ class PgNotifier(Notifier):
 
 def open_notifier(db: Database) -> Notifier:
     return Notifier() if db.dialect == "sqlite" else PgNotifier(db)
+
+
+def _terminate_when_made(connecting: asyncio.Future[Any]) -> None:
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().terminate()
 
 
 def _forget(sync_session: Any) -> None:

@@ -39,6 +39,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 #: revocations are heard from every node (vault/db/notify.py bounds it otherwise)
 TOKEN_CACHE_SECONDS = 30.0
 TOKEN_CACHE_SIZE = 10_000
+_TOKEN_ID = re.compile(r"[0-9a-f]{32}")  # vault.db.new_id
 _DURATION = re.compile(r"^(\d{1,5})([dhm])$")
 
 
@@ -180,7 +181,7 @@ class TenantService:
         request) may revoke only its own tenant's tokens: another's is NotFound. Revoking
         twice is not an error (and is audited again)."""
         async with self.db.transaction() as session:
-            row = await session.get(ApiToken, token_id) if len(token_id) <= 64 else None
+            row = await session.get(ApiToken, token_id) if _TOKEN_ID.fullmatch(token_id) else None
             if row is None or (actor is not None and row.tenant_id != actor.tenant_id):
                 raise NotFound("no such token")
             if row.revoked_at is None:

@@ -133,7 +133,7 @@ async def measure(args, env: dict[str, str], folder: Path, nginx: str) -> None:
         print("|---|---:|---:|---:|")
         print(f"| thumbnail GETs/s, concurrency 8 | {d['rps']:.1f} | {p['rps']:.1f} | **{p['rps'] / d['rps']:.2f}×** |")
         print(f"| thumbnail p50 | {1000 * d['p50']:.1f} ms | {1000 * p['p50']:.1f} ms | "
-              f"{p['p50'] / d['p50']:.2f}× (+{1000 * (p['p50'] - d['p50']):.1f} ms) |")
+              f"{p['p50'] / d['p50']:.2f}× ({1000 * (p['p50'] - d['p50']):+.1f} ms) |")
         print(f"| 2 MiB Range reads, concurrency 2 | {d['mibs']:.1f} MiB/s | {p['mibs']:.1f} MiB/s | "
               f"**{p['mibs'] / d['mibs']:.2f}×** |")
         print(f"| ingest photos/s (2 MP JPEG), concurrency 2 | {d['ingest']:.2f} | {p['ingest']:.2f} | "

@@ -121,7 +121,7 @@ class RootEpochs(KeyHierarchy):
         async with self._writer.begin() as conn:
             await conn.execute(root_versions.update().where(root_versions.c.version_id == version_id)
                                .values(destroyed_at=now(), irrecoverable_at=irrecoverable))
-        self._cache.clear()  # a destroyed epoch's unwrapped keys must not linger
+        await self._cache.destroyed(("all",))  # a destroyed epoch's unwrapped keys must not linger, on any node
         return irrecoverable
 
     async def finish_root_destructions(self, *, at: datetime | None = None) -> list[str]:

@@ -98,7 +98,9 @@ class DekRenewals(RootEpochs):
             if old is not None and pending is not None:
                 await self._swap(conn, tenant_id, patient_id, old, pending, target)
                 swapped = True
-        self.evict(tenant_id, patient_id)
+        # The old DEK and the object keys it wrapped are gone from the rows: every node's
+        # cache drops them too (a node holding the old DEK would fail on the rewrapped keys).
+        await self._cache.destroyed(("patient", tenant_id, patient_id))
         if not swapped:
             await self._drop_pending(tenant_id, patient_id)
             return False

@@ -205,8 +205,7 @@ class KekRotation(DekRenewals):
                 tenant_keks.update().where(where).values(wrapped=None, index_wrapped=None, state="destroyed",
                                                          destroyed_at=now())
             )
-        self._cache.evict(("kek", tenant_id, version))
-        self._cache.evict(("eidx", tenant_id, version))
+        await self._cache.destroyed(("kek", tenant_id, str(version)))
         await self._harden(tenant_keks)
         # The row first, then the provider: a crash in between leaves a version that
         # wraps nothing live, which finish_root_destructions (and a retry) destroys.

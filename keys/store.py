@@ -216,7 +216,7 @@ class KeyStore(KekRotation):
             next_dek = (pending_deks.c.tenant_id == tenant_id) & (pending_deks.c.patient_id == patient_id)
             await self._overwrite(conn, pending_deks, next_dek)
             await conn.execute(pending_deks.delete().where(next_dek))
-        self.evict(tenant_id, patient_id)
+        await self._cache.destroyed(("patient", tenant_id, patient_id))  # here and on every other node
         if dek_id is None:
             return []
         await self._harden(patient_deks)
@@ -307,7 +307,7 @@ class KeyStore(KekRotation):
                 # A copy made before now holds this key wrapped by the live DEK: renew the
                 # DEK at the next rotation so that copy dies with its epochs.
                 await self._request(conn, tenant_id, patient_id, OBJECT_DELETE)
-        self.evict(tenant_id, patient_id, object_id)
+        await self._cache.destroyed(("object", tenant_id, patient_id, object_id))
         if key_id is None:
             return None
         await self._harden(object_keys)
@@ -537,7 +537,7 @@ class KeyStore(KekRotation):
             await self._overwrite(conn, pending_deks, orphan)
             removed += (await conn.execute(pending_deks.delete().where(orphan))).rowcount
         if removed:
-            self._cache.clear()
+            await self._cache.destroyed(("all",))
             await self._harden(patient_deks, object_keys)
         return removed
 

@@ -47,7 +47,7 @@ def test_tokens_and_audit_verify_from_the_cli(tmp_path):
     assert vault("audit", "verify", env=env).stdout.startswith("north: intact")
     vault("token", "revoke", token_id, env=env)
     assert "revoked" in vault("token", "list", env=env).stdout
-    bad = vault("token", "create", "--tenant", "north", "--role", "janitor", env=env, check=False)
+    bad = vault("token", "create", "--tenant", "north", "--role", "janitor", "--label", "x", env=env, check=False)
     assert bad.returncode != 0 and "role must be one of" in bad.stderr
 
     # tamper with the chain directly in the SQLite file: verify names the entry

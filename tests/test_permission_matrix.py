@@ -103,9 +103,17 @@ async def _receipt(client, clinic) -> str:
     return (await resp.json())["receipt"]["receipt_id"]
 
 
+async def _token(client, clinic) -> str:
+    from vault.appkeys import RUNTIME
+
+    issued = await client.server.app[RUNTIME].tenants.create_token(clinic.slug, "records", label="matrix spare",
+                                                                   request_id="t")
+    return issued.id
+
+
 #: how to create, in a clinic, the resource a path parameter names
 RESOURCES = {"patient_id": _patient, "media_id": _media, "consent_id": _consent, "release_id": _release,
-             "export_id": _export, "receipt_id": _receipt}
+             "export_id": _export, "receipt_id": _receipt, "token_id": _token}
 
 #: a valid body for each route that takes one: JSON, or (bytes, content type)
 BODIES = {

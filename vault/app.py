@@ -31,6 +31,7 @@ from vault.patients import views as patient_views
 from vault.redaction import views as redaction_views
 from vault.runtime import runtime
 from vault.shredding import views as shredding_views
+from vault.tenants import views as token_views
 from vault.treatments import views as treatment_views
 from vault.webhooks import views as webhook_views
 from vault.web import views as web_views
@@ -41,7 +42,7 @@ log = logging.getLogger("vault")
 # Every domain's HTTP module, in route-registration order (which is also the order of
 # the OpenAPI document). A new domain joins here with its own ``setup(app)``.
 DOMAINS = (system, patient_views, treatment_views, media_views, audit_views, shredding_views,
-           consent_views, redaction_views, webhook_views, lifecycle_views, web_views)
+           consent_views, redaction_views, webhook_views, lifecycle_views, token_views, web_views)
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -88,22 +88,31 @@ def cmd_tenant_create(settings: Settings, args) -> int:
 
 
 def cmd_token_create(settings: Settings, args) -> int:
+    from vault.tenants.service import parse_expiry
+
+    expires = parse_expiry(args.expires) if args.expires else None
+
     async def action(rt):
-        issued = await rt.tenants.create_token(
-            args.tenant, args.role, label=args.label or f"{args.role} token", request_id=request_id()
-        )
-        print(f"token id {issued.id} for tenant {issued.tenant_slug}, role {issued.role}; shown once:")
+        issued = await rt.tenants.create_token(args.tenant, args.role, label=args.label, expires_at=expires,
+                                               request_id=request_id())
+        until = f", expires {issued.expires_at.isoformat(timespec='seconds')}" if issued.expires_at else ""
+        print(f"token id {issued.id} for tenant {issued.tenant_slug}, role {issued.role}, label {issued.label!r}{until}; "
+              "shown once:")
         print(issued.token)
 
     return run_with_runtime(settings, action)
 
 
 def cmd_token_list(settings: Settings, args) -> int:
+    from vault.db import utcnow
+
     async def action(rt):
+        now = utcnow()
         for token in await rt.tenants.tokens(args.tenant):
-            state = "revoked" if token.revoked_at else "active"
             used = token.last_used_at.isoformat(timespec="seconds") if token.last_used_at else "never"
-            print(f"{token.id}  {token.tenant_slug:<20} {token.role:<12} {state:<8} last used {used}  {token.label}")
+            until = token.expires_at.isoformat(timespec="seconds") if token.expires_at else "never"
+            print(f"{token.id}  {token.tenant_slug:<20} {token.role:<12} {token.state(now):<8} last used {used}  "
+                  f"expires {until}  {token.label}")
 
     return run_with_runtime(settings, action)
 
@@ -111,7 +120,7 @@ def cmd_token_list(settings: Settings, args) -> int:
 def cmd_token_revoke(settings: Settings, args) -> int:
     async def action(rt):
         await rt.tenants.revoke_token(args.token_id, request_id=request_id())
-        print(f"token {args.token_id} revoked")
+        print(f"token {args.token_id} revoked (every node refuses it)")
 
     return run_with_runtime(settings, action)
 
@@ -301,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     tcreate = token.add_parser("create", help="create a token; it is printed once, alone on the last line")
     tcreate.add_argument("--tenant", required=True)
     tcreate.add_argument("--role", required=True)
-    tcreate.add_argument("--label", help="the person or system that holds it")
+    tcreate.add_argument("--label", required=True, help="the system (or person) that holds it; the audit log names it")
+    tcreate.add_argument("--expires", help="30d, 12h, 90m, or an ISO date/time (UTC unless it says); default: never")
     tcreate.set_defaults(func=cmd_token_create)
     tlist = token.add_parser("list", help="list tokens (never their values)")
     tlist.add_argument("--tenant")

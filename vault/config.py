@@ -227,6 +227,8 @@ class Settings:
     # http_header_timeout s; each 64 KiB of a body (or its end) within http_body_timeout s.
     http_header_timeout: float = field(default=10.0, metadata=variable("VAULT_HTTP_HEADER_TIMEOUT", _seconds))
     http_body_timeout: float = field(default=20.0, metadata=variable("VAULT_HTTP_BODY_TIMEOUT", _seconds))
+    # on SIGTERM, requests in flight get this long to finish (the systemd unit allows 35 s in all)
+    shutdown_timeout: float = field(default=20.0, metadata=variable("VAULT_SHUTDOWN_TIMEOUT", _seconds))
     # uploads in progress on this node (503 beyond)
     max_uploads: int = field(default=32, metadata=variable("VAULT_MAX_UPLOADS", _integer(minimum=1)))
     # uploads in progress per token on this node (429 beyond)

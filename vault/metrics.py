@@ -205,7 +205,14 @@ class StateCollector(Collector):
         hits.add_metric([], snap["cache_hits"])
         misses = CounterMetricFamily("vault_key_cache_misses", "Unwrapped-key cache misses on this node")
         misses.add_metric([], snap["cache_misses"])
-        yield from (hits, misses)
+        entries = GaugeMetricFamily("vault_key_cache_entries", "Unwrapped keys cached on this node, by kind",
+                                    labels=["kind"])
+        for kind in ("kek", "dek", "obj", "idx"):
+            entries.add_metric([kind], snap["cache_kinds"].get(kind, 0))
+        evicted = CounterMetricFamily("vault_key_cache_scope_evictions",
+                                      "Cached keys dropped because they were destroyed (on this node or another)")
+        evicted.add_metric([], snap["cache_scope_evictions"])
+        yield from (hits, misses, entries, evicted)
         detector = GaugeMetricFamily("vault_face_detector_info",
                                      "The face detector set the decoder workers loaded (\"none\": every photo counts as a face)",
                                      labels=["detector"])
@@ -270,6 +277,8 @@ async def _read_state(rt: Any) -> dict[str, Any]:
         "checkpoints": checkpoints,
         "cache_hits": getattr(cache, "hits", 0),
         "cache_misses": getattr(cache, "misses", 0),
+        "cache_kinds": cache.kinds() if cache is not None else {},
+        "cache_scope_evictions": getattr(cache, "scope_evictions", 0),
         "detector": pipeline.detector_name() if pipeline is not None else "",
     }
 

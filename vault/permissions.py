@@ -100,6 +100,8 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     # audit
     ("GET", "/v1/audit"): frozenset({D, U}),
     ("GET", "/v1/audit/verify"): frozenset({D, U}),
+    # tokens (created on the command line only)
+    ("DELETE", "/v1/tokens/{token_id}"): frozenset({A}),
     # the staff web app (docs/staff.md): pages and their forms, decided here like the API.
     # Login, its second factor, enrolment and the static files need no session.
     ("GET", "/"): PUBLIC,

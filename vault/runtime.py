@@ -26,6 +26,7 @@ from vault.config import Settings
 from vault.consent.releases import ReleaseService
 from vault.consent.service import ConsentService
 from vault.db import Database
+from vault.db.notify import Notifier, open_notifier, watch_key_cache
 from vault.lifecycle.service import Lifecycle
 from vault.media.processing import PhotoPipeline
 from vault.media.service import MediaService
@@ -66,6 +67,7 @@ class Runtime:
     readiness: Readiness
     checkpoints: Checkpoints
     audit_reads: AuditReads
+    notifier: Notifier  # cache invalidation across nodes (LISTEN/NOTIFY on PostgreSQL)
     lifecycle: Lifecycle = field(init=False)  # built from the services above
     receipts: ReceiptService = field(init=False)  # answers finality through lifecycle.erasure
     redactions: RedactionService = field(init=False)  # built before the release service, which uses it
@@ -126,6 +128,10 @@ async def runtime(
         keys = await KeyStore.open(settings.keystore_url, root, cache_ttl=settings.key_cache_seconds,
                                    backup_window_days=settings.backup_window_days)
         stack.push_async_callback(keys.close)
+        notifier = open_notifier(db)
+        watch_key_cache(notifier, keys)  # destroyed keys leave every node's cache
+        await notifier.start()
+        stack.push_async_callback(notifier.close)
         store = open_store(settings.storage_url)
         stack.push_async_callback(store.close)
         journal = journals_for(settings)  # every shred is also journaled, apart from backups
@@ -136,6 +142,7 @@ async def runtime(
         stack.push_async_callback(leases.close)
         sealed = SealedBlobs(keys, store, ledger=ledger, leases=leases)
         patients = PatientService(db, audit, keys)
+        tenants = TenantService(db, audit, keys, notifier=notifier)
         webhooks = WebhookService(db, audit, keys, allow_http_loopback=settings.webhooks_allow_http_loopback)
         checkpoints = Checkpoints(db, audit, keys)
         media = MediaService(db, audit, keys, sealed, patients, pipeline)
@@ -148,7 +155,7 @@ async def runtime(
             store=store,
             sealed=sealed,
             ledger=ledger,
-            tenants=TenantService(db, audit, keys),
+            tenants=tenants,
             patients=patients,
             treatments=TreatmentService(db, audit, keys, patients),
             media=media,
@@ -157,7 +164,8 @@ async def runtime(
             releases=ReleaseService(db, audit, keys, sealed, patients, pipeline, redactions=redactions),
             readiness=Readiness(db=db, keys=keys, store=store),
             checkpoints=checkpoints,
-            audit_reads=AuditReads(audit, checkpoints),
+            audit_reads=AuditReads(audit, checkpoints, labels=tenants.labels),
+            notifier=notifier,
         )
         rt.lifecycle = Lifecycle.build(
             settings, db=db, audit=audit, keys=keys, ledger=ledger, sealed=sealed, store=store, patients=patients,

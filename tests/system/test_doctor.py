@@ -108,7 +108,7 @@ def test_doctor_names_each_failure(backend, tmp_path):
 
 def test_commands_do_not_create_a_vault_in_the_wrong_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
-    for args in (("token", "create", "--tenant", "x", "--role", "dpo"), ("tenant", "create", "x"), ("jobs", "list"),
+    for args in (("token", "create", "--tenant", "x", "--role", "dpo", "--label", "x"), ("tenant", "create", "x"), ("jobs", "list"),
                  ("keys", "versions", "--tenant", "x"), ("audit", "verify")):
         proc = vault(*args, env=env, cwd=tmp_path)
         assert proc.returncode == 2, (args, proc.stderr)

@@ -4,6 +4,7 @@ chain's verification with its signed checkpoints. Each read is itself audited.""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ class EntryView:
     outcome: str
     request_id: str
     hash: str
+    actor_label: str | None = None  # the acting token's label
 
 
 @dataclass(frozen=True)
@@ -33,17 +35,21 @@ class EntryPage:
 
 
 class AuditReads:
-    def __init__(self, audit: AuditLog, checkpoints: Checkpoints) -> None:
+    def __init__(self, audit: AuditLog, checkpoints: Checkpoints,
+                 labels: Callable[[str, set[str]], Awaitable[dict[str, str]]] | None = None) -> None:
         self.audit = audit
         self.checkpoints = checkpoints
+        self.labels = labels  # (tenant, token ids) -> labels: the chain keeps ids, readers see labels
 
     async def entries(self, actor: Actor, *, after_seq: int, limit: int, action: str | None = None,
                       target: str | None = None, since: datetime | None = None,
                       until: datetime | None = None) -> EntryPage:
         rows = await self.audit.entries(actor.tenant_id, after_seq=after_seq, limit=limit, action=action, target=target,
                                         since=since, until=until)
+        names = await self.labels(actor.tenant_id, {r.actor for r in rows}) if self.labels else {}
         items = [EntryView(seq=r.seq, at=r.at, actor=r.actor, role=r.role, action=r.action,
-                           targets=json.loads(r.targets), outcome=r.outcome, request_id=r.request_id, hash=r.hash)
+                           targets=json.loads(r.targets), outcome=r.outcome, request_id=r.request_id, hash=r.hash,
+                           actor_label=names.get(r.actor))
                  for r in rows]
         await self.audit.record(AuditEvent.of(actor, "audit.read", count=str(len(items))))
         return EntryPage(items=items, next_cursor=str(rows[-1].seq) if len(rows) == limit else None)

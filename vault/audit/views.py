@@ -43,6 +43,8 @@ class AuditEntryOut(BaseModel):
     seq: int
     at: str
     actor: str
+    actor_label: str | None = Field(default=None, description="the label of the token that acted (the system "
+                                                              "or person it was issued to); null for the command line")
     role: str
     action: str
     targets: dict[str, Any]
@@ -52,8 +54,8 @@ class AuditEntryOut(BaseModel):
 
     @classmethod
     def of(cls, e: EntryView) -> AuditEntryOut:
-        return cls(seq=e.seq, at=e.at.isoformat(), actor=e.actor, role=e.role, action=e.action, targets=e.targets,
-                   outcome=e.outcome, request_id=e.request_id, hash=e.hash)
+        return cls(seq=e.seq, at=e.at.isoformat(), actor=e.actor, actor_label=e.actor_label, role=e.role,
+                   action=e.action, targets=e.targets, outcome=e.outcome, request_id=e.request_id, hash=e.hash)
 
 
 class AuditPage(BaseModel):

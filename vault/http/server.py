@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +29,8 @@ log = logging.getLogger("vault.http")
 
 #: aiohttp's run_app default; a bare AppRunner would keep idle connections for an hour
 KEEPALIVE_TIMEOUT = 75.0
+#: after the requests are drained, closing the app's clients (database, decoders) gets this long
+CLEANUP_SECONDS = 8.0
 
 
 class VaultRequestHandler(RequestHandler):
@@ -49,6 +53,19 @@ class VaultRequestHandler(RequestHandler):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._close and not self._force_close and self._request_in_progress:
+            # A graceful stop has marked this connection to close after its request
+            # (``close()``), and aiohttp then drops every byte that arrives: the rest of an
+            # upload's body would never come and the upload would fail. Keep reading it.
+            self._close = False
+            try:
+                self._received(data)
+            finally:
+                self._close = True
+            return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         # start() waits on _waiter only between requests: bytes arriving then begin a head.
         if data and self._header_timer is None and self._waiter is not None:
             self._arm_header_timer()
@@ -56,6 +73,32 @@ class VaultRequestHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != parsed:  # a whole head (or a parse error) came out
             self._cancel_header_timer()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """A graceful stop of this connection. aiohttp's own first sets ``_force_close``,
+        after which every byte that arrives is dropped: an upload whose body is still
+        arriving could never finish. So the request in progress is waited for here first,
+        its connection still reading (``close()`` already marked it to end after this
+        request); aiohttp's shutdown then finds nothing to wait for, or — past the
+        timeout — cancels the handler."""
+        if self._request_in_progress and timeout:
+            started = self._loop.time()
+            waiter = self._loop.create_future()
+            self._handler_waiter = waiter
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except asyncio.TimeoutError:
+                log.warning("a request outlasted the shutdown timeout; it is cancelled", extra={"timeout_s": timeout})
+            finally:
+                self._handler_waiter = None
+            # never 0 or less: aiohttp reads that as "no timeout"
+            timeout = max(1.0, timeout - (self._loop.time() - started))
+        await super().shutdown(timeout)
+
+    async def finish_response(self, request: Any, resp: web.StreamResponse, start_time: float | None) -> Any:
+        if self._close and not resp.prepared:
+            resp.force_close()  # stopping: say so (``Connection: close``), so the client opens its next elsewhere
+        return await super().finish_response(request, resp, start_time)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
@@ -137,19 +180,60 @@ class VaultRunner(web.AppRunner):
 
 
 def run(app: web.Application, *, host: str, port: int) -> None:
-    """``vault serve``: like ``web.run_app``, with :class:`VaultRunner`. SIGINT and SIGTERM
-    stop it gracefully (aiohttp's ``GracefulExit``)."""
+    """``vault serve``: like ``web.run_app``, with :class:`VaultRunner`, and a graceful stop.
+
+    SIGTERM (or SIGINT) closes the listening socket at once — new connections are refused,
+    so a proxy sends them to another node — and idle kept-alive connections; requests in
+    flight, uploads included, run to their answer for up to ``VAULT_SHUTDOWN_TIMEOUT``
+    seconds, each connection closing after its answer. Then whatever is still running is
+    cancelled, the app's clients close and the process exits 0. A second signal ends the
+    wait for the requests at once. (aiohttp's own ``handle_signals`` raises ``GracefulExit``
+    inside the event loop, which makes ``asyncio.run`` cancel every request's task at once.)
+    """
+    from vault.appkeys import SETTINGS
+
+    drain = app[SETTINGS].shutdown_timeout
 
     async def serve() -> None:
-        runner = VaultRunner(app, handle_signals=True, access_log=None)
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        runner = VaultRunner(app, access_log=None, shutdown_timeout=drain)
         await runner.setup()
+        cleanup: asyncio.Task[None] | None = None
+
+        def on_signal() -> None:
+            if not stopping.is_set():
+                stopping.set()
+            elif cleanup is not None and not cleanup.done():
+                log.info("second stop signal: in-flight requests are cancelled now")
+                if runner.server is not None:
+                    for conn in list(runner.server.connections):
+                        conn.force_close()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal)
         try:
             await web.TCPSite(runner, host, port).start()
-            await asyncio.Event().wait()
+            await stopping.wait()
+            busy = sum(1 for conn in (runner.server.connections if runner.server else ()) if conn._request_in_progress)
+            log.info("stopping: no new connections; waiting for requests in flight",
+                     extra={"in_flight": busy, "timeout_s": drain})
         finally:
-            await runner.cleanup()
+            cleanup = asyncio.create_task(runner.cleanup())
+            # Bounded: the unit's TimeoutStopSec must never be what ends a node. Requests
+            # are drained within ``drain`` (plus aiohttp's cancel phase); closing the clients
+            # after that takes seconds.
+            done, _ = await asyncio.wait({cleanup}, timeout=drain + CLEANUP_SECONDS)
+            if not done:
+                stuck = [f"{t.get_name()}: {t.get_coro()!r}" for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                log.error("stopping took too long; exiting without finishing the clean-up",
+                          extra={"pending": stuck[:20]})
+                logging.shutdown()
+                os._exit(0)
+            cleanup.result()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
 
-    try:
-        asyncio.run(serve())
-    except (web.GracefulExit, KeyboardInterrupt):
-        pass
+    asyncio.run(serve())

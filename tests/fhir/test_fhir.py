@@ -261,3 +261,34 @@ async def test_bad_input_is_a_4xx_operation_outcome(client, clinic, method, url,
     resp = await client.request(method, url.format(p=patient_id), headers=headers, **kwargs)
     outcome = await _outcome(resp, status)
     assert outcome.issue[0].severity == "error"
+
+
+async def test_logs_never_carry_the_mrn_or_names(client, clinic, caplog):
+    import logging
+
+    from vault.logs import JsonFormatter
+
+    patient_id, mrn = await _patient(client, clinic, display_name="Hilda Secret")
+    with caplog.at_level(logging.INFO):
+        resp = await client.post("/fhir/R4/Media/_search", data={"subject:Patient.identifier": mrn}, headers=clinic.auth("records"))
+        assert resp.status == 200
+        resp = await client.post("/fhir/R4/Media/_search", data={"subject:Patient.identifier": "http://x|" + mrn},
+                                 headers=clinic.auth("records"))
+        assert mrn not in await resp.text()
+        await client.get(f"/fhir/R4/Patient/{patient_id}", headers=clinic.auth("records"))
+    text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    assert '"route": "/fhir/R4/Media/_search"' in text
+    for secret in (mrn, "Hilda Secret", clinic.tokens["records"], patient_id):
+        assert secret not in text
+
+
+async def test_unexpected_errors_are_a_generic_500_outcome(client, clinic, monkeypatch):
+    from vault.fhir.views import FHIR
+
+    async def boom(*a, **k):
+        raise RuntimeError("secret detail Ada Lovelace")
+
+    monkeypatch.setattr(client.server.app[FHIR], "read_media", boom)
+    resp = await client.get("/fhir/R4/Media/" + "0" * 32, headers=clinic.auth("records"))
+    outcome = await _outcome(resp, 500)
+    assert outcome.issue[0].severity == "fatal" and "Ada" not in await resp.text()

@@ -80,9 +80,15 @@ async def outcomes(request: web.Request, handler):
         return await handler(request)
     try:
         return await handler(request)
+    except ConnectionError:
+        raise  # the client went away: the request context drops the connection
     except errors.VaultError as exc:
-        if request.get(RESPONSE_STARTED) or exc.status == 500 or isinstance(exc, errors.RequestTimeout):
-            raise  # the request context logs it, cuts a started response, closes a timed-out body
+        if request.get(RESPONSE_STARTED) or isinstance(exc, errors.RequestTimeout):
+            raise  # the request context cuts a started response, closes a timed-out body
+        if exc.status == 500:
+            log.error("vault error", extra={"code": exc.code}, exc_info=exc)
+        elif exc.status > 500:
+            log.warning("vault error", extra={"code": exc.code})
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
         if exc.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
@@ -93,6 +99,12 @@ async def outcomes(request: web.Request, handler):
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k == "Allow"}
         return outcome_response(exc.status, code, exc.reason, headers)
+    except Exception as exc:
+        if request.get(RESPONSE_STARTED):
+            raise
+        # The type and frames go to the log; nothing of the exception reaches the client.
+        log.error("unhandled error", exc_info=exc)
+        return outcome_response(500, "internal", "internal error")
 
 
 def _check_accept(request: web.Request) -> None:

@@ -292,3 +292,27 @@ async def test_unexpected_errors_are_a_generic_500_outcome(client, clinic, monke
     resp = await client.get("/fhir/R4/Media/" + "0" * 32, headers=clinic.auth("records"))
     outcome = await _outcome(resp, 500)
     assert outcome.issue[0].severity == "fatal" and "Ada" not in await resp.text()
+
+
+async def test_deleted_media_and_erased_patients_are_410_deleted(client, clinic):
+    patient_id, mrn = await _patient(client, clinic)
+    kept, deleted = await _upload(client, clinic, patient_id), await _upload(client, clinic, patient_id)
+    resp = await client.delete(f"/v1/media/{deleted}", headers=clinic.auth("dpo"))
+    assert resp.status in (200, 204), await resp.text()
+    auth = clinic.auth("records")
+    for url in (f"/fhir/R4/Media/{deleted}", f"/fhir/R4/Binary/{deleted}"):
+        outcome = await _outcome(await client.get(url, headers=auth), 410)
+        assert outcome.issue[0].code == "deleted"
+    resp = await client.post("/fhir/R4/Media/_search", data={"subject:Patient.identifier": mrn}, headers=auth)
+    assert [e["resource"]["id"] for e in (await resp.json())["entry"]] == [kept]
+    # HEAD on Binary: the headers of the read, no body
+    resp = await client.head(f"/fhir/R4/Binary/{kept}", headers=auth)
+    assert resp.status == 200 and int(resp.headers["Content-Length"]) > 0 and await resp.read() == b""
+
+    resp = await client.post(f"/v1/patients/{patient_id}/erasure", json={"reason": "asked"}, headers=clinic.auth("dpo"))
+    assert resp.status == 200, await resp.text()
+    for url in (f"/fhir/R4/Patient/{patient_id}", f"/fhir/R4/Media/{kept}", f"/fhir/R4/Binary/{kept}",
+                f"/fhir/R4/Media?patient={patient_id}"):
+        await _outcome(await client.get(url, headers=auth), 410)
+    resp = await client.post("/fhir/R4/Media/_search", data={"subject:Patient.identifier": mrn}, headers=auth)
+    assert resp.status == 200 and not (await resp.json()).get("entry")

@@ -18,6 +18,7 @@ from fhir.resources.R4B.patient import Patient
 from PIL import Image
 
 from vault.fhir.responses import IDENTIFIER_SYSTEM
+from vault.fhir.views import BINARY_JSON_LIMIT
 
 FHIR = "application/fhir+json"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -165,8 +166,6 @@ async def test_binary_is_the_exact_bytes_of_v1_content_with_range(client, clinic
 
 
 async def test_large_binary_as_fhir_json_is_406(client, clinic):
-    from vault.fhir.views import BINARY_JSON_LIMIT
-
     patient_id, _ = await _patient(client, clinic)
     data = _jpeg((1000, 1000))
     side = 1000
@@ -316,3 +315,28 @@ async def test_deleted_media_and_erased_patients_are_410_deleted(client, clinic)
         await _outcome(await client.get(url, headers=auth), 410)
     resp = await client.post("/fhir/R4/Media/_search", data={"subject:Patient.identifier": mrn}, headers=auth)
     assert resp.status == 200 and not (await resp.json()).get("entry")
+
+
+async def test_video_media_processing_then_ready_never_base64(client, clinic):
+    from tests.pipeline.videos import make_video
+    from tests.support.jobs import drain
+    from vault.appkeys import RUNTIME
+
+    patient_id, _ = await _patient(client, clinic)
+    resp = await client.post(f"/v1/patients/{patient_id}/media", data=io.BytesIO(make_video(seconds=1)),
+                             headers={**clinic.auth("practitioner"), "Content-Type": "video/quicktime"})
+    assert resp.status == 201, await resp.text()
+    media_id = (await resp.json())["id"]
+    auth = clinic.auth("records")
+    media = Media.model_validate(await (await client.get(f"/fhir/R4/Media/{media_id}", headers=auth)).json())
+    assert media.status == "in-progress" and media.type.coding[0].code == "video"
+    await _outcome(await client.get(f"/fhir/R4/Binary/{media_id}", headers=auth), 409)
+
+    await drain(client.server.app[RUNTIME], "media.finish_video", "media.shred_blob", timeout=120, due_only=True)
+    media = Media.model_validate(await (await client.get(f"/fhir/R4/Media/{media_id}", headers=auth)).json())
+    assert media.status == "completed" and media.content.contentType == "video/mp4"
+    assert media.content.size < BINARY_JSON_LIMIT  # small, and still never base64'd into JSON
+    await _outcome(await client.get(f"/fhir/R4/Binary/{media_id}", headers={**auth, "Accept": FHIR}), 406)
+    v1 = await (await client.get(f"/v1/media/{media_id}/content", headers=auth)).read()
+    resp = await client.get(f"/fhir/R4/Binary/{media_id}", headers={**auth, "Range": "bytes=0-99"})
+    assert resp.status == 206 and resp.content_type == "video/mp4" and await resp.read() == v1[:100]

@@ -54,7 +54,7 @@ def capability_statement(*, software_version: str, binary_json_limit: int) -> di
             "mode": "server",
             "documentation": ("Bearer tokens as for /v1; roles dpo, practitioner and records. Search by "
                               "identifier only by POST Media/_search (form body), never in a URL. Binary "
-                              f"as application/fhir+json only up to {binary_json_limit} bytes (406 above)."),
+                              f"as application/fhir+json only for photos up to {binary_json_limit} bytes (406 above, and for videos)."),
             "security": {"cors": False, "description": "Authorization: Bearer <vault token>"},
             "resource": [
                 {"type": "Media", "interaction": read + [{"code": "search-type"}],

@@ -260,7 +260,7 @@ def _wants_fhir_json(request: web.Request) -> bool:
     return "fhir+json" in accept or "json+fhir" in accept
 
 
-@routes.get("/fhir/R4/Binary/{media_id}", summary="FHIR Binary read: the stripped original in its own content type, streamed (Range and HEAD supported); as application/fhir+json only up to 1 MiB",
+@routes.get("/fhir/R4/Binary/{media_id}", summary="FHIR Binary read: the stripped original in its own content type, streamed (Range and HEAD supported); as application/fhir+json only for photos up to 1 MiB",
             response_media="application/octet-stream", errors=(404, 406, 409, 410, 416))
 async def read_binary(request: web.Request) -> web.StreamResponse:
     if request.query:
@@ -270,9 +270,9 @@ async def read_binary(request: web.Request) -> web.StreamResponse:
     content = await service.binary(actor_of(request), media_id)  # tenant check and audit, as /v1/media/{id}/content
     size = content.ref.plain_size
     if _wants_fhir_json(request):
-        if size > BINARY_JSON_LIMIT:
-            raise _NotAcceptable(f"Binary as application/fhir+json only up to {BINARY_JSON_LIMIT} bytes: ask for "
-                                 f"{content.mime} (streamed, with Range)", details={"limit": BINARY_JSON_LIMIT})
+        if size > BINARY_JSON_LIMIT or content.mime.startswith("video/"):
+            raise _NotAcceptable(f"Binary as application/fhir+json only for photos up to {BINARY_JSON_LIMIT} bytes: "
+                                 f"ask for {content.mime} (streamed, with Range)", details={"limit": BINARY_JSON_LIMIT})
         return fhir_response(responses.binary_resource(media_id, content.mime, await service.read_all(content)))
     wanted = parse_range(request.headers.get("Range"), size)
     start, end = wanted or (0, size)

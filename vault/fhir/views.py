@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from vault import errors
-from vault.appkeys import RUNTIME, SETTINGS
+from vault.appkeys import RUNTIME
 from vault.fhir import responses
 from vault.fhir.service import FhirService
 from vault.http.context import PRINCIPAL, RESPONSE_STARTED, actor_of

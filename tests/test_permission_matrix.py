@@ -143,8 +143,22 @@ async def _approve_body(client, clinic, ids: dict[str, str]) -> dict:
     return {"json": {"digest": (await resp.json())["digest"]}}
 
 
+async def _fhir_search_by_id(client, clinic, ids: dict[str, str]) -> dict:
+    return {"params": {"patient": await _patient(client, clinic)}}
+
+
+async def _fhir_search_by_identifier(client, clinic, ids: dict[str, str]) -> dict:
+    """The MRN in the form body (never in the URL), of a patient of the clinic asked about."""
+    mrn = "MRN-" + secrets.token_hex(6)
+    resp = await client.post("/v1/patients", json={"external_ref": mrn}, headers=clinic.auth("practitioner"))
+    assert resp.status == 201, await resp.text()
+    return {"data": {"subject:Patient.identifier": mrn}}
+
+
 #: routes whose valid body depends on the resource (own tenant's reads only)
-DEPENDENT_BODIES = {("POST", "/v1/media/{media_id}/redaction/approve"): _approve_body}
+DEPENDENT_BODIES = {("POST", "/v1/media/{media_id}/redaction/approve"): _approve_body,
+                    ("GET", "/fhir/R4/Media"): _fhir_search_by_id,
+                    ("POST", "/fhir/R4/Media/_search"): _fhir_search_by_identifier}
 
 
 def _request_body(body) -> dict:

@@ -138,6 +138,14 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/app/staff"): frozenset({A}),
     ("POST", "/app/staff/{staff_id}/disable"): frozenset({A}),
     ("POST", "/app/staff/{staff_id}/reset"): frozenset({A}),
+    # FHIR R4 read-only (docs/fhir.md): the roles that read patients and media on /v1;
+    # the CapabilityStatement describes the server, not any clinic
+    ("GET", "/fhir/R4/metadata"): PUBLIC,
+    ("GET", "/fhir/R4/Media"): frozenset({D, P, R}),
+    ("POST", "/fhir/R4/Media/_search"): frozenset({D, P, R}),
+    ("GET", "/fhir/R4/Media/{media_id}"): frozenset({D, P, R}),
+    ("GET", "/fhir/R4/Binary/{media_id}"): frozenset({D, P, R}),
+    ("GET", "/fhir/R4/Patient/{patient_id}"): frozenset({D, P, R}),
 }
 
 
@@ -170,8 +178,8 @@ own/other tenant against this table.
 
 `admin` configures the tenant and never reads patient data. Tokens are created by
 operators on the command line (`vault token create`), each naming a person or system.
-Routes marked `public` take no role: health, readiness, the OpenAPI document and the
-receipts' public key; `/metrics` (its own token, `VAULT_METRICS_TOKEN`); signed links,
+Routes marked `public` take no role: health, readiness, the OpenAPI document, the FHIR
+CapabilityStatement and the receipts' public key; `/metrics` (its own token, `VAULT_METRICS_TOKEN`); signed links,
 whose signature is the authorisation (release thumbnails, video playback); and the web app's
 login, second-factor and enrolment forms and its static files.
 

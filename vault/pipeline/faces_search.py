@@ -56,7 +56,9 @@ smaller turned faces are looked for around skin-coloured blobs only."""
 MARGIN = 0.25
 """Each stored box is the detection grown by this fraction of its width/height per side."""
 TILE = 1600
-OVERLAP = 200
+OVERLAP = 128
+"""Tile overlap (px at the level's scale). A face smaller than this lies whole in some
+tile; one of >= 100 px is >= 25 px at the next level (4x smaller), where it is found."""
 LEVEL_STEP = 4
 HOG_PIXELS = 3_000_000
 HOG_ROTATED_PIXELS = 1_000_000
@@ -168,6 +170,11 @@ class FaceSearch:
         height, width = image.shape[:2]
         first = DETECTOR_MIN / MIN_FACE
         detect = self.primary.detect  # type: ignore[union-attr]
+        colour = image
+        net = getattr(self.primary, "_net", None)
+        if net is not None:  # OpenCV's YuNet reads BGR: convert the photo once, not every tile
+            image = np.asarray(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), dtype=np.uint8)
+            detect = _BgrYuNet(net, getattr(self.primary, "_lock")).detect
         if max(width, height) <= SMALL_IMAGE:  # small photos: once more at twice the size
             stats["passes"]["yunet r0 upscaled"] = _search_level(image, 2 * first, 0, detect, out, tick, tile=self.tile)
         # Without colour there is no skin cue for small turned faces: search them everywhere.
@@ -181,7 +188,7 @@ class FaceSearch:
                 if max(width, height) * scale <= self.tile:
                     break
                 scale /= LEVEL_STEP
-        regions = skin_regions(image)
+        regions = skin_regions(colour)
         stats["skin_regions"] = len(regions)
         for x, y, w, h in regions[:SKIN_REGIONS]:
             crop = image[y:y + h, x:x + w]
@@ -241,12 +248,38 @@ def _detect_scaled(crop: NDArray[np.uint8], scale: float, rotation: int, detect:
         crop = np.asarray(cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR),
                           dtype=np.uint8)
     sh, sw = crop.shape[:2]
-    turned = np.ascontiguousarray(np.rot90(crop, rotation)) if rotation else crop
+    turned = cv2.rotate(crop, _ROTATE[rotation]) if rotation else crop
     boxes = []
     for x, y, w, h in detect(turned):
         bx, by, bw, bh = _unrotate(x, y, w, h, rotation, sw, sh)
         boxes.append((bx * width / sw, by * height / sh, bw * width / sw, bh * height / sh))
     return boxes
+
+
+_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}  # = np.rot90(_, k)
+
+
+class _BgrYuNet:
+    """OpenCV's YuNet fed BGR pixels directly (the photo was converted once, not each tile;
+    the network is the detector's own, under its lock)."""
+
+    def __init__(self, net: Any, lock: Any) -> None:
+        self.net, self.lock = net, lock
+
+    def detect(self, image_bgr: NDArray[np.uint8]) -> list[tuple[int, int, int, int]]:
+        height, width = image_bgr.shape[:2]
+        with self.lock:
+            self.net.setInputSize((width, height))  # ~free: the network is reshaped lazily
+            _, found = self.net.detect(np.ascontiguousarray(image_bgr))
+        if found is None:
+            return []
+        boxes = []
+        for x, y, w, h in found[:, :4].tolist():
+            left, top = max(0, math.floor(x)), max(0, math.floor(y))
+            right, bottom = min(width, int(math.ceil(x + w))), min(height, int(math.ceil(y + h)))
+            if right > left and bottom > top:
+                boxes.append((left, top, right - left, bottom - top))
+        return boxes
 
 
 def _unrotate(x: float, y: float, w: float, h: float, rotation: int, width: int, height: int) -> Box:

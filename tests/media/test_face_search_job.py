@@ -65,8 +65,9 @@ async def test_upload_is_pending_until_the_job_searched_it(client, clinic):
 
 
 async def _upload_small(client, clinic) -> str:
-    scene = fs.Scene(fs.background(900, 600, seed=61))
-    fs.place(scene, fs.sources()["astronaut"], height=120, at=(300, 200))
+    # longer than 1600 px: no extra upscaled pass (a 900 px photo would cost more to search)
+    scene = fs.Scene(fs.background(1700, 1000, seed=61))
+    fs.place(scene, fs.sources()["astronaut"], height=120, at=(600, 300))
     pid = await new_patient(client, clinic)
     resp = await upload(client, clinic, pid, fs.jpeg(scene.rgb), "image/jpeg")
     assert resp.status == 201, await resp.text()

@@ -43,9 +43,10 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from vault.pipeline.face_boxes import INCOMPLETE, MARGIN, SEARCH_VERSION, SEARCHED, Box, grow, merge  # noqa: F401
+
 log = logging.getLogger(__name__)
 
-SEARCH_VERSION = 1
 MIN_FACE = 20
 """Smallest face height (px in the displayed original) the search is built to find."""
 DETECTOR_MIN = 25
@@ -53,10 +54,10 @@ DETECTOR_MIN = 25
 TURNED_MIN = 32
 """Smallest turned (90/180/270) face the whole-photo rotated passes are built to find;
 smaller turned faces are looked for around skin-coloured blobs only."""
-MARGIN = 0.25
-"""Each stored box is the detection grown by this fraction of its width/height per side."""
 TILE = 1600
-OVERLAP = 200
+OVERLAP = 128
+"""Tile overlap (px at the level's scale). A face smaller than this lies whole in some
+tile; one of >= 100 px is >= 25 px at the next level (4x smaller), where it is found."""
 LEVEL_STEP = 4
 HOG_PIXELS = 3_000_000
 HOG_ROTATED_PIXELS = 1_000_000
@@ -66,9 +67,6 @@ SKIN_REGIONS = 48  # at most this many skin regions get the rotated full-scale p
 SMALL_IMAGE = 1600
 """Photos no larger than this (longest side) are also searched at twice the first scale."""
 
-SEARCHED, INCOMPLETE = "searched", "incomplete"
-
-Box = tuple[float, float, float, float]
 
 
 class Family(Protocol):
@@ -168,6 +166,11 @@ class FaceSearch:
         height, width = image.shape[:2]
         first = DETECTOR_MIN / MIN_FACE
         detect = self.primary.detect  # type: ignore[union-attr]
+        colour = image
+        net = getattr(self.primary, "_net", None)
+        if net is not None:  # OpenCV's YuNet reads BGR: convert the photo once, not every tile
+            image = np.asarray(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), dtype=np.uint8)
+            detect = _BgrYuNet(net, getattr(self.primary, "_lock")).detect
         if max(width, height) <= SMALL_IMAGE:  # small photos: once more at twice the size
             stats["passes"]["yunet r0 upscaled"] = _search_level(image, 2 * first, 0, detect, out, tick, tile=self.tile)
         # Without colour there is no skin cue for small turned faces: search them everywhere.
@@ -181,7 +184,7 @@ class FaceSearch:
                 if max(width, height) * scale <= self.tile:
                     break
                 scale /= LEVEL_STEP
-        regions = skin_regions(image)
+        regions = skin_regions(colour)
         stats["skin_regions"] = len(regions)
         for x, y, w, h in regions[:SKIN_REGIONS]:
             crop = image[y:y + h, x:x + w]
@@ -241,12 +244,38 @@ def _detect_scaled(crop: NDArray[np.uint8], scale: float, rotation: int, detect:
         crop = np.asarray(cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR),
                           dtype=np.uint8)
     sh, sw = crop.shape[:2]
-    turned = np.ascontiguousarray(np.rot90(crop, rotation)) if rotation else crop
+    turned = cv2.rotate(crop, _ROTATE[rotation]) if rotation else crop
     boxes = []
     for x, y, w, h in detect(turned):
         bx, by, bw, bh = _unrotate(x, y, w, h, rotation, sw, sh)
         boxes.append((bx * width / sw, by * height / sh, bw * width / sw, bh * height / sh))
     return boxes
+
+
+_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}  # = np.rot90(_, k)
+
+
+class _BgrYuNet:
+    """OpenCV's YuNet fed BGR pixels directly (the photo was converted once, not each tile;
+    the network is the detector's own, under its lock)."""
+
+    def __init__(self, net: Any, lock: Any) -> None:
+        self.net, self.lock = net, lock
+
+    def detect(self, image_bgr: NDArray[np.uint8]) -> list[tuple[int, int, int, int]]:
+        height, width = image_bgr.shape[:2]
+        with self.lock:
+            self.net.setInputSize((width, height))  # ~free: the network is reshaped lazily
+            _, found = self.net.detect(np.ascontiguousarray(image_bgr))
+        if found is None:
+            return []
+        boxes = []
+        for x, y, w, h in found[:, :4].tolist():
+            left, top = max(0, math.floor(x)), max(0, math.floor(y))
+            right, bottom = min(width, int(math.ceil(x + w))), min(height, int(math.ceil(y + h)))
+            if right > left and bottom > top:
+                boxes.append((left, top, right - left, bottom - top))
+        return boxes
 
 
 def _unrotate(x: float, y: float, w: float, h: float, rotation: int, width: int, height: int) -> Box:
@@ -294,47 +323,6 @@ def skin_regions(image: NDArray[np.uint8]) -> list[tuple[int, int, int, int]]:
         regions.append((area / (w * h), (x0, y0, x1 - x0, y1 - y0)))
     regions.sort(key=lambda r: -r[0])  # the most compact (face-like) blobs first
     return [region for _, region in regions]
-
-
-def merge(boxes: list[Box], *, overlap: float = 0.3) -> list[Box]:
-    """Union of boxes that overlap (intersection over the smaller box >= ``overlap``),
-    repeated until no two overlap: one box per face, covering what every pass found."""
-    merged: list[Box] = [(b[0], b[1], b[2], b[3]) for b in boxes if b[2] > 0 and b[3] > 0]
-    changed = True
-    while changed:
-        changed = False
-        out: list[Box] = []
-        for box in merged:
-            for i, other in enumerate(out):
-                if _overlap(box, other) >= overlap:
-                    out[i] = _union(box, other)
-                    changed = True
-                    break
-            else:
-                out.append(box)
-        merged = out
-    return merged
-
-
-def _overlap(a: Box, b: Box) -> float:
-    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    return w * h / min(a[2] * a[3], b[2] * b[3])
-
-
-def _union(a: Box, b: Box) -> Box:
-    x, y = min(a[0], b[0]), min(a[1], b[1])
-    return x, y, max(a[0] + a[2], b[0] + b[2]) - x, max(a[1] + a[3], b[1] + b[3]) - y
-
-
-def grow(box: Box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
-    """``box`` grown by ``margin`` of its size on every side, whole pixels, clipped."""
-    x, y, w, h = box
-    left, top = max(0, math.floor(x - margin * w)), max(0, math.floor(y - margin * h))
-    right, bottom = min(width, math.ceil(x + w + margin * w)), min(height, math.ceil(y + h + margin * h))
-    return left, top, max(0, right - left), max(0, bottom - top)
 
 
 def load_search(model_path: str | None) -> FaceSearch:

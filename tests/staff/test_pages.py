@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import re
 
+from aiohttp import FormData
+
 from tests.staff.support import Browser, enrolled
+from vault.actor import Actor
 from vault.appkeys import RUNTIME
+from vault.audit.service import AuditEvent
 
 
 async def _dpo(client, clinic) -> Browser:
@@ -57,3 +61,81 @@ async def test_post_twin_of_the_external_ref_lookup(client, clinic, other_clinic
     assert (await client.post("/v1/patients/search", json={"external_ref": "MRN-9931"},
                               headers=clinic.auth("marketing"))).status == 403
     assert (await client.post("/v1/patients/search", json={}, headers=clinic.auth("dpo"))).status == 422
+
+
+async def test_audit_staff_filter_is_applied_in_the_query(client, clinic):
+    """A hundred entries by others come first; the staff filter still fills its first page
+    with the person's own entries (a filter applied per page would show none)."""
+    rt = client.server.app[RUNTIME]
+    colleague = await enrolled(rt, clinic.slug, "records")
+    noise = Actor.cli(clinic.id, "noise")
+    for _ in range(105):
+        await rt.audit.record(AuditEvent.of(noise, "test.noise"))
+    await Browser(client).log_in(clinic.slug, colleague)  # the colleague's login comes after the noise
+    browser = await _dpo(client, clinic)
+    page = await browser.get("/app/audit", params={"who": colleague.email.upper()})
+    body = await page.text()
+    assert page.status == 200
+    assert "<td>staff.login</td>" in body and f"<td>{colleague.email}</td>" in body
+    assert "<td>test.noise</td>" not in body and f"<td>{browser.who.email}</td>" not in body  # type: ignore[attr-defined]
+    unfiltered = await (await browser.get("/app/audit")).text()
+    assert "<td>test.noise</td>" in unfiltered and "<td>staff.login</td>" not in unfiltered  # the first page: noise
+    older = re.search(r'href="/app/audit\?([^"]+)">Older entries', unfiltered)
+    assert older and "after=" in older.group(1)
+    nobody = await (await browser.get("/app/audit", params={"who": "nobody-by-that-name"})).text()
+    assert "No entries." in nobody
+
+
+async def test_patient_page_shows_the_hold_and_restriction_as_they_stand(client, clinic):
+    resp = await client.post("/v1/patients", json={"external_ref": "MRN-7310"}, headers=clinic.auth("dpo"))
+    patient = (await resp.json())["id"]
+    browser = await _dpo(client, clinic)
+    path = f"/app/patients/{patient}"
+    assert "<dt>Legal hold</dt>\n  <dd>None." in await (await browser.get(path)).text()
+    csrf = await browser.csrf_of(path)
+    placed = await browser.post(path + "/legal-hold", {"csrf_token": csrf, "action": "place", "reason": "Claim 2026/114"})
+    assert placed.status == 303
+    await browser.post(path + "/restriction", {"csrf_token": csrf, "action": "place"})
+    held = await (await browser.get(path)).text()
+    email = browser.who.email  # type: ignore[attr-defined]
+    assert "<strong>Held</strong> since" in held and f"by {email}: erasure is blocked" in held
+    assert "<dd>Claim 2026/114</dd>" in held and "<strong>Restricted</strong>" in held
+    await browser.post(path + "/legal-hold", {"csrf_token": csrf, "action": "lift"})
+    await browser.post(path + "/restriction", {"csrf_token": csrf, "action": "lift"})
+    lifted = await (await browser.get(path)).text()
+    assert "was lifted" in lifted and "Reason of the last hold" in lifted and "Not restricted." in lifted
+    # the API's responses still never carry the reason
+    api = await client.put(f"/v1/patients/{patient}/legal-hold", json={"reason": "Claim 2026/115"}, headers=clinic.auth("dpo"))
+    assert api.status == 200 and "Claim" not in await api.text()
+
+
+def _consent_upload(csrf: str | None, evidence: bytes, *, filename: str = "signed.pdf") -> FormData:
+    data = FormData()
+    if csrf is not None:
+        data.add_field("csrf_token", csrf)  # first, as the page's form has it
+    data.add_field("purpose_education", "on")
+    data.add_field("notes", "signed at the desk")
+    data.add_field("evidence", evidence, filename=filename, content_type="application/pdf")
+    return data
+
+
+async def test_consent_with_its_signed_form_uploaded_from_the_page(client, clinic):
+    resp = await client.post("/v1/patients", json={"external_ref": "MRN-4410"}, headers=clinic.auth("dpo"))
+    patient = (await resp.json())["id"]
+    browser = await _dpo(client, clinic)
+    path = f"/app/patients/{patient}"
+    csrf = await browser.csrf_of(path)
+    signed = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
+    # without the token first, and with a file that is no PDF, JPEG or PNG: refused, nothing kept
+    assert (await browser.post(path + "/consents", _consent_upload(None, signed))).status == 403
+    assert (await browser.post(path + "/consents", _consent_upload(csrf, b"MZ\x90\x00 not a form"))).status == 415
+    listed = await client.get(f"/v1/patients/{patient}/consents", headers=clinic.auth("dpo"))
+    assert (await listed.json())["items"] == []
+    done = await browser.post(path + "/consents", _consent_upload(csrf, signed))
+    assert done.status == 303 and done.headers["Location"] == path + "?done=consent"
+    items = (await (await client.get(f"/v1/patients/{patient}/consents", headers=clinic.auth("dpo"))).json())["items"]
+    assert len(items) == 1 and items[0]["purposes"] == ["education"] and items[0]["evidence"]
+    evidence = await client.get(f"/v1/consents/{items[0]['id']}/evidence", headers=clinic.auth("dpo"))
+    assert evidence.status == 200 and await evidence.read() == signed
+    page = await (await browser.get(path)).text()
+    assert f'href="/v1/consents/{items[0]["id"]}/evidence"' in page

@@ -74,8 +74,14 @@ def test_dpo_console_end_to_end(dpo: Person, patient: str, vault: Vault) -> None
     # consent: record, then withdraw
     page.get_by_text("Record a consent").click()
     page.get_by_label("education").check()
+    signed = b"%PDF-1.4\n% the signed form\n%%EOF\n"
+    page.get_by_label(re.compile(r"^The signed form")).set_input_files(
+        files=[{"name": "signed-form.pdf", "mimeType": "application/pdf", "buffer": signed}])
     page.get_by_role("button", name="Record consent").click()
     page.get_by_role("cell", name="education").first.wait_for()
+    with page.expect_download() as evidence:  # the upload (multipart, CSRF first) comes back intact
+        page.get_by_role("link", name="Signed form").first.click()
+    assert evidence.value.path().read_bytes() == signed
     dpo.look("patient-consent")
     page.get_by_role("button", name="Withdraw").first.click()
     page.get_by_role("heading", name="Consent withdrawn").wait_for()
@@ -86,10 +92,14 @@ def test_dpo_console_end_to_end(dpo: Person, patient: str, vault: Vault) -> None
     page.get_by_label("Reason for a legal hold").fill("pending complaint")
     page.get_by_role("button", name="Place legal hold").click()
     page.get_by_role("status").get_by_text("Legal hold placed").wait_for()
+    state = page.locator("#hold-state")
+    assert "Held since" in state.inner_text() and "pending complaint" in state.inner_text()
     page.get_by_role("button", name="Lift legal hold").click()
     page.get_by_role("status").get_by_text("Legal hold lifted").wait_for()
     page.get_by_role("button", name="Restrict processing").click()
     page.get_by_text("restricted", exact=True).wait_for()  # the status in the details
+    assert "was lifted" in state.inner_text() and "Restricted:" in state.inner_text()
+    dpo.look("patient-hold")
     page.get_by_role("button", name="Lift the restriction").click()
     page.get_by_role("status").get_by_text("The restriction is lifted").wait_for()
 

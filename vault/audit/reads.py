@@ -4,7 +4,7 @@ chain's verification with its signed checkpoints. Each read is itself audited.""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,9 +43,11 @@ class AuditReads:
 
     async def entries(self, actor: Actor, *, after_seq: int, limit: int, action: str | None = None,
                       target: str | None = None, since: datetime | None = None,
-                      until: datetime | None = None) -> EntryPage:
+                      until: datetime | None = None, actors: Collection[str] | None = None) -> EntryPage:
+        """``actors`` narrows the page to these actor ids in the query itself (a staff
+        filter applied per page would leave pages short or empty)."""
         rows = await self.audit.entries(actor.tenant_id, after_seq=after_seq, limit=limit, action=action, target=target,
-                                        since=since, until=until)
+                                        since=since, until=until, actors=actors)
         names = await self.labels(actor.tenant_id, {r.actor for r in rows}) if self.labels else {}
         items = [EntryView(seq=r.seq, at=r.at, actor=r.actor, role=r.role, action=r.action,
                            targets=json.loads(r.targets), outcome=r.outcome, request_id=r.request_id, hash=r.hash,

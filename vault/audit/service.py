@@ -18,11 +18,12 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import false, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.actor import Actor
@@ -250,8 +251,12 @@ class AuditLog:
         target: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        actors: Collection[str] | None = None,
     ) -> list[AuditEntry]:
+        """``actors``: only these actor ids (None: anyone; empty: no one)."""
         query = select(AuditEntry).where(AuditEntry.tenant_id == tenant_id, AuditEntry.seq > after_seq)
+        if actors is not None:
+            query = query.where(AuditEntry.actor.in_(sorted(actors)) if actors else false())
         if action:
             query = query.where(AuditEntry.action == action)
         if target:

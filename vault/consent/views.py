@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from vault.appkeys import RUNTIME, SETTINGS
+from vault.consent.evidence import EVIDENCE_TYPES, MAX_EVIDENCE_BYTES, sniff
 from vault.consent.releases import Releasable, ReleaseService
 from vault.consent.responses import (
     ConsentList, ConsentView, ReleasableItem, ReleasablePage, ReleaseMade, ReleasePage, Withdrawal,
@@ -59,8 +60,6 @@ def _releasable_item(base: str, item: Releasable) -> ReleasableItem:
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Purpose = Literal["education", "social_media", "marketing", "publication"]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-MAX_EVIDENCE_BYTES = 8 * 1024 * 1024
-EVIDENCE_TYPES = {b"%PDF-": "application/pdf", b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
 
 
 class Evidence(BaseModel):
@@ -130,7 +129,7 @@ def _evidence(evidence: Evidence) -> tuple[bytes, str]:
         raise ValidationFailed(details={"errors": [{"field": "evidence.data", "problem": "base64"}]}) from None
     if not data or len(data) > MAX_EVIDENCE_BYTES:
         raise TooLarge("evidence is at most 8 MiB", details={"limit": MAX_EVIDENCE_BYTES})
-    sniffed = next((mime for magic, mime in EVIDENCE_TYPES.items() if data.startswith(magic)), None)
+    sniffed = sniff(data)
     if sniffed != evidence.content_type:
         raise UnsupportedMedia("the evidence is not the PDF, JPEG or PNG it claims to be", details={"accepted": sorted(set(EVIDENCE_TYPES.values()))})
     return data, sniffed

@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 from datetime import date
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from vault import errors
+from vault.consent.evidence import EVIDENCE_TYPES, MAX_EVIDENCE_BYTES, sniff
 from vault.consent.gate import PURPOSES
 from vault.http.context import REQUEST_ID, actor_of
 from vault.http.downloads import send_once
 from vault.web.common import can, form, render, see_other, services
-from vault.web.session import SESSION_COOKIE
+from vault.web.session import MULTIPART, SESSION_COOKIE
 
 P = "/app/patients/{patient_id}"
 #: what the page says after a form (the redirect carries only this code)
@@ -63,8 +64,12 @@ async def patient_page(request: web.Request) -> web.StreamResponse:
     consents = await svc.consents.history(actor, patient_id) if can(request, "GET", "/v1/patients/{patient_id}/consents") else None
     releases = (await svc.releases.page(actor, media_id=None, patient_id=patient_id, cursor=None, limit=100)).items \
         if can(request, "GET", "/v1/releases") else None
+    hold, who = None, {}
+    if can(request, "PUT", "/v1/patients/{patient_id}/legal-hold"):
+        hold = await svc.lifecycle.holds.state(actor, patient_id)
+        who = {**await svc.staff.token_labels(actor.tenant_id), **await svc.staff.names(actor.tenant_id)}
     return render(request, "patient.html", {"patient": patient, "media": media.items, "consents": consents,
-                                            "releases": releases, "purposes": PURPOSES,
+                                            "releases": releases, "purposes": PURPOSES, "hold": hold, "who": who,
                                             "done": DONE.get(request.query.get("done", ""))})
 
 
@@ -112,15 +117,55 @@ async def restriction(request: web.Request) -> web.StreamResponse:
     return see_other(f"/app/patients/{patient_id}?done={'restricted' if restricted else 'unrestricted'}")
 
 
+async def _read_part(part: BodyPartReader, limit: int, too_large: errors.VaultError) -> bytes:
+    """A part's bytes in memory (never a temporary file: a consent form is patient data)."""
+    data = bytearray()
+    while chunk := await part.read_chunk(65536):
+        data += chunk
+        if len(data) > limit:
+            raise too_large
+    return bytes(data)
+
+
+async def _consent_form(request: web.Request) -> tuple[dict[str, str], tuple[bytes, str] | None]:
+    """The consent form's fields and its evidence: URL-encoded without a file, multipart
+    with one (the signed form, sniffed as PDF, JPEG or PNG whatever the browser says)."""
+    if request.content_type != "multipart/form-data":
+        return await form(request), None
+    reader = request.get(MULTIPART) or await request.multipart()
+    data: dict[str, str] = {}
+    evidence: bytes | None = None
+    too_many = errors.ValidationFailed("the form has too many fields")
+    try:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or not part.name or len(data) > 2 * len(PURPOSES) + 8:
+                raise too_many
+            if part.name == "evidence":
+                body = await _read_part(part, MAX_EVIDENCE_BYTES, errors.TooLarge("the signed form is at most 8 MiB"))
+                evidence = body or None  # an empty file input sends an empty part
+            else:
+                data[part.name] = (await _read_part(part, 4096, errors.ValidationFailed("a field is too long"))).decode()
+    except (UnicodeDecodeError, ValueError, AssertionError):  # ValidationFailed is not a ValueError
+        raise errors.ValidationFailed("the form could not be read; send it again") from None
+    if evidence is None:
+        return data, None
+    mime = sniff(evidence)
+    if mime is None:
+        raise errors.UnsupportedMedia("the signed form must be a PDF, JPEG or PNG file",
+                                      details={"accepted": sorted(set(EVIDENCE_TYPES.values()))})
+    return data, (evidence, mime)
+
+
 async def record_consent(request: web.Request) -> web.StreamResponse:
-    data = await form(request)
+    data, evidence = await _consent_form(request)
     purposes = [p for p in PURPOSES if data.get(f"purpose_{p}") == "on"]
     if not purposes:
         raise errors.ValidationFailed("choose at least one purpose")
     notes = data.get("notes", "").strip() or None
     patient_id = request.match_info["patient_id"]
     await services(request).consents.record(actor_of(request), patient_id, purposes=purposes,
-                                            identifiable=data.get("identifiable") == "on", notes=notes)
+                                            identifiable=data.get("identifiable") == "on", notes=notes,
+                                            evidence=evidence)
     return see_other(f"/app/patients/{patient_id}?done=consent")
 
 

@@ -6,7 +6,9 @@ request with the session cookie (and no ``Authorization`` header) becomes the sa
 table, tenant checks and consent gate. Every cookie-authenticated state change — any
 method but GET/HEAD, and the one-time downloads, which consume something — must come from
 our own origin (``Origin``, else ``Sec-Fetch-Site: same-origin``) and carry the session's
-CSRF token (header ``X-CSRF-Token``, or the form field ``csrf_token`` of a URL-encoded form).
+CSRF token (header ``X-CSRF-Token``, or the form field ``csrf_token`` of a URL-encoded form,
+or the *first* part of a multipart form: a file upload is read as a stream, so the token
+is checked before any file byte is read, and the handler goes on with the same reader).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import hmac
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import BodyPartReader, MultipartReader, web
 
 from vault import errors
 from vault.actor import Principal
@@ -31,6 +33,8 @@ CONSUMING_GETS = frozenset({"/v1/exports/{export_id}/download", "/v1/releases/{r
 
 STAFF = web.AppKey("staff", StaffService)
 CURRENT = web.RequestKey("staff_session", CurrentSession)
+#: a multipart form whose first part (the CSRF token) the check has read
+MULTIPART = web.RequestKey("staff_multipart", MultipartReader)
 
 
 class CsrfRefused(errors.Forbidden):
@@ -68,8 +72,27 @@ async def check_csrf(request: web.Request, expected: str, public_url: str | None
     given = request.headers.get(CSRF_HEADER)
     if given is None and request.content_type == "application/x-www-form-urlencoded":
         given = str((await request.post()).get(CSRF_FIELD, ""))  # read once, cached by aiohttp
+    elif given is None and request.content_type == "multipart/form-data":
+        given = await _multipart_csrf(request)
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise CsrfRefused()
+
+
+async def _multipart_csrf(request: web.Request) -> str:
+    try:
+        reader = await request.multipart()
+        part = await reader.next()
+        if not isinstance(part, BodyPartReader) or part.name != CSRF_FIELD:
+            return ""
+        value = b""
+        while chunk := await part.read_chunk(256):
+            value += chunk
+            if len(value) > 256:  # longer than any token of ours
+                return ""
+    except (ValueError, AssertionError):  # a broken multipart body; aiohttp asserts on some
+        return ""
+    request[MULTIPART] = reader
+    return value.decode("ascii", "replace")
 
 
 def needs_csrf(request: web.Request) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -90,14 +91,17 @@ async def audit_page(request: web.Request, *, verification=None) -> web.StreamRe
         raise errors.ValidationFailed("after is a sequence number")
     action, target, who = q.get("action", "").strip() or None, q.get("target", "").strip() or None, q.get("who", "").strip()
     svc, actor = services(request), actor_of(request)
+    names = {**await svc.staff.token_labels(actor.tenant_id), **await svc.staff.names(actor.tenant_id)}
+    # The staff filter is part of the query: the ids of everyone whose e-mail or token
+    # label contains the text (or whose id it is), so every page is full and none is
+    # empty because the matches were on another one.
+    actors = {a for a, name in names.items() if who.lower() in name.lower()} | {who} if who else None
     page = await svc.audit.entries(actor, after_seq=int(after), limit=100, action=action, target=target,
-                                   since=_when(q.get("since", "")), until=_when(q.get("until", "")))
-    names = await svc.staff.names(actor.tenant_id)
-    labels = await svc.staff.token_labels(actor.tenant_id)
-    rows = [(e, names.get(e.actor) or labels.get(e.actor) or e.actor) for e in page.items]
-    if who:
-        rows = [(e, name) for e, name in rows if who.lower() in name.lower()]
-    return render(request, "audit.html", {"rows": rows, "next": page.next_cursor, "filters": dict(q),
+                                   since=_when(q.get("since", "")), until=_when(q.get("until", "")), actors=actors)
+    rows = [(e, names.get(e.actor) or e.actor) for e in page.items]
+    older = urlencode({**{k: v for k, v in q.items() if k != "after" and v}, "after": page.next_cursor}) \
+        if page.next_cursor else None
+    return render(request, "audit.html", {"rows": rows, "older": older, "filters": dict(q),
                                           "verification": verification})
 
 

@@ -23,6 +23,7 @@ from vault.consent import views as consent_views
 from vault.errors import VaultError
 from vault.http.context import REQUEST_ID
 from vault.http.limits import UploadLimits
+from vault.http import cors
 from vault.http.middleware import authorize_middleware, mark_started, request_context, route_template
 from vault.lifecycle import views as lifecycle_views
 from vault.media import views as media_views
@@ -61,7 +62,7 @@ def create_app(settings: Settings) -> web.Application:
         )
 
     # Metrics sit inside request_context: they see each refusal's error code before it becomes JSON.
-    app.middlewares.extend([request_context, make_metrics_middleware(route_template),
+    app.middlewares.extend([request_context, cors.setup(app, settings.cors_origins), make_metrics_middleware(route_template),
                             authorize_middleware(authenticate, on_denied)])
     # First of all startup work: the domains' hooks (appended by their setup below) run
     # after every cleanup context has entered, so the runtime is open when they copy from it.

@@ -41,15 +41,24 @@ from vault.media.models import (
 )
 from vault.media.processing import PhotoPipeline
 from vault.media.responses import FaceSummary, MediaGroup, MediaPage, MediaView
-from vault.media.video import Finish, Videos
+from vault.media.video import MEDIA_CREATED, MEDIA_READY, Finish, Videos, media_ids
 from vault.patients.models import ERASED, Patient
 from vault.patients.service import PatientService
 from vault import signedurls
 from vault.sealed import SealedBlobs, SealedRef
 from vault.treatments.service import TreatmentService
+from vault.webhooks.service import WebhookService
 
 PLAYBACK = "media-playback"
 PLAYBACK_LINK_LIFETIME = timedelta(minutes=10)
+
+
+
+
+
+async def media_event(webhooks: WebhookService, session: AsyncSession, kind: str, media: Media) -> None:
+    """A media webhook in the caller's transaction: ids (and the media kind) only."""
+    await webhooks.notify(session, media.tenant_id, kind, media_ids(media))
 
 
 def sealed_ref(blob: MediaBlob) -> SealedRef:
@@ -83,14 +92,17 @@ class MediaService:
         sealed: SealedBlobs,
         patients: PatientService,
         pipeline: PhotoPipeline,
+        webhooks: WebhookService | None = None,
     ) -> None:
         self.db = db
+        self.webhooks = webhooks
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
         self.patients = patients
         self.pipeline = pipeline
-        self.videos = Videos(db=db, audit=audit, keys=keys, sealed=sealed, patients=patients, pipeline=pipeline)
+        self.videos = Videos(db=db, audit=audit, keys=keys, sealed=sealed, patients=patients, pipeline=pipeline,
+                             webhooks=webhooks)
 
     # -- loading -------------------------------------------------------------------------
     async def load(self, session: AsyncSession, actor: Actor, media_id: str, *, lock: bool = False) -> Media:
@@ -179,6 +191,9 @@ class MediaService:
                                           rendition=rendition, mime=mime, plain_size=ref.plain_size))
                 await faces.enqueue_search(session, media.id)
                 await self.audit.append(session, AuditEvent.of(actor, "media.upload", patient_id=patient_id, media_id=media.id))
+                if self.webhooks is not None:  # a photo is ready when its upload commits
+                    await media_event(self.webhooks, session, MEDIA_CREATED, media)
+                    await media_event(self.webhooks, session, MEDIA_READY, media)
         except _Superseded as won:
             await asyncio.gather(*(self.sealed.destroy(ref, cause="upload_rollback") for ref in refs))
             return await self._view_and_audit(actor, won.media, "media.upload.replay"), False

@@ -385,7 +385,13 @@ class MediaService:
             rows = (await session.execute(query.limit(limit + 1))).scalars().all()
         more = len(rows) > limit
         rows = rows[:limit]
-        items = [await self.view(m, with_capture=False, with_captured_at=captured_at) for m in rows]
+        dates: dict[str, Any] = {}
+        sealed = {m.id: m.capture for m in rows if m.capture is not None}
+        if captured_at and sealed:  # one patient: its key is fetched once for the page
+            opened = await self.keys.open_fields(actor.tenant_id, patient_id, table="media", column="capture", sealed=sealed)
+            dates = {media_id: json.loads(raw).get("captured_at") for media_id, raw in opened.items()}
+        items = [await self.view(m, with_capture=False, with_captured_at=False) for m in rows]
+        items = [i.model_copy(update={"captured_at": d}) if isinstance(d := dates.get(i.id), str) else i for i in items]
         await self.audit.record(AuditEvent.of(actor, "media.list", patient_id=patient_id, count=str(len(items))))
         groups: dict[str, MediaGroup] = {}
         for item in items:  # before/after pairs of each treatment, for side-by-side views

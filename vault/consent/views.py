@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from vault import idempotent
 from vault.appkeys import RUNTIME, SETTINGS
 from vault.consent.releases import Releasable, ReleaseService
 from vault.consent.responses import (
@@ -208,7 +209,8 @@ async def releasable_thumbnail(request: web.Request) -> web.Response:
 async def create_release(request: web.Request) -> web.Response:
     body = await read_json(request, ReleaseIn, limit=request.app[SETTINGS].max_json_bytes)
     made = await request.app[RELEASES].release(actor_of(request), request.match_info["media_id"], purpose=body.purpose,
-                                               recipient=body.recipient)
+                                               recipient=body.recipient,
+                                               idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")))
     named = {"handle": made.item} if made.rendition == "deidentified" else {"media_id": made.item, "consent_id": made.consent_id}
     return json_response(ReleaseMade(
         id=made.id, purpose=made.purpose, rendition=made.rendition, **named,

@@ -73,3 +73,42 @@ async def test_a_bad_key_is_422_and_makes_nothing(api, key):
                                  headers={**api.clinic.auth("marketing"), "Idempotency-Key": key})
     assert resp.status == 422
     assert await releases_of(api, photo["id"]) == []
+
+
+async def test_a_retried_consent_records_one_grant(api):
+    pid = await api.patient()
+    photo = await api.photo(pid)
+    body = {"purposes": ["education", "social_media"], "identifiable": True, "media_ids": [photo["id"]], "notes": "signed"}
+    headers = {**api.clinic.auth("dpo"), "Idempotency-Key": "consent-1"}
+    first = await api.client.post(f"/v1/patients/{pid}/consents", json=body, headers=headers)
+    again = await api.client.post(f"/v1/patients/{pid}/consents", json={**body, "purposes": ["social_media", "education"]},
+                                  headers=headers)
+    assert first.status == again.status == 201
+    made = await first.json()
+    assert (await again.json())["id"] == made["id"]
+    history = await (await api.client.get(f"/v1/patients/{pid}/consents", headers=api.clinic.auth("dpo"))).json()
+    assert [c["id"] for c in (history["items"] if isinstance(history, dict) else history)] == [made["id"]]
+    conflict = await api.client.post(f"/v1/patients/{pid}/consents", json={**body, "notes": "other"}, headers=headers)
+    assert conflict.status == 409 and (await conflict.json())["error"] == "idempotency_conflict"
+    other = await api.client.post(f"/v1/patients/{await api.patient()}/consents", json={"purposes": ["education"],
+                                  "identifiable": True}, headers=headers)  # the same key for another patient
+    assert other.status == 201 and (await other.json())["id"] != made["id"]
+
+
+async def test_a_retried_export_starts_one_export(api):
+    from sqlalchemy import select
+
+    from vault.appkeys import RUNTIME
+    from vault.lifecycle.models import Export
+
+    pid = await api.patient()
+    headers = {**api.clinic.auth("dpo"), "Idempotency-Key": "export-1"}
+    first = await api.client.post(f"/v1/patients/{pid}/exports", headers=headers)
+    again = await api.client.post(f"/v1/patients/{pid}/exports", headers=headers)
+    assert first.status == again.status == 202, await first.text()
+    assert (await again.json())["id"] == (await first.json())["id"]
+    other = await api.client.post(f"/v1/patients/{pid}/exports", headers={**headers, "Idempotency-Key": "export-2"})
+    assert (await other.json())["id"] != (await first.json())["id"]
+    async with api.client.server.app[RUNTIME].db.session() as session:
+        ids = (await session.execute(select(Export.id).where(Export.patient_id == pid))).scalars().all()
+    assert len(ids) == 2

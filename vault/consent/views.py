@@ -146,6 +146,7 @@ async def record_consent(request: web.Request) -> web.Response:
         actor_of(request), request.match_info["patient_id"], purposes=list(body.purposes), identifiable=body.identifiable,
         treatment_id=body.treatment_id, media_ids=body.media_ids, expires_at=body.expires_at,
         evidence=_evidence(body.evidence) if body.evidence else None, notes=body.notes,
+        idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")),
     )
     return json_response(view, status=201)
 

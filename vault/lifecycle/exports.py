@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vault import idempotent
 from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
@@ -72,12 +73,20 @@ class ExportService:
         self.ttl = ttl
 
     # -- requests and status ----------------------------------------------------------------
-    async def request(self, actor: Actor, patient_id: str) -> ExportOut:
+    async def request(self, actor: Actor, patient_id: str, *, idempotency_key: str | None = None) -> ExportOut:
+        """Start an export. A replayed ``Idempotency-Key`` answers with the first export's status."""
+        key = await idempotent.claim(self.keys, actor, f"export|{patient_id}", idempotency_key, {})
         async with self.db.transaction() as session:
-            patient = await self.patients.load(session, actor, patient_id, lock=True)
+            patient = await self.patients.load(session, actor, patient_id, lock=True)  # serialises retries too
+            if (first := await idempotent.replayed(session, key)) is not None:
+                export = await session.get_one(Export, first)
+                await self.audit.append(session, AuditEvent.of(actor, "export.request.replay", patient_id=patient.id,
+                                                               export_id=export.id))
+                return view(export)
             export = Export(id=new_id(), tenant_id=patient.tenant_id, patient_id=patient.id, status=EXPORT_PENDING,
                             requested_by=actor.token_id, created_at=utcnow())
             session.add(export)
+            idempotent.remember(session, key, export.id)
             await session.flush()
             await enqueue(session, BUILD_EXPORT, {"export_id": export.id}, dedupe_key=f"{BUILD_EXPORT}:{export.id}")
             await self.audit.append(session, AuditEvent.of(actor, "export.request", patient_id=patient.id, export_id=export.id))

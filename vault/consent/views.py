@@ -138,7 +138,7 @@ def _evidence(evidence: Evidence) -> tuple[bytes, str]:
 
 # -- consents ------------------------------------------------------------------------------
 @routes.post("/v1/patients/{patient_id}/consents", summary="Record a consent (append-only); evidence as base64",
-             body=ConsentIn, status=201, response=ConsentView, errors=(400, 404, 410, 413, 415, 422))
+             body=ConsentIn, status=201, response=ConsentView, errors=(400, 404, 409, 410, 413, 415, 422))
 async def record_consent(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].max_json_bytes + (MAX_EVIDENCE_BYTES * 4) // 3 + 4
     body = await read_json(request, ConsentIn, limit=limit)
@@ -206,7 +206,7 @@ async def releasable_thumbnail(request: web.Request) -> web.Response:
 
 @routes.post("/v1/media/{media_id}/releases", summary="Release one photo or video for a purpose: by media id the stripped "
              "original (identifiable consent), by handle the de-identified rendition",
-             body=ReleaseIn, status=201, response=ReleaseMade, errors=(404, 422))
+             body=ReleaseIn, status=201, response=ReleaseMade, errors=(404, 409, 422))
 async def create_release(request: web.Request) -> web.Response:
     body = await read_json(request, ReleaseIn, limit=request.app[SETTINGS].max_json_bytes)
     made = await request.app[RELEASES].release(actor_of(request), request.match_info["media_id"], purpose=body.purpose,

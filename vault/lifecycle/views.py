@@ -146,7 +146,7 @@ async def sweep(request: web.Request) -> web.Response:
 
 # -- exports ----------------------------------------------------------------------------------------
 @routes.post("/v1/patients/{patient_id}/exports", summary="Start a subject-access export (a ZIP built by a job)",
-             status=202, response=ExportOut, errors=(404, 410))
+             status=202, response=ExportOut, errors=(404, 409, 410, 422))
 async def request_export(request: web.Request) -> web.Response:
     export = await _lifecycle(request).exports.request(
         actor_of(request), request.match_info["patient_id"],

@@ -24,6 +24,7 @@ from vault.errors import VaultError
 from vault.fhir import views as fhir_views
 from vault.http.context import REQUEST_ID
 from vault.http.limits import UploadLimits
+from vault.http import cors
 from vault.http.middleware import authorize_middleware, mark_started, request_context, route_template
 from vault.lifecycle import views as lifecycle_views
 from vault.media import views as media_views
@@ -67,7 +68,8 @@ def create_app(settings: Settings) -> web.Application:
     # Metrics sit inside request_context: they see each refusal's error code before it becomes JSON.
     # The web app's pages turn refusals into pages (web_views.pages); a session cookie
     # resolves to the same Principal as a token (one decision path).
-    app.middlewares.extend([request_context, make_metrics_middleware(route_template), web_views.pages,
+    app.middlewares.extend([request_context, cors.setup(app, settings.cors_origins),
+                            make_metrics_middleware(route_template), web_views.pages,
                             authorize_middleware(authenticate, on_denied,
                                                  authenticate_session=SessionAuth(app, settings.public_url))])
     # First of all startup work: the domains' hooks (appended by their setup below) run

@@ -15,7 +15,9 @@ JSON values) comes with it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -132,6 +134,54 @@ def _model_file(name: str, raw: str) -> Path:
     return Path(raw).resolve()
 
 
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _allow_networks(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs (or single addresses) and host names, normalised."""
+    entries = []
+    for part in (p.strip().lower() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            network = ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            if not _HOST_NAME.match(part.rstrip(".")) or part.replace(".", "").isdigit():
+                raise ConfigError(name, "must be comma-separated CIDRs, addresses or host names") from None
+            entries.append(part.rstrip("."))
+            continue
+        if network.prefixlen == 0:
+            raise ConfigError(name, "a network of every address is not an allow-list")
+        entries.append(str(network))
+    return tuple(entries)
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated web origins (``https://app.example:8443``), normalised; no wildcard."""
+    origins = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        parts = urlsplit(part)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if (parts.scheme.lower() not in ("https", "http") or not parts.hostname or parts.path not in ("", "/") or port == -1
+                or parts.query or parts.fragment or parts.username is not None or parts.password is not None):
+            raise ConfigError(name, "must be comma-separated origins like https://app.example (no wildcard, no path)")
+        default = 443 if parts.scheme.lower() == "https" else 80
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        origins.append(f"{parts.scheme.lower()}://{host}" + (f":{port}" if port not in (None, default) else ""))
+    return tuple(origins)
+
+
+def _pem_file(name: str, raw: str) -> Path:
+    if not Path(raw).is_file():
+        raise ConfigError(name, f"no file at {raw}")
+    return Path(raw).resolve()
+
+
 def _modules(name: str, raw: str) -> tuple[str, ...]:
     modules = tuple(part.strip() for part in raw.split(",") if part.strip())
     for module in modules:
@@ -206,6 +256,13 @@ class Settings:
     # plain http to loopback webhooks: tests only
     webhooks_allow_http_loopback: bool = field(default=False,
                                                metadata=variable("VAULT_WEBHOOKS_ALLOW_HTTP_LOOPBACK", _boolean))
+    # on-premises webhook receivers: private networks (CIDRs) and host names let through
+    webhooks_allow_networks: tuple[str, ...] = field(default=(), metadata=variable(
+        "VAULT_WEBHOOKS_ALLOW_NETWORKS", _allow_networks))
+    # web origins whose pages may call the API with a bearer token (CORS); none by default
+    cors_origins: tuple[str, ...] = field(default=(), metadata=variable("VAULT_CORS_ORIGINS", _origins))
+    # extra CA certificates (PEM) trusted for webhook receivers, e.g. a clinic's own CA
+    webhooks_ca_file: Path | None = field(default=None, metadata=variable("VAULT_WEBHOOKS_CA_FILE", _pem_file))
     # patients one unreviewed retention sweep may erase
     retention_max_erasures: int = field(default=10,
                                         metadata=variable("VAULT_RETENTION_MAX_ERASURES", _integer(minimum=1)))

@@ -43,6 +43,7 @@ from vault.storage.base import BlobStore
 from vault.storage import open_store
 from vault.tenants.service import TenantService
 from vault.treatments.service import TreatmentService
+from vault.webhooks.delivery import AllowList
 from vault.webhooks.service import WebhookService
 
 log = logging.getLogger("vault.keys")
@@ -143,9 +144,13 @@ async def runtime(
         sealed = SealedBlobs(keys, store, ledger=ledger, leases=leases)
         patients = PatientService(db, audit, keys)
         tenants = TenantService(db, audit, keys, notifier=notifier)
-        webhooks = WebhookService(db, audit, keys, allow_http_loopback=settings.webhooks_allow_http_loopback)
+        webhooks = WebhookService(
+            db, audit, keys, allow_http_loopback=settings.webhooks_allow_http_loopback,
+            allow=AllowList.of(settings.webhooks_allow_networks),
+            ca_file=str(settings.webhooks_ca_file) if settings.webhooks_ca_file else None,
+        )
         checkpoints = Checkpoints(db, audit, keys)
-        media = MediaService(db, audit, keys, sealed, patients, pipeline)
+        media = MediaService(db, audit, keys, sealed, patients, pipeline, webhooks)
         redactions = RedactionService(db, audit, sealed, media, pipeline)
         rt = Runtime(
             settings=settings,

@@ -34,7 +34,8 @@ async def test_export_zip_holds_every_file_and_manifests(api: Api):
     export_id = started["id"]
     await drain(api.rt, BUILD_EXPORT)
     status = await api.json("GET", f"/v1/exports/{export_id}")
-    assert status["status"] == "ready" and status["progress"] == 1.0 and status["items_done"] == status["items_total"] == 5
+    # 3 originals, 3 thumbnails, 1 consent form, the two manifests
+    assert status["status"] == "ready" and status["progress"] == 1.0 and status["items_done"] == status["items_total"] == 9
 
     async with api.rt.db.session() as s:
         at_rest = await api.rt.store.read((await s.get(Export, export_id)).blob_id)
@@ -47,7 +48,21 @@ async def test_export_zip_holds_every_file_and_manifests(api: Api):
     archive = zipfile.ZipFile(io.BytesIO(body))
     assert archive.testzip() is None
     names = archive.namelist()
-    assert sorted(names) == sorted([f"media/{m}.jpg" for m in media] + ["manifest.csv", "manifest.json"])
+    consent_id = (await api.json("GET", f"/v1/patients/{pid}/consents"))
+    consent_id = (consent_id["items"] if isinstance(consent_id, dict) else consent_id)[0]["id"]
+    form = next(n for n in names if n.startswith("consents/"))
+    assert sorted(names) == sorted([f"media/{m}.jpg" for m in media] + [f"thumbnails/{m}.jpg" for m in media]
+                                   + [form, "manifest.csv", "manifest.json", "index.html"])
+    assert form.startswith(f"consents/{consent_id}.")
+    _, evidence = await api.call("GET", f"/v1/consents/{consent_id}/evidence", status=200)
+    assert archive.read(form) == evidence  # the signed form, as recorded
+    for m in media:
+        _, thumb = await api.call("GET", f"/v1/media/{m}/thumbnail", role="records", status=200)
+        assert archive.read(f"thumbnails/{m}.jpg") == thumb
+    page = archive.read("index.html").decode()
+    assert "<script" not in page.lower() and "http://" not in page and "https://" not in page and "//" not in page.replace("://", "")
+    assert all(f'src="thumbnails/{m}.jpg"' in page for m in media) and f'href="{form}"' in page
+    assert "teaching and training" in page and "Journal of Skin" in page
     for m in media:
         _, served = await api.call("GET", f"/v1/media/{m}/content", role="records", status=200)
         assert archive.read(f"media/{m}.jpg") == served
@@ -65,6 +80,7 @@ async def test_export_zip_holds_every_file_and_manifests(api: Api):
     assert sorted(m["id"] for m in manifest["media"]) == sorted(media)
     assert all(m["capture"] is not None or m["status"] != "ready" for m in manifest["media"])
     assert len(manifest["consents"]) == 1 and manifest["consents"][0]["notes"] == "signed in clinic"
+    assert manifest["consents"][0]["evidence_file"] == form
     assert [r["recipient"] for r in manifest["releases"]] == ["Journal of Skin"]
     actions = {e["action"] for e in manifest["audit"]}
     assert {"patient.create", "media.upload", "consent.record", "release.create", "patient.rectify", "export.request"} <= actions

@@ -24,7 +24,7 @@ from sqlalchemy import CursorResult, and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keys.store import KeyStore
-from vault import signedurls
+from vault import idempotent, signedurls
 from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
@@ -112,6 +112,11 @@ class Releasable:
     @property
     def deidentified(self) -> bool:
         return self.rendition == gate.DEIDENTIFIED
+
+
+class _Replayed(Exception):
+    def __init__(self, release_id: str) -> None:
+        self.release_id = release_id
 
 
 @dataclass(frozen=True)
@@ -290,11 +295,19 @@ class ReleaseService:
         raise refusal(decision, by_handle=by_handle)
 
     # -- releasing ---------------------------------------------------------------------------
-    async def release(self, actor: Actor, item: str, *, purpose: str, recipient: str) -> MadeRelease:
+    async def release(self, actor: Actor, item: str, *, purpose: str, recipient: str,
+                      idempotency_key: str | None = None) -> MadeRelease:
         """Release by media id (the stripped original, under identifiable consent) or by
-        handle (the de-identified rendition: under policy ``review`` the approved one)."""
+        handle (the de-identified rendition: under policy ``review`` the approved one).
+        A replayed ``Idempotency-Key`` answers with the first release (no second release,
+        so no second recall entry)."""
+        key = await idempotent.claim(self.keys, actor, f"release|{item}", idempotency_key,
+                                     {"purpose": purpose, "recipient": recipient})
         async with self.db.session() as session:
             target = await self._target(session, actor, item, purpose)
+            first = await idempotent.replayed(session, key)
+            if first is not None:
+                return await self._made(session, actor, first, item)
             media, by_handle = target.media, target.handle is not None
             decision, state = await self._decide(session, actor, media, purpose, utcnow(), by_handle=by_handle)
             wanted = gate.ALLOW_DEIDENTIFIED if by_handle else gate.ALLOW
@@ -311,6 +324,8 @@ class ReleaseService:
                 media = await self._media(session, actor.tenant_id, media.id)
                 now = utcnow()
                 again, state = await self._decide(session, actor, media, purpose, now, lock=True, by_handle=by_handle)
+                if (first := await idempotent.replayed(session, key)) is not None:  # a concurrent retry won
+                    raise _Replayed(first)
                 still = state.approval.id if state.approval is not None else None
                 if again.outcome != decision.outcome or still != approval_id:
                     raise refusal(again if again.outcome != decision.outcome else gate.Decision(gate.DENY, "needs_review"),
@@ -325,16 +340,31 @@ class ReleaseService:
                 release.recipient = await self.keys.seal_field(actor.tenant_id, media.patient_id, table="releases",
                                                                column="recipient", row_id=release.id, value=recipient)
                 session.add(release)
+                idempotent.remember(session, key, release.id)
                 await session.flush()
                 await self.audit.append(session, AuditEvent.of(actor, "release.create", patient_id=media.patient_id, media_id=media.id,
                                                                release_id=release.id, purpose=purpose, rendition=release.rendition,
                                                                approval_id=release.approval_id))
+        except _Replayed as replay:
+            if made is not None:
+                await self.sealed.destroy(made)
+            async with self.db.session() as session:
+                return await self._made(session, actor, replay.release_id, item)
         except BaseException:
             if made is not None:
                 await self.sealed.destroy(made)
             raise
         return MadeRelease(id=release.id, item=item, purpose=purpose, rendition=release.rendition,
                            consent_id=release.consent_id if not by_handle else None, expires_at=release.expires_at)
+
+    async def _made(self, session: AsyncSession, actor: Actor, release_id: str, item: str) -> MadeRelease:
+        """The release an Idempotency-Key already made, as it was answered (audited as a replay)."""
+        release = await session.get_one(Release, release_id)
+        await self.audit.record(AuditEvent.of(actor, "release.create.replay", patient_id=release.patient_id,
+                                              media_id=release.media_id, release_id=release.id))
+        return MadeRelease(id=release.id, item=item, purpose=release.purpose, rendition=release.rendition,
+                           consent_id=release.consent_id if release.rendition != gate.DEIDENTIFIED else None,
+                           expires_at=release.expires_at)
 
     async def _deidentified(self, actor: Actor, media: Media, state: ReviewState) -> SealedRef:
         """This release's own copy of the stored redacted rendition: under ``review`` the

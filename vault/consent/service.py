@@ -9,6 +9,7 @@ the field and nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections import defaultdict
@@ -26,6 +27,7 @@ from vault.audit.service import AuditEvent, AuditLog
 from vault.consent import gate
 from vault.consent.models import ConsentRecord, Release
 from vault.consent.responses import ConsentView, EvidenceInfo, ReleaseView, Withdrawal
+from vault import idempotent
 from vault.db import Database, new_id, utcnow
 from vault.errors import Conflict, NotFound, ValidationFailed
 from vault.media.models import Media
@@ -117,6 +119,11 @@ async def release_view(keys: KeyStore, r: Release) -> ReleaseView:
     )
 
 
+class _Replayed(Exception):
+    def __init__(self, consent_id: str) -> None:
+        self.consent_id = consent_id
+
+
 class ConsentService:
     def __init__(self, db: Database, audit: AuditLog, keys: KeyStore, sealed: SealedBlobs, patients: PatientService,
                  webhooks: WebhookService) -> None:
@@ -140,16 +147,26 @@ class ConsentService:
         expires_at: datetime | None = None,
         evidence: tuple[bytes, str] | None = None,
         notes: str | None = None,
+        idempotency_key: str | None = None,
     ) -> ConsentView:
-        """A new grant. ``evidence`` is (bytes, sniffed media type) of the signed form."""
+        """A new grant. ``evidence`` is (bytes, sniffed media type) of the signed form.
+        A replayed ``Idempotency-Key`` answers with the first grant (its withdrawals since shown)."""
         if treatment_id is not None and media_ids:
             raise ValidationFailed("a consent covers one treatment or listed media, not both",
                                    details={"errors": [{"field": "media_ids", "problem": "with_treatment_id"}]})
         now = utcnow()
         if expires_at is not None and expires_at <= now:
             raise ValidationFailed(details={"errors": [{"field": "expires_at", "problem": "in_the_past"}]})
+        key = await idempotent.claim(self.keys, actor, f"consent|{patient_id}", idempotency_key, {
+            "purposes": sorted(set(purposes)), "identifiable": identifiable, "treatment_id": treatment_id,
+            "media_ids": sorted(set(media_ids or [])), "expires_at": expires_at.isoformat() if expires_at else None,
+            "evidence": hashlib.sha256(evidence[0]).hexdigest() if evidence else None, "notes": notes,
+        })
         async with self.db.session() as session:
             await self.patients.load(session, actor, patient_id)  # 404/410 before storing any evidence
+            first = await idempotent.replayed(session, key)
+        if first is not None:
+            return await self._replay(actor, patient_id, first)
         evidence_ref: SealedRef | None = None
         if evidence is not None:
             evidence_ref = await self.sealed.put_bytes(actor.tenant_id, patient_id, evidence[0])
@@ -170,15 +187,30 @@ class ConsentService:
                     await TreatmentService.owned(session, tenant_id=actor.tenant_id, patient_id=patient.id, treatment_id=treatment_id)
                 if media_ids:
                     await self._owned_media(session, actor.tenant_id, patient.id, set(media_ids))
+                if (first := await idempotent.replayed(session, key)) is not None:  # a concurrent retry won
+                    raise _Replayed(first)
                 record.notes = await self._seal(record, "notes", notes)
                 session.add(record)
+                idempotent.remember(session, key, record.id)
                 await session.flush()
                 await self.audit.append(session, AuditEvent.of(actor, "consent.record", patient_id=patient_id, consent_id=record.id))
+        except _Replayed as replay:
+            if evidence_ref is not None:
+                await self.sealed.destroy(evidence_ref)
+            return await self._replay(actor, patient_id, replay.consent_id)
         except BaseException:
             if evidence_ref is not None:
                 await self.sealed.destroy(evidence_ref)
             raise
         return await self._view(record, withdrawn=set())
+
+    async def _replay(self, actor: Actor, patient_id: str, consent_id: str) -> ConsentView:
+        async with self.db.session() as session:
+            record = await session.get_one(ConsentRecord, consent_id)
+            withdrawals = (await session.execute(select(ConsentRecord.purposes).where(
+                ConsentRecord.tenant_id == actor.tenant_id, ConsentRecord.withdraws_id == consent_id))).scalars().all()
+        await self.audit.record(AuditEvent.of(actor, "consent.record.replay", patient_id=patient_id, consent_id=consent_id))
+        return await self._view(record, withdrawn={p for w in withdrawals for p in w.split(",")})
 
     @staticmethod
     async def _owned_media(session: AsyncSession, tenant_id: str, patient_id: str, media_ids: set[str]) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from vault import idempotent
 from vault.appkeys import RUNTIME, SETTINGS
 from vault.consent.evidence import EVIDENCE_TYPES, MAX_EVIDENCE_BYTES, sniff
 from vault.consent.releases import Releasable, ReleaseService
@@ -137,7 +138,7 @@ def _evidence(evidence: Evidence) -> tuple[bytes, str]:
 
 # -- consents ------------------------------------------------------------------------------
 @routes.post("/v1/patients/{patient_id}/consents", summary="Record a consent (append-only); evidence as base64",
-             body=ConsentIn, status=201, response=ConsentView, errors=(400, 404, 410, 413, 415, 422))
+             body=ConsentIn, status=201, response=ConsentView, errors=(400, 404, 409, 410, 413, 415, 422))
 async def record_consent(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].max_json_bytes + (MAX_EVIDENCE_BYTES * 4) // 3 + 4
     body = await read_json(request, ConsentIn, limit=limit)
@@ -145,6 +146,7 @@ async def record_consent(request: web.Request) -> web.Response:
         actor_of(request), request.match_info["patient_id"], purposes=list(body.purposes), identifiable=body.identifiable,
         treatment_id=body.treatment_id, media_ids=body.media_ids, expires_at=body.expires_at,
         evidence=_evidence(body.evidence) if body.evidence else None, notes=body.notes,
+        idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")),
     )
     return json_response(view, status=201)
 
@@ -208,11 +210,12 @@ async def releasable_thumbnail(request: web.Request) -> web.Response:
 
 @routes.post("/v1/media/{media_id}/releases", summary="Release one photo or video for a purpose: by media id the stripped "
              "original (identifiable consent), by handle the de-identified rendition",
-             body=ReleaseIn, status=201, response=ReleaseMade, errors=(404, 422))
+             body=ReleaseIn, status=201, response=ReleaseMade, errors=(404, 409, 422))
 async def create_release(request: web.Request) -> web.Response:
     body = await read_json(request, ReleaseIn, limit=request.app[SETTINGS].max_json_bytes)
     made = await request.app[RELEASES].release(actor_of(request), request.match_info["media_id"], purpose=body.purpose,
-                                               recipient=body.recipient)
+                                               recipient=body.recipient,
+                                               idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")))
     named = {"handle": made.item} if made.rendition == "deidentified" else {"media_id": made.item, "consent_id": made.consent_id}
     return json_response(ReleaseMade(
         id=made.id, purpose=made.purpose, rendition=made.rendition, **named,

@@ -10,8 +10,11 @@ decryption runs at several GB/s; a second read costs far less than buffering a v
 Layout::
 
     media/<media id>.<ext>   the stripped originals, byte-identical to /content
+    thumbnails/<media id>.jpg   each ready media's 256 px thumbnail (for index.html)
+    consents/<consent id>.<ext> the signed consent forms (evidence), as recorded
     manifest.csv             one row per media (also those without a file yet)
     manifest.json            patient, treatments, media, consents, releases, audit
+    index.html               the same in plain words for the patient (vault/lifecycle/patient_page.py)
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ class MediaFile:
             self.path = f"media/{self.view['id']}.{EXTENSIONS.get(self.view['mime'], 'bin')}"
 
 
+@dataclass
+class ExtraFile:
+    """Another file of the export (a thumbnail, a consent form), straight from its blob."""
+
+    path: str
+    ref: SealedRef
+    modified: datetime
+    sha256: str | None = None
+
+
 async def _digests(sealed: SealedBlobs, ref: SealedRef) -> tuple[int, str]:
     crc, sha = 0, hashlib.sha256()
     async for piece in await sealed.stream(ref):
@@ -81,6 +94,8 @@ async def zip_stream(
     manifest: Callable[[list[MediaFile]], dict[str, Any]],
     generated_at: datetime,
     on_file: Callable[[], Awaitable[None]],
+    extras: tuple[ExtraFile, ...] = (),
+    index: Callable[[dict[str, Any]], bytes] | None = None,
 ) -> AsyncIterator[bytes]:
     """The ZIP's bytes. ``manifest`` builds the JSON document once every file's digest
     is known; ``on_file`` is awaited after each file is written (progress)."""
@@ -96,9 +111,15 @@ async def zip_stream(
                 continue
             crc, f.sha256 = await _digests(sealed, f.ref)
             yield f.path, f.modified, FILE_MODE, NO_COMPRESSION_64(f.ref.plain_size, crc), data(f.ref)
+        for extra in extras:
+            crc, extra.sha256 = await _digests(sealed, extra.ref)
+            yield extra.path, extra.modified, FILE_MODE, NO_COMPRESSION_64(extra.ref.plain_size, crc), data(extra.ref)
         yield "manifest.csv", generated_at, FILE_MODE, ZIP_64, _once(manifest_csv(files))
-        body = json.dumps(manifest(files), indent=2, sort_keys=True, default=str).encode()
+        document = manifest(files)
+        body = json.dumps(document, indent=2, sort_keys=True, default=str).encode()
         yield "manifest.json", generated_at, FILE_MODE, ZIP_64, _once(body)
+        if index is not None:
+            yield "index.html", generated_at, FILE_MODE, ZIP_64, _once(index(document))
 
     async for chunk in async_stream_zip(members()):
         yield chunk

@@ -19,15 +19,17 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from vault import idempotent
 from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
-from vault.consent.models import Release
+from vault.consent.models import ConsentRecord, Release
 from vault.consent.service import release_view
 from vault.db import Database, new_id, utcnow
 from vault.errors import Gone, NotReady
 from vault.jobs import enqueue
-from vault.lifecycle.archive import MediaFile, zip_stream
+from vault.lifecycle import patient_page
+from vault.lifecycle.archive import ExtraFile, MediaFile, zip_stream
 from vault.lifecycle.erasure import system_actor
 from vault.lifecycle.responses import ExportOut
 from vault.lifecycle.models import (
@@ -39,7 +41,7 @@ from vault.lifecycle.models import (
     EXPORT_RUNNING,
     Export,
 )
-from vault.media.models import DELETED, ORIGINAL, READY, Media, MediaBlob
+from vault.media.models import DELETED, ORIGINAL, READY, THUMB_256, Media, MediaBlob
 from vault.patients.models import ERASED, Patient
 from vault.sealed import SealedRef
 from vault.treatments.models import Treatment
@@ -72,12 +74,20 @@ class ExportService:
         self.ttl = ttl
 
     # -- requests and status ----------------------------------------------------------------
-    async def request(self, actor: Actor, patient_id: str) -> ExportOut:
+    async def request(self, actor: Actor, patient_id: str, *, idempotency_key: str | None = None) -> ExportOut:
+        """Start an export. A replayed ``Idempotency-Key`` answers with the first export's status."""
+        key = await idempotent.claim(self.keys, actor, f"export|{patient_id}", idempotency_key, {})
         async with self.db.transaction() as session:
-            patient = await self.patients.load(session, actor, patient_id, lock=True)
+            patient = await self.patients.load(session, actor, patient_id, lock=True)  # serialises retries too
+            if (first := await idempotent.replayed(session, key)) is not None:
+                export = await session.get_one(Export, first)
+                await self.audit.append(session, AuditEvent.of(actor, "export.request.replay", patient_id=patient.id,
+                                                               export_id=export.id))
+                return view(export)
             export = Export(id=new_id(), tenant_id=patient.tenant_id, patient_id=patient.id, status=EXPORT_PENDING,
                             requested_by=actor.token_id, created_at=utcnow())
             session.add(export)
+            idempotent.remember(session, key, export.id)
             await session.flush()
             await enqueue(session, BUILD_EXPORT, {"export_id": export.id}, dedupe_key=f"{BUILD_EXPORT}:{export.id}")
             await self.audit.append(session, AuditEvent.of(actor, "export.request", patient_id=patient.id, export_id=export.id))
@@ -160,7 +170,8 @@ class ExportService:
             export.status, export.started_at, export.progress, export.items_done = EXPORT_RUNNING, utcnow(), 0.0, 0
         actor = system_actor(export.tenant_id, BUILD_EXPORT, f"job-{job_id}")
         files, document = await self._gather(actor, patient)
-        export.items_total = sum(1 for f in files if f.ref is not None) + 2
+        extras, thumbnails, forms = await self._extras(patient, files)
+        export.items_total = sum(1 for f in files if f.ref is not None) + len(extras) + 2
         progress = _Progress(self.db, export.id, export.items_total)
         await progress.write(force=True)
         generated_at = utcnow()
@@ -168,9 +179,16 @@ class ExportService:
         def manifest(done: list[MediaFile]) -> dict[str, Any]:
             document["media"] = [{**f.view, "file": f.path, "sha256": f.sha256,
                                   "size_bytes": f.ref.plain_size if f.ref else None} for f in done]
+            for consent in document["consents"]:
+                if consent["id"] in forms:
+                    consent["evidence_file"] = forms[consent["id"]]
             return document
 
-        chunks = zip_stream(self.sealed, files, manifest=manifest, generated_at=generated_at, on_file=progress.step)
+        def index(document: dict[str, Any]) -> bytes:
+            return patient_page.render(document, thumbnails=thumbnails, forms=forms)
+
+        chunks = zip_stream(self.sealed, files, manifest=manifest, generated_at=generated_at, on_file=progress.step,
+                            extras=tuple(extras), index=index)
         ref = await self.sealed.put_stream(export.tenant_id, export.patient_id, chunks)
         kept = ready = False
         try:
@@ -230,6 +248,30 @@ class ExportService:
             "audit": await self._audit_entries(patient),
         }
         return files, document
+
+    async def _extras(self, patient: Patient, files: list[MediaFile]) -> tuple[list[ExtraFile], dict[str, str], dict[str, str]]:
+        """The ready media's 256 px thumbnails and the signed consent forms, for index.html."""
+        ready = [f.view["id"] for f in files if f.ref is not None]
+        async with self.db.session() as session:
+            thumbs = (await session.execute(select(MediaBlob).where(
+                MediaBlob.media_id.in_(ready), MediaBlob.rendition == THUMB_256))).scalars().all() if ready else []
+            consents = (await session.execute(select(ConsentRecord).where(
+                ConsentRecord.patient_id == patient.id, ConsentRecord.tenant_id == patient.tenant_id,
+                ConsentRecord.evidence_blob_id.is_not(None)).order_by(ConsentRecord.recorded_at, ConsentRecord.id))).scalars().all()
+        extras, thumbnails, forms = [], {}, {}
+        for blob in thumbs:
+            path = thumbnails[blob.media_id] = f"thumbnails/{blob.media_id}.jpg"
+            extras.append(ExtraFile(path=path, modified=blob.created_at,
+                                    ref=SealedRef(id=blob.id, tenant_id=blob.tenant_id, patient_id=blob.patient_id,
+                                                  plain_size=blob.plain_size)))
+        for c in consents:
+            if c.evidence_blob_id is None:
+                continue
+            ext = {"application/pdf": "pdf", "image/jpeg": "jpg", "image/png": "png"}.get(c.evidence_mime or "", "bin")
+            path = forms[c.id] = f"consents/{c.id}.{ext}"
+            extras.append(ExtraFile(path=path, modified=c.recorded_at, ref=SealedRef(
+                id=c.evidence_blob_id, tenant_id=c.tenant_id, patient_id=c.patient_id, plain_size=c.evidence_size or 0)))
+        return extras, thumbnails, forms
 
     async def _audit_entries(self, patient: Patient) -> list[dict[str, Any]]:
         entries, after = [], 0

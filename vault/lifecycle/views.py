@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from vault import idempotent
 from vault.appkeys import RUNTIME, SETTINGS
 from vault.errors import ValidationFailed
 from vault.http.context import actor_of
@@ -145,9 +146,11 @@ async def sweep(request: web.Request) -> web.Response:
 
 # -- exports ----------------------------------------------------------------------------------------
 @routes.post("/v1/patients/{patient_id}/exports", summary="Start a subject-access export (a ZIP built by a job)",
-             status=202, response=ExportOut, errors=(404, 410))
+             status=202, response=ExportOut, errors=(404, 409, 410, 422))
 async def request_export(request: web.Request) -> web.Response:
-    export = await _lifecycle(request).exports.request(actor_of(request), request.match_info["patient_id"])
+    export = await _lifecycle(request).exports.request(
+        actor_of(request), request.match_info["patient_id"],
+        idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")))
     return json_response(export, status=202)
 
 

@@ -37,6 +37,9 @@ class MediaView(BaseModel):
     height: int | None
     faces: FaceSummary
     capture: dict[str, Any] | None
+    #: the capture time the pipeline read from the camera's metadata (local time, with
+    #: the offset when the camera wrote one), also inline in listings; None when unknown
+    captured_at: str | None = None
     failure_reason: str | None
     created_at: str
     updated_at: str

@@ -16,10 +16,10 @@ import hashlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field as dataclass_field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.db.tenancy import owned
@@ -27,7 +27,7 @@ from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
 from keys.store import KeyStore
-from vault.errors import Forbidden, Gone, NotFound, NotReady, PatientErased
+from vault.errors import Forbidden, Gone, NotFound, NotReady, PatientErased, ValidationFailed
 from vault.media import faces, idempotency
 from vault.media.faces import grown_boxes
 from vault.media.models import (
@@ -42,12 +42,13 @@ from vault.media.models import (
 from vault.media.processing import PhotoPipeline
 from vault.media.reads import ReadyRendition, RenditionCache, etag_of, none_match
 from vault.media.responses import FaceSummary, MediaGroup, MediaPage, MediaView
-from vault.media.video import Finish, Videos
+from vault.media.video import MEDIA_CREATED, MEDIA_READY, Finish, Videos, media_ids
 from vault.patients.models import ERASED, Patient
 from vault.patients.service import PatientService
 from vault import signedurls
 from vault.sealed import SealedBlobs, SealedRef
 from vault.treatments.service import TreatmentService
+from vault.webhooks.service import WebhookService
 
 PLAYBACK = "media-playback"
 PLAYBACK_LINK_LIFETIME = timedelta(minutes=10)
@@ -60,6 +61,35 @@ _READY_RENDITION = (
     .outerjoin(MediaBlob, (MediaBlob.media_id == Media.id) & (MediaBlob.rendition == bindparam("rendition")))
     .where(Media.id == bindparam("media_id"), Media.tenant_id == bindparam("tenant_id"))
 )
+
+
+async def media_event(webhooks: WebhookService, session: AsyncSession, kind: str, media: Media) -> None:
+    """A media webhook in the caller's transaction: ids (and the media kind) only."""
+    await webhooks.notify(session, media.tenant_id, kind, media_ids(media))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def _since_cursor(cursor: str | None, since: datetime | None) -> tuple[datetime, str] | None:
+    """The (updated_at, id) keyset of a ``since`` listing's cursor; a cursor of the other
+    kind of listing is refused (422)."""
+    if cursor is None:
+        return None
+    at, sep, media_id = cursor.partition("-")
+    if (since is None) == bool(sep):
+        raise ValidationFailed(details={"errors": [{"field": "cursor", "problem": "invalid",
+                                                    "hint": "a cursor continues the listing it came from"}]})
+    if since is None:
+        return None
+    try:
+        return _EPOCH + timedelta(microseconds=int(at)), media_id
+    except OverflowError:
+        raise ValidationFailed(details={"errors": [{"field": "cursor", "problem": "invalid"}]}) from None
 
 
 def sealed_ref(blob: MediaBlob) -> SealedRef:
@@ -95,15 +125,18 @@ class MediaService:
         sealed: SealedBlobs,
         patients: PatientService,
         pipeline: PhotoPipeline,
+        webhooks: WebhookService | None = None,
     ) -> None:
         self.db = db
+        self.webhooks = webhooks
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
         self.patients = patients
         self.pipeline = pipeline
         self._renditions = RenditionCache()
-        self.videos = Videos(db=db, audit=audit, keys=keys, sealed=sealed, patients=patients, pipeline=pipeline)
+        self.videos = Videos(db=db, audit=audit, keys=keys, sealed=sealed, patients=patients, pipeline=pipeline,
+                             webhooks=webhooks)
 
     # -- loading -------------------------------------------------------------------------
     async def load(self, session: AsyncSession, actor: Actor, media_id: str, *, lock: bool = False) -> Media:
@@ -192,6 +225,9 @@ class MediaService:
                                           rendition=rendition, mime=mime, plain_size=ref.plain_size))
                 await faces.enqueue_search(session, media.id)
                 await self.audit.append(session, AuditEvent.of(actor, "media.upload", patient_id=patient_id, media_id=media.id))
+                if self.webhooks is not None:  # a photo is ready when its upload commits
+                    await media_event(self.webhooks, session, MEDIA_CREATED, media)
+                    await media_event(self.webhooks, session, MEDIA_READY, media)
         except _Superseded as won:
             await asyncio.gather(*(self.sealed.destroy(ref, cause="upload_rollback") for ref in refs))
             return await self._view_and_audit(actor, won.media, "media.upload.replay"), False
@@ -228,13 +264,14 @@ class MediaService:
         await self.videos.shred_blob(tenant_id, patient_id, blob_id)
 
     # -- reading -------------------------------------------------------------------------
-    async def view(self, media: Media, *, with_capture: bool = True) -> MediaView:
+    async def view(self, media: Media, *, with_capture: bool = True, with_captured_at: bool = True) -> MediaView:
         capture = None
-        if with_capture and media.capture is not None:
+        if (with_capture or with_captured_at) and media.capture is not None:
             capture = json.loads(
                 await self.keys.open_field(media.tenant_id, media.patient_id, table="media", column="capture",
                                            row_id=media.id, sealed=media.capture)
             )
+        captured_at = capture.get("captured_at") if with_captured_at and isinstance(capture, dict) else None
         return MediaView(
             id=media.id,
             patient_id=media.patient_id,
@@ -246,7 +283,8 @@ class MediaService:
             width=media.width,
             height=media.height,
             faces=face_summary(media),
-            capture=capture,
+            capture=capture if with_capture else None,
+            captured_at=captured_at if isinstance(captured_at, str) else None,
             failure_reason=media.failure_reason,
             created_at=media.created_at.isoformat(),
             updated_at=media.updated_at.isoformat(),
@@ -356,7 +394,13 @@ class MediaService:
         limit: int,
         phase: str | None,
         treatment_id: str | None,
+        since: datetime | None = None,
+        captured_at: bool = False,
     ) -> MediaPage:
+        """One keyset page. Without ``since``: by id. With ``since``: media created or
+        changed at or after it, by (updated_at, id), so items with the same timestamp are
+        neither skipped nor repeated across pages; the cursor carries both."""
+        keyset = _since_cursor(cursor, since)
         async with self.db.session() as session:
             patient = await self.patients.load(session, actor, patient_id)
             query = select(Media).where(Media.patient_id == patient.id, Media.tenant_id == actor.tenant_id,
@@ -365,19 +409,37 @@ class MediaService:
                 query = query.where(Media.phase == phase)
             if treatment_id:
                 query = query.where(Media.treatment_id == treatment_id)
-            if cursor:
-                query = query.where(Media.id > cursor)
-            rows = (await session.execute(query.order_by(Media.id).limit(limit + 1))).scalars().all()
+            if since is not None:
+                query = query.where(Media.updated_at >= since)
+                if keyset is not None:
+                    at, after = keyset
+                    query = query.where(or_(Media.updated_at > at, and_(Media.updated_at == at, Media.id > after)))
+                query = query.order_by(Media.updated_at, Media.id)
+            else:
+                if cursor:
+                    query = query.where(Media.id > cursor)
+                query = query.order_by(Media.id)
+            rows = (await session.execute(query.limit(limit + 1))).scalars().all()
         more = len(rows) > limit
         rows = rows[:limit]
-        items = [await self.view(m, with_capture=False) for m in rows]
+        dates: dict[str, Any] = {}
+        sealed = {m.id: m.capture for m in rows if m.capture is not None}
+        if captured_at and sealed:  # one patient: its key is fetched once for the page
+            opened = await self.keys.open_fields(actor.tenant_id, patient_id, table="media", column="capture", sealed=sealed)
+            dates = {media_id: json.loads(raw).get("captured_at") for media_id, raw in opened.items()}
+        items = [await self.view(m, with_capture=False, with_captured_at=False) for m in rows]
+        items = [i.model_copy(update={"captured_at": d}) if isinstance(d := dates.get(i.id), str) else i for i in items]
         await self.audit.record(AuditEvent.of(actor, "media.list", patient_id=patient_id, count=str(len(items))))
         groups: dict[str, MediaGroup] = {}
         for item in items:  # before/after pairs of each treatment, for side-by-side views
             if item.treatment_id and item.phase in ("before", "after"):
                 group = groups.setdefault(item.treatment_id, MediaGroup(before=[], after=[]))
                 (group.before if item.phase == "before" else group.after).append(item.id)
-        return MediaPage(items=items, next_cursor=rows[-1].id if more else None, groups=groups)
+        next_cursor = None
+        if more:
+            last = rows[-1]
+            next_cursor = last.id if since is None else f"{_micros(last.updated_at)}-{last.id}"
+        return MediaPage(items=items, next_cursor=next_cursor, groups=groups)
 
     # -- changes -------------------------------------------------------------------------
     async def update(self, actor: Actor, media_id: str, changes: dict[str, Any]) -> MediaView:

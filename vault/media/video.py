@@ -33,6 +33,7 @@ from vault.media.models import FAILED, ORIGINAL, PROCESSING, READY, THUMBNAILS, 
 from vault.media.processing import PhotoPipeline
 from vault.patients.service import PatientService
 from vault.sealed import SealedBlobs, SealedRef
+from vault.webhooks.service import WebhookService
 
 SOURCE = "source"
 FINISH_JOB = "media.finish_video"
@@ -44,14 +45,23 @@ DEAD_REASON = "processing failed repeatedly; upload the video again or contact s
 Finish = Callable[[AsyncSession], Awaitable[None]]
 
 
+MEDIA_CREATED, MEDIA_READY = "media.created", "media.ready"
+
+
+def media_ids(media: Media) -> dict[str, str | None]:
+    """A media webhook's body fields: ids (and the media kind) only."""
+    return {"media_id": media.id, "patient_id": media.patient_id, "treatment_id": media.treatment_id, "kind": media.kind}
+
+
 class Videos:
     """Video upload and finishing. The job adapters (workers/jobs/media.py) pass the
     job's id, whether this is its last attempt and its fenced ``finish``; nothing here
     sees a job context or the runtime."""
 
     def __init__(self, *, db: Database, audit: AuditLog, keys: KeyStore, sealed: SealedBlobs,
-                 patients: PatientService, pipeline: PhotoPipeline) -> None:
+                 patients: PatientService, pipeline: PhotoPipeline, webhooks: WebhookService | None = None) -> None:
         self.db = db
+        self.webhooks = webhooks
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
@@ -100,6 +110,8 @@ class Videos:
                                       rendition=SOURCE, mime=probe.mime, plain_size=ref.plain_size))
                 await enqueue(session, FINISH_JOB, {"media_id": media.id}, dedupe_key=f"{FINISH_JOB}:{media.id}")
                 await self.audit.append(session, AuditEvent.of(actor, "media.upload", patient_id=patient_id, media_id=media.id))
+                if self.webhooks is not None:  # ``media.ready`` follows when the finishing job commits
+                    await self.webhooks.notify(session, media.tenant_id, MEDIA_CREATED, media_ids(media))
         except _Replayed as replay:
             await self.sealed.destroy(ref, cause="upload_rollback")
             return replay.media, False
@@ -145,6 +157,8 @@ class Videos:
                                           rendition=rendition, mime=mime, plain_size=ref.plain_size))
                 await _retire_source(session, src)
                 await self.audit.append(session, AuditEvent.of(actor, "media.processed", patient_id=media.patient_id, media_id=media_id))
+                if self.webhooks is not None:
+                    await self.webhooks.notify(session, media.tenant_id, MEDIA_READY, media_ids(row))
         except _Obsolete:
             await asyncio.gather(*(self.sealed.destroy(ref, cause="upload_rollback") for ref in made), return_exceptions=True)
         except BaseException as exc:

@@ -5,11 +5,12 @@ the domain into the app: its routes and its typed service key."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from vault.appkeys import RUNTIME, SETTINGS, UPLOAD_LIMITS
 from vault.errors import Forbidden, UnsupportedMedia, ValidationFailed
@@ -43,10 +44,22 @@ class UploadQuery(BaseModel):
 
 class MediaQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cursor: Id | None = None
+    cursor: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{32}|[0-9]{1,20}-[0-9a-f]{32})$")] | None = Field(
+        default=None, description="next_cursor of the previous page (with `since`: the same `since` again)")
     limit: int = Field(default=50, ge=1, le=200)
     phase: Phase | None = None
     treatment_id: Id | None = None
+    since: AwareDatetime | None = Field(
+        default=None, description="only media created or changed at or after this instant (ISO 8601 with offset), "
+                                  "oldest change first; pages keyset on (updated_at, id)")
+
+    @field_validator("since")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        try:
+            return None if value is None else value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("out of range") from None
 
 
 class MediaPatch(BaseModel):
@@ -132,8 +145,12 @@ async def upload_media(request: web.Request) -> web.Response:
             query=MediaQuery, response=MediaPage, errors=(404, 410, 422))
 async def list_media(request: web.Request) -> web.Response:
     q = parse_query(request, MediaQuery)
+    actor = actor_of(request)
     page = await request.app[MEDIA].page(
-        actor_of(request), request.match_info["patient_id"], cursor=q.cursor, limit=q.limit, phase=q.phase, treatment_id=q.treatment_id
+        actor, request.match_info["patient_id"], cursor=q.cursor, limit=q.limit, phase=q.phase, treatment_id=q.treatment_id,
+        since=q.since,
+        # capture dates are patient data: inline only for roles that may read the media's metadata
+        captured_at=actor.role in (allowed("GET", "/v1/media/{media_id}") or ()),
     )
     return json_response(page)
 

@@ -9,6 +9,13 @@
 - The connection goes to the address that was checked: aiohttp gets a resolver that
   knows only that address, so a second lookup (DNS rebinding) cannot redirect it, while
   the URL — hence the Host header, SNI and certificate check — keeps the name.
+- An operator allow-list (``VAULT_WEBHOOKS_ALLOW_NETWORKS``) lets on-premises receivers
+  through: an address inside a listed network passes whatever its kind (loopback,
+  link-local or a metadata address only when a listed network covers it); a listed host
+  name may resolve to private addresses (RFC 1918, unique-local, never loopback,
+  link-local, reserved or an address embedded in IPv6). Multicast and unspecified
+  addresses never pass. The check stays per address, at configuration and at delivery,
+  and the connection stays pinned to the checked address.
 - No redirects are followed (a 3xx is a failed delivery), no proxy from the
   environment, short timeouts, and the response body is never read.
 
@@ -24,7 +31,9 @@ import hashlib
 import hmac
 import ipaddress
 import socket
-from dataclasses import dataclass
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -53,6 +62,39 @@ class Destination:
     port: int
     address: str  # the checked address the connection goes to
     family: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllowList:
+    """The operator's allow-list of networks and host names (``VAULT_WEBHOOKS_ALLOW_NETWORKS``)."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    hosts: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, entries: Iterable[str]) -> AllowList:
+        networks, hosts = [], set()
+        for entry in entries:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower().rstrip("."))
+        return cls(networks=tuple(networks), hosts=frozenset(hosts))
+
+    def passes(self, ip: IP, host: str) -> bool:
+        """Whether an address refused by the default rules is let through by the list."""
+        if ip.is_multicast or ip.is_unspecified:
+            return False
+        if any(ip.version == n.version and ip in n for n in self.networks):
+            return True
+        if host.lower().rstrip(".") in self.hosts:
+            # a private address proper: not loopback, link-local, reserved nor embedded
+            return address_problem(ip, allow_loopback=False) == "private_address" and ip.is_private and not (
+                isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped or ip.sixtofour or ip.teredo or ip in _NAT64))
+        return False
+
+
+NOTHING_ALLOWED = AllowList()
 
 
 def address_problem(ip: IP, *, allow_loopback: bool) -> str | None:
@@ -97,7 +139,7 @@ def parse(url: str, *, allow_http_loopback: bool) -> tuple[str, str, int]:
     return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
 
 
-async def resolve(url: str, *, allow_http_loopback: bool) -> Destination:
+async def resolve(url: str, *, allow_http_loopback: bool, allow: AllowList = NOTHING_ALLOWED) -> Destination:
     """Check the URL and every address its host resolves to; pick the one to connect to."""
     scheme, host, port = parse(url, allow_http_loopback=allow_http_loopback)
     try:
@@ -121,7 +163,7 @@ async def resolve(url: str, *, allow_http_loopback: bool) -> Destination:
     # Every answer must pass: a name answering both a public and a private address is refused.
     for ip, _ in found:
         problem = address_problem(ip, allow_loopback=allow_http_loopback)
-        if problem is not None:
+        if problem is not None and not allow.passes(ip, host):
             raise Refused(problem)
         if scheme == "http" and not ip.is_loopback:
             raise Refused("https_required")
@@ -149,9 +191,18 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-async def post(destination: Destination, body: bytes, headers: dict[str, str]) -> int:
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """The system's trusted CAs, plus the operator's own (``VAULT_WEBHOOKS_CA_FILE``)."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+async def post(destination: Destination, body: bytes, headers: dict[str, str], *, tls: ssl.SSLContext | None = None) -> int:
     """POST once to the checked address; the HTTP status (a 3xx is returned, not followed)."""
     connector = aiohttp.TCPConnector(resolver=PinnedResolver(destination), use_dns_cache=False, force_close=True, limit=1)
     async with aiohttp.ClientSession(connector=connector, timeout=TIMEOUT, trust_env=False, auto_decompress=False) as session:
-        async with session.post(destination.url, data=body, headers=headers, allow_redirects=False) as response:
+        async with session.post(destination.url, data=body, headers=headers, allow_redirects=False,
+                                ssl=tls if tls is not None else True) as response:
             return response.status

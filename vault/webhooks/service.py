@@ -59,8 +59,11 @@ class DeliveryFailed(VaultError):
 
 
 class WebhookService:
-    def __init__(self, db: Database, audit: AuditLog, keys: KeyStore, *, allow_http_loopback: bool) -> None:
+    def __init__(self, db: Database, audit: AuditLog, keys: KeyStore, *, allow_http_loopback: bool,
+                 allow: delivery.AllowList = delivery.NOTHING_ALLOWED, ca_file: str | None = None) -> None:
         self.db = db
+        self.allow = allow
+        self.tls = delivery.tls_context(ca_file)
         self.audit = audit
         self.keys = keys
         self.allow_http_loopback = allow_http_loopback
@@ -145,7 +148,7 @@ class WebhookService:
 
     async def _check(self, url: str) -> str | None:
         try:
-            await delivery.resolve(url, allow_http_loopback=self.allow_http_loopback)
+            await delivery.resolve(url, allow_http_loopback=self.allow_http_loopback, allow=self.allow)
         except delivery.Refused as refused:
             return refused.problem
         return None
@@ -199,8 +202,8 @@ class WebhookService:
         }
         status, problem = None, None
         try:
-            destination = await delivery.resolve(endpoint.url, allow_http_loopback=self.allow_http_loopback)
-            status = await delivery.post(destination, body, headers)
+            destination = await delivery.resolve(endpoint.url, allow_http_loopback=self.allow_http_loopback, allow=self.allow)
+            status = await delivery.post(destination, body, headers, tls=self.tls)
         except delivery.Refused as refused:
             problem = refused.problem
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

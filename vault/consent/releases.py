@@ -177,9 +177,11 @@ class ReleaseService:
 
     # -- the releasable listing ----------------------------------------------------------
     async def releasable(self, actor: Actor, *, purpose: str | None, cursor: str | None,
-                         limit: int) -> tuple[list[Releasable], str | None]:
+                         limit: int, details: bool = False) -> tuple[list[Releasable], str | None]:
         """What the gate allows now, one item per (media, purpose), ordered by the random
-        per-purpose handle (never by media id or time); the cursor is sealed."""
+        per-purpose handle (never by media id or time); the cursor is sealed. ``details``
+        (the web gallery's filters): identifiable items also carry their treatment's name
+        and date and when they were taken in."""
         purposes = [purpose] if purpose else list(gate.PURPOSES)
         await handles.ensure(self.db, actor.tenant_id, purposes)
         after = await handles.open_cursor(self.keys, actor.tenant_id, cursor) if cursor else None
@@ -196,7 +198,7 @@ class ReleaseService:
                     scanned, position = scanned + 1, handle
                     decision = gate.decide(facts[media.id][0], p, now, events.get(media.patient_id, []), status)
                     if decision.allowed:
-                        items.append(await self._item(actor, media, handle, p, decision, now))
+                        items.append(await self._item(actor, media, handle, p, decision, now, details=details))
                     if len(items) >= limit:
                         more = more or index < len(rows) - 1
                         break
@@ -221,7 +223,7 @@ class ReleaseService:
         return [(h, p, m, s) for h, p, m, s in (await session.execute(query.order_by(ReleaseHandle.handle).limit(limit))).all()]
 
     async def _item(self, actor: Actor, media: Media, handle: str, purpose: str, decision: gate.Decision,
-                    now: datetime) -> Releasable:
+                    now: datetime, *, details: bool = False) -> Releasable:
         rendition = decision.rendition
         assert rendition is not None  # an allowed decision always names its rendition
         deidentified = rendition == gate.DEIDENTIFIED
@@ -232,11 +234,11 @@ class ReleaseService:
         if deidentified:
             return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=None, treatment_id=None,
                               consent_id=None, thumbnail=params, thumbnail_expires_at=expires_at)
-        name, performed_on = await self._treatment(media) if media.treatment_id else (None, None)
+        name, performed_on = await self._treatment(media) if details and media.treatment_id else (None, None)
         return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=media.phase,
                           treatment_id=media.treatment_id, consent_id=decision.consent_id, thumbnail=params,
-                          thumbnail_expires_at=expires_at, created_at=media.created_at, treatment_name=name,
-                          treatment_on=performed_on)
+                          thumbnail_expires_at=expires_at, created_at=media.created_at if details else None,
+                          treatment_name=name, treatment_on=performed_on)
 
     async def _treatment(self, media: Media) -> tuple[str | None, date | None]:
         """An identifiable item's treatment name (sealed under the patient key) and date."""

@@ -92,7 +92,8 @@ async def _gallery(request: web.Request, filters: dict[str, str]) -> web.StreamR
     purpose = request.query.get("purpose", "marketing")
     if purpose not in PURPOSES:
         raise errors.ValidationFailed("unknown purpose")
-    items, more = await services(request).releases.releasable(actor_of(request), purpose=purpose, cursor=None, limit=200)
+    items, more = await services(request).releases.releasable(actor_of(request), purpose=purpose, cursor=None, limit=200,
+                                                                  details=True)
     identifiable = [(i, _thumbnail_url(i)) for i in items if not i.deidentified and _matches(i, filters)]
     deidentified = [(i, _thumbnail_url(i)) for i in items if i.deidentified]
     treatments = sorted({i.treatment_name for i in items if i.treatment_name})

@@ -155,8 +155,19 @@ async def _fhir_search_by_identifier(client, clinic, ids: dict[str, str]) -> dic
     return {"data": {"subject:Patient.identifier": mrn}}
 
 
-#: routes whose valid body depends on the resource (own tenant's reads only)
+async def _recalled(client, clinic, ids: dict[str, str]) -> dict:
+    """A take-down needs a recalled release: withdraw the consent it was made under."""
+    resp = await client.get("/v1/releases?limit=200", headers=clinic.auth("dpo"))
+    assert resp.status == 200, await resp.text()
+    consent = next(r["consent_id"] for r in (await resp.json())["items"] if r["id"] == ids["release_id"])
+    resp = await client.post(f"/v1/consents/{consent}/withdraw", headers=clinic.auth("dpo"))
+    assert resp.status == 201, await resp.text()
+    return {}
+
+
+#: routes whose valid body (or state) depends on the resource (own tenant's reads only)
 DEPENDENT_BODIES = {("POST", "/v1/media/{media_id}/redaction/approve"): _approve_body,
+                    ("POST", "/v1/releases/{release_id}/takedown"): _recalled,
                     ("GET", "/fhir/R4/Media"): _fhir_search_by_id,
                     ("POST", "/fhir/R4/Media/_search"): _fhir_search_by_identifier}
 

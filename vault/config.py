@@ -268,6 +268,9 @@ class Settings:
                                         metadata=variable("VAULT_RETENTION_MAX_ERASURES", _integer(minimum=1)))
     # an unread subject-access export is shredded after this
     export_ttl_hours: int = field(default=72, metadata=variable("VAULT_EXPORT_TTL_HOURS", _integer(minimum=1)))
+    # a recall not yet taken down is re-notified to the webhooks this long after (and again every this long)
+    recall_renotify_hours: int = field(default=24,
+                                       metadata=variable("VAULT_RECALL_RENOTIFY_HOURS", _integer(minimum=1)))
     # staff web sessions (docs/staff.md): idle and absolute expiry
     staff_idle_seconds: int = field(default=1800, metadata=variable("VAULT_STAFF_IDLE_SECONDS", _integer(minimum=60)))
     staff_session_seconds: int = field(default=43200,

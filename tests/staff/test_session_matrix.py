@@ -41,7 +41,45 @@ async def _staff(client, clinic) -> str:
     return issued.staff.id
 
 
-RESOURCES = {"patient_id": _patient, "consent_id": _consent, "export_id": _export, "staff_id": _staff}
+def _jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 90, 60)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+async def _media(client, clinic) -> str:
+    patient = await _patient(client, clinic)
+    resp = await client.post(f"/v1/patients/{patient}/media", data=_jpeg(),
+                             headers={**clinic.auth("practitioner"), "Content-Type": "image/jpeg"})
+    media = (await resp.json())["id"]
+    await client.post(f"/v1/patients/{patient}/consents", json={"purposes": ["education"], "identifiable": True},
+                      headers=clinic.auth("dpo"))
+    return media
+
+
+#: the marketing session of the clinic under test: only who asked for a release may download it
+MARKETING: dict[str, object] = {}
+
+
+async def _release(client, clinic) -> str:
+    media = await _media(client, clinic)
+    body = {"purpose": "education", "recipient": "Journal"}
+    if clinic.slug in MARKETING:
+        browser = MARKETING[clinic.slug]
+        resp = await browser.post(f"/v1/media/{media}/releases", json=body,  # type: ignore[attr-defined]
+                                  headers={"X-CSRF-Token": browser.csrf})  # type: ignore[attr-defined]
+    else:
+        resp = await client.post(f"/v1/media/{media}/releases", json=body, headers=clinic.auth("marketing"))
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+RESOURCES = {"patient_id": _patient, "consent_id": _consent, "export_id": _export, "staff_id": _staff,
+             "media_id": _media, "release_id": _release}
 
 
 async def test_session_permission_matrix(client, clinic, other_clinic):
@@ -52,6 +90,7 @@ async def test_session_permission_matrix(client, clinic, other_clinic):
         browsers[role] = Browser(client)
         await browsers[role].log_in(clinic.slug, who)
         browsers[role].csrf = await browsers[role].csrf_of("/app/")  # type: ignore[attr-defined]
+    MARKETING[clinic.slug] = browsers["marketing"]
     pages = [(m, p) for (m, p), roles in PERMISSIONS.items() if p.startswith("/app/") and roles != PUBLIC
              and p != "/app/logout"]
     checked = 0

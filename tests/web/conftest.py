@@ -113,7 +113,10 @@ def vault(tmp_path_factory) -> Vault:
         proc.kill()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps its event loop running in this
+# thread while it is open, and fixtures of later packages (tests/webhooks, ...) call
+# asyncio.run(). The browser closes after the last test under tests/web.
+@pytest.fixture(scope="package")
 def browser_type():
     from playwright.sync_api import sync_playwright
 
@@ -123,7 +126,7 @@ def browser_type():
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def admins(browser_type, vault: Vault, artifacts) -> dict[str, Person]:
     """Each tenant's admin, enrolled from the CLI's link and logged in (a phone-sized window)."""
     people = {}

@@ -83,6 +83,12 @@ class Release(Base):
     #: set when a withdrawal (or an erasure) put this release on a recall list
     recalled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     recall_event_id: Mapped[str | None] = mapped_column(String(32))
+    #: a recalled release whose image someone confirmed removed (POST /v1/releases/{id}/takedown):
+    #: when and by whom (the actor's token or staff principal id)
+    taken_down_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    taken_down_by: Mapped[str | None] = mapped_column(String(64))
+    #: the last time an open recall was re-notified to the webhooks (VAULT_RECALL_RENOTIFY_HOURS)
+    recall_renotified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: a de-identified release: the approval whose rectangles it carries (None under ``auto``)
     #: and the opaque handle marketing asked by
     approval_id: Mapped[str | None] = mapped_column(String(32))

@@ -17,12 +17,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, NoReturn, cast
 
 from sqlalchemy import CursorResult, and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keys.errors import KeyDestroyed
 from keys.store import KeyStore
 from vault import idempotent, signedurls
 from vault.db.tenancy import owned
@@ -33,13 +34,14 @@ from vault.consent.models import ConsentRecord, Release
 from vault.consent.responses import ReleasePage, ReleaseView
 from vault.consent.service import load_events, release_view, shred_rendition
 from vault.db import Database, new_id, utcnow
-from vault.errors import ConsentRequired, Forbidden, Gone, NotFound
+from vault.errors import Conflict, ConsentRequired, Forbidden, Gone, NotFound
 from vault.media.models import ORIGINAL, READY, THUMB_256, Media, MediaBlob
 from vault.media.processing import PhotoPipeline
 from vault.media.reads import etag_of, none_match
 from vault.media.service import sealed_ref
 from vault.patients.models import ACTIVE, Patient
 from vault.patients.service import PatientService
+from vault.treatments.models import Treatment
 from vault.redaction import handles
 from vault.redaction.models import ReleaseHandle
 from vault.redaction.service import RedactionService
@@ -58,6 +60,8 @@ _DEIDENTIFIED_REASONS = frozenset({"needs_review", "video_not_deidentifiable"})
 #: missing review: one person's withdrawal, restriction or erasure must not show up as
 #: the same telling reason on all of their items
 NOT_RELEASABLE = "not_releasable"
+#: the recall list's states (GET /v1/releases?state=): open recalls, and those taken down
+RECALLED, TAKEN_DOWN = "recalled", "taken_down"
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,11 @@ class Releasable:
     consent_id: str | None
     thumbnail: signedurls.SignedParams
     thumbnail_expires_at: datetime
+    #: identifiable items only (the web gallery's filters): when the photo was taken in,
+    #: and its treatment's name and date; None for a de-identified item, never grouped or dated
+    created_at: datetime | None = None
+    treatment_name: str | None = None
+    treatment_on: date | None = None
 
     @property
     def deidentified(self) -> bool:
@@ -182,9 +191,11 @@ class ReleaseService:
 
     # -- the releasable listing ----------------------------------------------------------
     async def releasable(self, actor: Actor, *, purpose: str | None, cursor: str | None,
-                         limit: int) -> tuple[list[Releasable], str | None]:
+                         limit: int, details: bool = False) -> tuple[list[Releasable], str | None]:
         """What the gate allows now, one item per (media, purpose), ordered by the random
-        per-purpose handle (never by media id or time); the cursor is sealed."""
+        per-purpose handle (never by media id or time); the cursor is sealed. ``details``
+        (the web gallery's filters): identifiable items also carry their treatment's name
+        and date and when they were taken in."""
         purposes = [purpose] if purpose else list(gate.PURPOSES)
         await handles.ensure(self.db, actor.tenant_id, purposes)
         after = await handles.open_cursor(self.keys, actor.tenant_id, cursor) if cursor else None
@@ -201,7 +212,7 @@ class ReleaseService:
                     scanned, position = scanned + 1, handle
                     decision = gate.decide(facts[media.id][0], p, now, events.get(media.patient_id, []), status)
                     if decision.allowed:
-                        items.append(await self._item(actor, media, handle, p, decision, now))
+                        items.append(await self._item(actor, media, handle, p, decision, now, details=details))
                     if len(items) >= limit:
                         more = more or index < len(rows) - 1
                         break
@@ -226,7 +237,7 @@ class ReleaseService:
         return [(h, p, m, s) for h, p, m, s in (await session.execute(query.order_by(ReleaseHandle.handle).limit(limit))).all()]
 
     async def _item(self, actor: Actor, media: Media, handle: str, purpose: str, decision: gate.Decision,
-                    now: datetime) -> Releasable:
+                    now: datetime, *, details: bool = False) -> Releasable:
         rendition = decision.rendition
         assert rendition is not None  # an allowed decision always names its rendition
         deidentified = rendition == gate.DEIDENTIFIED
@@ -237,9 +248,24 @@ class ReleaseService:
         if deidentified:
             return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=None, treatment_id=None,
                               consent_id=None, thumbnail=params, thumbnail_expires_at=expires_at)
+        name, performed_on = await self._treatment(media) if details and media.treatment_id else (None, None)
         return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=media.phase,
                           treatment_id=media.treatment_id, consent_id=decision.consent_id, thumbnail=params,
-                          thumbnail_expires_at=expires_at)
+                          thumbnail_expires_at=expires_at, created_at=media.created_at if details else None,
+                          treatment_name=name, treatment_on=performed_on)
+
+    async def _treatment(self, media: Media) -> tuple[str | None, date | None]:
+        """An identifiable item's treatment name (sealed under the patient key) and date."""
+        async with self.db.session() as session:
+            row = await session.get(Treatment, media.treatment_id)
+        if row is None or row.tenant_id != media.tenant_id:
+            return None, None
+        try:
+            name = (await self.keys.open_field(row.tenant_id, row.patient_id, table="treatments", column="name", row_id=row.id,
+                                               sealed=row.name)).decode()
+        except KeyDestroyed:
+            return None, row.performed_on
+        return name, row.performed_on
 
     # -- the signed thumbnail ------------------------------------------------------------
     async def thumbnail(self, *, item: str, purpose: str, rendition: str, params: signedurls.SignedParams,
@@ -450,12 +476,17 @@ class ReleaseService:
 
     # -- the release list (recall) ---------------------------------------------------------
     async def page(self, actor: Actor, *, media_id: str | None, patient_id: str | None, handle: str | None = None,
-                   cursor: str | None, limit: int) -> ReleasePage:
+                   cursor: str | None, limit: int, state: str | None = None) -> ReleasePage:
         """Releases, oldest first. Marketing sees a de-identified release only by its
         handle (no media, patient, consent or approval id), and ``media_id`` finds only
-        identifiable releases for it."""
+        identifiable releases for it. ``state``: ``recalled`` the open recalls (recalled,
+        not yet taken down), ``taken_down`` those recorded as removed."""
         marketing = actor.role == "marketing"
         query = select(Release).where(Release.tenant_id == actor.tenant_id)
+        if state == RECALLED:
+            query = query.where(Release.recalled_at.is_not(None), Release.taken_down_at.is_(None))
+        elif state == TAKEN_DOWN:
+            query = query.where(Release.taken_down_at.is_not(None))
         async with self.db.session() as session:
             if patient_id is not None:
                 await self.patients.load(session, actor, patient_id, allow_erased=True)
@@ -478,16 +509,48 @@ class ReleaseService:
             rows = (await session.execute(query.order_by(Release.created_at, Release.id).limit(limit + 1))).scalars().all()
             more = len(rows) > limit
             rows = rows[:limit]
-            named = {r.id: r.handle or await handles.lookup(session, actor.tenant_id, r.media_id, r.purpose)
-                     for r in rows if r.rendition == gate.DEIDENTIFIED}
-        items: list[ReleaseView] = []
-        for r in rows:
-            view = await release_view(self.keys, r)
-            if r.rendition == gate.DEIDENTIFIED and named[r.id] is not None:
-                view = view.model_copy(update={"handle": named[r.id]})
-            if marketing:  # marketing works with media, never with patients
-                hidden = {"patient_id", "approval_id"} | ({"media_id", "consent_id"} if r.rendition == gate.DEIDENTIFIED else set())
-                view = ReleaseView.model_validate(view.model_dump(exclude=hidden))
-            items.append(view)
-        await self.audit.record(AuditEvent.of(actor, "release.list", patient_id=patient_id, media_id=media_id, count=str(len(items))))
+            named = {r.id: await self._handle_of(session, r) for r in rows}
+        items = [await self._view_for(actor, r, named[r.id]) for r in rows]
+        await self.audit.record(AuditEvent.of(actor, "release.list", patient_id=patient_id, media_id=media_id, state=state,
+                                              count=str(len(items))))
         return ReleasePage(items=items, next_cursor=rows[-1].id if more else None)
+
+    @staticmethod
+    async def _handle_of(session: AsyncSession, r: Release) -> str | None:
+        if r.rendition != gate.DEIDENTIFIED:
+            return None
+        return r.handle or await handles.lookup(session, r.tenant_id, r.media_id, r.purpose)
+
+    async def _view_for(self, actor: Actor, r: Release, handle: str | None) -> ReleaseView:
+        """One release as this actor may see it: marketing works with media, never with
+        patients, and sees a de-identified release by its handle only."""
+        view = await release_view(self.keys, r)
+        if handle is not None:
+            view = view.model_copy(update={"handle": handle})
+        if actor.role == "marketing":
+            hidden = {"patient_id", "approval_id"} | ({"media_id", "consent_id"} if r.rendition == gate.DEIDENTIFIED else set())
+            view = ReleaseView.model_validate(view.model_dump(exclude=hidden))
+        return view
+
+    async def takedown(self, actor: Actor, release_id: str, *, now: datetime | None = None) -> ReleaseView:
+        """Record that a recalled release's image was removed: who confirmed it and when.
+        404 for another tenant's (or no) release; 409 when it is not recalled or is already
+        recorded as taken down (the first confirmation stands)."""
+        now = now or utcnow()
+        async with self.db.transaction() as session:
+            row = await session.get(Release, release_id)
+            if row is None or row.tenant_id != actor.tenant_id:
+                raise NotFound("no such release")
+            if row.recalled_at is None:
+                raise Conflict("this release is not recalled", details={"reason": "not_recalled"})
+            done = await session.execute(
+                update(Release).where(Release.id == row.id, Release.taken_down_at.is_(None))
+                .values(taken_down_at=now, taken_down_by=actor.token_id)
+            )
+            if cast(CursorResult[Any], done).rowcount != 1:
+                raise Conflict("this release is already recorded as taken down", details={"reason": "already_taken_down"})
+            await session.refresh(row)
+            await self.audit.append(session, AuditEvent.of(actor, "release.takedown", patient_id=row.patient_id,
+                                                           media_id=row.media_id, release_id=row.id))
+            handle = await self._handle_of(session, row)
+        return await self._view_for(actor, row, handle)

@@ -68,6 +68,8 @@ class ReleaseView(_Response):
     expires_at: str
     downloaded_at: str | None
     recalled_at: str | None
+    taken_down_at: str | None = None
+    taken_down_by: str | None = None
 
 
 class Withdrawal(BaseModel):

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keys.errors import KeyDestroyed
@@ -37,6 +37,7 @@ from vault.treatments.service import TreatmentService
 from vault.webhooks.service import WebhookService
 
 WITHDRAWN_EVENT = "consent.withdrawn"
+RECALL_OPEN_EVENT = "release.recall_open"  # a recall not yet taken down, re-notified
 
 
 # -- rows -> the gate's values ----------------------------------------------------------
@@ -116,6 +117,8 @@ async def release_view(keys: KeyStore, r: Release) -> ReleaseView:
         expires_at=r.expires_at.isoformat(),
         downloaded_at=r.downloaded_at.isoformat() if r.downloaded_at else None,
         recalled_at=r.recalled_at.isoformat() if r.recalled_at else None,
+        taken_down_at=r.taken_down_at.isoformat() if r.taken_down_at else None,
+        taken_down_by=r.taken_down_by,
     )
 
 
@@ -338,6 +341,33 @@ class ConsentService:
             withdrawal=await self._view(event, withdrawn=set()),
             recall=[await release_view(self.keys, r) for r in recalled],
         )
+
+    async def renotify_open_recalls(self, *, after: timedelta, now: datetime | None = None, batch: int = 500) -> int:
+        """Re-notify the webhooks of recalls still open (not taken down) ``after`` their
+        recall, and again every ``after`` while they stay open (a periodic job): one
+        ``release.recall_open`` event per tenant naming the releases (ids only). Returns
+        how many releases were re-notified."""
+        now = now or utcnow()
+        cutoff = now - after
+        async with self.db.transaction() as session:
+            rows = (
+                await session.execute(
+                    select(Release).where(Release.recalled_at <= cutoff, Release.taken_down_at.is_(None),
+                                          or_(Release.recall_renotified_at.is_(None), Release.recall_renotified_at <= cutoff))
+                    .order_by(Release.recalled_at, Release.id).limit(batch)
+                )
+            ).scalars().all()
+            by_tenant: dict[str, list[Release]] = {}
+            for r in rows:
+                by_tenant.setdefault(r.tenant_id, []).append(r)
+            for tenant_id, releases in by_tenant.items():
+                await self.webhooks.notify(session, tenant_id, RECALL_OPEN_EVENT, {
+                    "release_ids": [r.id for r in releases], "media_ids": sorted({r.media_id for r in releases}),
+                    "patient_ids": sorted({r.patient_id for r in releases}),
+                })
+            if rows:
+                await session.execute(update(Release).where(Release.id.in_([r.id for r in rows])).values(recall_renotified_at=now))
+        return len(rows)
 
     async def _shred_unused(self, releases: list[Release]) -> None:
         """A recalled release's redacted rendition that was never downloaded is no longer needed."""

@@ -17,7 +17,7 @@ from vault.appkeys import RUNTIME, SETTINGS
 from vault.consent.evidence import EVIDENCE_TYPES, MAX_EVIDENCE_BYTES, sniff
 from vault.consent.releases import Releasable, ReleaseService
 from vault.consent.responses import (
-    ConsentList, ConsentView, ReleasableItem, ReleasablePage, ReleaseMade, ReleasePage, Withdrawal,
+    ConsentList, ConsentView, ReleasableItem, ReleasablePage, ReleaseMade, ReleasePage, ReleaseView, Withdrawal,
 )
 from vault.consent.service import ConsentService
 from vault.errors import TooLarge, UnsupportedMedia, ValidationFailed
@@ -101,7 +101,8 @@ class SignedThumbnailQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     purpose: Purpose
     rendition: Literal["original", "deidentified"]
-    token: Id
+    # a token's id, or "staff:" and a staff account's id for a link a web session asked for
+    token: Annotated[str, StringConstraints(pattern=r"^(staff:)?[0-9a-f]{32}$")]
     expires: int = Field(ge=0, le=2**40)
     signature: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -119,6 +120,8 @@ class ReleasesQuery(BaseModel):
     media_id: Id | None = Field(default=None, description="releases of this media (marketing: its identifiable releases only)")
     handle: Handle | None = Field(default=None, description="the de-identified releases of this handle")
     patient_id: Id | None = None
+    state: Literal["recalled", "taken_down"] | None = Field(
+        default=None, description="recalled: open recalls (not yet taken down); taken_down: recorded as removed")
     cursor: Id | None = None
     limit: int = Field(default=50, ge=1, le=200)
 
@@ -237,5 +240,12 @@ async def download_release(request: web.Request) -> web.StreamResponse:
 async def list_releases(request: web.Request) -> web.Response:
     q = parse_query(request, ReleasesQuery)
     page = await request.app[RELEASES].page(actor_of(request), media_id=q.media_id, patient_id=q.patient_id, handle=q.handle,
-                                            cursor=q.cursor, limit=q.limit)
+                                            cursor=q.cursor, limit=q.limit, state=q.state)
     return json_response(page)
+
+
+@routes.post("/v1/releases/{release_id}/takedown", summary="Record that a recalled release's image was taken down (who, when)",
+             status=201, response=ReleaseView, errors=(404, 409))
+async def takedown_release(request: web.Request) -> web.Response:
+    view = await request.app[RELEASES].takedown(actor_of(request), request.match_info["release_id"])
+    return json_response(view, status=201)

@@ -17,6 +17,7 @@ from vault.lifecycle.service import Lifecycle
 from vault.media.service import MediaService
 from vault.patients.service import PatientService
 from vault.permissions import PUBLIC, allowed
+from vault.redaction.service import RedactionService
 from vault.staff.service import StaffService
 from vault.webhooks.service import WebhookService
 from vault.web.session import CURRENT, CSRF_FIELD
@@ -34,6 +35,7 @@ class WebServices:
     lifecycle: Lifecycle
     audit: AuditReads
     webhooks: WebhookService
+    redactions: RedactionService
 
 
 SERVICES = web.AppKey("web_services", WebServices)

@@ -17,9 +17,10 @@ from aiohttp import web
 
 from vault import errors
 from vault.appkeys import RUNTIME, SETTINGS
-from vault.http.context import REQUEST_ID
+from vault.consent.releases import RECALLED
+from vault.http.context import REQUEST_ID, actor_of
 from vault.staff.service import LockedOut
-from vault.web import console, tenant_pages
+from vault.web import console, gallery, tenant_pages
 from vault.web.common import CSP, NO_STORE, SERVICES, WebServices, form, render, see_other, services
 from vault.web.session import (
     CURRENT, LOGIN_CSRF_COOKIE, PENDING_COOKIE, SESSION_COOKIE, STAFF, CsrfRefused, origin_ok, clear_cookie,
@@ -27,7 +28,7 @@ from vault.web.session import (
 )
 
 PAGE_PREFIXES = ("/app", "/login", "/enrol", "/static")
-STATIC = {"app.css": "text/css", "app.js": "text/javascript"}
+STATIC = {"app.css": "text/css", "app.js": "text/javascript", "redaction.js": "text/javascript"}
 
 
 def setup(app: web.Application) -> None:
@@ -45,6 +46,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/app/logout", logout)
     console.routes(r)
     tenant_pages.routes(r)
+    gallery.routes(r)
     app.on_startup.append(_bind)
 
 
@@ -53,7 +55,7 @@ async def _bind(app: web.Application) -> None:
     app[STAFF] = rt.staff
     app[SERVICES] = WebServices(staff=rt.staff, patients=rt.patients, media=rt.media, consents=rt.consents,
                                 releases=rt.releases, lifecycle=rt.lifecycle, audit=rt.audit_reads,
-                                webhooks=rt.webhooks)
+                                webhooks=rt.webhooks, redactions=rt.redactions)
 
 
 def is_page_path(path: str) -> bool:
@@ -220,7 +222,11 @@ async def enrol(request: web.Request) -> web.StreamResponse:
 
 # -- the app --------------------------------------------------------------------------------------
 async def home(request: web.Request) -> web.StreamResponse:
-    return render(request, "home.html")
+    recalls = None
+    if actor_of(request).role == "dpo":  # the DPO console lists the recalls still open
+        recalls = (await services(request).releases.page(actor_of(request), media_id=None, patient_id=None, cursor=None,
+                                                         limit=20, state=RECALLED)).items
+    return render(request, "home.html", {"recalls": recalls})
 
 
 async def logout(request: web.Request) -> web.StreamResponse:

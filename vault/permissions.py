@@ -145,6 +145,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/app/gallery"): frozenset({M}),
     ("POST", "/app/gallery"): frozenset({M}),
     ("POST", "/app/gallery/releases"): frozenset({M}),
+    ("POST", "/app/gallery/composites"): frozenset({M}),
     ("POST", "/app/releases/{release_id}/download"): frozenset({M}),
     ("GET", "/app/recalls"): frozenset({D, M}),
     ("POST", "/app/releases/{release_id}/takedown"): frozenset({D, M}),

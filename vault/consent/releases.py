@@ -169,6 +169,16 @@ class Filters:
         return start, end
 
 
+def _named(media: Media, decision: gate.Decision, filters: Filters, named: dict[str, tuple[str | None, date]]) -> bool:
+    """The treatment-name filter (identifiable items only; the name is sealed)."""
+    if filters.treatment is None:
+        return True
+    if decision.rendition != gate.ORIGINAL or media.treatment_id is None:
+        return False
+    name, _ = named.get(media.treatment_id, (None, None))
+    return filters.treatment.casefold() in (name or "").casefold()
+
+
 class _Replayed(Exception):
     def __init__(self, release_id: str) -> None:
         self.release_id = release_id
@@ -255,12 +265,15 @@ class ReleaseService:
                 more = len(rows) == _SCAN_BATCH
                 events = await load_events(session, actor.tenant_id, {m.patient_id for _, _, m, _ in rows})
                 facts = await gate_facts(session, actor.tenant_id, list({m.id: m for _, _, m, _ in rows}.values()))
+                named = await self._treatments(session, actor.tenant_id, [m for _, _, m, _ in rows]) \
+                    if details or filters.treatment is not None else {}
                 for index, (handle, p, media, status) in enumerate(rows):
                     scanned, position = scanned + 1, handle
                     decision = gate.decide(facts[media.id][0], p, now, events.get(media.patient_id, []), status)
                     if decision.allowed and filters.rendition in (None, decision.rendition) \
-                            and await self._named(media, decision, filters):
-                        items.append(await self._item(actor, media, handle, p, decision, now, details=details))
+                            and _named(media, decision, filters, named):
+                        items.append(await self._item(actor, media, handle, p, decision, now, details=details,
+                                                      treatment=named.get(media.treatment_id or "")))
                     if len(items) >= limit:
                         more = more or index < len(rows) - 1
                         break
@@ -286,7 +299,9 @@ class ReleaseService:
         return [(h, p, m, s) for h, p, m, s in (await session.execute(query.order_by(ReleaseHandle.handle).limit(limit))).all()]
 
     async def _item(self, actor: Actor, media: Media, handle: str, purpose: str, decision: gate.Decision,
-                    now: datetime, *, details: bool = False) -> Releasable:
+                    now: datetime, *, details: bool = False, treatment: tuple[str | None, date] | None = None) -> Releasable:
+        """``details`` (the web gallery): an identifiable item also carries when it was taken
+        in, and ``treatment``'s name and date."""
         rendition = decision.rendition
         assert rendition is not None  # an allowed decision always names its rendition
         deidentified = rendition == gate.DEIDENTIFIED
@@ -297,33 +312,33 @@ class ReleaseService:
         if deidentified:
             return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=None, treatment_id=None,
                               consent_id=None, thumbnail=params, thumbnail_expires_at=expires_at)
-        name, performed_on = await self._treatment(media) if details and media.treatment_id else (None, None)
+        name, performed_on = treatment if details and treatment else (None, None)
         return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=media.phase,
                           treatment_id=media.treatment_id, consent_id=decision.consent_id, thumbnail=params,
                           thumbnail_expires_at=expires_at, created_at=media.created_at if details else None,
                           treatment_name=name, treatment_on=performed_on)
 
-    async def _named(self, media: Media, decision: gate.Decision, filters: Filters) -> bool:
-        """The treatment-name filter (identifiable items only; the name is sealed)."""
-        if filters.treatment is None:
-            return True
-        if decision.rendition != gate.ORIGINAL or media.treatment_id is None:
-            return False
-        name, _ = await self._treatment(media)
-        return filters.treatment.casefold() in (name or "").casefold()
-
-    async def _treatment(self, media: Media) -> tuple[str | None, date | None]:
-        """An identifiable item's treatment name (sealed under the patient key) and date."""
-        async with self.db.session() as session:
-            row = await session.get(Treatment, media.treatment_id)
-        if row is None or row.tenant_id != media.tenant_id:
-            return None, None
-        try:
-            name = (await self.keys.open_field(row.tenant_id, row.patient_id, table="treatments", column="name", row_id=row.id,
-                                               sealed=row.name)).decode()
-        except KeyDestroyed:
-            return None, row.performed_on
-        return name, row.performed_on
+    async def _treatments(self, session: AsyncSession, tenant_id: str,
+                          media: list[Media]) -> dict[str, tuple[str | None, date]]:
+        """The treatments of a batch of candidates: name (sealed under each patient's key,
+        opened with one key read per patient) and date, by treatment id."""
+        ids = sorted({m.treatment_id for m in media if m.treatment_id})
+        if not ids:
+            return {}
+        rows = (await session.execute(select(Treatment).where(Treatment.id.in_(ids), Treatment.tenant_id == tenant_id))).scalars().all()
+        by_patient: dict[str, list[Treatment]] = {}
+        for row in rows:
+            by_patient.setdefault(row.patient_id, []).append(row)
+        found: dict[str, tuple[str | None, date]] = {}
+        for patient_id, treatments in by_patient.items():
+            try:
+                opened = await self.keys.open_fields(tenant_id, patient_id, table="treatments", column="name",
+                                                     sealed={t.id: t.name for t in treatments})
+            except KeyDestroyed:
+                opened = {}
+            for t in treatments:
+                found[t.id] = (opened[t.id].decode() if t.id in opened else None, t.performed_on)
+        return found
 
     # -- the signed thumbnail ------------------------------------------------------------
     async def thumbnail(self, *, item: str, purpose: str, rendition: str, params: signedurls.SignedParams,

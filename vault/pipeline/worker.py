@@ -180,10 +180,10 @@ class Worker:
             full, thumbs = self._render(parts[0], rects, thumbnail_sizes=sizes, max_pixels=int(header["max_pixels"]))
             return {"t": "done", "result": {"thumbnails": sizes}}, [full, *(thumbs[s] for s in sizes)]
         if op == "composite":
-            rects = [[[int(v) for v in box] for box in side] for side in header["rects"]]
-            if len(parts) != 2 or any(len(box) != 4 for side in rects for box in side):
+            sides = [[[int(v) for v in box] for box in side] for side in header["rects"]]
+            if len(parts) != 2 or any(len(box) != 4 for side in sides for box in side):
                 raise ValueError("a composite is two photos; a rectangle is [x, y, w, h]")
-            composite, plan = self._compose(parts, rects, max_pixels=max_pixels, labels=[str(v) for v in header["labels"]])
+            composite, plan = self._compose(parts, sides, max_pixels=max_pixels, labels=[str(v) for v in header["labels"]])
             return {"t": "done", "result": {"size": list(plan.size)}}, [composite]
         if op == "probe":
             probe = self._probe(self._remote(header), max_pixels=max_pixels)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -106,14 +107,14 @@ class TreatmentService:
         return t
 
     # -- the tenant's treatment-type vocabulary -------------------------------------------
-    async def types(self, actor: Actor) -> list[TypeView]:
+    async def types(self, actor: Actor) -> tuple[TypeView, ...]:
         """The vocabulary, by name. Names no one (no audit of patient data to write)."""
         async with self.db.session() as session:
             rows = (await session.execute(select(TreatmentType).where(TreatmentType.tenant_id == actor.tenant_id)
                                           .order_by(TreatmentType.name))).scalars().all()
-        return [TypeView(id=r.id, name=r.name) for r in rows]
+        return tuple(TypeView(id=r.id, name=r.name) for r in rows)
 
-    async def set_types(self, actor: Actor, names: list[str]) -> list[TypeView]:
+    async def set_types(self, actor: Actor, names: Sequence[str]) -> tuple[TypeView, ...]:
         """Replace the vocabulary by ``names``: a name kept keeps its id (treatments keep
         pointing at it), a new one gets an id, a dropped one goes unless a treatment uses it
         (409 ``type_in_use``: nothing changes)."""

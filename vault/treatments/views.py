@@ -90,7 +90,7 @@ class TreatmentTypesIn(BaseModel):
                                   "dropped ones go (409 type_in_use while a treatment uses one)")
 
 
-def _types(items: list[TypeView]) -> TreatmentTypes:
+def _types(items: tuple[TypeView, ...]) -> TreatmentTypes:
     return TreatmentTypes(items=[TreatmentTypeOut(id=t.id, name=t.name) for t in items])
 
 

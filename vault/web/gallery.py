@@ -181,7 +181,7 @@ async def release(request: web.Request) -> web.StreamResponse:
     item = data.get("item", "")
     purpose, recipient = _recipient(data)
     made = await services(request).releases.release(actor_of(request), item, purpose=purpose, recipient=recipient)
-    return render(request, "released.html", {"made": made, "recipient": recipient}, status=201)
+    return render(request, "released.html", {"made": made, "recipient": recipient, "composite": False}, status=201)
 
 
 async def download(request: web.Request) -> web.StreamResponse:

@@ -272,6 +272,9 @@ def test_redaction_review_by_touch_and_keyboard(browser_type, vault: Vault, arti
     assert len(_boxes(page)) == 1
 
     # A finger moves the drawn box 20 px right (dragging its middle); Shift+arrow 10 px back.
+    page.locator("#preview").scroll_into_view_if_needed()
+    shown = page.locator("#preview").bounding_box()  # the buttons scrolled the page: where the photo is now
+    assert shown is not None
     middle = (shown["x"] + 140 * s, shown["y"] + 105 * s)
     _touch_drag(page, middle, (middle[0] + 20 * s, middle[1]))
     [moved] = _boxes(page)

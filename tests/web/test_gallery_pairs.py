@@ -290,6 +290,7 @@ def test_redaction_review_by_touch_and_keyboard(browser_type, vault: Vault, arti
     page.get_by_role("button", name="Approve this redaction").click()
     page.get_by_text(f"{nurse.email},").wait_for()  # who approved what
     assert page.locator("#redaction-state").inner_text() == "approved"
+    page.wait_for_function("() => document.getElementById('preview').naturalWidth > 0")
     nurse.look("redaction-touch-approved")
     nurse.close()
     assert not nurse.violations, nurse.violations

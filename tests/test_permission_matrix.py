@@ -133,6 +133,8 @@ BODIES = {
     ("POST", "/v1/retention/sweep"): lambda: {"dry_run": True},
     ("PUT", "/v1/release-policy"): lambda: {"deidentified": "review"},
     ("PUT", "/v1/media/{media_id}/redaction"): lambda: {"boxes": [[1, 1, 8, 8]]},
+    ("POST", "/v1/releasable/search"): lambda: {"purpose": "education", "rendition": "original", "treatment": "Filler"},
+    ("PUT", "/v1/treatment-types"): lambda: {"names": ["Lip filler", "Chemical peel"]},
 }
 
 
@@ -165,9 +167,25 @@ async def _recalled(client, clinic, ids: dict[str, str]) -> dict:
     return {}
 
 
+async def _pair(client, clinic, ids: dict[str, str]) -> dict:
+    """A composite names two photos of one patient, both releasable identifiable."""
+    patient = await _patient(client, clinic)
+    media = []
+    for _ in range(2):
+        resp = await client.post(f"/v1/patients/{patient}/media", data=_jpeg(),
+                                 headers={**clinic.auth("practitioner"), "Content-Type": "image/jpeg"})
+        assert resp.status == 201, await resp.text()
+        media.append((await resp.json())["id"])
+    resp = await client.post(f"/v1/patients/{patient}/consents", json={"purposes": ["marketing"], "identifiable": True},
+                             headers=clinic.auth("dpo"))
+    assert resp.status == 201, await resp.text()
+    return {"json": {"before": media[0], "after": media[1], "purpose": "marketing", "recipient": "Clinic Instagram"}}
+
+
 #: routes whose valid body (or state) depends on the resource (own tenant's reads only)
 DEPENDENT_BODIES = {("POST", "/v1/media/{media_id}/redaction/approve"): _approve_body,
                     ("POST", "/v1/releases/{release_id}/takedown"): _recalled,
+                    ("POST", "/v1/releases/composites"): _pair,
                     ("GET", "/fhir/R4/Media"): _fhir_search_by_id,
                     ("POST", "/fhir/R4/Media/_search"): _fhir_search_by_identifier}
 

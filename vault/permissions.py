@@ -52,6 +52,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     # treatments and media
     ("POST", "/v1/patients/{patient_id}/treatments"): frozenset({P}),
     ("GET", "/v1/patients/{patient_id}/treatments"): frozenset({D, P, R}),
+    # the treatment-type vocabulary names no one: marketing filters the gallery by it
+    ("GET", "/v1/treatment-types"): frozenset({A, D, P, M}),
+    ("PUT", "/v1/treatment-types"): frozenset({A, D}),
     ("POST", "/v1/patients/{patient_id}/media"): frozenset({P}),
     ("GET", "/v1/patients/{patient_id}/media"): frozenset({D, P, R}),
     ("GET", "/v1/media/{media_id}"): frozenset({D, P, R}),
@@ -69,9 +72,11 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/v1/consents/{consent_id}/withdraw"): frozenset({D, P}),
     ("GET", "/v1/consents/{consent_id}/evidence"): frozenset({D, P}),
     ("GET", "/v1/releasable"): frozenset({M}),
+    ("POST", "/v1/releasable/search"): frozenset({M}),
     # no bearer (an <img> cannot send one): the signed URL is the authorisation (vault/signedurls.py)
     ("GET", "/v1/releasable/{media_id}/thumbnail"): PUBLIC,
     ("POST", "/v1/media/{media_id}/releases"): frozenset({M}),
+    ("POST", "/v1/releases/composites"): frozenset({M}),
     ("GET", "/v1/releases/{release_id}/download"): frozenset({M}),
     ("GET", "/v1/releases"): frozenset({D, M}),
     ("POST", "/v1/releases/{release_id}/takedown"): frozenset({D, M}),
@@ -140,6 +145,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/app/gallery"): frozenset({M}),
     ("POST", "/app/gallery"): frozenset({M}),
     ("POST", "/app/gallery/releases"): frozenset({M}),
+    ("POST", "/app/gallery/composites"): frozenset({M}),
     ("POST", "/app/releases/{release_id}/download"): frozenset({M}),
     ("GET", "/app/recalls"): frozenset({D, M}),
     ("POST", "/app/releases/{release_id}/takedown"): frozenset({D, M}),

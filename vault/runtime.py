@@ -23,6 +23,7 @@ from vault.backup.journal import JournaledLedger, journals_for
 from vault.audit.reads import AuditReads
 from vault.audit.service import AuditLog
 from vault.config import Settings
+from vault.consent.composites import CompositeReleases
 from vault.consent.releases import ReleaseService
 from vault.consent.service import ConsentService
 from vault.db import Database
@@ -65,6 +66,7 @@ class Runtime:
     webhooks: WebhookService
     consents: ConsentService
     releases: ReleaseService
+    composites: CompositeReleases = field(init=False)
     readiness: Readiness
     checkpoints: Checkpoints
     audit_reads: AuditReads
@@ -178,6 +180,7 @@ async def runtime(
         )
         rt.receipts = ReceiptService(keys, rt.lifecycle.erasure)
         rt.redactions = redactions
+        rt.composites = CompositeReleases(rt.releases)
         rt.staff = StaffService(db, audit, keys, idle_seconds=settings.staff_idle_seconds,
                                 session_seconds=settings.staff_session_seconds)
         yield rt

@@ -19,6 +19,7 @@ from vault.errors import DecoderFailed
 from vault.media import recheck
 from vault.media.decoders import DecoderPool, PoolLimits
 from vault.instruments import timed_stage
+from vault.pipeline.composite import LABELS, layout
 from vault.pipeline.video_mux import FragmentedOutput, MuxerSurprise, check_init_segment
 from vault.sealed import SealedBlobs, SealedRef
 
@@ -97,6 +98,19 @@ class PhotoPipeline:
         if set(thumbs) != {256}:
             raise DecoderFailed(details={"check": "redacted.thumbnails"})
         return full, thumbs[256]
+
+    @timed_stage("photo.composite")
+    async def composite(self, photos: list[bytes], rects: list[list[list[int]]], *, sizes: list[tuple[int, int]],
+                        labels: tuple[str, str] = LABELS) -> bytes:
+        """A before/after composite of two stored photos (:func:`vault.pipeline.composite.compose`),
+        made in a worker: each photo's ``rects`` filled, both at the same height, one fresh
+        JPEG. Accepted only as a bare JPEG of exactly the size :func:`layout` gives for the
+        photos' displayed ``sizes``."""
+        width, height = layout(sizes[0], sizes[1]).size
+        header = {"rects": [[[int(v) for v in box] for box in side] for side in rects], "labels": list(labels),
+                  "max_pixels": self.max_pixels}
+        _, parts = await self.pool.run("composite", header, *photos, max_result=recheck.redacted_bound(width, height))
+        return recheck.check_redacted(parts, width=width, height=height)
 
     @timed_stage("photo.faces")
     async def search_faces(self, data: bytes, *, width: int, height: int) -> FaceSearchResult:

@@ -118,6 +118,7 @@ class Worker:
         from vault.pipeline.faces import load_detector
         from vault.pipeline.faces_search import load_search, search_photo
         from vault.pipeline.photo import process_photo
+        from vault.pipeline.composite import compose
         from vault.pipeline.redact import redact_faces, render_redaction
         from vault.pipeline.video import poster_and_faces, probe_video, strip_video
 
@@ -128,6 +129,7 @@ class Worker:
         self._search_photo = search_photo
         self._photo, self._probe, self._strip, self._poster = process_photo, probe_video, strip_video, poster_and_faces
         self._redact, self._render = redact_faces, render_redaction
+        self._compose = compose
 
     def serve(self) -> None:
         while True:
@@ -177,6 +179,12 @@ class Worker:
             sizes = sorted(int(s) for s in header["thumbnails"])
             full, thumbs = self._render(parts[0], rects, thumbnail_sizes=sizes, max_pixels=int(header["max_pixels"]))
             return {"t": "done", "result": {"thumbnails": sizes}}, [full, *(thumbs[s] for s in sizes)]
+        if op == "composite":
+            sides = [[[int(v) for v in box] for box in side] for side in header["rects"]]
+            if len(parts) != 2 or any(len(box) != 4 for side in sides for box in side):
+                raise ValueError("a composite is two photos; a rectangle is [x, y, w, h]")
+            composite, plan = self._compose(parts, sides, max_pixels=max_pixels, labels=[str(v) for v in header["labels"]])
+            return {"t": "done", "result": {"size": list(plan.size)}}, [composite]
         if op == "probe":
             probe = self._probe(self._remote(header), max_pixels=max_pixels)
             return {"t": "done", "result": probe.as_dict()}, []

@@ -55,7 +55,8 @@ async def _bind(app: web.Application) -> None:
     app[STAFF] = rt.staff
     app[SERVICES] = WebServices(staff=rt.staff, patients=rt.patients, media=rt.media, consents=rt.consents,
                                 releases=rt.releases, lifecycle=rt.lifecycle, audit=rt.audit_reads,
-                                webhooks=rt.webhooks, redactions=rt.redactions)
+                                webhooks=rt.webhooks, redactions=rt.redactions, composites=rt.composites,
+                                treatments=rt.treatments)
 
 
 def is_page_path(path: str) -> bool:

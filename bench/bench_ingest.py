@@ -70,6 +70,13 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def mapped(pid: int) -> list[str]:
+    """Which of the decoders' libraries have a shared object mapped into the server."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return [name for name in ("cv2", "av", "numpy", "pillow_heif", "PIL")
+            if f"/site-packages/{name}/" in maps or f"/site-packages/{name}.libs/" in maps]
+
+
 async def upload(s: aiohttp.ClientSession, url: str, photo: bytes, headers: dict[str, str]) -> str:
     async with s.post(url, data=photo, headers=headers) as r:
         body = await r.json()
@@ -159,6 +166,7 @@ async def main() -> None:
             out["rss_first_upload_mib"] = round(rss_mib(server.pid), 1)
             await drain(s, base, first, auth, limit=300)
             out["rss_after_search_mib"] = round(rss_mib(server.pid), 1)
+            out["server_maps_after_search"] = mapped(server.pid)
             # Fully processed, with no backlog before: N uploads at c=4 and their searches.
             start = time.perf_counter()
             _, ids = await closed_loop(s, url, photo, up, count=args.processed, conc=4)

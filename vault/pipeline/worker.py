@@ -237,8 +237,10 @@ def _attempt(action: Any) -> str:
 def _widen_pipes(*fds: int) -> None:
     """1 MiB pipe buffers both ways (Linux; the default is 64 KiB): a 5 MB photo crosses in
     a few writes instead of ~80 wake-ups of the server's event loop and of this process."""
-    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    for fd in fds if set_size is not None else ():
+    set_size: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is None:
+        return
+    for fd in fds:
         with contextlib.suppress(OSError):  # not a pipe, or over /proc/sys/fs/pipe-max-size
             fcntl.fcntl(fd, set_size, PIPE_BYTES)
 

@@ -129,7 +129,7 @@ class JpegSanitizer(Sanitizer):
         if orientation != 1:
             head.append(_app1_exif(orientation_exif(orientation)))
         # Everything after EOI is dropped here, by not copying it.
-        layout = (b"".join(head), *_merged(kept), b"\xff\xd9")
+        layout: tuple[bytes | tuple[int, int], ...] = (b"".join(head), *_merged(kept), b"\xff\xd9")
         cleaned = b"".join(piece if isinstance(piece, bytes) else view[piece[0]:piece[1]] for piece in layout)
         width, height = size
         return Sanitized(mime=JPEG, data=cleaned, width=width, height=height,

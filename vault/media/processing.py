@@ -23,10 +23,10 @@ from vault.pipeline.composite import LABELS, layout
 from vault.pipeline.video_mux import FragmentedOutput, MuxerSurprise, check_init_segment
 from vault.sealed import SealedBlobs, SealedRef
 
-if TYPE_CHECKING:  # their modules import NumPy/OpenCV/PyAV: the decoder workers' business
-    from vault.pipeline.faces import Faces
-    from vault.pipeline.faces_search import SearchResult as FaceSearchResult
-    from vault.pipeline.photo import ProcessedPhoto
+from vault.pipeline.results import Faces, ProcessedPhoto
+from vault.pipeline.results import SearchResult as FaceSearchResult
+
+if TYPE_CHECKING:  # its module imports PyAV: the decoder workers' business
     from vault.pipeline.video import VideoInfo, VideoProbe
 
 SEARCH_SHARE = 0.75  # of the item's time bound, for the face search (the rest: decode, reply)
@@ -49,6 +49,9 @@ class PhotoPipeline:
             video_seconds=settings.decoder_video_seconds, memory_bytes=settings.decoder_memory_bytes,
             recycle_after=settings.decoder_recycle_after, queue_seconds=settings.decoder_queue_seconds,
             max_queue=settings.decoder_workers * 32,
+            # The face searches' own workers, as many as searches ran at once before they had
+            # them (one fewer than the upload workers): niced, so uploads go first.
+            background_workers=max(1, settings.decoder_workers - 1),
         )
         model = str(settings.face_model) if settings.face_model else None
         return cls(DecoderPool(limits, face_model=model), max_pixels=settings.max_pixels)
@@ -66,7 +69,7 @@ class PhotoPipeline:
     async def process(self, data: bytes) -> ProcessedPhoto:
         result, parts = await self.pool.run("photo", {"max_pixels": self.max_pixels}, data,
                                             max_result=len(data) + (64 << 20))
-        return recheck.check_photo(result, parts, input_size=len(data), max_pixels=self.max_pixels)
+        return recheck.check_photo(result, parts, upload=data, max_pixels=self.max_pixels)
 
     @timed_stage("photo.redact")
     async def redact(self, data: bytes, boxes: list[list[int]], *, margin: float, width: int, height: int) -> bytes:
@@ -121,6 +124,9 @@ class PhotoPipeline:
         limits = self.pool.limits
         header = {"max_pixels": self.max_pixels, "memory_bytes": limits.memory_bytes // 2,
                   "seconds": limits.item_seconds * SEARCH_SHARE}
+        if limits.background_workers:  # their own (niced) workers: the lane bounds them
+            result, _ = await self.pool.run("faces", header, data, max_result=1 << 20, background=True)
+            return recheck.check_search(result, width, height)
         if self._searches is None:
             self._searches = asyncio.Semaphore(max(1, limits.workers - 1))
         # A search costs ~80 plain decodes: never let searches take every worker, so an

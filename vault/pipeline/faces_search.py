@@ -36,7 +36,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import cv2
@@ -44,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vault.pipeline.face_boxes import INCOMPLETE, MARGIN, SEARCH_VERSION, SEARCHED, Box, grow, merge  # noqa: F401
+from vault.pipeline.results import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +91,6 @@ class DlibHog:
     def detect(self, image_rgb: NDArray[np.uint8], *, upsample: int | None = None) -> list[tuple[int, int, int, int]]:
         rects = self._detector(np.ascontiguousarray(image_rgb), self.upsample if upsample is None else upsample)
         return [(r.left(), r.top(), r.width(), r.height()) for r in rects]
-
-
-@dataclass
-class SearchResult:
-    """Boxes (after the margin) in displayed original pixels, whether the whole photo was
-    searched, the detector set's version, and what each pass cost (for the benchmark)."""
-
-    boxes: list[list[int]]
-    state: str
-    detector: str
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"boxes": self.boxes, "state": self.state, "detector": self.detector, "stats": self.stats}
 
 
 class _Deadline(Exception):

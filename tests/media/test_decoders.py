@@ -213,6 +213,7 @@ async def test_inside_a_worker_memory_keys_and_database_are_out_of_reach(tmp_pat
         (worker,) = pipeline.pool._all  # noqa: SLF001
         assert worker.sandbox["capabilities_dropped"] and not worker.sandbox["dumpable"]
         assert worker.sandbox["landlock_abi"] >= 4
+        assert worker.sandbox["dies_with_parent"]
         with open(f"/proc/{worker.proc.pid}/environ", "rb") as f:
             environ = f.read()
         assert b"VAULT_" not in environ

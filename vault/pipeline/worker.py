@@ -255,6 +255,9 @@ def _widen_pipes(*fds: int) -> None:
 
 def main() -> None:
     """Entry point of ``python -I -c``: argv is [face_model or "", address_space_bytes, nice]."""
+    from vault.pipeline.sandbox import confine_worker, die_with_parent
+
+    dies_with_parent = die_with_parent(os.getppid())  # first: the imports below take seconds
     # The protocol owns the original stdout; anything a library prints goes to stderr.
     out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
     os.dup2(2, 1)
@@ -265,9 +268,8 @@ def main() -> None:
         os.nice(nice)  # a background worker (the face search): uploads' workers go first
     worker = Worker(inp, out, face_model)
 
-    from vault.pipeline.sandbox import confine_worker
-
     report = confine_worker(address_space_bytes=address_space or None)
+    report["dies_with_parent"] = dies_with_parent
     wire.send(out, {"t": "ready", "sandbox": report, "detector": worker.detector.name,
                     "search": worker.search.version})
     worker.serve()

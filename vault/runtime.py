@@ -26,6 +26,8 @@ from vault.config import Settings
 from vault.consent.releases import ReleaseService
 from vault.consent.service import ConsentService
 from vault.db import Database
+from vault.dicom.service import DicomExports
+from vault.dicom.stow import DicomWebTarget
 from vault.db.notify import Notifier, open_notifier, watch_key_cache
 from vault.lifecycle.service import Lifecycle
 from vault.media.processing import PhotoPipeline
@@ -73,6 +75,7 @@ class Runtime:
     receipts: ReceiptService = field(init=False)  # answers finality through lifecycle.erasure
     redactions: RedactionService = field(init=False)  # built before the release service, which uses it
     staff: StaffService = field(init=False)  # the web app's logins (vault/staff)
+    dicom: DicomExports = field(init=False)  # DICOM export to a PACS (vault/dicom)
 
 
 def legacy_root_key_file(settings: Settings) -> Path:
@@ -180,4 +183,6 @@ async def runtime(
         rt.redactions = redactions
         rt.staff = StaffService(db, audit, keys, idle_seconds=settings.staff_idle_seconds,
                                 session_seconds=settings.staff_session_seconds)
+        rt.dicom = DicomExports(db=db, audit=audit, keys=keys, sealed=sealed, patients=patients, treatments=rt.treatments,
+                                media=media, pipeline=pipeline, target=DicomWebTarget.from_settings(settings))
         yield rt

@@ -5,6 +5,7 @@ exactly — with the record's hospital number and name, in one study per treatme
 from __future__ import annotations
 
 import io
+import secrets
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def baseline_jpeg(seed: int = 3) -> bytes:
 
 
 async def patient_and_treatment(api: Api) -> tuple[str, str, str]:
-    mrn = "H" + api.clinic.id[:9].upper()
+    mrn = "H" + secrets.token_hex(5).upper()
     pid = (await api.json("POST", "/v1/patients", role="practitioner", status=201,
                           json={"external_ref": mrn, "display_name": NAME, "date_of_birth": "1984-07-09"}))["id"]
     return pid, mrn, await api.treatment(pid, performed_on="2026-03-01")

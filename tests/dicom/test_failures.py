@@ -9,6 +9,7 @@ import pytest
 from tests.dicom.support import audit_actions, request_export, run_export, upload
 from tests.dicom.test_export import baseline_jpeg, patient_and_treatment
 from tests.lifecycle.support import Api, job_states
+from tests.pipeline.videos import make_video
 from vault.dicom.service import SEND_DICOM
 from vault.jobs.models import DEAD
 from workers.jobs import load
@@ -73,6 +74,10 @@ async def test_requests_are_checked_like_every_path(api: Api, other_clinic, clie
         await api.call("POST", f"/v1/media/{media['id']}/dicom-exports", role=role, status=403)
         await api.call("GET", f"/v1/dicom-exports/{started['id']}", role=role, status=403)
     await api.call("POST", f"/v1/media/{'0' * 32}/dicom-exports", status=404)
+    # a video (processing, and never a DICOM photo): 409
+    video = await upload(api, pid, make_video(seconds=0.5, audio=False), "video/quicktime")
+    _, body = await api.call("POST", f"/v1/media/{video['id']}/dicom-exports", status=409)
+    assert b"only photos" in body
     # a restricted patient: refused
     await api.call("PUT", f"/v1/patients/{pid}/restriction", status=200)
     resp, body = await api.call("POST", f"/v1/media/{media['id']}/dicom-exports", status=409)

@@ -96,6 +96,13 @@ async def _export(client, clinic) -> str:
     return (await resp.json())["id"]
 
 
+async def _dicom_export(client, clinic) -> str:
+    media = await _media(client, clinic)
+    resp = await client.post(f"/v1/media/{media}/dicom-exports", headers=clinic.auth("practitioner"))
+    assert resp.status == 202, await resp.text()
+    return (await resp.json())["id"]
+
+
 async def _receipt(client, clinic) -> str:
     patient = await _patient(client, clinic)
     resp = await client.post(f"/v1/patients/{patient}/erasure", json={"reason": "asked"}, headers=clinic.auth("dpo"))
@@ -113,7 +120,7 @@ async def _token(client, clinic) -> str:
 
 #: how to create, in a clinic, the resource a path parameter names
 RESOURCES = {"patient_id": _patient, "media_id": _media, "consent_id": _consent, "release_id": _release,
-             "export_id": _export, "receipt_id": _receipt, "token_id": _token}
+             "export_id": _export, "dicom_export_id": _dicom_export, "receipt_id": _receipt, "token_id": _token}
 
 #: a valid body for each route that takes one: JSON, or (bytes, content type)
 BODIES = {

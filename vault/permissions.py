@@ -88,6 +88,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("PUT", "/v1/media/{media_id}/redaction"): frozenset({D, P}),
     ("POST", "/v1/media/{media_id}/redaction/approve"): frozenset({D, P}),
     ("GET", "/v1/media/{media_id}/redaction/preview"): frozenset({D, P}),
+    # DICOM export to the clinic's PACS (docs/integration.md)
+    ("POST", "/v1/media/{media_id}/dicom-exports"): frozenset({D, P}),
+    ("GET", "/v1/dicom-exports/{dicom_export_id}"): frozenset({D, P}),
     # lifecycle
     ("POST", "/v1/patients/{patient_id}/erasure"): frozenset({D, E}),
     ("GET", "/v1/erasure-receipts/{receipt_id}/finality"): frozenset({D, E}),

@@ -27,6 +27,8 @@ from vault.consent.composites import CompositeReleases
 from vault.consent.releases import ReleaseService
 from vault.consent.service import ConsentService
 from vault.db import Database
+from vault.dicom.service import DicomExports
+from vault.dicom.stow import DicomWebTarget
 from vault.db.notify import Notifier, open_notifier, watch_key_cache
 from vault.lifecycle.service import Lifecycle
 from vault.media.processing import PhotoPipeline
@@ -75,6 +77,7 @@ class Runtime:
     receipts: ReceiptService = field(init=False)  # answers finality through lifecycle.erasure
     redactions: RedactionService = field(init=False)  # built before the release service, which uses it
     staff: StaffService = field(init=False)  # the web app's logins (vault/staff)
+    dicom: DicomExports = field(init=False)  # DICOM export to a PACS (vault/dicom)
 
 
 def legacy_root_key_file(settings: Settings) -> Path:
@@ -183,4 +186,6 @@ async def runtime(
         rt.composites = CompositeReleases(rt.releases)
         rt.staff = StaffService(db, audit, keys, idle_seconds=settings.staff_idle_seconds,
                                 session_seconds=settings.staff_session_seconds)
+        rt.dicom = DicomExports(db=db, audit=audit, keys=keys, sealed=sealed, patients=patients, treatments=rt.treatments,
+                                media=media, pipeline=pipeline, target=DicomWebTarget.from_settings(settings))
         yield rt

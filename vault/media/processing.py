@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from keys.blobio import HEADER_SIZE, Header, SegmentCipher, ciphertext_span, open_span
@@ -135,6 +136,27 @@ class PhotoPipeline:
             result, _ = await self.pool.run("faces", header, data, max_result=1 << 20)
         return recheck.check_search(result, width, height)
 
+    @timed_stage("photo.dicom")
+    async def dicom(self, data: bytes, attributes: dict[str, Any], *, width: int, height: int) -> DicomInstance:
+        """The stored photo ``data`` as a DICOM VL Photographic Image (Part 10 bytes), built
+        in a worker (:func:`vault.pipeline.dicom.build_instance`; pydicom imports NumPy and
+        Pillow, so it never runs here). Accepted only as a DICOM file of exactly ``width`` x
+        ``height`` (as displayed) in one of the two transfer syntaxes we make, a baseline
+        JPEG carrying the stored bytes unchanged."""
+        bound = len(data) + 3 * width * height + (1 << 20)
+        result, parts = await self.pool.run("dicom", {"max_pixels": self.max_pixels, "attributes": attributes}, data,
+                                            max_result=bound)
+        if len(parts) != 1 or len(parts[0]) > bound or parts[0][128:132] != b"DICM":
+            raise DecoderFailed(details={"check": "dicom.file"})
+        instance = DicomInstance(data=parts[0], transfer_syntax=str(result.get("transfer_syntax")),
+                                 encapsulated=result.get("encapsulated") is True)
+        if (result.get("columns"), result.get("rows")) != (width, height):
+            raise DecoderFailed(details={"check": "dicom.dimensions"})
+        expected = DICOM_JPEG_BASELINE if instance.encapsulated else DICOM_EXPLICIT_LITTLE
+        if instance.transfer_syntax != expected or (instance.encapsulated and data not in instance.data):
+            raise DecoderFailed(details={"check": "dicom.pixels"})
+        return instance
+
     # -- video --------------------------------------------------------------------------
     @timed_stage("video.probe")
     async def probe_video(self, sealed: SealedBlobs, ref: SealedRef) -> VideoProbe:
@@ -183,6 +205,17 @@ class PhotoPipeline:
                                             read=reader.read, max_result=16 << 20)
         return (recheck.check_thumbnails(result.get("thumbnails"), parts),
                 recheck.check_faces(result.get("faces"), width, height))
+
+
+DICOM_JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+DICOM_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+
+
+@dataclass(frozen=True)
+class DicomInstance:
+    data: bytes = field(repr=False)
+    transfer_syntax: str
+    encapsulated: bool
 
 
 class _CheckedOutput(FragmentedOutput):

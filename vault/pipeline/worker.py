@@ -6,7 +6,8 @@ environment, no inherited descriptors but its two pipes), it imports its librari
 the face model, confines itself (:func:`vault.pipeline.sandbox.confine_worker`) and only
 then reads work. Bytes in, stripped bytes, renditions, capture metadata and boxes out (and, for a
 de-identified release, bytes and boxes in, a face-redacted JPEG out; for the full-resolution
-face search job, a stored photo in, boxes and the search's state out)
+face search job, a stored photo in, boxes and the search's state out; for a DICOM export,
+a stored photo and the attributes in, the DICOM file out)
 (:mod:`vault.pipeline.wire`); a video is never sent whole: the worker asks the server for
 byte ranges (the server decrypts them) and streams its fragmented-MP4 output back in
 chunks (the server encrypts them). Nothing here touches a file.
@@ -125,6 +126,7 @@ class Worker:
         from vault.pipeline.composite import compose
         from vault.pipeline.redact import redact_faces, render_redaction
         from vault.pipeline.video import poster_and_faces, probe_video, strip_video
+        from vault.pipeline import dicom
 
         Image.init()  # every image plugin now, before the sandbox closes the file system
         self.inp, self.out = inp, out
@@ -134,6 +136,8 @@ class Worker:
         self._photo, self._probe, self._strip, self._poster = process_photo, probe_video, strip_video, poster_and_faces
         self._redact, self._render = redact_faces, render_redaction
         self._compose = compose
+        dicom.warm_up()  # pydicom loads parts of itself on first use: before the sandbox closes
+        self._dicom = dicom.build_instance
 
     def serve(self) -> None:
         while True:
@@ -207,6 +211,11 @@ class Worker:
             sizes = sorted(thumbnails)
             return ({"t": "done", "result": {"faces": faces.as_dict(), "thumbnails": sizes}},
                     [thumbnails[s] for s in sizes])
+        if op == "dicom":
+            instance = self._dicom(parts[0], dict(header["attributes"]), max_pixels=max_pixels)
+            result = {"transfer_syntax": instance.transfer_syntax, "encapsulated": instance.encapsulated,
+                      "rows": instance.rows, "columns": instance.columns}
+            return {"t": "done", "result": result}, [instance.data]
         if op == "sandbox_check":
             return {"t": "done", "result": sandbox_check(header)}, []
         raise ValueError("unknown operation")

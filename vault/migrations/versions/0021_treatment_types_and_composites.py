@@ -1,7 +1,7 @@
 """treatment types (a tenant-level vocabulary) and before/after composite releases
 
 Revision ID: 0021
-Revises: 0019
+Revises: 0020
 Create Date: 2026-12-05 08:00:00
 
 ``treatment_types`` is the tenant's shared vocabulary ("lip filler"): the only grouping
@@ -18,7 +18,7 @@ from alembic import op
 import vault.db.base
 
 revision = '0021'
-down_revision = '0019'
+down_revision = '0020'
 branch_labels = None
 depends_on = None
 

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
         load_detector,
     )
     from vault.pipeline.photo import ProcessedPhoto, process_photo
-    from vault.pipeline.redact import redact_faces
     from vault.pipeline.sanitize import SANITIZERS, Sanitized, Sanitizer, strip_metadata
     from vault.pipeline.thumbnails import THUMBNAIL_SIZES
 
@@ -38,7 +37,6 @@ _HOMES = {
     **dict.fromkeys(("Box", "FaceDetector", "Faces", "NoDetector", "SlimefaceDetector", "YuNetOnnxDetector",
                      "detect_faces", "load_detector"), "faces"),
     "ProcessedPhoto": "photo", "process_photo": "photo",
-    "redact_faces": "redact",
     **dict.fromkeys(("SANITIZERS", "Sanitized", "Sanitizer", "strip_metadata"), "sanitize"),
     "THUMBNAIL_SIZES": "thumbnails",
 }

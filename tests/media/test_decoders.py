@@ -331,20 +331,20 @@ async def test_redaction_runs_in_a_worker_and_comes_back_bare_and_upright():
         with Image.open(io.BytesIO(original)) as img:
             stored = img.size
         width, height = stored[1], stored[0]
-        redacted = await pipeline.redact(original, [[4, 4, 20, 20]], margin=0.25, width=width, height=height)
+        redacted, _ = await pipeline.render_redaction(original, [[4, 4, 20, 20]], width=width, height=height)
         with Image.open(io.BytesIO(redacted)) as img:
             assert img.format == "JPEG" and img.size == (width, height)
             assert not img.getexif() and "exif" not in img.info and "comment" not in img.info
             assert img.convert("L").getpixel((10, 10)) <= 12  # the box is filled
         # The wrong expected frame is refused: the server checks the size it asked for.
         with pytest.raises(DecoderFailed) as refused:
-            await pipeline.redact(original, [], margin=0.25, width=stored[0], height=stored[1])
+            await pipeline.render_redaction(original, [], width=stored[0], height=stored[1])
         assert refused.value.status == 422 and refused.value.details == {"check": "redacted.dimensions"}
         # A file the decoder refuses fails as that item, and the worker goes on.
         with pytest.raises(MediaRejected) as rejected:
-            await pipeline.redact(b"\xff\xd8\xff\xdb garbage", [], margin=0.25, width=8, height=8)
+            await pipeline.render_redaction(b"\xff\xd8\xff\xdb garbage", [], width=8, height=8)
         assert rejected.value.status == 422
-        assert await pipeline.redact(photo(), [], margin=0.25, width=320, height=240)
+        assert await pipeline.render_redaction(photo(), [], width=320, height=240)
     finally:
         await pipeline.close()
 
@@ -352,34 +352,34 @@ async def test_redaction_runs_in_a_worker_and_comes_back_bare_and_upright():
 async def test_redaction_is_bounded_by_the_items_wall_time():
     pipeline = await open_pipeline(workers=1)
     try:
-        assert await pipeline.redact(photo(), [], margin=0.4, width=320, height=240)  # the worker is up
+        assert await pipeline.render_redaction(photo(), [], width=320, height=240)  # the worker is up
         bounds = pipeline.pool.limits
         # A bound no 64-megapixel decode and re-encode can meet: the worker is killed at it.
         pipeline.pool.limits = dataclasses.replace(bounds, item_seconds=0.001)
         first = {w.proc.pid for w in pipeline.pool._all}  # noqa: SLF001
         with pytest.raises(DecoderFailed) as failed:
-            await asyncio.wait_for(pipeline.redact(bomb_png(8000), [[0, 0, 10, 10]], margin=0.4, width=8000,
-                                                   height=8000), 120)
+            await asyncio.wait_for(pipeline.render_redaction(bomb_png(8000), [[0, 0, 10, 10]], width=8000,
+                                                              height=8000), 120)
         assert failed.value.status == 422
         pipeline.pool.limits = bounds
-        assert await asyncio.wait_for(pipeline.redact(photo(), [], margin=0.4, width=320, height=240), 120)
+        assert await asyncio.wait_for(pipeline.render_redaction(photo(), [], width=320, height=240), 120)
         assert first.isdisjoint(w.proc.pid for w in pipeline.pool._all)  # noqa: SLF001 - replaced
     finally:
         await pipeline.close()
 
 
 def test_recheck_accepts_an_honest_redaction():
-    from vault.pipeline.redact import redact_faces
+    from vault.pipeline.redact import render_redaction
 
-    good = redact_faces(photo(), [[10, 10, 40, 40]])
+    good, _ = render_redaction(photo(), [[10, 10, 40, 40]])
     assert recheck.check_redacted([good], width=320, height=240) == good
 
 
 @pytest.mark.parametrize("lie", ["app1", "comment", "trailer", "unredacted_original", "png", "size", "two_parts"])
 def test_recheck_refuses_a_lying_redaction(lie):
-    from vault.pipeline.redact import redact_faces
+    from vault.pipeline.redact import render_redaction
 
-    good = redact_faces(photo(), [[10, 10, 40, 40]])
+    good, _ = render_redaction(photo(), [[10, 10, 40, 40]])
     parts, width, height = [good], 320, 240
     if lie == "size":
         width = 321

@@ -72,19 +72,6 @@ class PhotoPipeline:
                                             max_result=len(data) + (64 << 20))
         return recheck.check_photo(result, parts, upload=data, max_pixels=self.max_pixels)
 
-    @timed_stage("photo.redact")
-    async def redact(self, data: bytes, boxes: list[list[int]], *, margin: float, width: int, height: int) -> bytes:
-        """A face-redacted JPEG of the stored photo (or thumbnail) ``data``, made in a worker
-        (:func:`vault.pipeline.redact.redact_faces`): decoded, turned upright, every box grown
-        by ``margin`` and filled opaque, re-encoded. The server accepts it only as a bare
-        JPEG of exactly ``width`` x ``height`` (the frame the boxes refer to)."""
-        if width < 1 or height < 1:
-            raise DecoderFailed(details={"check": "redacted.dimensions"})
-        header = {"boxes": [[int(v) for v in box] for box in boxes], "margin": float(margin),
-                  "max_pixels": self.max_pixels}
-        _, parts = await self.pool.run("redact", header, data, max_result=recheck.redacted_bound(width, height))
-        return recheck.check_redacted(parts, width=width, height=height)
-
     @timed_stage("photo.render_redaction")
     async def render_redaction(self, data: bytes, rects: list[list[int]], *, width: int,
                                height: int) -> tuple[bytes, bytes]:

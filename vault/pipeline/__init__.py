@@ -28,7 +28,6 @@ if TYPE_CHECKING:
         load_detector,
     )
     from vault.pipeline.photo import process_photo
-    from vault.pipeline.redact import redact_faces
     from vault.pipeline.results import THUMBNAIL_SIZES, Faces, ProcessedPhoto
     from vault.pipeline.sanitize import SANITIZERS, Sanitized, Sanitizer, strip_metadata
 
@@ -38,7 +37,6 @@ _HOMES = {
     **dict.fromkeys(("Box", "FaceDetector", "NoDetector", "SlimefaceDetector", "YuNetOnnxDetector",
                      "detect_faces", "load_detector"), "faces"),
     "ProcessedPhoto": "results", "process_photo": "photo",
-    "redact_faces": "redact",
     **dict.fromkeys(("SANITIZERS", "Sanitized", "Sanitizer", "strip_metadata"), "sanitize"),
     "THUMBNAIL_SIZES": "results",
 }

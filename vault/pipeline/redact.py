@@ -1,9 +1,11 @@
-"""Face redaction for de-identified release: opaque boxes, never blur (blur can be undone)."""
+"""Face redaction for de-identified release: opaque rectangles, never blur (blur can be undone).
+
+The one renderer is :func:`render_redaction`, run once per approved digest (vault/redaction);
+nothing is redacted per request."""
 
 from __future__ import annotations
 
 import io
-
 from collections.abc import Iterable, Sequence
 
 from PIL import Image, ImageDraw
@@ -14,7 +16,6 @@ from vault.pipeline.resize import fit
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
 from vault.pipeline.thumbnails import DECODE_ERRORS, TRANSPOSE, display_mode, encode_jpeg, open_image
 
-REDACTION_QUALITY = 90
 _DEFAULT_MAX_PIXELS = 100_000_000
 
 
@@ -36,27 +37,6 @@ def upright(image_bytes: bytes, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> tup
     if method is not None:
         image = image.transpose(method)
     return image, icc
-
-
-def redact_faces(image_bytes: bytes, boxes: Iterable[Sequence[int]], *, margin: float = 0.25,
-                 max_pixels: int = _DEFAULT_MAX_PIXELS) -> bytes:
-    """A JPEG of the oriented image with every box, grown by ``margin`` of its width/height on
-    each side, filled opaque black. No metadata except the ICC profile.
-
-    ``boxes`` are ``[x, y, w, h]`` in oriented-image pixels, as :class:`Faces` reports them.
-    """
-    image, icc = upright(image_bytes, max_pixels=max_pixels)
-    image = image.copy()
-    draw = ImageDraw.Draw(image)
-    fill = 0 if image.mode == "L" else (0, 0, 0)
-    for x, y, w, h in boxes:
-        dx, dy = w * margin, h * margin
-        left, top = max(0, int(x - dx)), max(0, int(y - dy))
-        right = min(image.width - 1, int(x + w + dx + 0.999))
-        bottom = min(image.height - 1, int(y + h + dy + 0.999))
-        if right >= left and bottom >= top:
-            draw.rectangle((left, top, right, bottom), fill=fill)
-    return encode_jpeg(image, icc=icc, quality=REDACTION_QUALITY)
 
 
 RENDER_QUALITY = 92

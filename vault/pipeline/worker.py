@@ -124,7 +124,7 @@ class Worker:
         from vault.pipeline.faces_search import load_search, search_photo
         from vault.pipeline.photo import process_photo
         from vault.pipeline.composite import compose
-        from vault.pipeline.redact import redact_faces, render_redaction
+        from vault.pipeline.redact import render_redaction
         from vault.pipeline.video import poster_and_faces, probe_video, strip_video
         from vault.pipeline import dicom
 
@@ -134,7 +134,7 @@ class Worker:
         self.search = load_search(face_model)  # the full-resolution search (a job, after upload)
         self._search_photo = search_photo
         self._photo, self._probe, self._strip, self._poster = process_photo, probe_video, strip_video, poster_and_faces
-        self._redact, self._render = redact_faces, render_redaction
+        self._render = render_redaction
         self._compose = compose
         dicom.warm_up()  # pydicom loads parts of itself on first use: before the sandbox closes
         self._dicom = dicom.build_instance
@@ -177,13 +177,6 @@ class Worker:
             found = self._search_photo(parts[0], self.search, max_pixels=max_pixels,
                                        memory_bytes=int(header["memory_bytes"]), seconds=float(header["seconds"]))
             return {"t": "done", "result": found.as_dict()}, []
-        if op == "redact":
-            boxes = [[int(v) for v in box] for box in header["boxes"]]
-            if any(len(box) != 4 for box in boxes):
-                raise ValueError("a box is [x, y, w, h]")
-            redacted = self._redact(parts[0], boxes, margin=float(header["margin"]),
-                                    max_pixels=int(header["max_pixels"]))
-            return {"t": "done", "result": {}}, [redacted]
         if op == "render_redaction":
             rects = [[int(v) for v in box] for box in header["rects"]]
             if any(len(box) != 4 for box in rects):

@@ -141,20 +141,22 @@ document.addEventListener("DOMContentLoaded", () => {
     if (id) {
       guide.src = `/v1/media/${id}/thumbnail?size=1024`;
       guide.hidden = false;
-      $("guide-controls").hidden = false;
+      $("guide-controls").hidden = !stream;
       guideState.textContent = stream ? "Guide: the earlier photo of this area is shown over the camera."
         : "The camera will show the earlier photo of this area as a guide.";
     } else {
       guide.hidden = true;
       guide.removeAttribute("src");
       $("guide-controls").hidden = true;
-      guideState.textContent = "No earlier photo of this area: no guide.";
+      guideState.textContent = treatment.value ? "No earlier photo of this area: no guide."
+        : "Choose the treatment: the camera then shows the earlier photo of its area as a guide.";
     }
   }
   const setOpacity = () => { guide.style.opacity = String(Number(opacity.value) / 100); };
   opacity.addEventListener("input", setOpacity);
   setOpacity();
   treatment.addEventListener("change", showGuide);
+  showGuide();
 
   if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
     start.hidden = false;
@@ -167,6 +169,7 @@ document.addEventListener("DOMContentLoaded", () => {
     stream = null;
     video.srcObject = null;
     finder.hidden = true;
+    $("guide-controls").hidden = true;
     shoot.hidden = true;
     stop.hidden = true;
     start.hidden = false;

@@ -52,6 +52,7 @@ async def test_pages_render_and_forms_refuse_bad_input(client, clinic):
     timeline = await nurse.get(base + "/timeline")
     body = await timeline.text()
     assert timeline.status == 200 and "Lip filler · 2026-03-01" in body and f"/v1/media/{before}/thumbnail" in body
+    assert f'href="{base}/capture?treatment={treatment}">Add photos to this visit' in body
     capture = await (await nurse.get(base + "/capture")).text()
     assert f'value="{treatment}" data-guide="{before}"' in capture  # the earlier photo of the area guides the next
     assert 'accept="image/*,video/*" capture="environment" multiple' in capture

@@ -226,6 +226,17 @@ def test_camera_guide_shows_the_earlier_photo_and_takes_one(browser_type, vault:
     media = _media(vault, clinic.patient)
     assert len(media) == 2 and sorted(m["phase"] for m in media) == ["after", "before"]
     page.get_by_role("button", name="Stop the camera").click()
+
+    # A browser that gives the page no camera (plain HTTP, an old phone): the file input remains.
+    page.add_init_script("Object.defineProperty(navigator, 'mediaDevices', {value: undefined})")
+    page.goto(f"/app/patients/{clinic.patient}/capture")
+    page.get_by_text("This browser gives no camera access to the page").wait_for()
+    assert not page.get_by_role("button", name="Start the camera").is_visible()
+    page.get_by_label("Take or choose photos").set_input_files([
+        {"name": "fallback.jpg", "mimeType": "image/jpeg", "buffer": photo(GREEN)}])
+    page.get_by_role("status").get_by_text("1 stored").wait_for()
+    nurse.look("capture-no-camera")
+    assert len(_media(vault, clinic.patient)) == 3
     nurse.close()
     assert not nurse.violations, nurse.violations
 

@@ -134,8 +134,13 @@ document.addEventListener("DOMContentLoaded", () => {
   const video = $("live"), guide = $("guide"), finder = $("viewfinder"), opacity = $("guide-opacity");
   const guideState = $("guide-state");
   let stream = null, shots = 0;
+  let canCamera = Boolean(navigator.mediaDevices && navigator.mediaDevices.getUserMedia);
 
   function showGuide() {
+    if (!canCamera) {
+      guideState.textContent = "";
+      return;
+    }
     const chosen = treatment.selectedOptions[0];
     const id = chosen ? chosen.dataset.guide : "";
     if (id) {
@@ -158,7 +163,7 @@ document.addEventListener("DOMContentLoaded", () => {
   treatment.addEventListener("change", showGuide);
   showGuide();
 
-  if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+  if (canCamera) {
     start.hidden = false;
   } else {
     $("camera-unavailable").hidden = false;
@@ -180,6 +185,8 @@ document.addEventListener("DOMContentLoaded", () => {
       stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
     } catch (_) {
       start.hidden = true;
+      canCamera = false;
+      showGuide();
       $("camera-unavailable").hidden = false;
       return;
     }

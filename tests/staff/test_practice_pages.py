@@ -119,3 +119,16 @@ async def test_other_clinic_gets_404_and_records_get_no_capture_or_review(client
     assert (await clerk.get(f"/app/patients/{patient}/capture")).status == 403
     csrf = await clerk.csrf_of("/app/patients")
     assert (await clerk.post(f"/app/media/{before}/face-review", {"csrf_token": csrf, "identifiable": "identifiable"})).status == 403
+
+
+async def test_an_identifiable_mark_stands_until_a_dpo_clears_it(client, clinic):
+    patient, _, before = await _seed(client, clinic)
+    nurse, dpo = await _staff(client, clinic, "practitioner"), await _staff(client, clinic, "dpo")
+    review = f"/app/media/{before}/face-review"
+    csrf = await nurse.csrf_of(f"/app/patients/{patient}/timeline")
+    assert (await nurse.post(review, {"csrf_token": csrf, "identifiable": "identifiable"})).status == 303
+    refused = await nurse.post(review, {"csrf_token": csrf, "identifiable": "not_identifiable"})
+    assert refused.status == 403 and "data protection officer" in await refused.text()
+    csrf = await dpo.csrf_of(f"/app/patients/{patient}/timeline")
+    assert (await dpo.post(review, {"csrf_token": csrf, "identifiable": "not_identifiable"})).status == 303
+    assert (await _media(client, clinic, patient))[0]["faces"]["review"] == "not_identifiable"

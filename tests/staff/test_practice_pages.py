@@ -132,3 +132,11 @@ async def test_an_identifiable_mark_stands_until_a_dpo_clears_it(client, clinic)
     csrf = await dpo.csrf_of(f"/app/patients/{patient}/timeline")
     assert (await dpo.post(review, {"csrf_token": csrf, "identifiable": "not_identifiable"})).status == 303
     assert (await _media(client, clinic, patient))[0]["faces"]["review"] == "not_identifiable"
+
+
+async def test_another_clinic_gets_404_before_its_form_is_judged(client, clinic, other_clinic):
+    patient, _, before = await _seed(client, clinic)
+    stranger = await _staff(client, other_clinic, "practitioner")
+    csrf = await stranger.csrf_of("/app/patients")
+    assert (await stranger.post(f"/app/patients/{patient}/treatments", {"csrf_token": csrf})).status == 404
+    assert (await stranger.post(f"/app/media/{before}/face-review", {"csrf_token": csrf})).status == 404

@@ -113,6 +113,8 @@ async def capture_page(request: web.Request) -> web.StreamResponse:
 
 async def create_treatment(request: web.Request) -> web.StreamResponse:
     data = await form(request)
+    patient_id = request.match_info["patient_id"]
+    await services(request).media.check_target(actor_of(request), patient_id, None)  # another tenant's: 404 first
     name, area = data.get("name", "").strip(), data.get("area", "").strip() or None
     if not name or len(name) > 200 or (area and len(area) > 200):
         raise errors.ValidationFailed("name the treatment (1-200 characters; the area at most 200)")
@@ -120,7 +122,6 @@ async def create_treatment(request: web.Request) -> web.StreamResponse:
         performed_on = date.fromisoformat(data.get("performed_on", "").strip())
     except ValueError:
         raise errors.ValidationFailed("the treatment's date is written YYYY-MM-DD") from None
-    patient_id = request.match_info["patient_id"]
     made = await request.app[RUNTIME].treatments.create(actor_of(request), patient_id, name=name, performed_on=performed_on,
                                                          area=area, details=None)
     return see_other(f"/app/patients/{patient_id}/capture?treatment={made.id}&done=treatment")
@@ -129,10 +130,12 @@ async def create_treatment(request: web.Request) -> web.StreamResponse:
 async def face_review(request: web.Request) -> web.StreamResponse:
     """A person's review of the face flag: what the consent gate counts, not the detector."""
     data = await form(request)
+    media, actor, media_id = services(request).media, actor_of(request), request.match_info["media_id"]
     verdict = {"identifiable": True, "not_identifiable": False}.get(data.get("identifiable", ""))
     if verdict is None:
+        await media.check_media(actor, media_id)  # another tenant's: 404 before the form's fault
         raise errors.ValidationFailed("choose identifiable or not identifiable")
-    view = await services(request).media.update(actor_of(request), request.match_info["media_id"], {"identifiable": verdict})
+    view = await media.update(actor, media_id, {"identifiable": verdict})
     return see_other(f"/app/patients/{view.patient_id}/timeline?done=reviewed#m-{view.id}")
 
 

@@ -121,7 +121,9 @@ def browser_type():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # a fake camera for getUserMedia (the capture page's live preview), granted per context
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--use-fake-device-for-media-stream",
+                                                                    "--use-fake-ui-for-media-stream"])
         yield browser
         browser.close()
 

@@ -151,6 +151,12 @@ class MediaService:
         rows = (await session.execute(select(MediaBlob).where(MediaBlob.media_id == media_id))).scalars()
         return {b.rendition: b for b in rows}
 
+    async def check_media(self, actor: Actor, media_id: str) -> None:
+        """NotFound/Gone for media the actor may not reach; reads nothing else (no audit entry),
+        so a form can answer 404 before it judges its own fields."""
+        async with self.db.session() as session:
+            await self.load(session, actor, media_id)
+
     # -- upload --------------------------------------------------------------------------
     async def check_target(self, actor: Actor, patient_id: str, treatment_id: str | None) -> None:
         async with self.db.session() as session:

@@ -200,13 +200,13 @@ async def test_signed_links_bind_to_the_session(client, clinic):
     browser = Browser(client)
     await browser.log_in(clinic.slug, who)
     async with rt.db.session() as session:
-        principal = await signedurls.signer(session, f"staff:{who.staff_id}")
+        principal = await signedurls.signer(session, f"staff:{who.staff_id}", staff=signedurls.StaffBounds.of(rt.settings))
     assert (principal.tenant_id, principal.role) == (clinic.id, "records")
     csrf = await browser.csrf_of("/app/")
     await browser.post("/app/logout", {"csrf_token": csrf, "everywhere": "1"})
     async with rt.db.session() as session:
         with pytest.raises(Forbidden):
-            await signedurls.signer(session, f"staff:{who.staff_id}")
+            await signedurls.signer(session, f"staff:{who.staff_id}", staff=signedurls.StaffBounds.of(rt.settings))
 
 
 async def test_one_time_downloads_need_the_csrf_token(client, clinic):

@@ -149,9 +149,18 @@ def test_retention_and_audit_pages(dpo: Person, vault: Vault) -> None:
     page.get_by_role("link", name=f"{due[:8]}…").wait_for()  # listed, with its reason
     dpo.look("retention")
     page.get_by_label("A current authenticator code").fill(dpo.app.code())
-    page.get_by_role("button", name=re.compile(r"^Erase these \d+ patients$")).click()
+    page.get_by_role("button", name=re.compile(r"^Erase (this patient|these \d+ patients)$")).click()
     page.get_by_text(re.compile(r"Swept: [1-9]\d* erased")).wait_for()
+    assert re.search(r"/app/retention/sweeps/[0-9a-f]{32}$", page.url)  # the outcome has a page of its own
     dpo.look("retention-swept")
+    # the clean-up jobs' progress: a <progress> bar and the same in words, kept current by
+    # /static/app.js polling GET /v1/retention/sweeps/{id} (the in-process worker runs them)
+    bar = page.get_by_role("progressbar", name="Clean-up: files deleted, recalls and webhooks sent")
+    page.locator("#sweep-state").get_by_text("done").wait_for(timeout=60_000)
+    assert bar.evaluate("bar => bar.value") == bar.evaluate("bar => bar.max") == 1
+    cleaned, erased = page.locator("#sweep-cleaned").inner_text(), page.locator("#sweep-erased").inner_text()
+    assert cleaned == erased and int(erased) >= 1
+    dpo.look("retention-sweep-done")
     assert page.goto(f"/app/patients/{due}").status == 410  # the sweep erased the patient it listed
     page.goto("/app/audit")
     page.get_by_label("Staff member or token").fill(dpo.email)

@@ -166,6 +166,10 @@ def test_retention_and_audit_pages(dpo: Person, vault: Vault) -> None:
     page.get_by_label("Staff member or token").fill(dpo.email)
     page.get_by_role("button", name="Filter").click()
     page.get_by_role("cell", name=dpo.email).first.wait_for()
+    # a machine is named by its token's label (the camera app created the patient above)
+    page.get_by_label("Staff member or token").fill("camera app")
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("cell", name="token: camera app").first.wait_for()
     page.get_by_role("button", name="Verify the chain").click()
     page.get_by_text("are intact").wait_for()
     dpo.look("audit")
@@ -224,6 +228,35 @@ def test_lockout_after_failed_logins(browser_type, vault: Vault, artifacts, admi
     page.get_by_role("button", name="Continue").click()
     page.get_by_text("try again later").wait_for()
     someone.look("locked")
+    someone.close()
+    assert not someone.violations, someone.violations
+
+
+def test_login_with_the_keyboard_alone(browser_type, vault: Vault, artifacts, admins) -> None:
+    """Tab from the top of the page: the skip link first, then each field in order; Enter
+    sends each form. Nothing needs a pointer."""
+    email, link = admins["north"].invite("records", "keys")
+    someone = Person(browser_type, vault, artifacts, "north-keys")
+    someone.enrol(link)
+    page = someone.page
+    page.goto("/")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Skip to content"
+    for field, value in (("clinic", "north"), ("email", email), ("password", PASSWORD)):
+        page.keyboard.press("Tab")
+        assert page.evaluate("() => document.activeElement.id") == field
+        page.keyboard.type(value)
+    page.keyboard.press("Enter")
+    page.get_by_label("Code").wait_for()
+    for _ in range(6):  # the field has autofocus; else Tab reaches it (skip link, header links first)
+        if page.evaluate("() => document.activeElement.id") == "code":
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "code"
+    page.keyboard.type(someone.app.code())
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Welcome").wait_for()
+    someone.look("keyboard-home")
     someone.close()
     assert not someone.violations, someone.violations
 

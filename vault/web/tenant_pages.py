@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -90,7 +90,7 @@ def _when(value: str) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise errors.ValidationFailed("times are written YYYY-MM-DDTHH:MM") from None
-    return parsed if parsed.tzinfo else parsed.astimezone()
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # the page shows and asks for UTC
 
 
 async def audit_page(request: web.Request, *, verification=None) -> web.StreamResponse:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from PIL import Image  # noqa: E402
 
-from inprocess import bench_app  # noqa: E402
+from _seed import bench_app  # noqa: E402
 
 
 async def amedian(action: Callable[[], Awaitable[int]], runs: int) -> tuple[float, int]:

@@ -12,45 +12,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from PIL import Image  # noqa: E402
-
-from inprocess import bench_app  # noqa: E402
-
-
-async def amedian(action: Callable[[], Awaitable[object]], runs: int) -> float:
-    await action()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        await action()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _seed import amedian, jpeg, seeded  # noqa: E402
 
 
 async def main(n: int, rounds: int) -> None:
     from vault.consent.models import Release
     from vault.db import utcnow
 
-    async with bench_app(("practitioner", "dpo", "marketing")) as (client, runtime, auth):
-        pid = (await (await client.post("/v1/patients", json={"external_ref": "BENCH-1"}, headers=auth["dpo"])).json())["id"]
-        buf = io.BytesIO()
-        Image.new("RGB", (320, 240), (120, 90, 60)).save(buf, "JPEG")
-        media = (await (await client.post(f"/v1/patients/{pid}/media", data=buf.getvalue(),
-                                          headers={**auth["practitioner"], "Content-Type": "image/jpeg"})).json())["id"]
-        grant = (await (await client.post(f"/v1/patients/{pid}/consents", json={"purposes": ["education"], "identifiable": True},
-                                          headers=auth["dpo"])).json())["id"]
+    async with seeded(("practitioner", "dpo", "marketing"), patient_by="dpo") as s:
+        client, runtime, auth = s.client, s.runtime, s.auth
+        media = await s.upload(jpeg(color=(120, 90, 60)))
+        grant = await s.consent({"purposes": ["education"], "identifiable": True})
         ids = []
         for i in range(n):
             resp = await client.post(f"/v1/media/{media}/releases", json={"purpose": "education", "recipient": f"r{i}"},

@@ -118,9 +118,20 @@ async def _token(client, clinic) -> str:
     return issued.id
 
 
+async def _sweep(client, clinic) -> str:
+    from vault.actor import Actor
+    from vault.appkeys import RUNTIME
+
+    # A real sweep of a clinic with no rules: recorded, erasing nobody.
+    made = await client.server.app[RUNTIME].lifecycle.retention.sweep(Actor.cli(clinic.id, "t"), dry_run=False)
+    assert made.id is not None
+    return made.id
+
+
 #: how to create, in a clinic, the resource a path parameter names
 RESOURCES = {"patient_id": _patient, "media_id": _media, "consent_id": _consent, "release_id": _release,
-             "export_id": _export, "dicom_export_id": _dicom_export, "receipt_id": _receipt, "token_id": _token}
+             "export_id": _export, "dicom_export_id": _dicom_export, "receipt_id": _receipt, "token_id": _token,
+             "sweep_id": _sweep}
 
 #: a valid body for each route that takes one: JSON, or (bytes, content type)
 BODIES = {

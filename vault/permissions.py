@@ -104,6 +104,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/v1/retention-policy"): frozenset({A, D}),
     ("PUT", "/v1/retention-policy"): frozenset({D}),
     ("POST", "/v1/retention/sweep"): frozenset({D}),
+    ("GET", "/v1/retention/sweeps/{sweep_id}"): frozenset({D}),
     ("GET", "/v1/webhooks"): frozenset({A}),
     ("PUT", "/v1/webhooks"): frozenset({A}),
     # audit
@@ -144,6 +145,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("POST", "/app/retention"): frozenset({D}),
     ("POST", "/app/retention/dry-run"): frozenset({D}),
     ("POST", "/app/retention/sweep"): frozenset({D}),
+    ("GET", "/app/retention/sweeps/{sweep_id}"): frozenset({D}),
     ("GET", "/app/audit"): frozenset({D, U}),
     ("POST", "/app/audit/verify"): frozenset({D, U}),
     ("GET", "/app/webhooks"): frozenset({A}),

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 from keys.keyring import FileKeyring
 from keys.providers import open_root_key
 from keys.store import KeyStore, holds_keys
+from vault import signedurls
 from vault.audit.checkpoints import Checkpoints
 from vault.backup.journal import JournaledLedger, journals_for
 from vault.audit.reads import AuditReads
@@ -155,7 +156,8 @@ async def runtime(
             ca_file=str(settings.webhooks_ca_file) if settings.webhooks_ca_file else None,
         )
         checkpoints = Checkpoints(db, audit, keys)
-        media = MediaService(db, audit, keys, sealed, patients, pipeline, webhooks)
+        staff_links = signedurls.StaffBounds.of(settings)
+        media = MediaService(db, audit, keys, sealed, patients, pipeline, webhooks, staff_links=staff_links)
         redactions = RedactionService(db, audit, sealed, media, pipeline)
         rt = Runtime(
             settings=settings,
@@ -171,7 +173,8 @@ async def runtime(
             media=media,
             webhooks=webhooks,
             consents=ConsentService(db, audit, keys, sealed, patients, webhooks),
-            releases=ReleaseService(db, audit, keys, sealed, patients, pipeline, redactions=redactions),
+            releases=ReleaseService(db, audit, keys, sealed, patients, pipeline, redactions=redactions,
+                                    staff_links=staff_links),
             readiness=Readiness(db=db, keys=keys, store=store),
             checkpoints=checkpoints,
             audit_reads=AuditReads(audit, checkpoints, labels=tenants.labels),

@@ -204,8 +204,9 @@ class _Target:
 
 class ReleaseService:
     def __init__(self, db: Database, audit: AuditLog, keys: KeyStore, sealed: SealedBlobs, patients: PatientService,
-                 pipeline: PhotoPipeline, *, redactions: RedactionService) -> None:
+                 pipeline: PhotoPipeline, *, redactions: RedactionService, staff_links: signedurls.StaffBounds) -> None:
         self.db = db
+        self.staff_links = staff_links  # how long a link a person asked for stays theirs
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
@@ -351,7 +352,7 @@ class ReleaseService:
         checks, the key row and the audit entry."""
         now = utcnow()
         async with self.db.session() as session:
-            principal = await signedurls.signer(session, params.token_id)
+            principal = await signedurls.signer(session, params.token_id, staff=self.staff_links)
         await signedurls.verify(self.keys, principal.tenant_id, purpose=thumbnail_purpose(purpose),
                                 resource=f"{item}:{rendition}", params=params, now=now)
         actor = Actor(tenant_id=principal.tenant_id, token_id=principal.token_id, role=principal.role, request_id=request_id)

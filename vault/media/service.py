@@ -126,9 +126,12 @@ class MediaService:
         patients: PatientService,
         pipeline: PhotoPipeline,
         webhooks: WebhookService | None = None,
+        *,
+        staff_links: signedurls.StaffBounds,
     ) -> None:
         self.db = db
         self.webhooks = webhooks
+        self.staff_links = staff_links  # how long a link a person asked for stays theirs
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
@@ -381,7 +384,7 @@ class MediaService:
         except (KeyError, ValueError):
             raise Forbidden("the link is not valid") from None
         async with self.db.session() as session:
-            principal = await signedurls.signer(session, params.token_id)
+            principal = await signedurls.signer(session, params.token_id, staff=self.staff_links)
         await signedurls.verify(self.keys, principal.tenant_id, purpose=PLAYBACK, resource=media_id, params=params, now=utcnow())
         return Actor(tenant_id=principal.tenant_id, token_id=principal.token_id, role=principal.role, request_id=request_id)
 

@@ -201,7 +201,10 @@ class PointReader:
         if is_sqlite(engine):
             self._translate = engine.get_execution_options().get("schema_translate_map")
             self._sync = sa.create_engine(
-                engine.url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0, hide_parameters=True,
+                # Two connections: the compiled-once path keeps one for good (``_raw``), and a
+                # statement with typed columns (timestamps) checks out the other; with one,
+                # that checkout would wait on the event loop for a connection never returned.
+                engine.url.set(drivername="sqlite+pysqlite"), pool_size=2, max_overflow=0, hide_parameters=True,
                 connect_args={"check_same_thread": False},
                 execution_options={"schema_translate_map": self._translate} if self._translate else {},
             )

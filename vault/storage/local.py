@@ -54,7 +54,7 @@ _FILE_MODE = 0o600
 #: thumbnail read costs ~20 us inline against a thread hop of 100 us or more on a busy
 #: host. Anything that would wait for the disk, and every larger read, goes to the pool.
 INLINE_READ_BYTES = 256 * 1024
-_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+; elsewhere every read takes the pool
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+; elsewhere every read takes the pool
 
 
 @contextmanager
@@ -283,7 +283,7 @@ class LocalStore:
                 return None
             buffer = bytearray(hi - lo)
             try:
-                got = os.preadv(fd, [buffer], lo, _NOWAIT) if hi > lo else 0
+                got = os.preadv(fd, [buffer], lo, _NOWAIT or 0) if hi > lo else 0
             except BlockingIOError:
                 return None  # not (all) cached: a thread waits for the disk instead
             except OSError as exc:

@@ -325,6 +325,9 @@ class Settings:
     # GET /metrics answers only this bearer token; unset, /metrics is 404 (docs/operations.md).
     # repr=False: a printed Settings must not leak it.
     metrics_token: str | None = field(default=None, repr=False, metadata=variable("VAULT_METRICS_TOKEN", _token))
+    # bound on a scrape's database and key-store reads; past it the scrape says
+    # vault_metrics_refresh_ok 0 instead of hanging (docs/operations.md)
+    metrics_refresh_seconds: float = field(default=2.0, metadata=variable("VAULT_METRICS_REFRESH_SECONDS", _seconds))
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property

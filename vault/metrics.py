@@ -43,7 +43,6 @@ log = logging.getLogger("vault.metrics")
 # Upload route templates: their request bodies are counted as upload bytes and their
 # 4xx/5xx answers as refusals by error code.
 UPLOAD_ROUTES = frozenset({("POST", "/v1/patients/{patient_id}/media")})
-REFRESH_SECONDS = 2.0  # bound on the scrape-time database reads
 
 # -- per application --------------------------------------------------------------------
 class Metrics:
@@ -159,7 +158,7 @@ class StateCollector(Collector):
         async with self._lock:  # concurrent scrapes share one set of reads
             started = time.perf_counter()
             try:
-                self._snapshot = await asyncio.wait_for(_read_state(runtime), REFRESH_SECONDS)
+                self._snapshot = await asyncio.wait_for(_read_state(runtime), runtime.settings.metrics_refresh_seconds)
                 self._ok = 1
             except Exception as exc:  # noqa: BLE001 - a failed read is itself a metric, never a 500
                 log.warning("metrics refresh failed", extra={"error": type(exc).__name__})

@@ -5,16 +5,20 @@ A batch is written in three statements whatever its size: the heads of its tenan
 (one ``SELECT``, ``FOR UPDATE`` on PostgreSQL, in tenant order), every entry (one
 ``executemany`` INSERT), every head (one ``executemany`` UPDATE), then COMMIT.
 
+The statements are plain SQL on the driver's own connection, prepared once: a batch
+costs no SQLAlchemy compilation or result processing (that was ~15% of the read path's
+CPU, bench/RESULTS.md). The columns they name are checked against the models when the
+writer is made (:func:`_sql`), and ``tests/audit`` verifies every chain they write.
+
 - SQLite: a ``sqlite3`` connection owned by one dedicated thread; the whole batch runs
   there in one hop (``BEGIN IMMEDIATE`` ... ``COMMIT``), with the pragmas of every other
-  connection (``synchronous=FULL``: durable before the waiting reads answer), as plain SQL
-  on the driver (no SQLAlchemy compilation or result processing per batch; the columns it
-  names are checked against the models when the writer is made, :func:`_sql`). SQLite's
+  connection (``synchronous=FULL``: durable before the waiting reads answer). SQLite's
   file lock orders it with the other writers (the busy timeout makes it wait, in its own
   thread, never on the event loop).
-- PostgreSQL: a dedicated one-connection engine (SQLAlchemy Core through ``run_sync``);
-  the head row locks order it with appends made inside other transactions. A raw asyncpg
-  writer was tried and measured slower here (bench/RESULTS.md), so this one stays.
+- PostgreSQL: a dedicated asyncpg connection (no thread at all; asyncpg prepares and
+  caches the statements); the head row locks order it with appends made inside other
+  transactions. A connection found dead before the batch wrote anything is replaced and
+  the batch retried once.
 """
 
 from __future__ import annotations
@@ -30,8 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.engine import make_url
 
 from vault.audit.models import AuditEntry, AuditHead
 from vault.db import Database, utcnow
@@ -47,15 +50,8 @@ ENTRY_COLUMNS = ("tenant_id", "seq", "at", "actor", "role", "action", "targets",
                  "prev_hash", "hash")
 
 
-_HEAD = sa.select(_heads.c.tenant_id, _heads.c.seq, _heads.c.hash).where(_heads.c.tenant_id == sa.bindparam("t"))
-_HEAD_LOCKED = _HEAD.with_for_update()
-_SET_HEAD = _heads.update().where(_heads.c.tenant_id == sa.bindparam("t")).values(
-    seq=sa.bindparam("s"), hash=sa.bindparam("h"), updated_at=sa.bindparam("u", type_=_heads.c.updated_at.type))
-
-
 def _sql(mark: Any) -> tuple[str, str]:
-    """(INSERT of one entry, UPDATE of one head) with placeholders ``mark(n)`` (1-based, for
-    drivers numbering them)."""
+    """(INSERT of one entry, UPDATE of one head) with placeholders ``mark(n)`` (1-based)."""
     for name in ENTRY_COLUMNS:
         _entries.c[name]  # KeyError: the model changed under this writer
     for name in ("tenant_id", "seq", "hash", "updated_at"):
@@ -90,24 +86,6 @@ def build_rows(events: Sequence[AuditEvent], heads: dict[str, tuple[int, str]], 
             prev = digest
         new_heads[tenant_id] = (seq, prev)
     return rows, new_heads
-
-
-def write_batch(conn: Connection, events: Sequence[AuditEvent]) -> None:
-    """Append ``events`` in the connection's open transaction (sync Core: runs in the
-    SQLite writer thread, or through ``run_sync`` on PostgreSQL)."""
-    tenants = sorted({e.tenant_id for e in events})
-    lock = conn.dialect.name != "sqlite"  # BEGIN IMMEDIATE already holds SQLite's one write lock
-    if len(tenants) == 1:  # the usual batch: no expanding IN to render per execution
-        rows = conn.execute(_HEAD_LOCKED if lock else _HEAD, {"t": tenants[0]})
-    else:
-        query = sa.select(_heads.c.tenant_id, _heads.c.seq, _heads.c.hash).where(_heads.c.tenant_id.in_(tenants))
-        rows = conn.execute(query.order_by(_heads.c.tenant_id).with_for_update() if lock else query)
-    heads = {row.tenant_id: (row.seq, row.hash) for row in rows}
-    _check_heads(tenants, heads)
-    now = utcnow()
-    entries, new_heads = build_rows(events, heads, now)
-    conn.execute(_entries.insert(), entries)
-    conn.execute(_SET_HEAD, [{"t": t, "s": s, "h": h, "u": now} for t, (s, h) in sorted(new_heads.items())])
 
 
 class BatchWriter(Protocol):
@@ -185,17 +163,69 @@ class SqliteBatchWriter:
 
 
 class PostgresBatchWriter:
-    """A dedicated one-connection engine: the writer never queues for the shared pool."""
+    """A dedicated asyncpg connection: the writer never queues for the shared pool."""
 
     def __init__(self, url: str) -> None:
-        self._engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True, hide_parameters=True)
+        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._insert, self._update = _sql(lambda n: f"${n}")
+        self._conn: Any = None
+
+    async def _connection(self) -> Any:
+        import asyncpg  # type: ignore[import-untyped]  # the PostgreSQL driver, only where it is used
+
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._dsn)
+        return self._conn
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
-        async with self._engine.begin() as conn:
-            await conn.run_sync(write_batch, events)
+        import asyncpg
+
+        try:
+            await self._write(await self._connection(), events)
+        except _Unwritten:  # the connection died before anything was sent: once more on a new one
+            await self._drop()
+            await self._write(await self._connection(), events)
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+            await self._drop()
+            raise
+
+    async def _write(self, conn: Any, events: Sequence[AuditEvent]) -> None:
+        import asyncpg
+
+        tenants = _tenants_of(events)
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+            raise _Unwritten() from exc
+        try:
+            rows = await conn.fetch(f"SELECT tenant_id, seq, hash FROM {_heads.name} WHERE tenant_id = ANY($1::text[]) "
+                                    "ORDER BY tenant_id FOR UPDATE", tenants)
+            heads = {r["tenant_id"]: (r["seq"], r["hash"]) for r in rows}
+            _check_heads(tenants, heads)
+            now = utcnow()
+            entries, new_heads = build_rows(events, heads, now)
+            await conn.executemany(self._insert, [tuple(row[c] for c in ENTRY_COLUMNS) for row in entries])
+            await conn.executemany(self._update, [(seq, h, now, t) for t, (seq, h) in sorted(new_heads.items())])
+        except BaseException:
+            if not conn.is_closed():
+                await transaction.rollback()
+            raise
+        await transaction.commit()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
+class _Unwritten(Exception):
+    """The batch's transaction could not start: nothing of it reached the database."""
 
 
 def open_batch_writer(db: Database) -> BatchWriter:

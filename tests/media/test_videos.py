@@ -32,8 +32,9 @@ async def upload(client, clinic, pid, data: bytes, content_type="video/quicktime
 MEDIA_JOBS = ("media.finish_video", "media.shred_blob")
 
 
-async def run_jobs(client, *, timeout: float = 120.0) -> None:
-    """Run the media jobs (finishing, shredding the source) until those due are done."""
+async def run_jobs(client, *, timeout: float = 600.0) -> None:
+    """Run the media jobs (finishing, shredding the source) until those due are done. The
+    bound only stops a hung run: a CI machine at a load of 20 once took over 120 s."""
     await drain(client.server.app[RUNTIME], *MEDIA_JOBS, timeout=timeout, due_only=True)
 
 

@@ -256,6 +256,7 @@ def test_redaction_review_by_touch_and_keyboard(browser_type, vault: Vault, arti
     link.click()
     page.get_by_role("heading", name="Review a redaction").wait_for()
     page.wait_for_function("() => document.getElementById('preview').naturalWidth > 0")
+    page.locator("#preview").scroll_into_view_if_needed()  # touches land in the viewport (the zoom bar sits above)
     shown = page.locator("#preview").bounding_box()
     assert shown is not None
     s = shown["width"] / 320

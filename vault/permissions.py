@@ -42,6 +42,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/v1/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,  # the rendered reference (vault/http/reference.py)
+    ("GET", "/docs/redoc.standalone.js"): PUBLIC,
+    ("GET", "/docs/errors"): PUBLIC,
     ("GET", "/v1/erasure-receipts/public-key"): PUBLIC,
     # patients
     ("POST", "/v1/patients"): frozenset({D, P}),

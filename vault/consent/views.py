@@ -26,6 +26,7 @@ from vault.http.context import REQUEST_ID, actor_of
 from vault.http.downloads import send_once
 from vault.http.jsonio import json_response, parse_query, read_json
 from vault.http.routing import Endpoints, add_endpoints
+from vault.media.upload import CONTENT_TYPES
 from vault.signedurls import SignedParams
 
 routes = Endpoints("consent")
@@ -141,7 +142,8 @@ def _evidence(evidence: Evidence) -> tuple[bytes, str]:
 
 # -- consents ------------------------------------------------------------------------------
 @routes.post("/v1/patients/{patient_id}/consents", summary="Record a consent (append-only); evidence as base64",
-             body=ConsentIn, status=201, response=ConsentView, errors=(400, 404, 409, 410, 413, 415, 422))
+             body=ConsentIn, status=201, response=ConsentView, headers=("Idempotency-Key",),
+             errors=(400, 404, 409, 410, 413, 415, 422))
 async def record_consent(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].max_json_bytes + (MAX_EVIDENCE_BYTES * 4) // 3 + 4
     body = await read_json(request, ConsentIn, limit=limit)
@@ -151,7 +153,7 @@ async def record_consent(request: web.Request) -> web.Response:
         evidence=_evidence(body.evidence) if body.evidence else None, notes=body.notes,
         idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")),
     )
-    return json_response(view, status=201)
+    return json_response(view, status=201, headers={"Location": f"/v1/patients/{view.patient_id}/consents"})
 
 
 @routes.get("/v1/patients/{patient_id}/consents", summary="A patient's consent history, oldest first", response=ConsentList,
@@ -161,7 +163,7 @@ async def list_consents(request: web.Request) -> web.Response:
     return json_response(ConsentList(items=items))
 
 
-@routes.get("/v1/consents/{consent_id}/evidence", summary="The signed consent form", response_media="application/octet-stream",
+@routes.get("/v1/consents/{consent_id}/evidence", summary="The signed consent form", response_media=tuple(sorted(set(EVIDENCE_TYPES.values()))),
             errors=(404, 410))
 async def consent_evidence(request: web.Request) -> web.Response:
     data, mime = await request.app[CONSENTS].evidence(actor_of(request), request.match_info["consent_id"])
@@ -172,7 +174,7 @@ async def consent_evidence(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/consents/{consent_id}/withdraw", summary="Withdraw a consent (all or some purposes); returns the recall list",
-             body=WithdrawIn, status=201, response=Withdrawal, errors=(400, 404, 409, 410, 422))
+             body=WithdrawIn, body_required=False, status=201, response=Withdrawal, errors=(400, 404, 409, 410, 422))
 async def withdraw_consent(request: web.Request) -> web.Response:
     if request.can_read_body:
         body = await read_json(request, WithdrawIn, limit=request.app[SETTINGS].max_json_bytes)
@@ -180,7 +182,7 @@ async def withdraw_consent(request: web.Request) -> web.Response:
         body = WithdrawIn()
     result = await request.app[CONSENTS].withdraw(actor_of(request), request.match_info["consent_id"],
                                                   purposes=list(body.purposes) if body.purposes else None, notes=body.notes)
-    return json_response(result, status=201)
+    return json_response(result, status=201, headers={"Location": f"/v1/patients/{result.withdrawal.patient_id}/consents"})
 
 
 # -- release paths --------------------------------------------------------------------------
@@ -195,7 +197,7 @@ async def list_releasable(request: web.Request) -> web.Response:
 
 @routes.get("/v1/releasable/{media_id}/thumbnail", summary="Signed thumbnail of the rendition that would be released (no bearer); "
             "the path names a media id (identifiable) or a handle (de-identified)",
-            query=SignedThumbnailQuery, response_media="image/jpeg", errors=(403, 404, 410, 422))
+            query=SignedThumbnailQuery, response_media="image/jpeg", headers=("If-None-Match",), errors=(403, 404, 410, 422))
 async def releasable_thumbnail(request: web.Request) -> web.Response:
     q = parse_query(request, SignedThumbnailQuery)
     thumb = await request.app[RELEASES].thumbnail(
@@ -213,7 +215,7 @@ async def releasable_thumbnail(request: web.Request) -> web.Response:
 
 @routes.post("/v1/media/{media_id}/releases", summary="Release one photo or video for a purpose: by media id the stripped "
              "original (identifiable consent), by handle the de-identified rendition",
-             body=ReleaseIn, status=201, response=ReleaseMade, errors=(404, 409, 422))
+             body=ReleaseIn, status=201, response=ReleaseMade, headers=("Idempotency-Key",), errors=(404, 409, 422))
 async def create_release(request: web.Request) -> web.Response:
     body = await read_json(request, ReleaseIn, limit=request.app[SETTINGS].max_json_bytes)
     made = await request.app[RELEASES].release(actor_of(request), request.match_info["media_id"], purpose=body.purpose,
@@ -223,11 +225,11 @@ async def create_release(request: web.Request) -> web.Response:
     return json_response(ReleaseMade(
         id=made.id, purpose=made.purpose, rendition=made.rendition, **named,
         download_url=f"{_base(request)}/v1/releases/{made.id}/download", expires_at=made.expires_at.isoformat(),
-    ), status=201)
+    ), status=201, headers={"Location": f"/v1/releases/{made.id}/download"})
 
 
 @routes.get("/v1/releases/{release_id}/download", summary="The released file, once, before the link expires (gate re-checked)",
-            response_media="application/octet-stream", errors=(404, 410))
+            response_media=CONTENT_TYPES, errors=(404, 410))
 async def download_release(request: web.Request) -> web.StreamResponse:
     service = request.app[RELEASES]
     # HEAD checks everything but must not spend the one download.
@@ -248,4 +250,4 @@ async def list_releases(request: web.Request) -> web.Response:
              status=201, response=ReleaseView, errors=(404, 409))
 async def takedown_release(request: web.Request) -> web.Response:
     view = await request.app[RELEASES].takedown(actor_of(request), request.match_info["release_id"])
-    return json_response(view, status=201)
+    return json_response(view, status=201, headers={"Location": "/v1/releases?state=taken_down"})

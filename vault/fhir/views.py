@@ -29,6 +29,7 @@ from vault.http.jsonio import read_capped
 from vault.http.middleware import request_context
 from vault.http.ranges import parse_range
 from vault.http.routing import Endpoints, add_endpoints
+from vault.media.upload import CONTENT_TYPES
 from vault.permissions import allowed
 
 log = logging.getLogger("vault.fhir")
@@ -261,7 +262,7 @@ def _wants_fhir_json(request: web.Request) -> bool:
 
 
 @routes.get("/fhir/R4/Binary/{media_id}", summary="FHIR Binary read: the stripped original in its own content type, streamed (Range and HEAD supported); as application/fhir+json only for photos up to 1 MiB",
-            response_media="application/octet-stream", errors=(404, 406, 409, 410, 416))
+            response_media=(*CONTENT_TYPES, responses.FHIR_JSON), headers=("Range",), errors=(404, 406, 409, 410, 416))
 async def read_binary(request: web.Request) -> web.StreamResponse:
     if request.query:
         raise _UnknownParameter("a read takes no parameters")

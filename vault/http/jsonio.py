@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -13,11 +14,27 @@ from vault.errors import BadRequest, TooLarge, ValidationFailed
 from vault.http.bodies import TimedBody
 
 M = TypeVar("M", bound=BaseModel)
+_RE_QUOTED = re.compile(r"'([^']*)'")
+
+
+_LIMITS = ("le", "ge", "lt", "gt", "max_length", "min_length", "multiple_of", "pattern")
 
 
 def _problems(exc: ValidationError) -> list[dict[str, Any]]:
-    # Field locations and error kinds only: never echo the submitted values back.
-    return [{"field": ".".join(str(p) for p in err["loc"]), "problem": err["type"]} for err in exc.errors()]
+    # Field locations, error kinds and the schema's own bounds or choices (pydantic's
+    # ``ctx``, taken from the model, not from the input): never echo submitted values.
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        problem: dict[str, Any] = {"field": ".".join(str(p) for p in err["loc"]), "problem": err["type"]}
+        ctx = err.get("ctx") or {}
+        if err["type"] in ("enum", "literal_error") and "expected" in ctx:
+            problem["allowed"] = _RE_QUOTED.findall(str(ctx["expected"]))
+        for name in _LIMITS:
+            if name in ctx and isinstance(ctx[name], int | float | str):
+                problem["limit"] = ctx[name]
+                break
+        problems.append(problem)
+    return problems
 
 
 async def read_capped(request: web.Request, limit: int) -> bytes:
@@ -67,11 +84,12 @@ def parse_query(request: web.Request, model: type[M]) -> M:
         raise ValidationFailed(details={"errors": _problems(exc)}) from None
 
 
-def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> web.Response:
     """``data`` is a response model (an endpoint's declared ``response=``) or plain JSON data."""
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
     body = json.dumps(data, separators=(",", ":"), default=str)
-    response = web.Response(text=body, status=status, content_type="application/json", headers=headers)
+    response = web.Response(text=body, status=status, content_type=content_type, headers=headers)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -135,7 +135,7 @@ async def put_policy(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/retention/sweep", summary="Who is due for erasure and why (dry run by default); a real sweep erases them",
-             body=SweepIn, response=SweepOut, errors=(404, 409, 422))
+             body=SweepIn, body_required=False, response=SweepOut, errors=(404, 409, 422))
 async def sweep(request: web.Request) -> web.Response:
     body = await _body(request, SweepIn) or SweepIn()
     if body.dry_run and body.review_id is not None:
@@ -146,12 +146,12 @@ async def sweep(request: web.Request) -> web.Response:
 
 # -- exports ----------------------------------------------------------------------------------------
 @routes.post("/v1/patients/{patient_id}/exports", summary="Start a subject-access export (a ZIP built by a job)",
-             status=202, response=ExportOut, errors=(404, 409, 410, 422))
+             status=202, response=ExportOut, headers=("Idempotency-Key",), errors=(404, 409, 410, 422))
 async def request_export(request: web.Request) -> web.Response:
     export = await _lifecycle(request).exports.request(
         actor_of(request), request.match_info["patient_id"],
         idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")))
-    return json_response(export, status=202)
+    return json_response(export, status=202, headers={"Location": f"/v1/exports/{export.id}"})
 
 
 @routes.get("/v1/exports/{export_id}", summary="An export's status and progress", response=ExportOut, errors=(404, 410))

@@ -59,7 +59,8 @@ class TreatmentList(BaseModel):
 async def create_treatment(request: web.Request) -> web.Response:
     body = await read_json(request, TreatmentCreate, limit=request.app[SETTINGS].max_json_bytes)
     view = await request.app[TREATMENTS].create(actor_of(request), request.match_info["patient_id"], **body.model_dump())
-    return json_response(TreatmentOut.of(view), status=201)
+    out = TreatmentOut.of(view)
+    return json_response(out, status=201, headers={"Location": f"/v1/patients/{out.patient_id}/treatments"})
 
 
 @routes.get("/v1/patients/{patient_id}/treatments", summary="List a patient's treatments", response=TreatmentList,

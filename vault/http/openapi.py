@@ -12,11 +12,12 @@ of conditional and ranged reads, ``Location`` on 201 and 202.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from vault.http.problems import PROBLEM_JSON, Problem, error_codes, problem
 from vault.http.routing import Endpoint
@@ -91,6 +92,18 @@ def _media_types(ep: Endpoint) -> tuple[str, ...]:
     return (ep.response_media,) if isinstance(ep.response_media, str) else ep.response_media
 
 
+class _Schemas(GenerateJsonSchema):
+    """A model serializer (one that omits unset keys, say) returns a bare dict, which
+    describes nothing: such a model is described by its fields (the keys it may omit have
+    defaults, so they are not required)."""
+
+    def generate_inner(self, schema: Any) -> Any:
+        if self.mode == "serialization" and schema.get("type") == "model" and \
+                schema.get("serialization", {}).get("type") == "function-wrap":
+            schema = {k: v for k, v in schema.items() if k != "serialization"}
+        return super().generate_inner(schema)
+
+
 def _refs(endpoints: list[Endpoint]) -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
     """One pass of pydantic over every model, so names that clash across domains (two
     ``PolicyIn``) and models used both ways get distinct component names."""
@@ -102,8 +115,19 @@ def _refs(endpoints: list[Endpoint]) -> tuple[dict[tuple[type[BaseModel], str], 
         for model in (ep.response, *ep.also.values()):
             if model is not None:
                 wanted[(model, "serialization")] = None
-    keys, top = models_json_schema(list(wanted), ref_template=REF)  # type: ignore[arg-type]
-    return dict(keys), top.get("$defs", {})
+    keys, top = models_json_schema(list(wanted), ref_template=REF, schema_generator=_Schemas)  # type: ignore[arg-type]
+    # pydantic names a clash by module path (vault__redaction__views__PolicyIn); a client
+    # generator wants a class name: the domain, then the model (RedactionPolicyIn).
+    text = json.dumps({"refs": list(keys.values()), "defs": top.get("$defs", {})})
+    for name in top.get("$defs", {}):
+        if "__" in name:
+            parts = name.split("__")
+            text = text.replace(f'"{REF.format(model=name)}"', f'"{REF.format(model=parts[1].capitalize() + parts[-1])}"')
+            text = text.replace(f'"{name}":', f'"{parts[1].capitalize() + parts[-1]}":')
+    renamed = json.loads(text)
+    for name, schema in renamed["defs"].items():
+        schema["title"] = name
+    return dict(zip(keys, renamed["refs"], strict=True)), renamed["defs"]
 
 
 def _resolve(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:

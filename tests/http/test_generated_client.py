@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 
 from tests.consent.conftest import plain_jpeg
-from tests.support.liveserver import live  # noqa: F401  (the fixture)
 from vault.media.upload import CONTENT_TYPES
 
 CONFIG = "package_name_override: vault_client\nproject_name_override: vault-client\ncontent_type_overrides:\n" + "".join(
@@ -42,7 +41,7 @@ def _generate(spec: bytes, where: Path):
         sys.path.remove(str(where))
 
 
-def test_generated_client_round_trip(live, tmp_path):  # noqa: F811
+def test_generated_client_round_trip(live, tmp_path):
     spec = httpx.get(f"{live.url}/v1/openapi.json", timeout=30).content
     vc = _generate(spec, tmp_path)
     with vc.AuthenticatedClient(base_url=live.url, token=live.tokens["practitioner"], timeout=httpx.Timeout(60)) as practitioner, \

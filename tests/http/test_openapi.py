@@ -120,3 +120,13 @@ async def test_created_and_accepted_answers_carry_location(client, clinic):
     assert resp.status == 202
     assert resp.headers["Location"] == f"/v1/exports/{(await resp.json())['id']}"
     assert (await client.get(resp.headers["Location"], headers=clinic.auth("dpo"))).status == 200
+
+
+def test_errors_doc_lists_every_code():
+    from pathlib import Path
+
+    import vault.app  # noqa: F401  (every domain, with the errors it defines)
+
+    doc = (Path(__file__).parents[2] / "docs" / "errors.md").read_text()
+    for code, (status, _) in error_codes().items():
+        assert f'<a id="{code}"></a>`{code}` | {status} | `{TYPE_PREFIX}{code}`' in doc, code

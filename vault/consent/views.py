@@ -67,7 +67,7 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 class Evidence(BaseModel):
     model_config = ConfigDict(extra="forbid")
     content_type: Literal["application/pdf", "image/jpeg", "image/png"]
-    data: str = Field(description="the signed consent form (PDF, JPEG or PNG, at most 8 MiB), base64")
+    data: str = Field(min_length=1, description="the signed consent form (PDF, JPEG or PNG, at most 8 MiB), base64")
 
 
 class ConsentIn(BaseModel):

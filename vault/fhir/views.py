@@ -26,7 +26,7 @@ from vault.fhir import responses
 from vault.fhir.service import FhirService
 from vault.http.context import PRINCIPAL, RESPONSE_STARTED, actor_of
 from vault.http.jsonio import read_capped
-from vault.http.middleware import request_context
+from vault.http.middleware import allow_header, request_context
 from vault.http.ranges import parse_range
 from vault.http.routing import Endpoints, add_endpoints
 from vault.media.upload import CONTENT_TYPES
@@ -98,7 +98,7 @@ async def outcomes(request: web.Request, handler):
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
-        headers = {k: v for k, v in exc.headers.items() if k == "Allow"}
+        headers = allow_header(request, exc)
         return outcome_response(exc.status, code, exc.reason, headers)
     except Exception as exc:
         if request.get(RESPONSE_STARTED):

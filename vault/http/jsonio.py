@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from vault.http.bodies import TimedBody
 
 M = TypeVar("M", bound=BaseModel)
 _RE_QUOTED = re.compile(r"'([^']*)'")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
 _LIMITS = ("le", "ge", "lt", "gt", "max_length", "min_length", "multiple_of", "pattern")
@@ -63,12 +65,37 @@ async def read_json(request: web.Request, model: type[M], *, limit: int) -> M:
         # 64 KiB of "[" nests deeper than the parser's recursion limit. None of our
         # bodies nests more than a few levels, so this is never a real request.
         raise BadRequest("the body nests too deeply") from None
+    _check_temporal(model, data)
     try:
-        return model.model_validate(data, strict=False)
+        # strict: a JSON number is not a date or a boolean, nor a string a number; what the
+        # OpenAPI document says a field is, is all it accepts
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise ValidationFailed(details={"errors": _problems(exc)}) from None
     except RecursionError:
         raise BadRequest("the body nests too deeply") from None
+
+
+@functools.cache
+def _temporal_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields the model's JSON schema says are ``format: date`` or ``date-time``."""
+    properties = model.model_json_schema().get("properties", {})
+
+    def temporal(schema: dict[str, Any]) -> bool:
+        return schema.get("format") in ("date", "date-time") or any(temporal(s) for s in schema.get("anyOf", []))
+
+    return frozenset(name for name, schema in properties.items() if temporal(schema))
+
+
+def _check_temporal(model: type[BaseModel], data: Any) -> None:
+    """pydantic reads "0.5" as a Unix time for a date or a datetime; the API documents
+    ISO 8601 (``format: date`` / ``date-time``) and takes nothing else."""
+    if not isinstance(data, dict):
+        return
+    for name in _temporal_fields(model):
+        value = data.get(name)
+        if isinstance(value, str) and not _ISO_DATE.match(value):
+            raise ValidationFailed(details={"errors": [{"field": name, "problem": "iso8601"}]})
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
@@ -78,6 +105,7 @@ def parse_query(request: web.Request, model: type[M]) -> M:
         if len(values) > 1:
             raise ValidationFailed(details={"errors": [{"field": key, "problem": "repeated"}]})
         data[key] = values[0]
+    _check_temporal(model, data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -32,6 +32,16 @@ def problem_response(request: web.Request, code: str, status: int, detail: str, 
     return json_response(body, status=status, headers=headers, content_type=PROBLEM_JSON)
 
 
+def allow_header(request: web.Request, exc: web.HTTPException) -> dict[str, str]:
+    """``Allow`` of a 405. aiohttp lists the methods of every route whose template
+    matches, so /v1/patients/search would also offer the GET and PATCH of
+    /v1/patients/{patient_id}; a path that is a route of its own offers its own methods."""
+    if "Allow" not in exc.headers:
+        return {}
+    own = {r.method for r in request.app.router.routes() if r.resource is not None and r.resource.canonical == request.path}
+    return {"Allow": ",".join(sorted(own))} if own else {"Allow": exc.headers["Allow"]}
+
+
 def route_template(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "<unmatched>"
@@ -122,7 +132,7 @@ async def _error_response(request: web.Request, exc: Exception) -> web.StreamRes
         if exc.status < 400:
             raise exc
         code = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 413: "too_large"}.get(exc.status, "http_error")
-        headers = {k: v for k, v in exc.headers.items() if k in ("Allow",)}
+        headers = allow_header(request, exc)
         return problem_response(request, code, exc.status, exc.reason.lower(), headers=headers)
     # The type and frames go to the log; nothing of the exception reaches the client.
     log.error("unhandled error", exc_info=exc)

@@ -104,7 +104,7 @@ class _Schemas(GenerateJsonSchema):
         return super().generate_inner(schema)
 
 
-def _refs(endpoints: list[Endpoint]) -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
+def _refs(endpoints: list[Endpoint]) -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
     """One pass of pydantic over every model, so names that clash across domains (two
     ``PolicyIn``) and models used both ways get distinct component names."""
     wanted: dict[tuple[type[BaseModel], str], None] = {(Problem, "serialization"): None}
@@ -212,6 +212,8 @@ def _error_statuses(ep: Endpoint, roles: Any) -> set[int]:
         codes.add(404)
     if ep.query is not None:
         codes.add(422)
+        if "cursor" in ep.query.model_fields:
+            codes.add(404)  # a cursor this server did not give
     if ep.body is not None:
         codes |= {400, 413, 422}
     if ep.request_media:

@@ -37,7 +37,7 @@ class Endpoint:
     #: request headers read, by name (vault/http/openapi.py HEADERS: Idempotency-Key, Range, If-None-Match)
     headers: tuple[str, ...] = ()
     #: other answers with a body of their own, e.g. {200: MediaView} for a replayed upload
-    also: dict[int, type[BaseModel]] = field(default_factory=dict)
+    also: dict[int, type[BaseModel]] = field(default_factory=dict, hash=False)
 
 
 @dataclass

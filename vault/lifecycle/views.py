@@ -41,7 +41,7 @@ class ReasonIn(BaseModel):
 class RuleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     clock: Literal["last_treatment", "last_activity", "last_contact"]
-    erase_after: Annotated[str, StringConstraints(max_length=32)] = Field(
+    erase_after: Annotated[str, StringConstraints(max_length=32, pattern=r"^P([0-9]{1,4}Y)?([0-9]{1,5}M)?([0-9]{1,6}D)?$")] = Field(
         description="ISO 8601 duration of years, months and days: P7Y, P24M, P3Y6M, P90D")
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.json_schema import JsonDict
 
 from vault.appkeys import RUNTIME, SETTINGS, UPLOAD_LIMITS
 from vault.errors import Forbidden, UnsupportedMedia, ValidationFailed
@@ -62,9 +63,17 @@ class MediaQuery(BaseModel):
             raise ValueError("out of range") from None
 
 
+def _left_out_never_null(schema: JsonDict) -> None:
+    # patch_media refuses an explicit null (422); the document says so
+    options = schema.pop("anyOf", [])
+    branches = [b for b in options if isinstance(b, dict) and b.get("type") != "null"] if isinstance(options, list) else []
+    schema.update(branches[0] if branches else {})
+    schema.pop("default", None)
+
+
 class MediaPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    phase: Phase | None = None
+    phase: Phase | None = Field(default=None, json_schema_extra=_left_out_never_null)
     treatment_id: Id | None = None
     identifiable: bool | None = Field(default=None, description="a person's review of the face flag; overrides the detector")
 

@@ -44,6 +44,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/v1/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,  # the rendered reference (vault/http/reference.py)
     ("GET", "/docs/redoc.standalone.js"): PUBLIC,
+    ("GET", "/docs/reference.js"): PUBLIC,
     ("GET", "/docs/errors"): PUBLIC,
     ("GET", "/v1/erasure-receipts/public-key"): PUBLIC,
     # patients

@@ -1,11 +1,15 @@
 """The rendered API reference at ``/docs`` (Redoc, vendored: no CDN) and one page listing
 every error ``type`` at ``/docs/errors``.
 
-Redoc 3.0.1's standalone bundle (MIT, vault/http/static/REDOC-LICENSE), from the npm
-registry (`npm pack redoc@3.0.1`, bundles/redoc.standalone.js, sha256 8c70c2de…d7543).
-It renders the ``<redoc spec-url>`` element itself, so the page has no inline script; its
-styled-components read the per-response nonce from ``<meta property="csp-nonce">``, so
-styles need no ``'unsafe-inline'``; its search index runs in a ``blob:`` worker.
+Redoc 2.5.4's standalone bundle (MIT, vault/http/static/REDOC-LICENSE; the licences of what
+it bundles in REDOC-BUNDLED-LICENSES.txt), from the npm registry (`npm pack redoc@2.5.4`,
+bundles/redoc.standalone.js, sha256 dcaf7661…f89500b). Not 3.x: Redoc 3.0.1 sends
+telemetry to otel.cloud.redocly.com. The page has no inline script (reference.js starts
+Redoc) and a strict CSP: Redoc's styled-components get the per-response nonce (its
+``nonce`` option, read from ``<meta property="csp-nonce">``), so style elements need no
+``'unsafe-inline'`` (style attributes do: ``style-src-attr``); its search index runs in a
+``blob:`` worker. The one thing it asks
+of another site, its footer's logo from cdn.redoc.ly, is refused by ``img-src``.
 """
 
 from __future__ import annotations
@@ -20,15 +24,23 @@ from vault.http.routing import Endpoints
 
 routes = Endpoints("system")
 REDOC = "redoc.standalone.js"
-_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'nonce-{nonce}'; img-src 'self' data:; font-src 'self' data:; "
+# style-src-attr: React sets a few style attributes from markup (inline attributes carry no
+# selectors, so nothing can be read out of the page with them); style elements need the nonce.
+# The two hashes: the style element the bundle adds as it loads, before Redoc.init can hand it
+# the nonce (its scrollbar CSS, then empty); they change with the bundle (Chromium names them).
+_BUNDLE_STYLES = "'sha256-QMIg+bpjm3JdElJ388KYke01izlUW0UoNOeKjpMxdgc=' 'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
+_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'nonce-{nonce}'; "
+        "style-src-elem 'self' 'nonce-{nonce}' " + _BUNDLE_STYLES + "; "
+        "style-src-attr 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
         "connect-src 'self'; worker-src blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Clinical photo vault API</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta property="csp-nonce" content="{nonce}">
 </head><body>
-<redoc spec-url="/v1/openapi.json" hide-download-button="false"></redoc>
+<div id="reference"></div>
 <script src="/docs/{redoc}"></script>
+<script src="/docs/reference.js"></script>
 </body></html>
 """
 
@@ -50,6 +62,13 @@ async def redoc_bundle(request: web.Request) -> web.Response:
     body = resources.files("vault.http").joinpath("static", REDOC).read_bytes()
     return web.Response(body=body, content_type="text/javascript",
                         headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+@routes.get("/docs/reference.js", summary="The script that starts Redoc on /docs", response_media="text/javascript")
+async def reference_script(request: web.Request) -> web.Response:
+    body = resources.files("vault.http").joinpath("static", "reference.js").read_bytes()
+    return web.Response(body=body, content_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
 
 
 @routes.get("/docs/errors", summary="Every problem `type` of this API: its code, status and meaning", response_media="text/html")

@@ -103,6 +103,13 @@ class _Schemas(GenerateJsonSchema):
             schema = {k: v for k, v in schema.items() if k != "serialization"}
         return super().generate_inner(schema)
 
+    def str_schema(self, schema: Any) -> Any:
+        json_schema = super().str_schema(schema)
+        # A stripped string that must not be empty needs something besides white space.
+        if schema.get("strip_whitespace") and schema.get("min_length") and "pattern" not in json_schema:
+            json_schema["pattern"] = r"\S"
+        return json_schema
+
 
 def _refs(endpoints: list[Endpoint]) -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
     """One pass of pydantic over every model, so names that clash across domains (two

@@ -15,25 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-async def amedian(action: Callable[[], Awaitable[object]], runs: int) -> float:
-    await action()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        await action()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _seed import amedian, seeded  # noqa: E402
 
 
 def row(name: str, value: float, baseline: float) -> None:
@@ -41,56 +28,34 @@ def row(name: str, value: float, baseline: float) -> None:
 
 
 async def bench(n_media: int, rounds: int) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from keys.migrate import upgrade as upgrade_keys
     from tests.pipeline.samples import jpeg_with_everything
     from vault.actor import Actor
-    from vault.app import create_app
-    from vault.appkeys import RUNTIME
-    from vault.config import Settings
-    from vault.migrate import upgrade
 
-    with tempfile.TemporaryDirectory() as folder:
-        data = Path(folder)
-        settings = Settings(data_dir=data, database_url=f"sqlite+aiosqlite:///{data / 'vault.sqlite3'}",
-                            keystore_url=f"sqlite+aiosqlite:///{data / 'keys.sqlite3'}", storage_url=(data / "blobs").as_uri(),
-                            root_key_url=(data / "root.key").as_uri(), inprocess_jobs=False)
-        await asyncio.to_thread(upgrade, settings.database_url)
-        await upgrade_keys(settings.keystore_url)
-        async with TestClient(TestServer(create_app(settings))) as client:
-            rt = client.server.app[RUNTIME]
-            await rt.tenants.create_tenant("bench", request_id="bench")
-            auth = {}
-            for role in ("practitioner", "records"):
-                made = await rt.tenants.create_token("bench", role, label=f"bench {role}", request_id="bench")
-                auth[role] = {"Authorization": f"Bearer {made.token}"}
-            pid = (await (await client.post("/v1/patients", json={"external_ref": "BENCH-1"}, headers=auth["practitioner"])).json())["id"]
-            photo = jpeg_with_everything(trailer="")
-            for _ in range(n_media):
-                resp = await client.post(f"/v1/patients/{pid}/media", data=photo,
-                                         headers={**auth["practitioner"], "Content-Type": "image/jpeg"})
-                assert resp.status == 201, await resp.text()
+    async with seeded(("practitioner", "records"), patient_by="practitioner") as s:
+        client, rt, auth, pid = s.client, s.runtime, s.auth, s.patient_id
+        photo = jpeg_with_everything(trailer="")
+        for _ in range(n_media):
+            await s.upload(photo)
 
-            async def get(params) -> None:
-                async with client.get(f"/v1/patients/{pid}/media", headers=auth["records"], params=params) as r:
-                    assert r.status == 200, await r.text()
-                    body = await r.json()
-                    assert len(body["items"]) == n_media and body["items"][0]["captured_at"]
+        async def get(params) -> None:
+            async with client.get(f"/v1/patients/{pid}/media", headers=auth["records"], params=params) as r:
+                assert r.status == 200, await r.text()
+                body = await r.json()
+                assert len(body["items"]) == n_media and body["items"][0]["captured_at"]
 
-            limit = str(n_media)
-            since = await amedian(lambda: get({"limit": limit, "since": "2000-01-01T00:00:00Z"}), rounds)
-            plain = await amedian(lambda: get({"limit": limit}), rounds)
-            row(f"GET media list with since, {n_media} items", since, plain)
+        limit = str(n_media)
+        since = await amedian(lambda: get({"limit": limit, "since": "2000-01-01T00:00:00Z"}), rounds)
+        plain = await amedian(lambda: get({"limit": limit}), rounds)
+        row(f"GET media list with since, {n_media} items", since, plain)
 
-            tenant = (await rt.tenants.authenticate(auth["records"]["Authorization"].split()[1])).tenant_id
-            actor = Actor(tenant, "bench", "records", "bench")
+        tenant = (await rt.tenants.authenticate(auth["records"]["Authorization"].split()[1])).tenant_id
+        actor = Actor(tenant, "bench", "records", "bench")
 
-            async def page(captured_at: bool) -> None:
-                await rt.media.page(actor, pid, cursor=None, limit=n_media, phase=None, treatment_id=None, captured_at=captured_at)
+        async def page(captured_at: bool) -> None:
+            await rt.media.page(actor, pid, cursor=None, limit=n_media, phase=None, treatment_id=None, captured_at=captured_at)
 
-            row(f"service page with capture dates, {n_media} items", await amedian(lambda: page(True), rounds),
-                await amedian(lambda: page(False), rounds))
+        row(f"service page with capture dates, {n_media} items", await amedian(lambda: page(True), rounds),
+            await amedian(lambda: page(False), rounds))
 
 
 def main() -> None:

@@ -12,97 +12,59 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from PIL import Image  # noqa: E402
-
-
-async def amedian(action: Callable[[], Awaitable[object]], runs: int) -> float:
-    await action()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        await action()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _seed import amedian, jpeg, seeded  # noqa: E402
 
 
 async def main(n: int, rounds: int) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from keys.migrate import upgrade as upgrade_keys
-    from vault.app import create_app
-    from vault.appkeys import RUNTIME
-    from vault.config import Settings
     from vault.consent.models import Release
     from vault.db import utcnow
-    from vault.migrate import upgrade
 
-    with tempfile.TemporaryDirectory() as folder:
-        data = Path(folder)
-        settings = Settings(data_dir=data, database_url=f"sqlite+aiosqlite:///{data / 'vault.sqlite3'}",
-                            keystore_url=f"sqlite+aiosqlite:///{data / 'keys.sqlite3'}", storage_url=(data / "blobs").as_uri(),
-                            root_key_url=(data / "root.key").as_uri(), inprocess_jobs=False)
-        await asyncio.to_thread(upgrade, settings.database_url)
-        await upgrade_keys(settings.keystore_url)
-        async with TestClient(TestServer(create_app(settings))) as client:
-            runtime = client.server.app[RUNTIME]
-            await runtime.tenants.create_tenant("bench", request_id="bench")
-            auth = {}
-            for role in ("practitioner", "dpo", "marketing"):
-                token = (await runtime.tenants.create_token("bench", role, label=f"bench {role}", request_id="bench")).token
-                auth[role] = {"Authorization": f"Bearer {token}"}
-            pid = (await (await client.post("/v1/patients", json={"external_ref": "BENCH-1"}, headers=auth["dpo"])).json())["id"]
-            buf = io.BytesIO()
-            Image.new("RGB", (320, 240), (120, 90, 60)).save(buf, "JPEG")
-            media = (await (await client.post(f"/v1/patients/{pid}/media", data=buf.getvalue(),
-                                              headers={**auth["practitioner"], "Content-Type": "image/jpeg"})).json())["id"]
-            grant = (await (await client.post(f"/v1/patients/{pid}/consents", json={"purposes": ["education"], "identifiable": True},
-                                              headers=auth["dpo"])).json())["id"]
-            ids = []
-            for i in range(n):
-                resp = await client.post(f"/v1/media/{media}/releases", json={"purpose": "education", "recipient": f"r{i}"},
-                                         headers=auth["marketing"])
-                ids.append((await resp.json())["id"])
-            await client.post(f"/v1/consents/{grant}/withdraw", headers=auth["dpo"])
-            takedown = []
-            for release_id in ids[: n // 2]:
-                t0 = time.perf_counter()
-                resp = await client.post(f"/v1/releases/{release_id}/takedown", headers=auth["marketing"])
-                takedown.append(time.perf_counter() - t0)
-                assert resp.status == 201
+    async with seeded(("practitioner", "dpo", "marketing"), patient_by="dpo") as s:
+        client, runtime, auth = s.client, s.runtime, s.auth
+        media = await s.upload(jpeg(color=(120, 90, 60)))
+        grant = await s.consent({"purposes": ["education"], "identifiable": True})
+        ids = []
+        for i in range(n):
+            resp = await client.post(f"/v1/media/{media}/releases", json={"purpose": "education", "recipient": f"r{i}"},
+                                     headers=auth["marketing"])
+            ids.append((await resp.json())["id"])
+        await client.post(f"/v1/consents/{grant}/withdraw", headers=auth["dpo"])
+        takedown = []
+        for release_id in ids[: n // 2]:
+            t0 = time.perf_counter()
+            resp = await client.post(f"/v1/releases/{release_id}/takedown", headers=auth["marketing"])
+            takedown.append(time.perf_counter() - t0)
+            assert resp.status == 201
 
-            async def listing(**params: str) -> None:
-                async with client.get("/v1/releases", params={"limit": "200", **params}, headers=auth["marketing"]) as r:
-                    assert r.status == 200
-                    await r.read()
+        async def listing(**params: str) -> None:
+            async with client.get("/v1/releases", params={"limit": "200", **params}, headers=auth["marketing"]) as r:
+                assert r.status == 200
+                await r.read()
 
-            async def renotify() -> None:
-                from sqlalchemy import update
-                async with runtime.db.transaction() as session:  # due again each round
-                    await session.execute(update(Release).values(recall_renotified_at=None))
-                await runtime.consents.renotify_open_recalls(after=timedelta(hours=1), now=utcnow() + timedelta(hours=2))
+        async def renotify() -> None:
+            from sqlalchemy import update
+            async with runtime.db.transaction() as session:  # due again each round
+                await session.execute(update(Release).values(recall_renotified_at=None))
+            await runtime.consents.renotify_open_recalls(after=timedelta(hours=1), now=utcnow() + timedelta(hours=2))
 
-            base = await amedian(lambda: listing(), rounds)
-            print(f"| measurement ({n} releases, half taken down) | median | vs baseline |\n|---|---:|---:|")
-            print(f"| `GET /v1/releases?limit=200` (baseline, {n} items) | {base * 1e3:.1f} ms | 1.00× |")
-            for state in ("recalled", "taken_down"):
-                t = await amedian(lambda: listing(state=state), rounds)
-                print(f"| `GET /v1/releases?state={state}` ({n // 2} items) | {t * 1e3:.1f} ms | {t / base:.2f}× |")
-            t = statistics.median(takedown)
-            print(f"| `POST /v1/releases/{{id}}/takedown` (one) | {t * 1e3:.1f} ms | {t / base:.2f}× |")
-            t = await amedian(renotify, rounds)
-            print(f"| re-notification of {n - n // 2} open recalls (one job run, no endpoint) | {t * 1e3:.1f} ms | {t / base:.2f}× |")
+        base = await amedian(lambda: listing(), rounds)
+        print(f"| measurement ({n} releases, half taken down) | median | vs baseline |\n|---|---:|---:|")
+        print(f"| `GET /v1/releases?limit=200` (baseline, {n} items) | {base * 1e3:.1f} ms | 1.00× |")
+        for state in ("recalled", "taken_down"):
+            t = await amedian(lambda: listing(state=state), rounds)
+            print(f"| `GET /v1/releases?state={state}` ({n // 2} items) | {t * 1e3:.1f} ms | {t / base:.2f}× |")
+        t = statistics.median(takedown)
+        print(f"| `POST /v1/releases/{{id}}/takedown` (one) | {t * 1e3:.1f} ms | {t / base:.2f}× |")
+        t = await amedian(renotify, rounds)
+        print(f"| re-notification of {n - n // 2} open recalls (one job run, no endpoint) | {t * 1e3:.1f} ms | {t / base:.2f}× |")
 
 
 if __name__ == "__main__":

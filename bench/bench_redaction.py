@@ -8,9 +8,10 @@ the same run.
   256 px thumbnail made from the redacted pixels — what approval (or the first use under
   ``auto``) costs once per digest;
 - baseline: a plain Pillow decode and quality-92 re-encode of the same JPEG;
-- per-request (what is no longer done): the old per-request thumbnail redaction
-  (:func:`redact_faces` of the stored 256 px thumbnail) vs reading the stored thumbnail
-  (a copy of its bytes), for scale.
+- per-request (what is no longer done): a 256 px thumbnail rendered with its box filled
+  (:func:`render_redaction` of the stored 256 px thumbnail; the per-request
+  ``redact_faces`` it stood for is gone) vs reading the stored thumbnail (a copy of its
+  bytes), for scale.
 Medians of the rounds (process CPU time); ratios > 1 mean slower than the baseline.
 """
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from PIL import Image  # noqa: E402
 
 from bench_pipeline import sample_jpeg  # noqa: E402
-from vault.pipeline.redact import RENDER_QUALITY, redact_faces, render_redaction  # noqa: E402
+from vault.pipeline.redact import RENDER_QUALITY, render_redaction  # noqa: E402
 from vault.pipeline.resize import fit  # noqa: E402
 from vault.pipeline.thumbnails import encode_jpeg  # noqa: E402
 
@@ -66,7 +67,7 @@ def main() -> None:
     with Image.open(io.BytesIO(photo)) as image:
         image.load()
         thumb = encode_jpeg(fit(image.convert("RGB"), 256), icc=None)
-    per_request = cpu_median(lambda: redact_faces(thumb, [[77, 51, 27, 33]], margin=0.4), args.rounds * 20)
+    per_request = cpu_median(lambda: render_redaction(thumb, [[66, 38, 49, 59]]), args.rounds * 20)
     stored = cpu_median(lambda: bytes(bytearray(thumb)), args.rounds * 20)
     print(f"12 MP photo ({len(photo) / 1e6:.1f} MB), {args.rounds} rounds, process CPU medians")
     print(f"plain decode + q{RENDER_QUALITY} encode (baseline)   {baseline * 1000:8.1f} ms")

@@ -12,6 +12,7 @@ DELETE a shred; the WAL checkpoint after it removes the old page images.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import sqlite3
@@ -198,10 +199,23 @@ class PointReader:
         self._sync: sa.Engine | None = None
         self._raw: Any = None
         self._compiled: dict[int, tuple[sa.Executable, str, tuple[str, ...], Any] | None] = {}
+        self._dialect = engine.dialect
+        self._translate = engine.get_execution_options().get("schema_translate_map")
+        # PostgreSQL: compiled-once statements run on a small asyncpg pool of our own, with no
+        # SQLAlchemy execution, greenlet or pre-ping round trip per read (through the engine,
+        # the key row of a media read cost ~20% of the read path's CPU). A URL with driver
+        # options keeps the engine, which knows how to pass them.
+        self._pg_dsn: str | None = None
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+        if not is_sqlite(engine) and not engine.url.query:
+            self._pg_dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         if is_sqlite(engine):
-            self._translate = engine.get_execution_options().get("schema_translate_map")
             self._sync = sa.create_engine(
-                engine.url.set(drivername="sqlite+pysqlite"), pool_size=1, max_overflow=0, hide_parameters=True,
+                # Two connections: the compiled-once path keeps one for good (``_raw``), and a
+                # statement with typed columns (timestamps) checks out the other; with one,
+                # that checkout would wait on the event loop for a connection never returned.
+                engine.url.set(drivername="sqlite+pysqlite"), pool_size=2, max_overflow=0, hide_parameters=True,
                 connect_args={"check_same_thread": False},
                 execution_options={"schema_translate_map": self._translate} if self._translate else {},
             )
@@ -234,8 +248,29 @@ class PointReader:
             except sqlite3.OperationalError as exc:
                 if not _sqlite_busy(exc):
                     raise
+        elif self._pg_dsn is not None and params is not None:
+            plain = self._plain(statement)
+            if plain is not None:
+                import asyncpg  # type: ignore[import-untyped]  # the PostgreSQL driver, only where it is used
+
+                try:
+                    return await self._first_pg(plain, params)
+                except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+                    pass  # the engine below reconnects, or raises what is wrong
         async with self._fallback.connect() as conn:
             return (await conn.execute(statement, params)).first()
+
+    async def _first_pg(self, plain: tuple[sa.Executable, str, tuple[str, ...], Any], params: dict[str, Any]) -> Any:
+        _, sql, names, row_type = plain
+        if self._pool is None:
+            import asyncpg
+
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(self._pg_dsn, min_size=1, max_size=POINT_POOL_SIZE,
+                                                           reset=_keep_session)
+        row = await self._pool.fetchrow(sql, *(params[name] for name in names))  # KeyError: a missing bindparam
+        return None if row is None else row_type(*row)
 
     def _plain(self, statement: sa.Executable) -> tuple[sa.Executable, str, tuple[str, ...], Any] | None:
         key = id(statement)
@@ -243,13 +278,12 @@ class PointReader:
             entry = None
             columns = list(getattr(statement, "selected_columns", ()))
             if columns and all(isinstance(c.type, _PLAIN_TYPES) for c in columns):
-                assert self._sync is not None
-                compiled = cast(sa.ClauseElement, statement).compile(dialect=self._sync.dialect,
+                compiled = cast(sa.ClauseElement, statement).compile(dialect=self._dialect,
                                                                     schema_translate_map=self._translate)
                 sql = compiled.string
                 for schema, target in (self._translate or {}).items():  # what execution would render
                     sql = sql.replace(f"__[SCHEMA_{schema}].", "" if target is None else f'"{target}".')
-                names = tuple(getattr(compiled, "positiontup", None) or ())  # SQLCompiler: qmark order
+                names = tuple(getattr(compiled, "positiontup", None) or ())  # SQLCompiler: qmark / $n order
                 row_type = collections.namedtuple("PointRow", [c.key for c in columns], rename=True)  # type: ignore[misc]
                 entry = (statement, sql, names, row_type)  # the statement is kept alive: id() stays its
             self._compiled[key] = entry
@@ -268,6 +302,9 @@ class PointReader:
         return None if row is None else row_type(*row)
 
     def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()  # one-statement reads: nothing is left half-done on them
         if self._raw is not None:
             self._raw.close()
             self._raw = None
@@ -276,6 +313,14 @@ class PointReader:
 
 
 _PLAIN_TYPES = (sa.String, sa.Integer, sa.LargeBinary)
+#: connections of a PostgreSQL PointReader (the key store's and the metadata database's each)
+POINT_POOL_SIZE = 8
+
+
+async def _keep_session(connection: Any) -> None:
+    """asyncpg's pool resets a connection on release (a round trip: UNLISTEN, RESET ALL...);
+    a point reader's connections only ever run single SELECTs in autocommit, so there is
+    nothing to reset."""
 
 
 def _sqlite_busy(exc: Exception) -> bool:

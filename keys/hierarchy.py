@@ -83,6 +83,9 @@ def aware(value: datetime | None) -> datetime | None:
     return value
 
 
+_KEK_ROW = sa.select(tenant_keks.c.wrapped, tenant_keks.c.root_version).where(
+    tenant_keks.c.tenant_id == sa.bindparam("t"), tenant_keks.c.version == sa.bindparam("v")
+)
 _DEK_ROW = sa.select(patient_deks.c.dek_id, patient_deks.c.kek_version, patient_deks.c.wrapped).where(
     patient_deks.c.tenant_id == sa.bindparam("t"), patient_deks.c.patient_id == sa.bindparam("p"))
 
@@ -150,14 +153,10 @@ class KeyHierarchy:
         kek = self._cache.get(cache_key)
         if kek is not None:
             return kek
-        query = sa.select(tenant_keks.c.wrapped, tenant_keks.c.root_version).where(
-            tenant_keks.c.tenant_id == tenant_id, tenant_keks.c.version == version
-        )
-        if conn is None:
-            async with self._reader.connect() as own:
-                row = (await own.execute(query)).first()
+        if conn is None:  # a point read: no thread hop on SQLite (refilled by reads after every cache expiry)
+            row = await self._points.first(_KEK_ROW, {"t": tenant_id, "v": version})
         else:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(_KEK_ROW, {"t": tenant_id, "v": version})).first()
         if row is None or row.wrapped is None:
             raise KeyDestroyed("KEK version is destroyed or missing")
         kek = await self._root_unwrap(row.root_version, row.wrapped, kek_context(tenant_id, version))

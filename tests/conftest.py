@@ -69,6 +69,10 @@ def settings(migrated_db: TestDatabase, tmp_path_factory):
         key_cache_seconds=5.0,
         inprocess_jobs=False,
         metrics_token=METRICS_TOKEN,
+        # DICOM exports are accepted (202); a job run by a test that is not about DICOM
+        # fails to resolve this reserved name, so nothing leaves the machine (tests/dicom
+        # points the vault at a real Orthanc).
+        dicomweb_url="https://pacs.invalid/dicom-web",
     )
 
 

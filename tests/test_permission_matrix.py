@@ -96,6 +96,13 @@ async def _export(client, clinic) -> str:
     return (await resp.json())["id"]
 
 
+async def _dicom_export(client, clinic) -> str:
+    media = await _media(client, clinic)
+    resp = await client.post(f"/v1/media/{media}/dicom-exports", headers=clinic.auth("practitioner"))
+    assert resp.status == 202, await resp.text()
+    return (await resp.json())["id"]
+
+
 async def _receipt(client, clinic) -> str:
     patient = await _patient(client, clinic)
     resp = await client.post(f"/v1/patients/{patient}/erasure", json={"reason": "asked"}, headers=clinic.auth("dpo"))
@@ -111,9 +118,20 @@ async def _token(client, clinic) -> str:
     return issued.id
 
 
+async def _sweep(client, clinic) -> str:
+    from vault.actor import Actor
+    from vault.appkeys import RUNTIME
+
+    # A real sweep of a clinic with no rules: recorded, erasing nobody.
+    made = await client.server.app[RUNTIME].lifecycle.retention.sweep(Actor.cli(clinic.id, "t"), dry_run=False)
+    assert made.id is not None
+    return made.id
+
+
 #: how to create, in a clinic, the resource a path parameter names
 RESOURCES = {"patient_id": _patient, "media_id": _media, "consent_id": _consent, "release_id": _release,
-             "export_id": _export, "receipt_id": _receipt, "token_id": _token}
+             "export_id": _export, "dicom_export_id": _dicom_export, "receipt_id": _receipt, "token_id": _token,
+             "sweep_id": _sweep}
 
 #: a valid body for each route that takes one: JSON, or (bytes, content type)
 BODIES = {
@@ -133,6 +151,8 @@ BODIES = {
     ("POST", "/v1/retention/sweep"): lambda: {"dry_run": True},
     ("PUT", "/v1/release-policy"): lambda: {"deidentified": "review"},
     ("PUT", "/v1/media/{media_id}/redaction"): lambda: {"boxes": [[1, 1, 8, 8]]},
+    ("POST", "/v1/releasable/search"): lambda: {"purpose": "education", "rendition": "original", "treatment": "Filler"},
+    ("PUT", "/v1/treatment-types"): lambda: {"names": ["Lip filler", "Chemical peel"]},
 }
 
 
@@ -165,9 +185,25 @@ async def _recalled(client, clinic, ids: dict[str, str]) -> dict:
     return {}
 
 
+async def _pair(client, clinic, ids: dict[str, str]) -> dict:
+    """A composite names two photos of one patient, both releasable identifiable."""
+    patient = await _patient(client, clinic)
+    media = []
+    for _ in range(2):
+        resp = await client.post(f"/v1/patients/{patient}/media", data=_jpeg(),
+                                 headers={**clinic.auth("practitioner"), "Content-Type": "image/jpeg"})
+        assert resp.status == 201, await resp.text()
+        media.append((await resp.json())["id"])
+    resp = await client.post(f"/v1/patients/{patient}/consents", json={"purposes": ["marketing"], "identifiable": True},
+                             headers=clinic.auth("dpo"))
+    assert resp.status == 201, await resp.text()
+    return {"json": {"before": media[0], "after": media[1], "purpose": "marketing", "recipient": "Clinic Instagram"}}
+
+
 #: routes whose valid body (or state) depends on the resource (own tenant's reads only)
 DEPENDENT_BODIES = {("POST", "/v1/media/{media_id}/redaction/approve"): _approve_body,
                     ("POST", "/v1/releases/{release_id}/takedown"): _recalled,
+                    ("POST", "/v1/releases/composites"): _pair,
                     ("GET", "/fhir/R4/Media"): _fhir_search_by_id,
                     ("POST", "/fhir/R4/Media/_search"): _fhir_search_by_identifier}
 

@@ -20,6 +20,7 @@ from vault.audit import views as audit_views
 from vault.audit.service import AuditEvent
 from vault.config import Settings
 from vault.consent import views as consent_views
+from vault.dicom import views as dicom_views
 from vault.errors import VaultError
 from vault.fhir import views as fhir_views
 from vault.http.context import REQUEST_ID
@@ -44,7 +45,8 @@ log = logging.getLogger("vault")
 # Every domain's HTTP module, in route-registration order (which is also the order of
 # the OpenAPI document). A new domain joins here with its own ``setup(app)``.
 DOMAINS = (system, patient_views, treatment_views, media_views, audit_views, shredding_views,
-           consent_views, redaction_views, webhook_views, lifecycle_views, token_views, fhir_views, web_views)
+           consent_views, redaction_views, webhook_views, lifecycle_views, token_views, fhir_views, dicom_views,
+           web_views)
 
 
 def create_app(settings: Settings) -> web.Application:

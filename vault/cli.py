@@ -144,8 +144,10 @@ def cmd_audit_verify(settings: Settings, args) -> int:
 
 
 def cmd_worker(settings: Settings, args) -> int:
+    from vault.allocator import keep_freed_memory
     from workers.runner import main as run_worker  # vault/ reaches workers/ only in this CLI
 
+    keep_freed_memory()
     if args.concurrency < 1:
         print("vault: --concurrency must be at least 1", file=sys.stderr)
         return 2
@@ -212,10 +214,12 @@ def cmd_doctor(settings: Settings, args) -> int:
 
 
 def cmd_serve(settings: Settings, args) -> int:
+    from vault.allocator import keep_freed_memory
     from vault.app import create_app
     from vault.http.server import run
     from vault.logs import configure
 
+    keep_freed_memory()  # before any thread starts: uploads reuse their buffers' pages
     configure(settings.log_level)
     if not settings.production:
         migrate_all(settings)

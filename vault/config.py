@@ -263,6 +263,19 @@ class Settings:
     cors_origins: tuple[str, ...] = field(default=(), metadata=variable("VAULT_CORS_ORIGINS", _origins))
     # extra CA certificates (PEM) trusted for webhook receivers, e.g. a clinic's own CA
     webhooks_ca_file: Path | None = field(default=None, metadata=variable("VAULT_WEBHOOKS_CA_FILE", _pem_file))
+    # DICOM export to a PACS (docs/integration.md): the DICOMweb base URL (STOW-RS goes to
+    # <url>/studies), https (plain http to loopback: tests only); optional basic auth or bearer
+    # token; extra CA (PEM); and the private networks / host names the PACS may be on (the
+    # webhooks' SSRF guard)
+    dicomweb_url: str | None = field(default=None, metadata=variable("VAULT_DICOMWEB_URL", _url(("https", "http"))))
+    dicomweb_allow_http_loopback: bool = field(default=False,
+                                               metadata=variable("VAULT_DICOMWEB_ALLOW_HTTP_LOOPBACK", _boolean))
+    dicomweb_username: str | None = field(default=None, metadata=variable("VAULT_DICOMWEB_USERNAME", _text))
+    dicomweb_password: str | None = field(default=None, repr=False, metadata=variable("VAULT_DICOMWEB_PASSWORD", _text))
+    dicomweb_token: str | None = field(default=None, repr=False, metadata=variable("VAULT_DICOMWEB_TOKEN", _text))
+    dicomweb_ca_file: Path | None = field(default=None, metadata=variable("VAULT_DICOMWEB_CA_FILE", _pem_file))
+    dicomweb_allow_networks: tuple[str, ...] = field(default=(), metadata=variable(
+        "VAULT_DICOMWEB_ALLOW_NETWORKS", _allow_networks))
     # patients one unreviewed retention sweep may erase
     retention_max_erasures: int = field(default=10,
                                         metadata=variable("VAULT_RETENTION_MAX_ERASURES", _integer(minimum=1)))
@@ -358,6 +371,14 @@ class Settings:
         if self.shred_journal_s3 is not None and self.shred_journal_s3 == self.storage_url:
             # The leftover sweep would take journal objects for blobs without a row.
             raise ConfigError("VAULT_SHRED_JOURNAL_S3", "must name another bucket or prefix than VAULT_STORAGE_URL")
+        if self.dicomweb_allow_http_loopback and self.production:
+            raise ConfigError("VAULT_DICOMWEB_ALLOW_HTTP_LOOPBACK", "plain-http loopback DICOMweb is for tests, not production")
+        if (self.dicomweb_url or "").lower().startswith("http:") and not self.dicomweb_allow_http_loopback:
+            raise ConfigError("VAULT_DICOMWEB_URL", "must be https (a PACS on plain http: put a TLS proxy in front of it)")
+        if (self.dicomweb_username is None) != (self.dicomweb_password is None):
+            raise ConfigError("VAULT_DICOMWEB_PASSWORD", "set both VAULT_DICOMWEB_USERNAME and VAULT_DICOMWEB_PASSWORD, or neither")
+        if self.dicomweb_token is not None and self.dicomweb_username is not None:
+            raise ConfigError("VAULT_DICOMWEB_TOKEN", "use either a bearer token or a username and password, not both")
         if self.webhooks_allow_http_loopback and self.production:
             raise ConfigError("VAULT_WEBHOOKS_ALLOW_HTTP_LOOPBACK", "plain-http loopback webhooks are for tests, not production")
 

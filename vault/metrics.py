@@ -89,6 +89,8 @@ def make_metrics_middleware(route_template):
     """The middleware that fills the HTTP families; ``route_template(request)`` is the
     logging one, so metrics and logs name routes alike."""
 
+    children: dict[tuple[str, str, int], tuple[Any, Any]] = {}  # bounded: route templates x methods x statuses
+
     @web.middleware
     async def metrics_middleware(request: web.Request, handler):
         metrics: Metrics = request.app[METRICS]
@@ -112,8 +114,13 @@ def make_metrics_middleware(route_template):
         finally:
             metrics.in_flight.dec()
             route = route_template(request)
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.latency.labels(route, request.method, f"{status // 100}xx").observe(time.perf_counter() - started)
+            series = children.get((route, request.method, status))
+            if series is None:  # each (route, method, status) once: labels() validates and locks
+                series = children[(route, request.method, status)] = (
+                    metrics.requests.labels(route, request.method, str(status)),
+                    metrics.latency.labels(route, request.method, f"{status // 100}xx"))
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
             if (request.method, route) in UPLOAD_ROUTES:
                 received = request.content.total_bytes
                 metrics.upload_bytes.labels("stored" if status < 400 else "refused").inc(received)

@@ -3,6 +3,7 @@
 from vault.audit.models import AuditCheckpoint, AuditEntry, AuditHead
 from vault.consent.models import ConsentRecord, Release  # noqa: F401
 from vault.db import Base
+from vault.dicom.models import DicomExport  # noqa: F401
 from vault.idempotent import IdempotentRequest  # noqa: F401
 from vault.jobs.models import Job, JobSchedule, WorkerHeartbeat  # noqa: F401
 from vault.leftovers.models import BlobWrite  # noqa: F401

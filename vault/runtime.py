@@ -18,14 +18,18 @@ from urllib.parse import unquote, urlsplit
 from keys.keyring import FileKeyring
 from keys.providers import open_root_key
 from keys.store import KeyStore, holds_keys
+from vault import signedurls
 from vault.audit.checkpoints import Checkpoints
 from vault.backup.journal import JournaledLedger, journals_for
 from vault.audit.reads import AuditReads
 from vault.audit.service import AuditLog
 from vault.config import Settings
+from vault.consent.composites import CompositeReleases
 from vault.consent.releases import ReleaseService
 from vault.consent.service import ConsentService
 from vault.db import Database
+from vault.dicom.service import DicomExports
+from vault.dicom.stow import DicomWebTarget
 from vault.db.notify import Notifier, open_notifier, watch_key_cache
 from vault.lifecycle.service import Lifecycle
 from vault.media.processing import PhotoPipeline
@@ -65,6 +69,7 @@ class Runtime:
     webhooks: WebhookService
     consents: ConsentService
     releases: ReleaseService
+    composites: CompositeReleases = field(init=False)
     readiness: Readiness
     checkpoints: Checkpoints
     audit_reads: AuditReads
@@ -73,6 +78,7 @@ class Runtime:
     receipts: ReceiptService = field(init=False)  # answers finality through lifecycle.erasure
     redactions: RedactionService = field(init=False)  # built before the release service, which uses it
     staff: StaffService = field(init=False)  # the web app's logins (vault/staff)
+    dicom: DicomExports = field(init=False)  # DICOM export to a PACS (vault/dicom)
 
 
 def legacy_root_key_file(settings: Settings) -> Path:
@@ -150,7 +156,8 @@ async def runtime(
             ca_file=str(settings.webhooks_ca_file) if settings.webhooks_ca_file else None,
         )
         checkpoints = Checkpoints(db, audit, keys)
-        media = MediaService(db, audit, keys, sealed, patients, pipeline, webhooks)
+        staff_links = signedurls.StaffBounds.of(settings)
+        media = MediaService(db, audit, keys, sealed, patients, pipeline, webhooks, staff_links=staff_links)
         redactions = RedactionService(db, audit, sealed, media, pipeline)
         rt = Runtime(
             settings=settings,
@@ -166,7 +173,8 @@ async def runtime(
             media=media,
             webhooks=webhooks,
             consents=ConsentService(db, audit, keys, sealed, patients, webhooks),
-            releases=ReleaseService(db, audit, keys, sealed, patients, pipeline, redactions=redactions),
+            releases=ReleaseService(db, audit, keys, sealed, patients, pipeline, redactions=redactions,
+                                    staff_links=staff_links),
             readiness=Readiness(db=db, keys=keys, store=store),
             checkpoints=checkpoints,
             audit_reads=AuditReads(audit, checkpoints, labels=tenants.labels),
@@ -178,6 +186,9 @@ async def runtime(
         )
         rt.receipts = ReceiptService(keys, rt.lifecycle.erasure)
         rt.redactions = redactions
+        rt.composites = CompositeReleases(rt.releases)
         rt.staff = StaffService(db, audit, keys, idle_seconds=settings.staff_idle_seconds,
                                 session_seconds=settings.staff_session_seconds)
+        rt.dicom = DicomExports(db=db, audit=audit, keys=keys, sealed=sealed, patients=patients, treatments=rt.treatments,
+                                media=media, pipeline=pipeline, target=DicomWebTarget.from_settings(settings))
         yield rt

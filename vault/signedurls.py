@@ -12,7 +12,7 @@ caller must still check that the token is live and re-run its own authorisation
 
     params = await sign(keys, tenant_id, purpose=p, resource=r, token_id=t, expires_at=when)
     url = f"/v1/...?{urlencode(params.query())}"
-    principal = await signer(session, params.token_id)           # live token, its tenant
+    principal = await signer(session, params.token_id, staff=bounds)  # live token, its tenant
     await verify(keys, principal.tenant_id, purpose=p, resource=r, params=params, now=utcnow())
 """
 
@@ -34,10 +34,24 @@ from vault.tenants.models import ApiToken
 STAFF_PREFIX = "staff:"  # vault.staff.service.actor_id: a link asked for by a web session
 
 INDEX_PURPOSE = "signed-url"
-_STAFF_LINK_IDLE = timedelta(minutes=30)  # the default idle expiry of a web session (VAULT_STAFF_IDLE_SECONDS)
 # Every field is lowercase ASCII without separators or spaces, so fields cannot run together.
 _FIELD = re.compile(r"^[a-z0-9_.:-]{1,200}$")
 SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StaffBounds:
+    """How long a web session lives, as configured (``VAULT_STAFF_IDLE_SECONDS``,
+    ``VAULT_STAFF_SESSION_SECONDS``): a link a person asked for works while one of their
+    sessions is within both, exactly as long as the session itself would be accepted."""
+
+    idle: timedelta
+    lifetime: timedelta
+
+    @classmethod
+    def of(cls, settings) -> StaffBounds:
+        return cls(idle=timedelta(seconds=settings.staff_idle_seconds),
+                   lifetime=timedelta(seconds=settings.staff_session_seconds))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,11 +91,12 @@ async def verify(keys, tenant_id: str, *, purpose: str, resource: str, params: S
         raise Gone("the link has expired")
 
 
-async def signer(session: AsyncSession, token_id: str) -> Principal:
+async def signer(session: AsyncSession, token_id: str, *, staff: StaffBounds) -> Principal:
     """The live token a signed link was issued to; Forbidden when unknown or revoked
-    (the same answer for both, so a link reveals nothing about tokens)."""
+    (the same answer for both, so a link reveals nothing about tokens). A staff member's
+    link needs one of their sessions live under ``staff`` (the configured expiry)."""
     if token_id.startswith(STAFF_PREFIX):
-        return await _staff_signer(session, token_id)
+        return await _staff_signer(session, token_id, staff)
     row = (
         await session.execute(select(ApiToken.tenant_id, ApiToken.role, ApiToken.revoked_at).where(ApiToken.id == token_id))
     ).first()
@@ -90,17 +105,19 @@ async def signer(session: AsyncSession, token_id: str) -> Principal:
     return Principal(tenant_id=row.tenant_id, token_id=token_id, role=row.role)
 
 
-async def _staff_signer(session: AsyncSession, token_id: str) -> Principal:
+async def _staff_signer(session: AsyncSession, token_id: str, bounds: StaffBounds) -> Principal:
     """A link a logged-in person asked for works while that person is enabled and still
-    has an active session (logging out everywhere, or being disabled, ends it)."""
+    has an active session (logging out everywhere, or being disabled, ends it; so does
+    the session's idle or absolute expiry)."""
     from vault.db import utcnow
 
     staff_id = token_id[len(STAFF_PREFIX):]
+    now = utcnow()
     row = (await session.execute(select(StaffAccount.tenant_id, StaffAccount.role).where(
         StaffAccount.id == staff_id, StaffAccount.disabled_at.is_(None)))).first()
     live = (await session.execute(select(StaffSession.id_hash).where(
         StaffSession.staff_id == staff_id, StaffSession.state == "active",
-        StaffSession.last_seen_at > utcnow() - _STAFF_LINK_IDLE).limit(1))).first()
+        StaffSession.last_seen_at > now - bounds.idle, StaffSession.created_at > now - bounds.lifetime).limit(1))).first()
     if row is None or live is None:
         raise Forbidden("the link is not valid")
     return Principal(tenant_id=row.tenant_id, token_id=token_id, role=row.role)

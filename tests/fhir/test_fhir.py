@@ -165,6 +165,36 @@ async def test_binary_is_the_exact_bytes_of_v1_content_with_range(client, clinic
     assert binary.contentType == "image/jpeg" and binary.data == v1
 
 
+async def test_binary_answers_304_to_its_tag_audited_like_v1(client, clinic, other_clinic):
+    """If-None-Match on Binary: the same answer as /v1 content (one shared code path):
+    304 with ``private, no-cache`` and the tag, after the tenant check, audited as
+    ``media.content`` with outcome ``not_modified``; a tag of something else gets the bytes."""
+    patient_id, _ = await _patient(client, clinic)
+    media_id = await _upload(client, clinic, patient_id)
+    auth = clinic.auth("records")
+    v1 = await client.get(f"/v1/media/{media_id}/content", headers=auth)
+    fhir = await client.get(f"/fhir/R4/Binary/{media_id}", headers=auth)
+    etag = fhir.headers["ETag"]
+    assert etag == v1.headers["ETag"]
+    assert fhir.headers["Cache-Control"] == v1.headers["Cache-Control"] == "private, no-cache"
+    request_id = "fhir-304-" + secrets.token_hex(6)
+    resp = await client.get(f"/fhir/R4/Binary/{media_id}", headers={**auth, "If-None-Match": etag,
+                                                                   "X-Request-ID": request_id})
+    assert resp.status == 304 and await resp.read() == b""
+    assert resp.headers["ETag"] == etag and resp.headers["Cache-Control"] == "private, no-cache"
+    audit = await client.get("/v1/audit?action=media.content&limit=200", headers=clinic.auth("dpo"))
+    entries = [e for e in (await audit.json())["items"] if e["request_id"] == request_id]
+    assert [(e["outcome"], e["targets"]["media_id"]) for e in entries] == [("not_modified", media_id)]
+    resp = await client.get(f"/fhir/R4/Binary/{media_id}", headers={**auth, "If-None-Match": '"someone-else"'})
+    assert resp.status == 200 and await resp.read() == await v1.read()
+    # the FHIR JSON form is another representation: the raw bytes' tag does not stand for it
+    resp = await client.get(f"/fhir/R4/Binary/{media_id}", headers={**auth, "If-None-Match": etag, "Accept": FHIR})
+    assert resp.status == 200 and Binary.model_validate(await resp.json()).id == media_id
+    # another tenant holding the right tag still gets 404, never a 304
+    stranger = await client.get(f"/fhir/R4/Binary/{media_id}", headers={**other_clinic.auth("records"), "If-None-Match": etag})
+    await _outcome(stranger, 404)
+
+
 async def test_large_binary_as_fhir_json_is_406(client, clinic):
     patient_id, _ = await _patient(client, clinic)
     data = _jpeg((1000, 1000))

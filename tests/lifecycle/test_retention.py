@@ -216,3 +216,41 @@ async def test_the_periodic_sweep_erases_only_within_the_limits(api: Api, other_
     assert [await _status(other_api, p) for p in many] == [200] * len(many)
     entries = await other_api.json("GET", "/v1/audit", params={"action": "retention.sweep"})
     assert [e["outcome"] for e in entries["items"]] == ["over_limit"]
+
+
+async def test_sweep_progress_follows_erasures_then_their_clean_up(api: Api, other_api: Api):
+    """GET /v1/retention/sweeps/{id}: a real sweep's erasures, then its clean-up jobs (what
+    the app's progress bar shows); another tenant's sweep or a dry run is 404; audited."""
+    old = datetime(2010, 1, 1, tzinfo=UTC)
+    patients = [await _place(api, treated=None, contact=old, upload=old) for _ in range(2)]
+    await _policy(api, [{"clock": "last_contact", "erase_after": "P3Y"}])
+    dry = await api.json("POST", "/v1/retention/sweep", json={})
+    real = await api.json("POST", "/v1/retention/sweep", json={"dry_run": False, "review_id": dry["id"]})
+    assert sorted(e["patient_id"] for e in real["erased"]) == sorted(patients)
+    path = f"/v1/retention/sweeps/{real['id']}"
+    before = await api.json("GET", path)
+    assert {k: before[k] for k in ("status", "due", "erased", "skipped", "cleaned_up", "failed", "progress")} == {
+        "status": "cleaning_up", "due": 2, "erased": 2, "skipped": 0, "cleaned_up": 0, "failed": 0, "progress": 0.5}
+    await drain(api.rt, "lifecycle.purge_patient")
+    after = await api.json("GET", path)
+    assert (after["status"], after["cleaned_up"], after["progress"]) == ("done", 2, 1.0)
+    await api.call("GET", f"/v1/retention/sweeps/{dry['id']}", status=404)  # a dry run has no progress
+    await other_api.call("GET", path, status=404)
+    await api.call("GET", path, role="admin", status=403)
+    entries = (await api.json("GET", "/v1/audit?action=retention.sweep.read", role="auditor"))["items"]
+    assert sum(e["targets"].get("sweep_id") == real["id"] for e in entries) == 2
+
+
+def test_sweep_progress_while_erasing_counts_every_listed_patient():
+    """Before the sweep has gone through its list, each listed patient is two steps away
+    (erased, cleaned up) and nobody is counted as skipped yet."""
+    from vault.lifecycle.models import RetentionSweep
+    from vault.lifecycle.retention import SWEEP_FINISHED, SWEEP_RUNNING, sweep_progress
+
+    due = json.dumps([{"patient_id": f"{i:032x}", "reasons": []} for i in range(4)])
+    row = RetentionSweep(id="s" * 32, due=due, outcome=SWEEP_RUNNING, created_at=datetime(2026, 12, 5, tzinfo=UTC))
+    erasing = sweep_progress(row, erased=2, waiting=1, failed=0)
+    assert (erasing.status, erasing.skipped, erasing.cleaned_up, erasing.progress) == ("erasing", None, 1, 0.375)
+    row.outcome = SWEEP_FINISHED
+    stopped = sweep_progress(row, erased=3, waiting=0, failed=1)
+    assert (stopped.status, stopped.skipped, stopped.cleaned_up, stopped.progress) == ("failed", 1, 2, 1.0)

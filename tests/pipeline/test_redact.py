@@ -1,4 +1,5 @@
-"""Redaction: opaque fill over every face with a margin, oriented, no metadata."""
+"""Redaction (render_redaction): opaque fill over every rectangle exactly, oriented, no metadata,
+thumbnails from the redacted pixels."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from PIL import Image
 
 from tests.pipeline import samples
 from tests.pipeline.leaks import identifying_tags, planted_markers
-from vault.pipeline import YuNetOnnxDetector, process_photo, redact_faces
+from vault.pipeline import YuNetOnnxDetector, process_photo
+from vault.pipeline.redact import render_redaction
+from vault.redaction.state import clip
 
 MAX_PIXELS = 50_000_000
 
@@ -19,7 +22,8 @@ def test_redacted_faces_are_opaque_and_undetectable(yunet_model, exiftool):
     original = samples.astronaut_sideways()
     photo = process_photo(original, max_pixels=MAX_PIXELS, detector=detector)
     assert photo.faces.count == 1
-    redacted = redact_faces(photo.stripped, photo.faces.boxes, margin=0.25)
+    rects = clip(photo.faces.boxes, photo.width, photo.height, margin=0.25)
+    redacted, thumbs = render_redaction(photo.stripped, rects, thumbnail_sizes=[256])
 
     image = Image.open(io.BytesIO(redacted))
     assert image.format == "JPEG" and image.size == (photo.width, photo.height)  # oriented
@@ -37,19 +41,22 @@ def test_redacted_faces_are_opaque_and_undetectable(yunet_model, exiftool):
     assert identifying_tags(exiftool.tags(redacted)) == []
     assert planted_markers(redacted) == []
     assert image.info.get("icc_profile") == Image.open(io.BytesIO(original)).info["icc_profile"]
+    small = np.asarray(Image.open(io.BytesIO(thumbs[256])).convert("RGB"), dtype=np.int16)
+    s = small.shape[1] / photo.width
+    assert small[int((y + h / 2) * s) - 2:int((y + h / 2) * s) + 2, int((x + w / 2) * s) - 2:int((x + w / 2) * s) + 2].max() <= 12
 
 
 def test_boxes_are_clipped_to_the_image():
     data = io.BytesIO()
     samples.picture(100, 80).save(data, "PNG")
-    redacted = Image.open(io.BytesIO(redact_faces(data.getvalue(), [[-20, -20, 50, 50], [90, 70, 40, 40]])))
+    redacted = Image.open(io.BytesIO(render_redaction(data.getvalue(), [[-20, -20, 50, 50], [90, 70, 40, 40]])[0]))
     pixels = np.asarray(redacted.convert("RGB"), dtype=np.int16)
-    assert pixels[:28, :28].max() <= 12 and pixels[-5:, -5:].max() <= 12
+    assert pixels[:26, :26].max() <= 12 and pixels[-5:, -5:].max() <= 12  # filled exactly: 0..29 and 90..99
     assert pixels[40, 50].max() > 30
 
 
 def test_no_boxes_means_a_clean_reencode():
     data = io.BytesIO()
     samples.picture(100, 80).save(data, "PNG")
-    redacted = Image.open(io.BytesIO(redact_faces(data.getvalue(), [])))
+    redacted = Image.open(io.BytesIO(render_redaction(data.getvalue(), [])[0]))
     assert redacted.size == (100, 80) and np.asarray(redacted).max() > 30

@@ -110,6 +110,23 @@ def test_sanitizing_twice_changes_nothing(name, files):
 
 
 @pytest.mark.parametrize("name", CASES)
+def test_a_layout_rebuilds_the_stripped_file_from_the_original(name, files):
+    """What a decoder worker sends instead of a stripped JPEG: ranges of the upload, in
+    order, and the few new bytes; other formats come back whole (no layout)."""
+    original, stripped, _ = files[name]
+    layout = strip_metadata(sniff(original[:64]), original).layout
+    if not name.startswith("jpeg"):
+        assert layout is None
+        return
+    assert layout is not None
+    rebuilt = b"".join(piece if isinstance(piece, bytes) else original[piece[0]:piece[1]] for piece in layout)
+    assert rebuilt == stripped
+    ranges = [piece for piece in layout if not isinstance(piece, bytes)]
+    assert ranges and all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))  # ascending, merged where adjacent
+    assert sum(len(piece) for piece in layout if isinstance(piece, bytes)) < 200  # headers only
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_matches_exiftool_oracle(name, files, exiftool):
     """exiftool ``-all=`` is lossless too: both results decode to the same pixels, and ours
     keeps nothing exiftool's keeps out, except Orientation (ours keeps it on purpose)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
 from tests.redaction.conftest import face_jpeg
@@ -83,7 +84,11 @@ async def _token_id(client, clinic) -> str:
 
 async def test_marketing_sees_nothing_that_links_a_deidentified_item(api, client, clinic):
     pid = await api.patient()
-    treatment = await api.treatment(pid)
+    vocabulary = await client.put("/v1/treatment-types", json={"names": ["Filler"]}, headers=clinic.auth("dpo"))
+    type_id = (await vocabulary.json())["items"][0]["id"]
+    resp = await client.post(f"/v1/patients/{pid}/treatments", json={"name": "Filler", "performed_on": "2026-03-01",
+                                                                    "type_id": type_id}, headers=clinic.auth("practitioner"))
+    treatment = (await resp.json())["id"]
     photos = [await api.photo(pid, face_jpeg(), treatment_id=treatment) for _ in range(2)]
     await api.consent(pid, purposes=["education"], identifiable=True)
     await api.consent(pid, purposes=list(DEIDENTIFIED_PURPOSES), identifiable=False)
@@ -118,6 +123,40 @@ async def test_marketing_sees_nothing_that_links_a_deidentified_item(api, client
         assert thumb.status == 200 and thumb.headers["ETag"] and "Last-Modified" not in thumb.headers
         seen.add(owner(item), _headers(thumb))
 
+    # Filters (issue 18): the de-identified view by treatment type and year only, still in
+    # handle order, each item still only its handle; the identifiable-only filters refused.
+    year = str(datetime.now(UTC).year)
+    for purpose in DEIDENTIFIED_PURPOSES:
+        filtered = await (await client.get("/v1/releasable", headers=marketing, params={
+            "purpose": purpose, "rendition": "deidentified", "treatment_type": type_id, "year": year})).json()
+        got = filtered["items"]
+        assert {(i["handle"], i["purpose"]) for i in got} == {h for h in handles if h[1] == purpose}
+        assert [i["handle"] for i in got] == sorted(i["handle"] for i in got)
+        for item in got:
+            assert set(item) == {"handle", "purpose", "rendition", "kind", "thumbnail_url", "thumbnail_expires_at"}
+            seen.add(owner(item), item)
+    for params in ({"rendition": "deidentified", "phase": "after"}, {"rendition": "deidentified", "taken_from": "2026-01-01"},
+                   {"phase": "after"}):
+        assert (await client.get("/v1/releasable", params=params, headers=marketing)).status == 422
+    for body in ({"rendition": "deidentified", "treatment": "Filler"}, {"treatment": "Filler"}):
+        assert (await client.post("/v1/releasable/search", json=body, headers=marketing)).status == 422
+    named = await (await client.post("/v1/releasable/search", json={"rendition": "original", "treatment": "Fill"},
+                                     headers=marketing)).json()
+    assert {i["media_id"] for i in named["items"]} == {p["id"] for p in photos}
+    for item in named["items"]:
+        seen.add(owner(item), item)
+
+    # A composite is made of identifiable photos by media id: what it answers is the
+    # identifiable items' (and a de-identified item shares nothing with it).
+    resp = await client.post("/v1/releases/composites", headers=marketing, json={
+        "before": photos[0]["id"], "after": photos[1]["id"], "purpose": "education", "recipient": "Channel"})
+    assert resp.status == 201, await resp.text()
+    composite = await resp.json()
+    seen.add(("i", photos[0]["id"]), composite)
+    download = await client.get(urlsplit(composite["download_url"]).path, headers=marketing)
+    assert download.status == 200 and "ETag" not in download.headers
+    seen.add(("i", photos[0]["id"]), _headers(download))
+
     # Releases of every item, their downloads, and the release list.
     made = {}
     for item in mine:
@@ -147,6 +186,7 @@ async def test_marketing_sees_nothing_that_links_a_deidentified_item(api, client
     await api.withdraw(grant["id"])
     recall = await (await client.get("/v1/releases", params={"limit": "200"}, headers=marketing)).json()
     ours = [r for r in recall["items"] if r["id"] in made]
+    seen.add(("i", photos[0]["id"]), [r for r in recall["items"] if r["id"] == composite["id"]])
     assert len(ours) == len(made) and all(r["recalled_at"] for r in ours if r["rendition"] == "deidentified")
     stamps = [r["recalled_at"] for r in ours if r["recalled_at"]]
     assert len(stamps) == len(set(stamps))

@@ -139,3 +139,26 @@ async def test_consent_with_its_signed_form_uploaded_from_the_page(client, clini
     assert evidence.status == 200 and await evidence.read() == signed
     page = await (await browser.get(path)).text()
     assert f'href="/v1/consents/{items[0]["id"]}/evidence"' in page
+
+
+async def test_audit_time_action_and_target_filters(client, clinic):
+    """The viewer's other filters (times in UTC, as the table shows them; action; target id)
+    are part of the query, and "older entries" keeps them."""
+    from datetime import UTC, datetime, timedelta
+
+    rt = client.server.app[RUNTIME]
+    browser = await _dpo(client, clinic)
+    marker = Actor.cli(clinic.id, "filters")
+    await rt.audit.record(AuditEvent.of(marker, "test.filtered", patient_id="a" * 32))
+    await rt.audit.record(AuditEvent.of(marker, "test.filtered", patient_id="b" * 32))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    window = {"since": (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"),
+              "until": (now + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M")}
+    hits = await (await browser.get("/app/audit", params={**window, "action": "test.filtered"})).text()
+    assert hits.count("<td>test.filtered</td>") == 2
+    one = await (await browser.get("/app/audit", params={"action": "test.filtered", "target": "b" * 32})).text()
+    assert one.count("<td>test.filtered</td>") == 1 and "b" * 12 in one and "a" * 12 not in one
+    past = {"until": (now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"), "action": "test.filtered"}
+    assert "No entries." in await (await browser.get("/app/audit", params=past)).text()
+    bad = await browser.get("/app/audit", params={"since": "yesterday"})
+    assert bad.status == 422

@@ -9,6 +9,7 @@ import re
 import secrets
 
 from tests.staff.support import Browser, enrolled
+from tests.test_permission_matrix import _sweep  # a real sweep of the clinic (no rules, nobody erased)
 from vault.appkeys import RUNTIME
 from vault.http.routing import ENDPOINTS
 from vault.permissions import PERMISSIONS, PUBLIC, ROLES
@@ -79,7 +80,7 @@ async def _release(client, clinic) -> str:
 
 
 RESOURCES = {"patient_id": _patient, "consent_id": _consent, "export_id": _export, "staff_id": _staff,
-             "media_id": _media, "release_id": _release}
+             "media_id": _media, "release_id": _release, "sweep_id": _sweep}
 
 
 async def test_session_permission_matrix(client, clinic, other_clinic):

@@ -200,13 +200,13 @@ async def test_signed_links_bind_to_the_session(client, clinic):
     browser = Browser(client)
     await browser.log_in(clinic.slug, who)
     async with rt.db.session() as session:
-        principal = await signedurls.signer(session, f"staff:{who.staff_id}")
+        principal = await signedurls.signer(session, f"staff:{who.staff_id}", staff=signedurls.StaffBounds.of(rt.settings))
     assert (principal.tenant_id, principal.role) == (clinic.id, "records")
     csrf = await browser.csrf_of("/app/")
     await browser.post("/app/logout", {"csrf_token": csrf, "everywhere": "1"})
     async with rt.db.session() as session:
         with pytest.raises(Forbidden):
-            await signedurls.signer(session, f"staff:{who.staff_id}")
+            await signedurls.signer(session, f"staff:{who.staff_id}", staff=signedurls.StaffBounds.of(rt.settings))
 
 
 async def test_one_time_downloads_need_the_csrf_token(client, clinic):
@@ -232,3 +232,91 @@ async def test_one_time_downloads_need_the_csrf_token(client, clinic):
     ok = await browser.get(f"/v1/exports/{export}/download", headers={"X-CSRF-Token": csrf})
     assert ok.status == 200 and ok.headers["Content-Type"] == "application/zip"
     await ok.read()
+
+
+async def test_session_cookies_are_host_prefixed_strict_and_rotated(client, clinic):
+    """Every cookie of ours: ``__Host-`` (so Secure, Path=/, no Domain), HttpOnly,
+    SameSite=Strict; the session id is a new one at each login, never the pending one."""
+    rt = rt_of(client)
+    who = await enrolled(rt, clinic.slug, "records")
+    browser = Browser(client)
+    seen = []
+    token = await browser.csrf_of("/")
+    resp = await browser.post("/", {"csrf_token": token, "clinic": clinic.slug, "email": who.email, "password": who.password})
+    seen += resp.cookies.values()
+    pending = browser.cookies["__Host-vault-pending"]
+    token = await browser.csrf_of("/login/code")
+    resp = await browser.post("/login/code", {"csrf_token": token, "code": who.app.code()})
+    seen += resp.cookies.values()
+    first = browser.cookies.pop("__Host-vault-session")  # the same person logs in again: a new id
+    await browser.log_in(clinic.slug, who)
+    second = browser.cookies["__Host-vault-session"]
+    assert len({pending, first, second}) == 3
+    assert {m.key for m in seen} >= {"__Host-vault-pending", "__Host-vault-session"}
+    for morsel in seen:
+        assert morsel.key.startswith("__Host-"), morsel.key
+        assert morsel["secure"] and morsel["httponly"] and morsel["path"] == "/" and not morsel["domain"], morsel.output()
+        assert morsel["samesite"] == "Strict", morsel.output()
+
+
+async def test_erasing_through_the_api_with_a_session_needs_a_fresh_code(client, clinic):
+    """The app's erasure and sweep forms ask for a code; the same steps through /v1 with the
+    session cookie need one given within FRESH_AUTH too (403 reauthentication_required),
+    so the cookie alone never erases."""
+    from vault.staff.service import FRESH_AUTH
+
+    rt = rt_of(client)
+    rt.staff.cache_seconds = 0  # the row is changed behind the service's back
+    who = await enrolled(rt, clinic.slug, "dpo")
+    browser = Browser(client)
+    await browser.log_in(clinic.slug, who)
+    csrf = await browser.csrf_of("/app/")
+    resp = await client.post("/v1/patients", json={"external_ref": "MRN-FRESH"}, headers=clinic.auth("dpo"))
+    patient = (await resp.json())["id"]
+    async with rt.db.transaction() as session:
+        await session.execute(update(StaffSession).where(StaffSession.staff_id == who.staff_id)
+                              .values(verified_at=utcnow() - FRESH_AUTH - timedelta(seconds=1)))
+    headers = {"X-CSRF-Token": csrf}
+    for path, body in ((f"/v1/patients/{patient}/erasure", {"reason": "asked"}), ("/v1/retention/sweep", {"dry_run": False})):
+        resp = await browser.post(path, json=body, headers=headers)
+        assert resp.status == 403 and (await resp.json())["error"] == "reauthentication_required", path
+    assert (await client.get(f"/v1/patients/{patient}", headers=clinic.auth("dpo"))).status == 200  # not erased
+    # a current code (the erasure form's) makes the session fresh: then the API call erases
+    await rt.staff.reauthenticate(browser.cookies["__Host-vault-session"], who.app.code(), request_id="t")
+    resp = await browser.post(f"/v1/patients/{patient}/erasure", json={"reason": "asked"}, headers=headers)
+    assert resp.status == 200, await resp.text()
+
+
+async def test_release_download_and_the_pre_session_forms_need_the_token(client, clinic):
+    """The other one-time download (a release, asked for by this marketing session) needs the
+    CSRF token and our Origin like the export's; the second-factor and enrolment forms,
+    before any session exists, refuse a post without their token."""
+    from tests.test_permission_matrix import _media
+
+    rt = rt_of(client)
+    who = await enrolled(rt, clinic.slug, "marketing")
+    browser = Browser(client)
+    await browser.log_in(clinic.slug, who)
+    csrf = await browser.csrf_of("/app/")
+    media = await _media(client, clinic)  # consented for every purpose
+    made = await browser.post(f"/v1/media/{media}/releases", json={"purpose": "education", "recipient": "Journal"},
+                              headers={"X-CSRF-Token": csrf})
+    assert made.status == 201, await made.text()
+    url = (await made.json())["download_url"]
+    assert (await browser.get(url)).status == 403
+    assert (await browser.get(url, headers={"Origin": "https://evil.example", "X-CSRF-Token": csrf})).status == 403
+    ok = await browser.get(url, headers={"X-CSRF-Token": csrf})
+    assert ok.status == 200 and await ok.read()
+
+    other = await enrolled(rt, clinic.slug, "records")
+    fresh = Browser(client)
+    token = await fresh.csrf_of("/")
+    await fresh.post("/", {"csrf_token": token, "clinic": clinic.slug, "email": other.email, "password": other.password})
+    assert (await fresh.post("/login/code", {"code": other.app.code()})).status == 403
+    assert "__Host-vault-session" not in fresh.cookies
+    issued = await rt.staff.create(clinic.slug, "late@clinic.example", "records", request_id="t")
+    secret = (await rt.staff.enrolment(issued.token)).secret
+    resp = await Browser(client).post(f"/enrol/{issued.token}", {"password": PASSWORD, "password2": PASSWORD,
+                                                                 "code": pyotp.TOTP(secret).now()})
+    assert resp.status == 403
+    assert (await rt.staff.enrolment(issued.token)).email == "late@clinic.example"  # the link still works

@@ -4,13 +4,14 @@ OS errors are reported."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
 
 from vault.errors import BlobNotFound, StorageError, StorageUnavailable
 from vault.storage import LocalStore, new_key
-from vault.storage.local import _os_errors
+from vault.storage.local import INLINE_READ_BYTES, _os_errors
 
 
 async def _one(data: bytes):
@@ -71,3 +72,27 @@ async def test_a_vanished_root_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError) as caught:
         await store.put(new_key(), _one(b"x"))
     assert not isinstance(caught.value, BlobNotFound)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="reads without waiting need Linux's RWF_NOWAIT")
+async def test_a_small_cached_read_is_answered_without_the_pool_and_a_large_one_is_not(tmp_path: Path) -> None:
+    """Small reads whose bytes are in the page cache are served on the caller's thread
+    (``RWF_NOWAIT``: nothing waits for the disk); larger reads, and any read whose bytes
+    are not cached, take the store's own pool. With the pool shut, only the first kind
+    still answers."""
+    store = LocalStore(tmp_path)
+    small, large = new_key(), new_key()
+    small_data, large_data = os.urandom(30_000), os.urandom(INLINE_READ_BYTES + 1)
+    await store.put(small, _one(small_data))
+    await store.put(large, _one(large_data))
+    assert await store.read(small) == small_data  # just written: in the page cache
+    assert await store.read(small, start=100, end=200) == small_data[100:200]
+    assert await store.read(large, start=7, end=7 + 1000) == large_data[7:1007]  # a small range of a large blob
+    store._io.shutdown(wait=True)  # what is left can only be answered inline
+    assert await store.read(small) == small_data
+    assert await store.read(large, start=0, end=10) == large_data[:10]
+    with pytest.raises(RuntimeError):
+        await store.read(large)  # too large to read inline: the (shut) pool
+    with pytest.raises(BlobNotFound):
+        await store.read(new_key())
+    await store.close()

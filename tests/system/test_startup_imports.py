@@ -1,8 +1,11 @@
 """A started `vault serve` has not loaded the decoders' heavy libraries: OpenCV, PyAV and
-NumPy belong in the decoder worker processes (start-up memory, issue 15 item 4)."""
+NumPy belong in the decoder worker processes (start-up memory, issue 15 item 4) — neither
+at start nor after a photo upload and its face search, whose results the server re-checks
+as plain data."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -26,12 +29,42 @@ def _loaded(pid: int) -> set[str]:
     return {name for name in HEAVY if f"/site-packages/{name}/" in maps or f"/site-packages/{name}.libs/" in maps}
 
 
-def test_a_started_server_has_not_loaded_opencv_pyav_or_numpy(tmp_path):
+def _call(url: str, token: str, body: bytes | None = None, content_type: str = "application/json") -> dict:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+def _photo() -> bytes:
+    from tests.pipeline.samples import jpeg_with_everything
+
+    return jpeg_with_everything(orientation=6)
+
+
+def _upload_and_search(base: str, token: str) -> None:
+    """One photo upload, then its full face search (an in-process job) to the end."""
+    patient = _call(f"{base}/v1/patients", token, json.dumps({"external_ref": "IMPORTS-1"}).encode())
+    media = _call(f"{base}/v1/patients/{patient['id']}/media?phase=before", token, _photo(), "image/jpeg")
+    deadline = time.monotonic() + 120
+    while _call(f"{base}/v1/media/{media['id']}", token)["faces"]["state"] == "pending":
+        assert time.monotonic() < deadline, "the face search job did not run"
+        time.sleep(0.2)
+
+
+def test_a_started_server_has_not_loaded_opencv_pyav_or_numpy_even_after_a_photo(tmp_path):
     env = {**os.environ, "VAULT_DATA_DIR": str(tmp_path / "data"), "VAULT_ROOT_KEY_URL": (tmp_path / "keyring").as_uri(),
            "VAULT_LOG_LEVEL": "WARNING"}
     for name in [k for k in env if k in ("VAULT_DATABASE_URL", "VAULT_KEYSTORE_URL", "VAULT_STORAGE_URL")]:
         del env[name]
-    subprocess.run([sys.executable, "-m", "vault.cli", "migrate"], env=env, check=True, capture_output=True, timeout=120)
+
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "vault.cli", *args], env=env, check=True, capture_output=True,
+                              text=True, timeout=120).stdout
+
+    cli("migrate")
+    cli("tenant", "create", "imports")
+    token = cli("token", "create", "--tenant", "imports", "--role", "practitioner", "--label", "imports").strip().splitlines()[-1]
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -47,6 +80,8 @@ def test_a_started_server_has_not_loaded_opencv_pyav_or_numpy(tmp_path):
             assert server.poll() is None, "vault serve exited"
             assert time.monotonic() < deadline, "vault serve did not become ready"
             time.sleep(0.2)
+        assert _loaded(server.pid) == set()
+        _upload_and_search(f"http://127.0.0.1:{port}", token)
         assert _loaded(server.pid) == set()
     finally:
         server.terminate()

@@ -53,6 +53,30 @@ async def test_an_admin_revokes_a_token_of_its_own_tenant_only(client, clinic, o
     assert (await resp.json())["items"] == []
 
 
+async def test_concurrent_first_uses_share_one_lookup_and_a_revocation_is_not_joined(client, clinic):
+    """Requests holding a token nobody has resolved yet (or whose cache entry just
+    expired) share one database lookup and get the same principal; a request that comes
+    after a revocation was heard never joins a lookup started before it."""
+    from vault.appkeys import RUNTIME
+
+    tenants = client.server.app[RUNTIME].tenants
+    spare = await _spare(client, clinic)
+    principals = await asyncio.gather(*(tenants.authenticate(spare.token) for _ in range(20)))
+    assert {(p.tenant_id, p.token_id, p.role) for p in principals} == {(clinic.id, spare.id, "records")}
+    assert tenants._lookups == {}  # nothing left in flight
+
+    tenants._cache.clear()  # as if the entry had expired
+    first = asyncio.ensure_future(tenants.authenticate(spare.token))  # a lookup in flight (on PostgreSQL)
+    await asyncio.sleep(0)
+    await tenants.revoke_token(spare.id, request_id="t")
+    with pytest.raises(Unauthorized):
+        await tenants.authenticate(spare.token)
+    await asyncio.gather(first, return_exceptions=True)  # read before or after the revocation: either answer
+    with pytest.raises(Unauthorized):
+        await tenants.authenticate(spare.token)
+    assert tenants._lookups == {}
+
+
 async def test_expired_tokens_are_refused_like_revoked_ones(client, clinic):
     from vault.appkeys import RUNTIME
 

@@ -121,7 +121,9 @@ def browser_type():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # a fake camera for getUserMedia (the capture page's live preview), granted per context
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--use-fake-device-for-media-stream",
+                                                                    "--use-fake-ui-for-media-stream"])
         yield browser
         browser.close()
 
@@ -140,10 +142,12 @@ def admins(browser_type, vault: Vault, artifacts) -> dict[str, Person]:
         admin.close()
 
 
-def person(browser_type, vault: Vault, artifacts, admins, tenant: str, role: str, name: str) -> Person:
-    """A new member of staff: invited by the tenant's admin, enrolled and logged in."""
+def person(browser_type, vault: Vault, artifacts, admins, tenant: str, role: str, name: str, *,
+           mobile: bool = False) -> Person:
+    """A new member of staff: invited by the tenant's admin, enrolled and logged in (in a
+    phone-sized window with touch when ``mobile``)."""
     email, link = admins[tenant].invite(role, name)
-    someone = Person(browser_type, vault, artifacts, f"{tenant}-{name}")
+    someone = Person(browser_type, vault, artifacts, f"{tenant}-{name}", mobile=mobile)
     someone.enrol(link)
     someone.log_in(tenant, email)
     return someone
@@ -162,7 +166,7 @@ class Person:
 
     def __init__(self, browser, vault: Vault, artifacts: Path, name: str, *, mobile: bool = False) -> None:
         self.vault, self.artifacts, self.name = vault, artifacts, name
-        options = {"viewport": {"width": 390, "height": 844}, "is_mobile": True} if mobile else {}
+        options = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True} if mobile else {}
         self.context = browser.new_context(base_url=vault.base, **options)
         self.page = self.context.new_page()
         self.urls: list[str] = []

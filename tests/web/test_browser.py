@@ -149,14 +149,27 @@ def test_retention_and_audit_pages(dpo: Person, vault: Vault) -> None:
     page.get_by_role("link", name=f"{due[:8]}…").wait_for()  # listed, with its reason
     dpo.look("retention")
     page.get_by_label("A current authenticator code").fill(dpo.app.code())
-    page.get_by_role("button", name=re.compile(r"^Erase these \d+ patients$")).click()
+    page.get_by_role("button", name=re.compile(r"^Erase (this patient|these \d+ patients)$")).click()
     page.get_by_text(re.compile(r"Swept: [1-9]\d* erased")).wait_for()
+    assert re.search(r"/app/retention/sweeps/[0-9a-f]{32}$", page.url)  # the outcome has a page of its own
     dpo.look("retention-swept")
+    # the clean-up jobs' progress: a <progress> bar and the same in words, kept current by
+    # /static/app.js polling GET /v1/retention/sweeps/{id} (the in-process worker runs them)
+    bar = page.get_by_role("progressbar", name="Clean-up: files deleted, recalls and webhooks sent")
+    page.locator("#sweep-state").get_by_text("done").wait_for(timeout=60_000)
+    assert bar.evaluate("bar => bar.value") == bar.evaluate("bar => bar.max") == 1
+    cleaned, erased = page.locator("#sweep-cleaned").inner_text(), page.locator("#sweep-erased").inner_text()
+    assert cleaned == erased and int(erased) >= 1
+    dpo.look("retention-sweep-done")
     assert page.goto(f"/app/patients/{due}").status == 410  # the sweep erased the patient it listed
     page.goto("/app/audit")
     page.get_by_label("Staff member or token").fill(dpo.email)
     page.get_by_role("button", name="Filter").click()
     page.get_by_role("cell", name=dpo.email).first.wait_for()
+    # a machine is named by its token's label (the camera app created the patient above)
+    page.get_by_label("Staff member or token").fill("camera app")
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("cell", name="token: camera app").first.wait_for()
     page.get_by_role("button", name="Verify the chain").click()
     page.get_by_text("are intact").wait_for()
     dpo.look("audit")
@@ -215,6 +228,35 @@ def test_lockout_after_failed_logins(browser_type, vault: Vault, artifacts, admi
     page.get_by_role("button", name="Continue").click()
     page.get_by_text("try again later").wait_for()
     someone.look("locked")
+    someone.close()
+    assert not someone.violations, someone.violations
+
+
+def test_login_with_the_keyboard_alone(browser_type, vault: Vault, artifacts, admins) -> None:
+    """Tab from the top of the page: the skip link first, then each field in order; Enter
+    sends each form. Nothing needs a pointer."""
+    email, link = admins["north"].invite("records", "keys")
+    someone = Person(browser_type, vault, artifacts, "north-keys")
+    someone.enrol(link)
+    page = someone.page
+    page.goto("/")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Skip to content"
+    for field, value in (("clinic", "north"), ("email", email), ("password", PASSWORD)):
+        page.keyboard.press("Tab")
+        assert page.evaluate("() => document.activeElement.id") == field
+        page.keyboard.type(value)
+    page.keyboard.press("Enter")
+    page.get_by_label("Code").wait_for()
+    for _ in range(6):  # the field has autofocus; else Tab reaches it (skip link, header links first)
+        if page.evaluate("() => document.activeElement.id") == "code":
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "code"
+    page.keyboard.type(someone.app.code())
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Welcome").wait_for()
+    someone.look("keyboard-home")
     someone.close()
     assert not someone.violations, someone.violations
 

@@ -33,6 +33,8 @@ from vault.db import Database, utcnow
 from vault.instruments import observe_audit_append, observe_audit_commit
 
 log = logging.getLogger("vault.audit")
+#: the longest a group commit is held for callers expected back (see AuditLog._gather)
+GATHER_MAX_SECONDS = 0.002
 
 
 def genesis_hash(tenant_id: str) -> str:
@@ -112,6 +114,9 @@ class AuditLog:
         self._writer: asyncio.Task[None] | None = None
         self._batches: BatchWriter | None = None  # the writer task's own connection
         self.commits = 0  # group commits done, for the metrics endpoint and the benchmark
+        self._commit_seconds = 0.0  # moving average of a group commit's duration
+        self._gathered: asyncio.Event | None = None  # set when the commit being held has its entries
+        self._expected = 0
 
     # -- writing ---------------------------------------------------------------
     async def append(self, session: AsyncSession, *events: AuditEvent) -> None:
@@ -131,6 +136,8 @@ class AuditLog:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((event, future))
         self._wakeup.set()
+        if self._gathered is not None and len(self._pending) >= self._expected:
+            self._gathered.set()
         started = time.perf_counter()
         await asyncio.shield(future)
         observe_audit_append(time.perf_counter() - started)
@@ -159,9 +166,36 @@ class AuditLog:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._expected > len(self._pending) and self._commit_seconds > 0:
+                await self._gather()
             batch, self._pending = self._pending, []
             if batch:
+                started = time.perf_counter()
                 await self._flush(batch)
+                spent = time.perf_counter() - started
+                self._commit_seconds = 0.8 * self._commit_seconds + 0.2 * spent if self._commit_seconds else spent
+            # What the next commit is held for: the entries that came meanwhile, and the
+            # callers just released, most of whom ask again at once.
+            self._expected = len(self._pending) + len(batch)
+
+    async def _gather(self) -> None:
+        """Hold the next commit briefly while the callers just released come back, as
+        PostgreSQL's ``commit_delay`` does. Without it, under steady load the entries of
+        a commit are only those that arrived while the previous one was in flight: the
+        callers it released arrive just after the next batch has left, so clients split
+        into two halves that alternate, each waiting for two commits per read. Holding it
+        at most half a commit's time (:data:`GATHER_MAX_SECONDS` at most) until as many
+        entries are pending as were pending at the last commit's end plus those it
+        released lets one commit carry them all. A lone caller never waits: its own next
+        entry completes the count."""
+        delay = min(self._commit_seconds / 2, GATHER_MAX_SECONDS)
+        gathered = self._gathered = asyncio.Event()
+        try:
+            await asyncio.wait_for(gathered.wait(), delay)
+        except TimeoutError:
+            pass
+        finally:
+            self._gathered = None
 
     async def _flush(self, batch: list[tuple[AuditEvent, asyncio.Future[None]]]) -> None:
         try:

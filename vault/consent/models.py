@@ -62,6 +62,7 @@ class Release(Base):
         Index("ix_releases_tenant_id_created_at", "tenant_id", "created_at"),
         Index("ix_releases_media_id", "media_id"),
         Index("ix_releases_patient_id", "patient_id"),
+        Index("ix_releases_pair_media_id", "pair_media_id"),
         CheckConstraint("rendition IN ('original', 'deidentified')", name="rendition"),
     )
 
@@ -93,3 +94,6 @@ class Release(Base):
     #: and the opaque handle marketing asked by
     approval_id: Mapped[str | None] = mapped_column(String(32))
     handle: Mapped[str | None] = mapped_column(String(40))
+    #: a before/after composite: its second ("after") photo; ``media_id`` is the first.
+    #: A withdrawal or erasure reaching either photo recalls the composite.
+    pair_media_id: Mapped[str | None] = mapped_column(ForeignKey("media.id"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NoReturn, cast
 
 from sqlalchemy import CursorResult, and_, exists, or_, select, update
@@ -34,7 +34,7 @@ from vault.consent.models import ConsentRecord, Release
 from vault.consent.responses import ReleasePage, ReleaseView
 from vault.consent.service import load_events, release_view, shred_rendition
 from vault.db import Database, new_id, utcnow
-from vault.errors import Conflict, ConsentRequired, Forbidden, Gone, NotFound
+from vault.errors import Conflict, ConsentRequired, Forbidden, Gone, NotFound, ValidationFailed
 from vault.media.models import ORIGINAL, READY, THUMB_256, Media, MediaBlob
 from vault.media.processing import PhotoPipeline
 from vault.media.reads import etag_of, none_match
@@ -123,6 +123,62 @@ class Releasable:
         return self.rendition == gate.DEIDENTIFIED
 
 
+@dataclass(frozen=True)
+class Filters:
+    """The releasable listing's filters. ``rendition`` keeps one kind of item; the
+    identifiable-only ones (``treatment``, ``phase``, ``taken_from``, ``taken_to``) need
+    ``rendition="original"`` (the HTTP models refuse them otherwise): a de-identified item
+    is filtered only by the tenant's treatment-type vocabulary and by year."""
+
+    rendition: str | None = None
+    treatment_type: str | None = None
+    year: int | None = None
+    treatment: str | None = None  # a part of the treatment's name (sealed: matched after opening it)
+    phase: str | None = None
+    taken_from: date | None = None
+    taken_to: date | None = None
+
+    def __post_init__(self) -> None:
+        identifiable_only = (self.treatment, self.phase, self.taken_from, self.taken_to)
+        if self.rendition != gate.ORIGINAL and any(v is not None for v in identifiable_only):
+            raise ValidationFailed("treatment, phase and dates filter identifiable items only (rendition=original)",
+                                   details={"reason": "identifiable_only_filter"})
+
+    def narrow(self, query: Any) -> Any:
+        """The SQL part: only ever drops rows (the gate still decides every one kept)."""
+        if self.treatment_type is not None:
+            query = query.where(Media.treatment_id.in_(select(Treatment.id).where(Treatment.type_id == self.treatment_type)))
+        start, end = self._window()
+        if start is not None:
+            query = query.where(Media.created_at >= start)
+        if end is not None:
+            query = query.where(Media.created_at < end)
+        if self.phase is not None:
+            query = query.where(Media.phase == self.phase)
+        return query
+
+    def _window(self) -> tuple[datetime | None, datetime | None]:
+        def at(day: date) -> datetime:
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+        start = at(self.taken_from) if self.taken_from else None
+        end = at(self.taken_to) + timedelta(days=1) if self.taken_to else None
+        if self.year is not None:
+            start = max(filter(None, (start, at(date(self.year, 1, 1)))))
+            end = min(filter(None, (end, at(date(self.year + 1, 1, 1)))))
+        return start, end
+
+
+def _named(media: Media, decision: gate.Decision, filters: Filters, named: dict[str, tuple[str | None, date]]) -> bool:
+    """The treatment-name filter (identifiable items only; the name is sealed)."""
+    if filters.treatment is None:
+        return True
+    if decision.rendition != gate.ORIGINAL or media.treatment_id is None:
+        return False
+    name, _ = named.get(media.treatment_id, (None, None))
+    return filters.treatment.casefold() in (name or "").casefold()
+
+
 class _Replayed(Exception):
     def __init__(self, release_id: str) -> None:
         self.release_id = release_id
@@ -148,8 +204,9 @@ class _Target:
 
 class ReleaseService:
     def __init__(self, db: Database, audit: AuditLog, keys: KeyStore, sealed: SealedBlobs, patients: PatientService,
-                 pipeline: PhotoPipeline, *, redactions: RedactionService) -> None:
+                 pipeline: PhotoPipeline, *, redactions: RedactionService, staff_links: signedurls.StaffBounds) -> None:
         self.db = db
+        self.staff_links = staff_links  # how long a link a person asked for stays theirs
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
@@ -191,11 +248,12 @@ class ReleaseService:
 
     # -- the releasable listing ----------------------------------------------------------
     async def releasable(self, actor: Actor, *, purpose: str | None, cursor: str | None,
-                         limit: int, details: bool = False) -> tuple[list[Releasable], str | None]:
+                         limit: int, details: bool = False, filters: Filters | None = None) -> tuple[list[Releasable], str | None]:
         """What the gate allows now, one item per (media, purpose), ordered by the random
         per-purpose handle (never by media id or time); the cursor is sealed. ``details``
-        (the web gallery's filters): identifiable items also carry their treatment's name
-        and date and when they were taken in."""
+        (the web gallery): identifiable items also carry their treatment's name and date
+        and when they were taken in. ``filters`` narrow it (:class:`Filters`)."""
+        filters = filters or Filters()
         purposes = [purpose] if purpose else list(gate.PURPOSES)
         await handles.ensure(self.db, actor.tenant_id, purposes)
         after = await handles.open_cursor(self.keys, actor.tenant_id, cursor) if cursor else None
@@ -204,15 +262,19 @@ class ReleaseService:
         scanned, position, more = 0, after, True
         async with self.db.session() as session:
             while more and len(items) < limit and scanned < _SCAN_BUDGET:
-                rows = await self._candidates(session, actor.tenant_id, purposes, position, _SCAN_BATCH)
+                rows = await self._candidates(session, actor.tenant_id, purposes, position, _SCAN_BATCH, filters)
                 more = len(rows) == _SCAN_BATCH
                 events = await load_events(session, actor.tenant_id, {m.patient_id for _, _, m, _ in rows})
                 facts = await gate_facts(session, actor.tenant_id, list({m.id: m for _, _, m, _ in rows}.values()))
+                named = await self._treatments(session, actor.tenant_id, [m for _, _, m, _ in rows]) \
+                    if details or filters.treatment is not None else {}
                 for index, (handle, p, media, status) in enumerate(rows):
                     scanned, position = scanned + 1, handle
                     decision = gate.decide(facts[media.id][0], p, now, events.get(media.patient_id, []), status)
-                    if decision.allowed:
-                        items.append(await self._item(actor, media, handle, p, decision, now, details=details))
+                    if decision.allowed and filters.rendition in (None, decision.rendition) \
+                            and _named(media, decision, filters, named):
+                        items.append(await self._item(actor, media, handle, p, decision, now, details=details,
+                                                      treatment=named.get(media.treatment_id or "")))
                     if len(items) >= limit:
                         more = more or index < len(rows) - 1
                         break
@@ -222,7 +284,7 @@ class ReleaseService:
 
     @staticmethod
     async def _candidates(session: AsyncSession, tenant_id: str, purposes: list[str], after: str | None,
-                          limit: int) -> list[tuple[str, str, Media, str]]:
+                          limit: int, filters: Filters) -> list[tuple[str, str, Media, str]]:
         # Only narrows what the gate would deny anyway (not ready, patient not active, no grant).
         has_grant = exists(select(ConsentRecord.id).where(ConsentRecord.patient_id == Media.patient_id, ConsentRecord.kind == gate.GRANT))
         query = (
@@ -234,10 +296,13 @@ class ReleaseService:
         )
         if after:
             query = query.where(ReleaseHandle.handle > after)
+        query = filters.narrow(query)
         return [(h, p, m, s) for h, p, m, s in (await session.execute(query.order_by(ReleaseHandle.handle).limit(limit))).all()]
 
     async def _item(self, actor: Actor, media: Media, handle: str, purpose: str, decision: gate.Decision,
-                    now: datetime, *, details: bool = False) -> Releasable:
+                    now: datetime, *, details: bool = False, treatment: tuple[str | None, date] | None = None) -> Releasable:
+        """``details`` (the web gallery): an identifiable item also carries when it was taken
+        in, and ``treatment``'s name and date."""
         rendition = decision.rendition
         assert rendition is not None  # an allowed decision always names its rendition
         deidentified = rendition == gate.DEIDENTIFIED
@@ -248,24 +313,33 @@ class ReleaseService:
         if deidentified:
             return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=None, treatment_id=None,
                               consent_id=None, thumbnail=params, thumbnail_expires_at=expires_at)
-        name, performed_on = await self._treatment(media) if details and media.treatment_id else (None, None)
+        name, performed_on = treatment if details and treatment else (None, None)
         return Releasable(item=item, purpose=purpose, rendition=rendition, kind=media.kind, phase=media.phase,
                           treatment_id=media.treatment_id, consent_id=decision.consent_id, thumbnail=params,
                           thumbnail_expires_at=expires_at, created_at=media.created_at if details else None,
                           treatment_name=name, treatment_on=performed_on)
 
-    async def _treatment(self, media: Media) -> tuple[str | None, date | None]:
-        """An identifiable item's treatment name (sealed under the patient key) and date."""
-        async with self.db.session() as session:
-            row = await session.get(Treatment, media.treatment_id)
-        if row is None or row.tenant_id != media.tenant_id:
-            return None, None
-        try:
-            name = (await self.keys.open_field(row.tenant_id, row.patient_id, table="treatments", column="name", row_id=row.id,
-                                               sealed=row.name)).decode()
-        except KeyDestroyed:
-            return None, row.performed_on
-        return name, row.performed_on
+    async def _treatments(self, session: AsyncSession, tenant_id: str,
+                          media: list[Media]) -> dict[str, tuple[str | None, date]]:
+        """The treatments of a batch of candidates: name (sealed under each patient's key,
+        opened with one key read per patient) and date, by treatment id."""
+        ids = sorted({m.treatment_id for m in media if m.treatment_id})
+        if not ids:
+            return {}
+        rows = (await session.execute(select(Treatment).where(Treatment.id.in_(ids), Treatment.tenant_id == tenant_id))).scalars().all()
+        by_patient: dict[str, list[Treatment]] = {}
+        for row in rows:
+            by_patient.setdefault(row.patient_id, []).append(row)
+        found: dict[str, tuple[str | None, date]] = {}
+        for patient_id, treatments in by_patient.items():
+            try:
+                opened = await self.keys.open_fields(tenant_id, patient_id, table="treatments", column="name",
+                                                     sealed={t.id: t.name for t in treatments})
+            except KeyDestroyed:
+                opened = {}
+            for t in treatments:
+                found[t.id] = (opened[t.id].decode() if t.id in opened else None, t.performed_on)
+        return found
 
     # -- the signed thumbnail ------------------------------------------------------------
     async def thumbnail(self, *, item: str, purpose: str, rendition: str, params: signedurls.SignedParams,
@@ -278,7 +352,7 @@ class ReleaseService:
         checks, the key row and the audit entry."""
         now = utcnow()
         async with self.db.session() as session:
-            principal = await signedurls.signer(session, params.token_id)
+            principal = await signedurls.signer(session, params.token_id, staff=self.staff_links)
         await signedurls.verify(self.keys, principal.tenant_id, purpose=thumbnail_purpose(purpose),
                                 resource=f"{item}:{rendition}", params=params, now=now)
         actor = Actor(tenant_id=principal.tenant_id, token_id=principal.token_id, role=principal.role, request_id=request_id)
@@ -426,6 +500,11 @@ class ReleaseService:
             wanted = gate.ALLOW_DEIDENTIFIED if by_handle else gate.ALLOW
             if decision.outcome != wanted:
                 raise refusal(decision, by_handle=by_handle)
+            if release.pair_media_id is not None:  # a composite: its after photo must still be allowed too
+                pair = await self._media(session, actor.tenant_id, release.pair_media_id)
+                after, _ = await self._decide(session, actor, pair, release.purpose, now, by_handle=by_handle)
+                if after.outcome != wanted:
+                    raise refusal(after, by_handle=by_handle)
             if by_handle and release.approval_id is not None:
                 # The approval this release carries must still hold: a reviewer who changed
                 # the boxes since (a face the detector missed) stops the download too.
@@ -437,7 +516,7 @@ class ReleaseService:
                 )
                 if cast("CursorResult[Any]", claimed).rowcount != 1:
                     raise Gone("this release was already downloaded")
-            if release.rendition == gate.ORIGINAL:
+            if release.rendition == gate.ORIGINAL and release.pair_media_id is None:
                 blob = await self._blob(session, media.id, ORIGINAL)
                 ref, mime = sealed_ref(blob), blob.mime
             elif release.blob_id is None:
@@ -456,8 +535,9 @@ class ReleaseService:
         return await self.sealed.stream(download.ref)
 
     async def finish_download(self, download: Download) -> None:
-        """After the one download (complete or not): the release's own rendition goes."""
-        if download.claimed and download.release.rendition == gate.DEIDENTIFIED:
+        """After the one download (complete or not): the release's own rendition (a
+        redacted photo, a composite) goes."""
+        if download.claimed and download.release.blob_id is not None:
             await shred_rendition(self.db, self.sealed, download.release)
 
     async def shred_expired(self, *, now: datetime | None = None) -> int:
@@ -493,7 +573,7 @@ class ReleaseService:
                 query = query.where(Release.patient_id == patient_id)
             if media_id is not None:
                 await self._media(session, actor.tenant_id, media_id)
-                query = query.where(Release.media_id == media_id)
+                query = query.where(or_(Release.media_id == media_id, Release.pair_media_id == media_id))
                 if marketing:
                     query = query.where(Release.rendition == gate.ORIGINAL)
             if handle is not None:
@@ -528,7 +608,8 @@ class ReleaseService:
         if handle is not None:
             view = view.model_copy(update={"handle": handle})
         if actor.role == "marketing":
-            hidden = {"patient_id", "approval_id"} | ({"media_id", "consent_id"} if r.rendition == gate.DEIDENTIFIED else set())
+            hidden = {"patient_id", "approval_id"} | ({"media_id", "pair_media_id", "consent_id"}
+                                                     if r.rendition == gate.DEIDENTIFIED else set())
             view = ReleaseView.model_validate(view.model_dump(exclude=hidden))
         return view
 

@@ -53,9 +53,11 @@ class ConsentList(BaseModel):
 class ReleaseView(_Response):
     # Marketing works with media, never with patients; a de-identified release it sees
     # only by its handle (no media, consent or approval id).
-    OMIT_UNSET = frozenset({"patient_id", "media_id", "consent_id", "handle", "approval_id"})
+    OMIT_UNSET = frozenset({"patient_id", "media_id", "consent_id", "handle", "approval_id", "pair_media_id"})
     id: str
     media_id: str | None = None
+    #: a before/after composite: its after photo (``media_id`` is the before)
+    pair_media_id: str | None = None
     handle: str | None = None
     patient_id: str | None = None
     purpose: str

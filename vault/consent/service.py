@@ -113,6 +113,7 @@ async def release_view(keys: KeyStore, r: Release) -> ReleaseView:
         consent_id=r.consent_id,
         **({"approval_id": r.approval_id} if r.approval_id else {}),
         **({"handle": r.handle} if r.handle else {}),
+        **({"pair_media_id": r.pair_media_id} if r.pair_media_id else {}),
         created_at=r.created_at.isoformat(),
         expires_at=r.expires_at.isoformat(),
         downloaded_at=r.downloaded_at.isoformat() if r.downloaded_at else None,
@@ -393,7 +394,9 @@ async def recall(session: AsyncSession, tenant_id: str, patient_id: str, *, medi
     (None: all) and ``purposes`` (None: all). Erasure calls it with both None."""
     query = select(Release).where(Release.tenant_id == tenant_id, Release.patient_id == patient_id, Release.created_at <= now)
     if media is not None:
-        query = query.where(Release.media_id.in_(sorted(media) or [""]))
+        wanted = sorted(media) or [""]
+        # a composite is recalled when either of its photos is
+        query = query.where(or_(Release.media_id.in_(wanted), Release.pair_media_id.in_(wanted)))
     if purposes is not None:
         query = query.where(Release.purpose.in_(sorted(purposes)))
     releases = list((await session.execute(query.order_by(Release.created_at, Release.id))).scalars())

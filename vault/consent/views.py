@@ -6,25 +6,42 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import date
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from vault import idempotent
 from vault.appkeys import RUNTIME, SETTINGS
+from vault.consent.composites import CompositeReleases
 from vault.consent.evidence import EVIDENCE_TYPES, MAX_EVIDENCE_BYTES, sniff
-from vault.consent.releases import Releasable, ReleaseService
+from vault.consent.releases import Filters, Releasable, ReleaseService
 from vault.consent.responses import (
-    ConsentList, ConsentView, ReleasableItem, ReleasablePage, ReleaseMade, ReleasePage, ReleaseView, Withdrawal,
+    ConsentList,
+    ConsentView,
+    ReleasableItem,
+    ReleasablePage,
+    ReleaseMade,
+    ReleasePage,
+    ReleaseView,
+    Withdrawal,
 )
 from vault.consent.service import ConsentService
 from vault.errors import TooLarge, UnsupportedMedia, ValidationFailed
 from vault.http.conditional import REVALIDATE, if_none_match, not_modified
 from vault.http.context import REQUEST_ID, actor_of
 from vault.http.downloads import send_once
-from vault.http.jsonio import json_response, parse_query, read_json
+from vault.http.jsonio import json_response, parse_query, read_json, whole_number
 from vault.http.routing import Endpoints, add_endpoints
 from vault.media.upload import CONTENT_TYPES
 from vault.signedurls import SignedParams
@@ -32,6 +49,7 @@ from vault.signedurls import SignedParams
 routes = Endpoints("consent")
 CONSENTS = web.AppKey("consents", ConsentService)
 RELEASES = web.AppKey("releases", ReleaseService)
+COMPOSITES = web.AppKey("composites", CompositeReleases)
 
 
 def setup(app: web.Application) -> None:
@@ -41,6 +59,7 @@ def setup(app: web.Application) -> None:
     async def wire(app: web.Application) -> None:
         app[CONSENTS] = app[RUNTIME].consents
         app[RELEASES] = app[RUNTIME].releases
+        app[COMPOSITES] = app[RUNTIME].composites
 
     app.on_startup.append(wire)  # after every cleanup_ctx has opened (aiohttp runs those first)
 
@@ -92,10 +111,59 @@ Cursor = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{20,200}$")]
 
 
 class ReleasableQuery(BaseModel):
+    """The listing's filters. A de-identified item is filtered only by the tenant's
+    treatment-type vocabulary and by year; phase and dates need ``rendition=original``."""
+
     model_config = ConfigDict(extra="forbid")
     purpose: Purpose | None = Field(default=None, description="default: every purpose")
     cursor: Cursor | None = None
     limit: int = Field(default=50, ge=1, le=200)
+    rendition: Literal["original", "deidentified"] | None = Field(
+        default=None, description="only identifiable (original) or only de-identified items")
+    treatment_type: Id | None = Field(default=None, description="a type of GET /v1/treatment-types")
+    year: int | None = Field(default=None, ge=1900, le=2200, description="taken in (received) in this year")
+    phase: Literal["before", "after", "progress", "adverse", "other"] | None = Field(
+        default=None, description="identifiable items only (rendition=original)")
+    taken_from: date | None = Field(default=None, description="identifiable only: taken in on or after this day (UTC)")
+    taken_to: date | None = Field(default=None, description="identifiable only: taken in on or before this day (UTC)")
+
+    @model_validator(mode="after")
+    def _identifiable_only(self) -> ReleasableQuery:
+        if self.rendition != "original" and any(v is not None for v in self._identifiable_filters()):
+            raise ValueError("phase, dates and treatment filter identifiable items only: add rendition=original")
+        return self
+
+    def _identifiable_filters(self) -> tuple[object, ...]:
+        return self.phase, self.taken_from, self.taken_to
+
+    def filters(self) -> Filters:
+        return Filters(rendition=self.rendition, treatment_type=self.treatment_type, year=self.year, phase=self.phase,
+                       taken_from=self.taken_from, taken_to=self.taken_to)
+
+
+_IDENTIFIABLE_ONLY = ("phase", "taken_from", "taken_to", "treatment")
+
+
+class ReleasableSearch(ReleasableQuery):
+    """The GET's filters in a body, with the treatment's name (never in a URL). The schema
+    says what ``_identifiable_only`` checks: those filters only with ``rendition: original``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["rendition"], "properties": {"rendition": {"const": "original"}}},
+        {"properties": {name: {"type": "null"} for name in _IDENTIFIABLE_ONLY}},
+    ]})
+
+    treatment: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = Field(
+        default=None, description="identifiable items only: a part of the treatment's name")
+
+    def _identifiable_filters(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _IDENTIFIABLE_ONLY)
+
+    _whole_numbers = field_validator("limit", "year", mode="before")(whole_number)
+
+    def filters(self) -> Filters:
+        return Filters(rendition=self.rendition, treatment_type=self.treatment_type, year=self.year, phase=self.phase,
+                       taken_from=self.taken_from, taken_to=self.taken_to, treatment=self.treatment)
 
 
 class SignedThumbnailQuery(BaseModel):
@@ -114,6 +182,21 @@ class ReleaseIn(BaseModel):
     recipient: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)] = Field(
         description="who receives it, or the channel"
     )
+
+
+class CompositeIn(ReleaseIn):
+    before: Id = Field(description="the before photo's media id (identifiable, releasable for the purpose)")
+    after: Id = Field(description="the after photo's media id, of the same patient")
+
+
+class CompositeMade(BaseModel):
+    id: str
+    before: str
+    after: str
+    purpose: str
+    rendition: Literal["original"]
+    download_url: str
+    expires_at: str
 
 
 class ReleasesQuery(BaseModel):
@@ -189,8 +272,18 @@ async def withdraw_consent(request: web.Request) -> web.Response:
 @routes.get("/v1/releasable", summary="What the consent gate allows now, with signed thumbnail URLs", query=ReleasableQuery,
             response=ReleasablePage, errors=(422,))
 async def list_releasable(request: web.Request) -> web.Response:
-    q = parse_query(request, ReleasableQuery)
-    items, next_cursor = await request.app[RELEASES].releasable(actor_of(request), purpose=q.purpose, cursor=q.cursor, limit=q.limit)
+    return await _releasable_page(request, parse_query(request, ReleasableQuery))
+
+
+@routes.post("/v1/releasable/search", summary="The releasable listing with its filters in the body (a treatment's name "
+             "never goes into a URL)", body=ReleasableSearch, response=ReleasablePage, errors=(404, 422))
+async def search_releasable(request: web.Request) -> web.Response:
+    return await _releasable_page(request, await read_json(request, ReleasableSearch, limit=request.app[SETTINGS].max_json_bytes))
+
+
+async def _releasable_page(request: web.Request, q: ReleasableQuery) -> web.Response:
+    items, next_cursor = await request.app[RELEASES].releasable(actor_of(request), purpose=q.purpose, cursor=q.cursor,
+                                                                limit=q.limit, filters=q.filters())
     base = _base(request)
     return json_response(ReleasablePage(items=[_releasable_item(base, item) for item in items], next_cursor=next_cursor))
 
@@ -226,6 +319,20 @@ async def create_release(request: web.Request) -> web.Response:
         id=made.id, purpose=made.purpose, rendition=made.rendition, **named,
         download_url=f"{_base(request)}/v1/releases/{made.id}/download", expires_at=made.expires_at.isoformat(),
     ), status=201, headers={"Location": f"/v1/releases/{made.id}/download"})
+
+
+@routes.post("/v1/releases/composites", summary="Release one image of two photos of a patient side by side at the same "
+             "height, labelled (a fresh JPEG, no metadata); 403 consent_required when either photo is not releasable",
+             body=CompositeIn, status=201, response=CompositeMade, headers=("Idempotency-Key",), errors=(403, 404, 409, 422))
+async def create_composite(request: web.Request) -> web.Response:
+    body = await read_json(request, CompositeIn, limit=request.app[SETTINGS].max_json_bytes)
+    made = await request.app[COMPOSITES].release(actor_of(request), body.before, body.after, purpose=body.purpose,
+                                                 recipient=body.recipient,
+                                                 idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")))
+    return json_response(CompositeMade(id=made.id, before=body.before, after=body.after, purpose=made.purpose, rendition="original",
+                                       download_url=f"{_base(request)}/v1/releases/{made.id}/download",
+                                       expires_at=made.expires_at.isoformat()),
+                         status=201, headers={"Location": f"/v1/releases/{made.id}/download"})
 
 
 @routes.get("/v1/releases/{release_id}/download", summary="The released file, once, before the link expires (gate re-checked)",

@@ -22,6 +22,14 @@ from keys.db import PointReader
 
 _BUSY_TIMEOUT_MS = 30000
 _SINGLE_READ = "keys_read"  # the option keys.db.reader sets: one statement, no BEGIN
+#: every connection to the metadata database (the audit writer's raw one included)
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",  # the audit log is durable before a response
+    "PRAGMA foreign_keys=ON",
+    f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}",
+    "PRAGMA secure_delete=ON",
+)
 
 
 def install_sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
@@ -34,13 +42,7 @@ def install_sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
     def _connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=FULL",  # the audit log is durable before a response
-            "PRAGMA foreign_keys=ON",
-            f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}",
-            "PRAGMA secure_delete=ON",
-        ):
+        for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
         cursor.close()
 

@@ -10,7 +10,7 @@ which renditions a listed media has (and their sizes), after those checks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -88,9 +88,11 @@ class FhirService:
     async def read_patient(self, actor: Actor, patient_id: str) -> PatientView:
         return await self.patients.get(actor, patient_id)  # tenant check, 404/410, audit "patient.read"
 
-    async def binary(self, actor: Actor, media_id: str) -> Content:
-        """The stripped original, through the ``/v1/media/{id}/content`` read path and its audit."""
-        return await self.media.content(actor, media_id, rendition=ORIGINAL, action="media.content")
+    async def binary(self, actor: Actor, media_id: str, *, if_none_match: Iterable[str] | None = None) -> Content:
+        """The stripped original, through the ``/v1/media/{id}/content`` read path and its
+        audit (a matching tag: ``not_modified``, audited as such, as there)."""
+        return await self.media.content(actor, media_id, rendition=ORIGINAL, action="media.content",
+                                        if_none_match=if_none_match)
 
     async def read_all(self, content: Content) -> bytes:
         return await self.media.read_all(content)

@@ -24,10 +24,11 @@ from vault import errors
 from vault.appkeys import RUNTIME
 from vault.fhir import responses
 from vault.fhir.service import FhirService
+from vault.http.conditional import if_none_match
 from vault.http.context import PRINCIPAL, RESPONSE_STARTED, actor_of
+from vault.http.downloads import serve_content
 from vault.http.jsonio import read_capped
 from vault.http.middleware import allow_header, request_context
-from vault.http.ranges import parse_range
 from vault.http.routing import Endpoints, add_endpoints
 from vault.media.upload import CONTENT_TYPES
 from vault.permissions import allowed
@@ -45,7 +46,6 @@ MAX_COUNT, DEFAULT_COUNT = 200, 50
 MAX_FORM_BYTES = 8 * 1024
 #: where a role's right to read names and birth dates is decided (the /v1 patient read)
 _PATIENT_READ = ("GET", "/v1/patients/{patient_id}")
-_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic", "video/mp4": "mp4"}
 
 
 def setup(app: web.Application) -> None:
@@ -262,35 +262,20 @@ def _wants_fhir_json(request: web.Request) -> bool:
 
 
 @routes.get("/fhir/R4/Binary/{media_id}", summary="FHIR Binary read: the stripped original in its own content type, streamed (Range and HEAD supported); as application/fhir+json only for photos up to 1 MiB",
-            response_media=(*CONTENT_TYPES, responses.FHIR_JSON), headers=("Range",), errors=(404, 406, 409, 410, 416))
+            response_media=(*CONTENT_TYPES, responses.FHIR_JSON), headers=("Range", "If-None-Match"), errors=(404, 406, 409, 410, 416))
 async def read_binary(request: web.Request) -> web.StreamResponse:
     if request.query:
         raise _UnknownParameter("a read takes no parameters")
     media_id = _path_id(request, "media_id")
     service = request.app[FHIR]
-    content = await service.binary(actor_of(request), media_id)  # tenant check and audit, as /v1/media/{id}/content
+    as_json = _wants_fhir_json(request)
+    # Tenant check and audit as /v1/media/{id}/content; a tag the client holds is of the
+    # raw bytes (the FHIR JSON form carries no ETag), so it is only asked about for those.
+    content = await service.binary(actor_of(request), media_id, if_none_match=None if as_json else if_none_match(request))
     size = content.ref.plain_size
-    if _wants_fhir_json(request):
+    if as_json:
         if size > BINARY_JSON_LIMIT or content.mime.startswith("video/"):
             raise _NotAcceptable(f"Binary as application/fhir+json only for photos up to {BINARY_JSON_LIMIT} bytes: "
                                  f"ask for {content.mime} (streamed, with Range)", details={"limit": BINARY_JSON_LIMIT})
         return fhir_response(responses.binary_resource(media_id, content.mime, await service.read_all(content)))
-    wanted = parse_range(request.headers.get("Range"), size)
-    start, end = wanted or (0, size)
-    response = web.StreamResponse(status=206 if wanted else 200)
-    response.content_type = content.mime
-    response.content_length = end - start
-    response.headers["Accept-Ranges"] = "bytes"
-    response.headers["Content-Disposition"] = f'inline; filename="{media_id}.{_EXTENSIONS.get(content.mime, "bin")}"'
-    if wanted:
-        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    response.headers["Cache-Control"] = "private, no-store"
-    response.headers["ETag"] = content.etag
-    # The key is unwrapped before the status line goes out: a key destroyed meanwhile is a 410.
-    pieces = await service.stream(content, start, end) if request.method != "HEAD" and end > start else None
-    await response.prepare(request)
-    if pieces is not None:
-        async for piece in pieces:
-            await response.write(piece)
-    await response.write_eof()
-    return response
+    return await serve_content(request, content, name=media_id, stream=service.stream)

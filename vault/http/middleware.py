@@ -65,18 +65,19 @@ async def request_context(request: web.Request, handler):
         status = 499  # nginx's "client closed request", for the log only: nothing more is sent
         raise
     finally:
-        principal = request.get(PRINCIPAL)
-        log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "route": route_template(request),
-                "status": status,
-                "ms": round((time.perf_counter() - started) * 1000, 2),
-                "tenant_id": principal.tenant_id if principal else None,
-                "token_id": principal.token_id if principal else None,
-            },
-        )
+        if log.isEnabledFor(logging.INFO):  # the access line's fields cost nothing when it is off
+            principal = request.get(PRINCIPAL)
+            log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "route": route_template(request),
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                    "tenant_id": principal.tenant_id if principal else None,
+                    "token_id": principal.token_id if principal else None,
+                },
+            )
         request_id_var.reset(token)
 
 

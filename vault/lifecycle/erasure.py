@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keys.errors import KeyDestroyed
@@ -278,7 +278,8 @@ class ErasureService:
 async def _media_blob_ids(session: AsyncSession, media_id: str) -> list[str]:
     renditions = (await session.execute(select(MediaBlob.id).where(MediaBlob.media_id == media_id))).scalars().all()
     released = (await session.execute(
-        select(Release.blob_id).where(Release.media_id == media_id, Release.blob_id.is_not(None))
+        select(Release.blob_id).where(or_(Release.media_id == media_id, Release.pair_media_id == media_id),
+                                      Release.blob_id.is_not(None))
     )).scalars().all()
     return sorted(set(renditions) | {blob_id for blob_id in released if blob_id is not None})  # None excluded in SQL too
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.consent.models import ConsentRecord, Release
@@ -99,7 +99,8 @@ class Purger:
             lambda ids: delete(MediaBlob).where(MediaBlob.id.in_(ids)),
         )
         await self._pages(
-            select(Release.blob_id).where(Release.media_id == media_id, Release.blob_id.is_not(None)),
+            select(Release.blob_id).where(or_(Release.media_id == media_id, Release.pair_media_id == media_id),
+                                      Release.blob_id.is_not(None)),
             lambda ids: update(Release).where(Release.blob_id.in_(ids)).values(blob_id=None),
         )
         async with self.db.transaction() as session:

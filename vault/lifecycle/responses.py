@@ -109,6 +109,22 @@ class SweepRunOut(_Out):
     skipped: list[SkippedPatientOut]
 
 
+class SweepProgressOut(_Out):
+    """How far a real sweep has got: each patient it set out to erase is erased (key
+    destroyed, receipt signed: in the request) and then cleaned up (the
+    ``lifecycle.purge_patient`` job: blobs deleted, recalls and webhooks sent)."""
+
+    id: str
+    status: str = Field(description="erasing | cleaning_up | done | failed (a clean-up job gave up)")
+    progress: float = Field(description="0..1: erasures and clean-ups done, of those the sweep has to do")
+    due: int = Field(description="patients the sweep set out to erase")
+    erased: int
+    skipped: int | None = Field(description="patients skipped (a legal hold, erased meanwhile); null while erasing")
+    cleaned_up: int
+    failed: int = Field(description="clean-up jobs that gave up (see `vault jobs list`)")
+    created_at: str
+
+
 class SweepOut(RootModel[DryRunOut | SweepRunOut]):
     """A dry run (who is due, and why) or a real sweep (who was erased or skipped)."""
 

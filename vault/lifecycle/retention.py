@@ -38,8 +38,9 @@ from vault.consent.models import ConsentRecord
 from vault.db import Database, new_id, rowcount, utcnow
 from vault.errors import Conflict, LegalHold as LegalHoldError, NotFound, PatientErased, ValidationFailed
 from vault.lifecycle.durations import Duration, start_of
-from vault.lifecycle.erasure import ErasureService, system_actor
-from vault.lifecycle.models import BY_RETENTION, PENDING, ErasureRequest, LegalHold, RetentionPolicy, RetentionSweep
+from vault.jobs.models import DEAD, QUEUED, RUNNING, Job
+from vault.lifecycle.erasure import PURGE_PATIENT, ErasureService, system_actor
+from vault.lifecycle.models import BY_RETENTION, DONE, PENDING, ErasureRequest, LegalHold, RetentionPolicy, RetentionSweep
 from vault.lifecycle.responses import (
     DryRunOut,
     DuePatientOut,
@@ -48,6 +49,7 @@ from vault.lifecycle.responses import (
     RetentionPolicyOut,
     RetentionRuleOut,
     SkippedPatientOut,
+    SweepProgressOut,
     SweepRunOut,
 )
 from vault.media.models import Media
@@ -61,6 +63,8 @@ CLOCKS = (LAST_TREATMENT, LAST_ACTIVITY, LAST_CONTACT)
 MAX_RULES = 10
 POLICY_SETTLE = timedelta(hours=24)
 REVIEW_VALID = timedelta(days=7)
+#: a real sweep's ``outcome`` while it erases, and once it has gone through its list
+SWEEP_RUNNING, SWEEP_FINISHED = "running", "ok"
 _PAGE = 1000
 
 
@@ -208,9 +212,25 @@ class RetentionService:
             row = await session.get(RetentionSweep, sweep_id, with_for_update=True)
             assert row is not None, "committed by _start; sweeps are never deleted"
             row.erased = json.dumps([e.patient_id for e in erased])
+            row.outcome = SWEEP_FINISHED
             await self.audit.append(session, AuditEvent.of(actor, "retention.sweep", sweep_id=sweep_id, review_id=review_id,
                                                            erased=str(len(erased)), skipped=str(len(skipped))))
         return SweepRunOut(id=sweep_id, dry_run=False, review_id=review_id, erased=erased, skipped=skipped)
+
+    async def progress(self, actor: Actor, sweep_id: str) -> SweepProgressOut:
+        """A real sweep of the actor's tenant: erasures so far, then the clean-up jobs."""
+        async with self.db.session() as session:
+            row = (await session.execute(select(RetentionSweep).where(
+                RetentionSweep.id == sweep_id, RetentionSweep.tenant_id == actor.tenant_id,
+                RetentionSweep.dry_run.is_(False)))).scalar_one_or_none()
+            if row is None:
+                raise NotFound("no such sweep")
+            erased = list((await session.execute(select(ErasureRequest.patient_id).where(
+                ErasureRequest.tenant_id == actor.tenant_id, ErasureRequest.sweep_id == row.id,
+                ErasureRequest.state == DONE))).scalars())
+            waiting, failed = await cleanup_counts(session, erased)
+        await self.audit.record(AuditEvent.of(actor, "retention.sweep.read", sweep_id=row.id))
+        return sweep_progress(row, erased=len(erased), waiting=waiting, failed=failed)
 
     def _blocked(self, policy: RetentionPolicy | None, due: list[DuePatientOut], now: datetime) -> dict[str, Any] | None:
         """Why a real sweep without a review would refuse to act (None: it would act)."""
@@ -250,7 +270,7 @@ class RetentionService:
     async def _start(self, actor: Actor, policy: RetentionPolicy | None, due: list[DuePatientOut],
                      review: RetentionSweep | None, origin: str, now: datetime) -> str:
         row = RetentionSweep(id=new_id(), tenant_id=actor.tenant_id, dry_run=False, origin=origin, due=_due_json(due),
-                             outcome="ok", review_id=review.id if review else None,
+                             outcome=SWEEP_RUNNING, review_id=review.id if review else None,
                              policy_updated_at=policy.updated_at if policy else None, created_by=actor.token_id, created_at=now)
         async with self.db.transaction() as session:
             if review is not None:
@@ -301,6 +321,34 @@ async def _clocks(session: AsyncSession, tenant_id: str, after: str) -> list[Clo
                last_upload=row.uploaded_at, last_consent=row.consented_at, last_contact=row.updated_at)
         for row in await session.execute(query)
     ]
+
+
+async def cleanup_counts(session: AsyncSession, patient_ids: list[str]) -> tuple[int, int]:
+    """Of these erased patients' clean-up jobs: how many are still to run, how many gave
+    up. A finished job is done or already pruned (it is enqueued with the erasure)."""
+    waiting = failed = 0
+    for i in range(0, len(patient_ids), _PAGE):
+        keys = [f"{PURGE_PATIENT}:{p}" for p in patient_ids[i:i + _PAGE]]
+        for state, count in (await session.execute(select(Job.state, func.count()).where(
+                Job.dedupe_key.in_(keys)).group_by(Job.state))).all():
+            if state in (QUEUED, RUNNING):
+                waiting += count
+            elif state == DEAD:
+                failed += count
+    return waiting, failed
+
+
+def sweep_progress(row: RetentionSweep, *, erased: int, waiting: int, failed: int) -> SweepProgressOut:
+    due = len(json.loads(row.due))
+    finished = row.outcome != SWEEP_RUNNING
+    skipped = due - erased if finished else None
+    cleaned = erased - waiting - failed
+    # Two steps a patient: erased, then cleaned up; a skipped one has neither to do.
+    steps = 2 * (erased if finished else due)
+    progress = 1.0 if steps == 0 else round((erased + cleaned + failed) / steps, 4)
+    status = ("erasing" if not finished else "cleaning_up" if waiting else "failed" if failed else "done")
+    return SweepProgressOut(id=row.id, status=status, progress=progress, due=due, erased=erased, skipped=skipped,
+                            cleaned_up=cleaned, failed=failed, created_at=row.created_at.isoformat())
 
 
 def _policy_view(row: RetentionPolicy | None) -> RetentionPolicyOut:

@@ -24,6 +24,7 @@ from vault.lifecycle.responses import (
     RestrictionOut,
     RetentionPolicyOut,
     SweepOut,
+    SweepProgressOut,
 )
 from vault.lifecycle.service import Lifecycle
 
@@ -142,6 +143,12 @@ async def sweep(request: web.Request) -> web.Response:
         raise ValidationFailed(details={"errors": [{"field": "review_id", "problem": "only_for_a_real_sweep"}]})
     result = await _lifecycle(request).retention.sweep(actor_of(request), dry_run=body.dry_run, review_id=body.review_id)
     return json_response(SweepOut(result))
+
+
+@routes.get("/v1/retention/sweeps/{sweep_id}", summary="How far a real sweep has got: erasures, then their clean-up jobs",
+            response=SweepProgressOut, errors=(404,))
+async def sweep_progress(request: web.Request) -> web.Response:
+    return json_response(await _lifecycle(request).retention.progress(actor_of(request), request.match_info["sweep_id"]))
 
 
 # -- exports ----------------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ that breaks its worker (crash, wall time, address space) fails alone with
 :class:`~vault.errors.DecoderFailed` (422), the worker is replaced, and the other items
 go on. Every wait is bounded: for a free worker (else :class:`~vault.errors.DecoderBusy`,
 503), for a worker to start, and for each item.
+
+Background items (the full-resolution face search, seconds of CPU each) have workers of
+their own (``background_workers``), started at a lower CPU priority (``nice``
+:data:`BACKGROUND_NICE`): they never take a worker an upload is waiting for, and while
+uploads keep the cores busy the searches yield to them and catch up when uploads pause.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vault import errors
+from vault import allocator, errors
 from vault.pipeline import wire
 
 log = logging.getLogger(__name__)
 
 START_SECONDS = 60.0
+BACKGROUND_NICE = 10  # CPU weight ~1/10 of a normal process's (CFS), not starved outright
 # What the worker may report; anything else becomes DecoderFailed. Never a class by name
 # from the worker: it chooses only among these.
 _KINDS: dict[str, type[errors.VaultError]] = {
@@ -48,6 +54,7 @@ class PoolLimits:
     recycle_after: int
     queue_seconds: float
     max_queue: int
+    background_workers: int = 0  # 0: background items share the upload workers
 
 
 Read = Callable[[int, int], Awaitable[bytes]]
@@ -55,8 +62,9 @@ Write = Callable[[bytes], Awaitable[None]]
 
 
 class _Worker:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, *, background: bool) -> None:
         self.proc = proc
+        self.background = background
         self.items = 0
         self.sandbox: dict[str, Any] = {}
 
@@ -88,6 +96,7 @@ class DecoderPool:
         self.limits = limits
         self.face_model = face_model
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._idle_background: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
         self._spawning: set[asyncio.Task[None]] = set()
         self._waiting = 0
@@ -99,20 +108,22 @@ class DecoderPool:
     def start(self) -> None:
         """Begin starting every worker (returns at once; items wait for them)."""
         for _ in range(self.limits.workers):
-            self._replace()
+            self._replace(background=False)
+        for _ in range(self.limits.background_workers):
+            self._replace(background=True)
 
-    def _replace(self) -> None:
+    def _replace(self, *, background: bool) -> None:
         if self._closed:
             return
-        task = asyncio.create_task(self._spawn(), name="decoder worker start")
+        task = asyncio.create_task(self._spawn(background), name="decoder worker start")
         self._spawning.add(task)
         task.add_done_callback(self._spawning.discard)
 
-    async def _spawn(self) -> None:
+    async def _spawn(self, background: bool) -> None:
         for attempt in range(5):
             worker = None
             try:
-                worker = await self._launch()
+                worker = await self._launch(background)
                 header, _ = await asyncio.wait_for(worker.receive(max_payload=0), START_SECONDS)
                 if header.get("t") != "ready":
                     raise wire.WireError("unexpected greeting")
@@ -128,18 +139,22 @@ class DecoderPool:
             if self._closed:
                 await self._retire(worker)
             else:
-                self._idle.put_nowait(worker)
+                self._queue(worker).put_nowait(worker)
             return
 
-    async def _launch(self) -> _Worker:
+    def _queue(self, worker: _Worker) -> asyncio.Queue[_Worker]:
+        return self._idle_background if worker.background else self._idle
+
+    async def _launch(self, background: bool) -> _Worker:
         root = str(Path(__file__).resolve().parents[2])
+        nice = BACKGROUND_NICE if background else 0
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-c", _BOOT, root, self.face_model or "", str(self.limits.memory_bytes),
+            sys.executable, "-I", "-c", _BOOT, root, self.face_model or "", str(self.limits.memory_bytes), str(nice),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             env=clean_environment(), cwd="/", close_fds=True, start_new_session=True,
             limit=1 << 20,
         )
-        worker = _Worker(proc)
+        worker = _Worker(proc, background=background)
         self._all.add(worker)
         return worker
 
@@ -163,14 +178,15 @@ class DecoderPool:
         await asyncio.gather(*(self._retire(w) for w in list(self._all)), return_exceptions=True)
 
     # -- items --------------------------------------------------------------------------
-    async def _acquire(self) -> _Worker:
+    async def _acquire(self, background: bool) -> _Worker:
         if self._closed:
             raise errors.DecoderBusy("the media decoders are shutting down")
-        if self._waiting >= self.limits.max_queue and self._idle.empty():
+        idle = self._idle_background if background and self.limits.background_workers else self._idle
+        if self._waiting >= self.limits.max_queue and idle.empty():
             raise errors.DecoderBusy()
         self._waiting += 1
         try:
-            return await asyncio.wait_for(self._idle.get(), self.limits.queue_seconds)
+            return await asyncio.wait_for(idle.get(), self.limits.queue_seconds)
         except TimeoutError:
             raise errors.DecoderBusy() from None
         finally:
@@ -178,11 +194,12 @@ class DecoderPool:
 
     async def run(
         self, op: str, header: dict[str, Any], *parts: bytes, read: Read | None = None, write: Write | None = None,
-        max_result: int = 256 << 20, seconds: float | None = None,
+        max_result: int = 256 << 20, seconds: float | None = None, background: bool = False,
     ) -> tuple[dict[str, Any], list[bytes]]:
-        """Run one item on a free worker: ``read(start, end)`` answers its range requests,
-        ``write(chunk)`` takes its streamed output. Returns its (unchecked) result."""
-        worker = await self._acquire()
+        """Run one item on a free worker (a background one when asked and there are any):
+        ``read(start, end)`` answers its range requests, ``write(chunk)`` takes its
+        streamed output. Returns its (unchecked) result."""
+        worker = await self._acquire(background)
         healthy = False
         try:
             async with asyncio.timeout(seconds or self.limits.item_seconds):
@@ -209,10 +226,10 @@ class DecoderPool:
         finally:
             worker.items += 1
             if healthy and worker.items < self.limits.recycle_after and not self._closed:
-                self._idle.put_nowait(worker)
+                self._queue(worker).put_nowait(worker)
             else:  # crashed, killed, timed out, cancelled mid-item, or due for recycling
                 await asyncio.shield(self._retire(worker))
-                self._replace()
+                self._replace(background=worker.background)
 
     @property
     def workers(self) -> int:
@@ -233,7 +250,13 @@ def _rejection(reply: dict[str, Any]) -> errors.VaultError:
 
 def clean_environment() -> dict[str, str]:
     """No VAULT_* setting (URLs, credentials), no AWS_* or proxy variable: only what the
-    decoders need, and one thread each (the pool is the parallelism)."""
+    decoders need, and one thread each (the pool is the parallelism).
+
+    glibc's malloc keeps freed memory for reuse, as in the server (:mod:`vault.allocator`:
+    every photo allocates the same few buffers of megabytes, and fresh pages are slow on a
+    virtual machine). A worker's heap stays at its high mark, bounded by its address-space
+    limit, until it is recycled after ``recycle_after`` items."""
     env = {"PATH": os.defpath, "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1", "OPENCV_LOG_LEVEL": "ERROR", "PYTHONDONTWRITEBYTECODE": "1"}
+           "OPENBLAS_NUM_THREADS": "1", "OPENCV_LOG_LEVEL": "ERROR", "PYTHONDONTWRITEBYTECODE": "1",
+           "MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD)}
     return env

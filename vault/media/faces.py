@@ -48,7 +48,7 @@ _PENDING_LIMIT = 500  # stuck pending photos re-queued per run; the next run tak
 class FaceDetection:
     """What the detectors say about one photo: ``state`` (``pending`` | ``searched`` |
     ``incomplete``), ``boxes`` ([x, y, w, h] in the displayed original's pixels, margin
-    applied) and ``detector_version`` (e.g. ``yunet-2023mar+dlib-hog/1``)."""
+    applied) and ``detector_version`` (e.g. ``yunet-2023mar+dlib-hog/2``)."""
 
     state: str
     boxes: tuple[tuple[int, int, int, int], ...]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from keys.blobio import HEADER_SIZE, Header, SegmentCipher, ciphertext_span, open_span
@@ -19,13 +20,14 @@ from vault.errors import DecoderFailed
 from vault.media import recheck
 from vault.media.decoders import DecoderPool, PoolLimits
 from vault.instruments import timed_stage
+from vault.pipeline.composite import LABELS, layout
 from vault.pipeline.video_mux import FragmentedOutput, MuxerSurprise, check_init_segment
 from vault.sealed import SealedBlobs, SealedRef
 
-if TYPE_CHECKING:  # their modules import NumPy/OpenCV/PyAV: the decoder workers' business
-    from vault.pipeline.faces import Faces
-    from vault.pipeline.faces_search import SearchResult as FaceSearchResult
-    from vault.pipeline.photo import ProcessedPhoto
+from vault.pipeline.results import Faces, ProcessedPhoto
+from vault.pipeline.results import SearchResult as FaceSearchResult
+
+if TYPE_CHECKING:  # its module imports PyAV: the decoder workers' business
     from vault.pipeline.video import VideoInfo, VideoProbe
 
 SEARCH_SHARE = 0.75  # of the item's time bound, for the face search (the rest: decode, reply)
@@ -48,6 +50,9 @@ class PhotoPipeline:
             video_seconds=settings.decoder_video_seconds, memory_bytes=settings.decoder_memory_bytes,
             recycle_after=settings.decoder_recycle_after, queue_seconds=settings.decoder_queue_seconds,
             max_queue=settings.decoder_workers * 32,
+            # The face searches' own workers, as many as searches ran at once before they had
+            # them (one fewer than the upload workers): niced, so uploads go first.
+            background_workers=max(1, settings.decoder_workers - 1),
         )
         model = str(settings.face_model) if settings.face_model else None
         return cls(DecoderPool(limits, face_model=model), max_pixels=settings.max_pixels)
@@ -65,20 +70,7 @@ class PhotoPipeline:
     async def process(self, data: bytes) -> ProcessedPhoto:
         result, parts = await self.pool.run("photo", {"max_pixels": self.max_pixels}, data,
                                             max_result=len(data) + (64 << 20))
-        return recheck.check_photo(result, parts, input_size=len(data), max_pixels=self.max_pixels)
-
-    @timed_stage("photo.redact")
-    async def redact(self, data: bytes, boxes: list[list[int]], *, margin: float, width: int, height: int) -> bytes:
-        """A face-redacted JPEG of the stored photo (or thumbnail) ``data``, made in a worker
-        (:func:`vault.pipeline.redact.redact_faces`): decoded, turned upright, every box grown
-        by ``margin`` and filled opaque, re-encoded. The server accepts it only as a bare
-        JPEG of exactly ``width`` x ``height`` (the frame the boxes refer to)."""
-        if width < 1 or height < 1:
-            raise DecoderFailed(details={"check": "redacted.dimensions"})
-        header = {"boxes": [[int(v) for v in box] for box in boxes], "margin": float(margin),
-                  "max_pixels": self.max_pixels}
-        _, parts = await self.pool.run("redact", header, data, max_result=recheck.redacted_bound(width, height))
-        return recheck.check_redacted(parts, width=width, height=height)
+        return recheck.check_photo(result, parts, upload=data, max_pixels=self.max_pixels)
 
     @timed_stage("photo.render_redaction")
     async def render_redaction(self, data: bytes, rects: list[list[int]], *, width: int,
@@ -98,6 +90,19 @@ class PhotoPipeline:
             raise DecoderFailed(details={"check": "redacted.thumbnails"})
         return full, thumbs[256]
 
+    @timed_stage("photo.composite")
+    async def composite(self, photos: list[bytes], rects: list[list[list[int]]], *, sizes: list[tuple[int, int]],
+                        labels: tuple[str, str] = LABELS) -> bytes:
+        """A before/after composite of two stored photos (:func:`vault.pipeline.composite.compose`),
+        made in a worker: each photo's ``rects`` filled, both at the same height, one fresh
+        JPEG. Accepted only as a bare JPEG of exactly the size :func:`layout` gives for the
+        photos' displayed ``sizes``."""
+        width, height = layout(sizes[0], sizes[1]).size
+        header = {"rects": [[[int(v) for v in box] for box in side] for side in rects], "labels": list(labels),
+                  "max_pixels": self.max_pixels}
+        _, parts = await self.pool.run("composite", header, *photos, max_result=recheck.redacted_bound(width, height))
+        return recheck.check_redacted(parts, width=width, height=height)
+
     @timed_stage("photo.faces")
     async def search_faces(self, data: bytes, *, width: int, height: int) -> FaceSearchResult:
         """The full-resolution face search of a stored photo (``data``: its stripped
@@ -107,6 +112,9 @@ class PhotoPipeline:
         limits = self.pool.limits
         header = {"max_pixels": self.max_pixels, "memory_bytes": limits.memory_bytes // 2,
                   "seconds": limits.item_seconds * SEARCH_SHARE}
+        if limits.background_workers:  # their own (niced) workers: the lane bounds them
+            result, _ = await self.pool.run("faces", header, data, max_result=1 << 20, background=True)
+            return recheck.check_search(result, width, height)
         if self._searches is None:
             self._searches = asyncio.Semaphore(max(1, limits.workers - 1))
         # A search costs ~80 plain decodes: never let searches take every worker, so an
@@ -114,6 +122,27 @@ class PhotoPipeline:
         async with self._searches:
             result, _ = await self.pool.run("faces", header, data, max_result=1 << 20)
         return recheck.check_search(result, width, height)
+
+    @timed_stage("photo.dicom")
+    async def dicom(self, data: bytes, attributes: dict[str, Any], *, width: int, height: int) -> DicomInstance:
+        """The stored photo ``data`` as a DICOM VL Photographic Image (Part 10 bytes), built
+        in a worker (:func:`vault.pipeline.dicom.build_instance`; pydicom imports NumPy and
+        Pillow, so it never runs here). Accepted only as a DICOM file of exactly ``width`` x
+        ``height`` (as displayed) in one of the two transfer syntaxes we make, a baseline
+        JPEG carrying the stored bytes unchanged."""
+        bound = len(data) + 3 * width * height + (1 << 20)
+        result, parts = await self.pool.run("dicom", {"max_pixels": self.max_pixels, "attributes": attributes}, data,
+                                            max_result=bound)
+        if len(parts) != 1 or len(parts[0]) > bound or parts[0][128:132] != b"DICM":
+            raise DecoderFailed(details={"check": "dicom.file"})
+        instance = DicomInstance(data=parts[0], transfer_syntax=str(result.get("transfer_syntax")),
+                                 encapsulated=result.get("encapsulated") is True)
+        if (result.get("columns"), result.get("rows")) != (width, height):
+            raise DecoderFailed(details={"check": "dicom.dimensions"})
+        expected = DICOM_JPEG_BASELINE if instance.encapsulated else DICOM_EXPLICIT_LITTLE
+        if instance.transfer_syntax != expected or (instance.encapsulated and data not in instance.data):
+            raise DecoderFailed(details={"check": "dicom.pixels"})
+        return instance
 
     # -- video --------------------------------------------------------------------------
     @timed_stage("video.probe")
@@ -163,6 +192,17 @@ class PhotoPipeline:
                                             read=reader.read, max_result=16 << 20)
         return (recheck.check_thumbnails(result.get("thumbnails"), parts),
                 recheck.check_faces(result.get("faces"), width, height))
+
+
+DICOM_JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+DICOM_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+
+
+@dataclass(frozen=True)
+class DicomInstance:
+    data: bytes = field(repr=False)
+    transfer_syntax: str
+    encapsulated: bool
 
 
 class _CheckedOutput(FragmentedOutput):

@@ -14,18 +14,18 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from vault.errors import DecoderFailed, VaultError
+from vault.pipeline.face_boxes import INCOMPLETE, SEARCHED
+from vault.pipeline.results import MAX_PIECES, THUMBNAIL_SIZES, Faces, ProcessedPhoto, SearchResult
 from vault.pipeline.sanitize import SANITIZERS, Sanitized
 from vault.pipeline.sniff import JPEG, MP4, QUICKTIME, SNIFF_BYTES, sniff
 
 if TYPE_CHECKING:
-    from vault.pipeline.faces import Faces
-    from vault.pipeline.faces_search import SearchResult
-    from vault.pipeline.photo import ProcessedPhoto
     from vault.pipeline.video import VideoInfo, VideoProbe
 
-# The result types below are imported where they are built, not at start: their modules
-# pull in NumPy, Pillow plugins, OpenCV and PyAV, which the server process itself never
-# runs (the decoder workers do); its start-up memory stays small (issue 15 item 4).
+# The photo result types are plain data (vault.pipeline.results); the video ones are
+# imported where they are built, not at start: vault.pipeline.video pulls in PyAV, which
+# the server process itself never runs (the decoder workers do): its memory stays small
+# (issue 15 item 4).
 
 MAX_CAPTURE_JSON = 64 * 1024
 MAX_THUMBNAIL_BYTES = 4 << 20
@@ -110,22 +110,14 @@ def check_thumbnails(sizes: Any, blobs: list[bytes]) -> dict[int, bytes]:
         raise _refuse("thumbnails")
     out = {}
     for size, blob in zip(sizes, blobs, strict=True):
-        if size not in _thumbnail_sizes() or len(blob) > MAX_THUMBNAIL_BYTES:
+        if size not in THUMBNAIL_SIZES or len(blob) > MAX_THUMBNAIL_BYTES:
             raise _refuse("thumbnails")
         check_stripped(blob, JPEG, max_pixels=size * size)
         out[size] = blob
     return out
 
 
-def _thumbnail_sizes() -> tuple[int, ...]:
-    from vault.pipeline.thumbnails import THUMBNAIL_SIZES
-
-    return tuple(THUMBNAIL_SIZES)
-
-
 def check_faces(value: Any, width: int, height: int) -> Faces:
-    from vault.pipeline.faces import Faces
-
     if not isinstance(value, dict):
         raise _refuse("faces")
     boxes = value.get("boxes")
@@ -152,8 +144,6 @@ def check_faces(value: Any, width: int, height: int) -> Faces:
 
 def check_search(value: Any, width: int, height: int) -> SearchResult:
     """The full-resolution face search's answer: a known state, boxes inside the frame."""
-    from vault.pipeline.faces_search import INCOMPLETE, SEARCHED, SearchResult
-
     if not isinstance(value, dict) or value.get("state") not in (SEARCHED, INCOMPLETE):
         raise _refuse("search")
     faces = check_faces({"boxes": value.get("boxes"), "detected": bool(value.get("boxes")), "assumed": False,
@@ -165,12 +155,40 @@ def check_search(value: Any, width: int, height: int) -> SearchResult:
                         stats=stats)
 
 
-def check_photo(result: dict[str, Any], parts: list[bytes], *, input_size: int, max_pixels: int) -> ProcessedPhoto:
-    from vault.pipeline.photo import ProcessedPhoto
+def rebuild_stripped(layout: Any, new: bytes, upload: bytes) -> bytes:
+    """The stripped file a worker describes (:func:`vault.pipeline.results.layout_wire`):
+    ranges of ``upload`` and the bytes of ``new``, in order, every one used once. Only
+    assembled here: :func:`check_photo` then checks it as it would any stripped file."""
+    if not isinstance(layout, list) or not 1 <= len(layout) <= MAX_PIECES:
+        raise _refuse("stripped.layout")
+    limit = len(upload) + _STRIP_GROWTH
+    source, fresh = memoryview(upload), memoryview(new)
+    pieces: list[memoryview] = []
+    used = total = 0
+    for entry in layout:
+        if isinstance(entry, list) and len(entry) == 3 and entry[0] == "in":
+            start = _int(entry[1], "stripped.layout", 0, len(upload))
+            piece = source[start:_int(entry[2], "stripped.layout", start, len(upload))]
+        elif isinstance(entry, list) and len(entry) == 2 and entry[0] == "new":
+            n = _int(entry[1], "stripped.layout", 0, len(new) - used)
+            piece, used = fresh[used:used + n], used + n
+        else:
+            raise _refuse("stripped.layout")
+        total += len(piece)
+        if total > limit:
+            raise _refuse("stripped.size")
+        pieces.append(piece)
+    if used != len(new):
+        raise _refuse("stripped.layout")
+    return b"".join(pieces)
 
-    if not parts or len(parts[0]) > input_size + _STRIP_GROWTH:
+
+def check_photo(result: dict[str, Any], parts: list[bytes], *, upload: bytes, max_pixels: int) -> ProcessedPhoto:
+    """A photo's results, its stripped file rebuilt from ``upload`` (what the worker was
+    sent) and checked to be a fixed point of its sanitizer."""
+    if not parts:
         raise _refuse("stripped.size")
-    stripped = parts[0]
+    stripped = rebuild_stripped(result.get("layout"), parts[0], upload)
     mime = _str(result.get("mime"), "stripped.type")  # check_stripped refuses a non-string alike
     pixels = check_stripped(stripped, mime, max_pixels=max_pixels)
     width, height = _int(result.get("width"), "width", 1), _int(result.get("height"), "height", 1)

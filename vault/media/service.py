@@ -126,9 +126,12 @@ class MediaService:
         patients: PatientService,
         pipeline: PhotoPipeline,
         webhooks: WebhookService | None = None,
+        *,
+        staff_links: signedurls.StaffBounds,
     ) -> None:
         self.db = db
         self.webhooks = webhooks
+        self.staff_links = staff_links  # how long a link a person asked for stays theirs
         self.audit = audit
         self.keys = keys
         self.sealed = sealed
@@ -150,6 +153,12 @@ class MediaService:
     async def _blobs(self, session: AsyncSession, media_id: str) -> dict[str, MediaBlob]:
         rows = (await session.execute(select(MediaBlob).where(MediaBlob.media_id == media_id))).scalars()
         return {b.rendition: b for b in rows}
+
+    async def check_media(self, actor: Actor, media_id: str) -> None:
+        """NotFound/Gone for media the actor may not reach; reads nothing else (no audit entry),
+        so a form can answer 404 before it judges its own fields."""
+        async with self.db.session() as session:
+            await self.load(session, actor, media_id)
 
     # -- upload --------------------------------------------------------------------------
     async def check_target(self, actor: Actor, patient_id: str, treatment_id: str | None) -> None:
@@ -375,7 +384,7 @@ class MediaService:
         except (KeyError, ValueError):
             raise Forbidden("the link is not valid") from None
         async with self.db.session() as session:
-            principal = await signedurls.signer(session, params.token_id)
+            principal = await signedurls.signer(session, params.token_id, staff=self.staff_links)
         await signedurls.verify(self.keys, principal.tenant_id, purpose=PLAYBACK, resource=media_id, params=params, now=utcnow())
         return Actor(tenant_id=principal.tenant_id, token_id=principal.token_id, role=principal.role, request_id=request_id)
 

@@ -17,8 +17,8 @@ from vault.appkeys import RUNTIME, SETTINGS, UPLOAD_LIMITS
 from vault.errors import Forbidden, UnsupportedMedia, ValidationFailed
 from vault.http.conditional import if_none_match, not_modified, private
 from vault.http.context import REQUEST_ID, actor_of
+from vault.http.downloads import serve_content
 from vault.http.jsonio import json_response, parse_query, read_json
-from vault.http.ranges import parse_range
 from vault.http.routing import Endpoints, add_endpoints
 from vault.media.models import ORIGINAL, THUMBNAILS
 from vault.media.responses import MediaPage, MediaView, PlaybackLink
@@ -34,7 +34,6 @@ CONTENT_ROUTE = ("GET", "/v1/media/{media_id}/content")
 Id = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 Phase = Literal["before", "after", "progress", "adverse", "other"]
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic", "video/mp4": "mp4"}
 
 
 class UploadQuery(BaseModel):
@@ -201,30 +200,7 @@ async def media_content(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve(request: web.Request, service: MediaService, content: Content) -> web.StreamResponse:
-    """Stream a rendition, or the byte range asked for, decrypting only the segments it
-    touches; 304 when the client's tag matched (before Range, RFC 9110 §13.2.2)."""
-    if content.not_modified:
-        return not_modified(content.etag)
-    size = content.ref.plain_size
-    wanted = parse_range(request.headers.get("Range"), size)
-    start, end = wanted or (0, size)
-    response = web.StreamResponse(status=206 if wanted else 200)
-    response.content_type = content.mime
-    response.content_length = end - start
-    response.headers["Accept-Ranges"] = "bytes"
-    response.headers["Content-Disposition"] = f'inline; filename="{request.match_info["media_id"]}.{EXTENSIONS.get(content.mime, "bin")}"'
-    if wanted:
-        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    private(response, content.etag)
-    # Unwrap the key before the status line goes out: a key destroyed meanwhile is a
-    # clean 410, not a dropped connection.
-    pieces = await service.stream(content, start, end) if request.method != "HEAD" and end > start else None
-    await response.prepare(request)
-    if pieces is not None:
-        async for piece in pieces:
-            await response.write(piece)
-    await response.write_eof()
-    return response
+    return await serve_content(request, content, name=request.match_info["media_id"], stream=service.stream)
 
 
 @routes.post("/v1/media/{media_id}/playback", summary="A short-lived signed playback URL for a <video> element, bound to this media and this token", response=PlaybackLink, errors=(404, 409, 410))

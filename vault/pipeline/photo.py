@@ -6,34 +6,13 @@ in a process or thread pool, then encrypts and stores each rendition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from vault.errors import CorruptMedia, PixelLimit, UnsupportedMedia
 from vault.pipeline.capture import extract_capture
-from vault.pipeline.faces import FaceDetector, Faces, detect_faces
+from vault.pipeline.faces import FaceDetector, detect_faces
+from vault.pipeline.results import ProcessedPhoto
 from vault.pipeline.sanitize import SANITIZERS
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
 from vault.pipeline.thumbnails import decode, make_thumbnails
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessedPhoto:
-    """``stripped`` is the file to store (same format as the upload, pixels untouched).
-
-    ``width``/``height`` are as displayed (orientation applied), the frame face boxes refer
-    to; ``orientation`` is the EXIF value (1..8) the stripped file still carries.
-    ``capture`` is personal data: encrypt it under the patient key.
-    """
-
-    mime: str
-    stripped: bytes = field(repr=False)
-    width: int
-    height: int
-    orientation: int
-    capture: dict[str, Any] = field(repr=False)
-    thumbnails: dict[int, bytes] = field(repr=False)
-    faces: Faces
 
 
 def process_photo(data: bytes, *, max_pixels: int, detector: FaceDetector) -> ProcessedPhoto:
@@ -67,4 +46,5 @@ def process_photo(data: bytes, *, max_pixels: int, detector: FaceDetector) -> Pr
         capture=capture,
         thumbnails=make_thumbnails(decoded),
         faces=detect_faces(decoded.image, full_size=decoded.size, detector=detector),
+        layout=sanitized.layout,
     )

@@ -1,12 +1,14 @@
-"""Face redaction for de-identified release: opaque boxes, never blur (blur can be undone)."""
+"""Face redaction for de-identified release: opaque rectangles, never blur (blur can be undone).
+
+The one renderer is :func:`render_redaction`, run once per approved digest (vault/redaction);
+nothing is redacted per request."""
 
 from __future__ import annotations
 
 import io
-
 from collections.abc import Iterable, Sequence
 
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 from vault.errors import CorruptMedia
 from vault.pipeline.renderer import RENDERER_VERSION  # noqa: F401 (the version of what this module renders)
@@ -14,17 +16,12 @@ from vault.pipeline.resize import fit
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
 from vault.pipeline.thumbnails import DECODE_ERRORS, TRANSPOSE, display_mode, encode_jpeg, open_image
 
-REDACTION_QUALITY = 90
 _DEFAULT_MAX_PIXELS = 100_000_000
 
 
-def redact_faces(image_bytes: bytes, boxes: Iterable[Sequence[int]], *, margin: float = 0.25,
-                 max_pixels: int = _DEFAULT_MAX_PIXELS) -> bytes:
-    """A JPEG of the oriented image with every box, grown by ``margin`` of its width/height on
-    each side, filled opaque black. No metadata except the ICC profile.
-
-    ``boxes`` are ``[x, y, w, h]`` in oriented-image pixels, as :class:`Faces` reports them.
-    """
+def upright(image_bytes: bytes, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> tuple[Image.Image, bytes | None]:
+    """The image decoded at full resolution in 8-bit RGB or L, turned upright (EXIF
+    orientation), and its ICC profile where it still applies."""
     mime = sniff(image_bytes[:SNIFF_BYTES])
     if mime is None:
         raise CorruptMedia("the image cannot be decoded")
@@ -39,20 +36,22 @@ def redact_faces(image_bytes: bytes, boxes: Iterable[Sequence[int]], *, margin: 
     method = TRANSPOSE.get(orientation)
     if method is not None:
         image = image.transpose(method)
-    image = image.copy()
-    draw = ImageDraw.Draw(image)
-    fill = 0 if image.mode == "L" else (0, 0, 0)
-    for x, y, w, h in boxes:
-        dx, dy = w * margin, h * margin
-        left, top = max(0, int(x - dx)), max(0, int(y - dy))
-        right = min(image.width - 1, int(x + w + dx + 0.999))
-        bottom = min(image.height - 1, int(y + h + dy + 0.999))
-        if right >= left and bottom >= top:
-            draw.rectangle((left, top, right, bottom), fill=fill)
-    return encode_jpeg(image, icc=icc, quality=REDACTION_QUALITY)
+    return image, icc
 
 
 RENDER_QUALITY = 92
+
+
+def fill_exact(image: Image.Image, rects: Iterable[Sequence[int]]) -> None:
+    """Fill every rectangle ``[x, y, w, h]`` opaque black, in place: columns ``x .. x+w-1``,
+    rows ``y .. y+h-1`` (clipped to the image)."""
+    draw = ImageDraw.Draw(image)
+    fill = 0 if image.mode == "L" else (0, 0, 0)
+    for x, y, w, h in rects:
+        left, top = max(0, int(x)), max(0, int(y))
+        right, bottom = min(image.width, int(x) + int(w)), min(image.height, int(y) + int(h))
+        if right > left and bottom > top:
+            draw.rectangle((left, top, right - 1, bottom - 1), fill=fill)
 
 
 def render_redaction(image_bytes: bytes, rects: Iterable[Sequence[int]], *, thumbnail_sizes: Sequence[int] = (),
@@ -65,28 +64,9 @@ def render_redaction(image_bytes: bytes, rects: Iterable[Sequence[int]], *, thum
     encoded afresh as a JPEG with no metadata but the ICC profile. Thumbnails are reduced
     from the redacted pixels, so they can never show what the full rendition hides.
     """
-    mime = sniff(image_bytes[:SNIFF_BYTES])
-    if mime is None:
-        raise CorruptMedia("the image cannot be decoded")
-    image = open_image(image_bytes, mime=mime, max_pixels=max_pixels)
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-        icc = image.info.get("icc_profile") or None
-        image.load()
-        image, icc = display_mode(image, icc)
-    except DECODE_ERRORS:
-        raise CorruptMedia("the image cannot be decoded") from None
-    method = TRANSPOSE.get(orientation)
-    if method is not None:
-        image = image.transpose(method)
+    image, icc = upright(image_bytes, max_pixels=max_pixels)
     # The decoded image is ours alone: fill and encode it in place (no 36 MB copies).
-    draw = ImageDraw.Draw(image)
-    fill = 0 if image.mode == "L" else (0, 0, 0)
-    for x, y, w, h in rects:
-        left, top = max(0, int(x)), max(0, int(y))
-        right, bottom = min(image.width, int(x) + int(w)), min(image.height, int(y) + int(h))
-        if right > left and bottom > top:
-            draw.rectangle((left, top, right - 1, bottom - 1), fill=fill)
+    fill_exact(image, rects)
     image.info = {}  # nothing of the source rides along (Pillow would copy a comment)
     out = io.BytesIO()
     save_icc = icc if icc and icc[16:20] == {"RGB": b"RGB ", "L": b"GRAY"}.get(image.mode) else None

@@ -18,9 +18,9 @@ from PIL import Image, ImageCms
 
 from vault.errors import CorruptMedia, PixelLimit, UnsupportedMedia
 from vault.pipeline.resize import fit
+from vault.pipeline.results import THUMBNAIL_SIZES
 from vault.pipeline.sniff import HEIC, HEIF, JPEG, PNG, WEBP
 
-THUMBNAIL_SIZES = (256, 1024)
 THUMBNAIL_QUALITY = 85
 
 # The only Pillow decoders a file may reach: the one its sniffed type names.

@@ -43,9 +43,11 @@ class Redaction(Base):
     #: JSON [[x, y, w, h], ...] in displayed coordinates, filled as drawn; NULL: the detector's
     boxes: Mapped[str | None] = mapped_column(Text)
     boxes_by: Mapped[str | None] = mapped_column(String(64))
-    #: the stored original these facts were read from, its SHA-256 and EXIF orientation
+    #: the stored original these facts were read from, its keyed digest and EXIF orientation;
+    #: HMAC-SHA256 under the tenant's ``redaction.original`` purpose key (never a plain
+    #: hash, which would confirm a guessed photo)
     original_blob_id: Mapped[str | None] = mapped_column(String(32))
-    original_sha256: Mapped[str | None] = mapped_column(String(64))
+    original_hmac: Mapped[str | None] = mapped_column(String(64))
     orientation: Mapped[int | None] = mapped_column(Integer)
     #: the digest the stored ``redacted``/``redacted256`` renditions were rendered for
     rendered_digest: Mapped[str | None] = mapped_column(String(64))

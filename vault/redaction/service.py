@@ -13,7 +13,6 @@ approval no longer holds, and the next view renders again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +38,7 @@ from vault.redaction.models import AUTO, REVIEW, Redaction, RedactionApproval, R
 from vault.redaction.responses import ApprovalView, PolicyView, RedactionView, ReviewItem, ReviewPage
 from vault.redaction.state import (
     RENDITION_FULL, RENDITION_THUMB, ReviewState, current_digest, detected, digest_of, fill_rects, gate_facts,
+    original_hmac,
 )
 from vault.sealed import SealedBlobs, SealedRef
 
@@ -124,6 +124,10 @@ class RedactionService:
         ))).scalars()
         return {b.rendition: b for b in rows}
 
+    async def _facts(self, media: Media, data: bytes, mime: str) -> tuple[str, int]:
+        """The original's keyed digest and EXIF orientation, as the redaction digest covers them."""
+        return await original_hmac(self.sealed.keys, media.tenant_id, data), orientation_of(data, mime)
+
     # -- rendering, once per digest ----------------------------------------------------------
     async def rendered(self, actor: Actor, media_id: str) -> Rendered:
         """The stored redacted renditions for the redaction as it is now; rendered here
@@ -147,9 +151,9 @@ class RedactionService:
 
     async def _render(self, actor: Actor, media: Media, redaction: Redaction | None, original: MediaBlob) -> Rendered | None:
         data = await self.sealed.read(sealed_ref(original))
-        sha256, orientation = hashlib.sha256(data).hexdigest(), orientation_of(data, original.mime)
+        keyed, orientation = await self._facts(media, data, original.mime)
         rects, _ = fill_rects(media, redaction)
-        digest = digest_of(original_sha256=sha256, orientation=orientation, rects=rects,
+        digest = digest_of(original_hmac=keyed, orientation=orientation, rects=rects,
                            detector_version=detected(media).version)
         full, thumb = await self.pipeline.render_redaction(data, rects, width=media.width or 0, height=media.height or 0)
         del data
@@ -160,7 +164,7 @@ class RedactionService:
             async with self.db.transaction() as session:
                 media = await owned(session, Media, media.id, actor.tenant_id, lock=True, what="media")
                 row = await session.get(Redaction, media.id)
-                again = digest_of(original_sha256=sha256, orientation=orientation, rects=fill_rects(media, row)[0],
+                again = digest_of(original_hmac=keyed, orientation=orientation, rects=fill_rects(media, row)[0],
                                   detector_version=detected(media).version)
                 if again != digest:
                     raise _Raced()
@@ -176,7 +180,7 @@ class RedactionService:
                 for rendition, ref in zip((RENDITION_FULL, RENDITION_THUMB), new, strict=True):
                     session.add(MediaBlob(id=ref.id, media_id=media.id, tenant_id=media.tenant_id, patient_id=media.patient_id,
                                           rendition=rendition, mime="image/jpeg", plain_size=ref.plain_size))
-                row.original_blob_id, row.original_sha256, row.orientation = original.id, sha256, orientation
+                row.original_blob_id, row.original_hmac, row.orientation = original.id, keyed, orientation
                 row.rendered_digest, row.updated_at = digest, utcnow()
                 await session.flush()
                 await self.audit.append(session, AuditEvent.of(actor, "redaction.render", patient_id=media.patient_id,
@@ -213,7 +217,7 @@ class RedactionService:
             raise NotReady(details={"status": "no_original"})
         if current_digest(media, redaction, original.id) is None:
             data = await self.sealed.read(sealed_ref(original))
-            sha256, orientation = hashlib.sha256(data).hexdigest(), orientation_of(data, original.mime)
+            keyed, orientation = await self._facts(media, data, original.mime)
             del data
             async with self.db.transaction() as session:
                 await owned(session, Media, media.id, actor.tenant_id, lock=True, what="media")  # one writer per photo
@@ -221,7 +225,7 @@ class RedactionService:
                 if row is None:
                     row = Redaction(media_id=media.id, tenant_id=media.tenant_id, patient_id=media.patient_id)
                     session.add(row)
-                row.original_blob_id, row.original_sha256, row.orientation = original.id, sha256, orientation
+                row.original_blob_id, row.original_hmac, row.orientation = original.id, keyed, orientation
         async with self.db.session() as session:
             media = await self._photo(session, actor, media_id)
             facts, state = (await gate_facts(session, actor.tenant_id, [media]))[media.id]

@@ -1,7 +1,7 @@
 """What a redaction is made of, and the gate's inputs that depend on it.
 
 The digest a person approves covers everything that decides the pixels that go out:
-the stored original (its SHA-256), its EXIF orientation, the final fill rectangles (after
+the stored original (its keyed HMAC: :func:`original_hmac`), its EXIF orientation, the final fill rectangles (after
 the margin, clipped to the displayed frame), the renderer's version and the detector
 set's version. Any change to one of them gives another digest, so an approval binds
 exactly what the reviewer saw and voids itself on any change — including a new detector
@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,12 +29,17 @@ from vault.media.models import ORIGINAL, Media, MediaBlob
 from vault.pipeline.renderer import RENDERER_VERSION
 from vault.redaction.models import REVIEW, Redaction, RedactionApproval, ReleasePolicy
 
+if TYPE_CHECKING:
+    from keys.store import KeyStore
+
 #: Extra growth of the detector's boxes here: none, since the face search stores them
 #: already grown by its margin (vault.pipeline.faces_search.MARGIN: hair line, ears, chin);
 #: a reviewer's boxes are filled exactly as drawn.
 DETECTOR_MARGIN = 0.0
 RENDITION_FULL, RENDITION_THUMB = "redacted", "redacted256"
-DIGEST_VERSION = "redaction-digest/v1"
+DIGEST_VERSION = "redaction-digest/v2"  # v2: the original by its keyed HMAC (migration 0022)
+#: The purpose key (KeyStore.purpose_hmac, docs/keys.md) that names a stored original here.
+ORIGINAL_PURPOSE = "redaction.original"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +76,15 @@ def fill_rects(media: Media, redaction: Redaction | None) -> tuple[list[list[int
     return clip(detected(media).boxes, width, height, margin=DETECTOR_MARGIN), "detector"
 
 
-def digest_of(*, original_sha256: str, orientation: int, rects: list[list[int]], detector_version: str) -> str:
-    payload = {"v": DIGEST_VERSION, "original_sha256": original_sha256, "orientation": orientation, "rects": rects,
+async def original_hmac(keys: KeyStore, tenant_id: str, data: bytes) -> str:
+    """The stored original's name in the redaction's facts: HMAC-SHA256 (under the tenant's
+    long-lived ``redaction.original`` key) of its SHA-256. A plain hash would let anyone
+    with the metadata confirm a guessed photo; this needs the key."""
+    return await keys.purpose_hmac(tenant_id, ORIGINAL_PURPOSE, hashlib.sha256(data).hexdigest())
+
+
+def digest_of(*, original_hmac: str, orientation: int, rects: list[list[int]], detector_version: str) -> str:
+    payload = {"v": DIGEST_VERSION, "original_hmac": original_hmac, "orientation": orientation, "rects": rects,
                "renderer": RENDERER_VERSION, "detector": detector_version}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -79,11 +92,11 @@ def digest_of(*, original_sha256: str, orientation: int, rects: list[list[int]],
 def current_digest(media: Media, redaction: Redaction | None, original_blob_id: str | None) -> str | None:
     """The digest of the redaction as it is now, or None while the original's facts are
     unknown (never read since the row was made) or stale (another original)."""
-    if (redaction is None or redaction.original_sha256 is None or redaction.orientation is None
+    if (redaction is None or redaction.original_hmac is None or redaction.orientation is None
             or redaction.original_blob_id != original_blob_id):
         return None
     rects, _ = fill_rects(media, redaction)
-    return digest_of(original_sha256=redaction.original_sha256, orientation=redaction.orientation, rects=rects,
+    return digest_of(original_hmac=redaction.original_hmac, orientation=redaction.orientation, rects=rects,
                      detector_version=detected(media).version)
 
 
@@ -144,7 +157,7 @@ async def gate_facts(session: AsyncSession, tenant_id: str, media: Sequence[Medi
 
 async def forget(session: AsyncSession, *, patient_id: str | None = None, media_id: str | None = None) -> None:
     """After an erasure (of a patient or one photo): drop the redaction rows, which hold a
-    hash of the stripped original. Approvals keep only rectangles and their digest; the
+    keyed digest of the stripped original. Approvals keep only rectangles and their digest; the
     redacted renditions are media blobs and go with the others."""
     query = delete(Redaction)
     if media_id is not None:

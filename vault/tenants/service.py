@@ -13,6 +13,7 @@ process). A token's expiry is checked on every request, cached or not.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from vault.actor import Actor, Principal
 from vault.db.notify import TOKENS, Notifier
@@ -41,6 +42,8 @@ TOKEN_CACHE_SECONDS = 30.0
 TOKEN_CACHE_SIZE = 10_000
 _TOKEN_ID = re.compile(r"[0-9a-f]{32}")  # vault.db.new_id
 _DURATION = re.compile(r"^(\d{1,5})([dhm])$")
+_TOKEN_ROW = select(ApiToken.id, ApiToken.tenant_id, ApiToken.role, ApiToken.token_hash, ApiToken.revoked_at,
+                    ApiToken.last_used_at, ApiToken.expires_at).where(ApiToken.token_hash == bindparam("digest"))
 
 
 def hash_token(token: str) -> str:
@@ -127,6 +130,7 @@ class TenantService:
         # Bumped by every revocation heard: a lookup that started before it must not cache
         # what it read (the row may predate the revocation).
         self._generation = 0
+        self._lookups: dict[tuple[str, int], asyncio.Future[Principal]] = {}  # (digest, generation) -> in flight
         self.notifier.subscribe(TOKENS, self._revoked, self._reset)
 
     async def create_tenant(self, slug: str, *, request_id: str) -> TenantInfo:
@@ -217,15 +221,25 @@ class TenantService:
             if cached.expires_at is not None and cached.expires_at <= utcnow():
                 raise Unauthorized()
             return cached.principal
-        generation = self._generation
-        async with self.db.session() as session:
-            row = (
-                await session.execute(
-                    select(ApiToken.id, ApiToken.tenant_id, ApiToken.role, ApiToken.token_hash, ApiToken.revoked_at,
-                           ApiToken.last_used_at, ApiToken.expires_at)
-                    .where(ApiToken.token_hash == digest)
-                )
-            ).first()
+        # When an entry expires, every request holding that token at that moment would ask
+        # the database (16 at concurrency 16): they share one lookup instead.
+        # A lookup that started before a revocation was heard is not joined: its row may
+        # predate the revocation.
+        key = (digest, self._generation)
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = self._lookups[key] = asyncio.ensure_future(self._lookup(digest, self._generation))
+            lookup.add_done_callback(lambda done: self._lookup_done(key, done))
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, key: tuple[str, int], lookup: asyncio.Future[Principal]) -> None:
+        if self._lookups.get(key) is lookup:
+            del self._lookups[key]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved here: its waiters may all have gone
+
+    async def _lookup(self, digest: str, generation: int) -> Principal:
+        row = await self.db.first(_TOKEN_ROW, {"digest": digest})  # one statement, no transaction
         now = utcnow()
         if (row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now)
                 or not hmac.compare_digest(row.token_hash, digest)):
@@ -237,7 +251,7 @@ class TenantService:
         if seconds > 0 and generation == self._generation:
             if len(self._cache) >= TOKEN_CACHE_SIZE:
                 self._reset()
-            self._cache[digest] = _Cached(now_mono + seconds, principal, row.expires_at)
+            self._cache[digest] = _Cached(time.monotonic() + seconds, principal, row.expires_at)
             self._by_id[row.id] = digest
         return principal
 

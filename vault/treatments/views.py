@@ -12,7 +12,7 @@ from vault.appkeys import RUNTIME, SETTINGS
 from vault.http.context import actor_of
 from vault.http.jsonio import json_response, read_json
 from vault.http.routing import Endpoints, add_endpoints
-from vault.treatments.service import TreatmentService, TreatmentView
+from vault.treatments.service import TreatmentService, TreatmentView, TypeView
 
 routes = Endpoints("treatments")
 TREATMENTS = web.AppKey("treatments", TreatmentService)
@@ -33,6 +33,8 @@ class TreatmentCreate(BaseModel):
     performed_on: date
     area: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
     details: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    type_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] | None = Field(
+        default=None, description="a type of the tenant's vocabulary (GET /v1/treatment-types)")
 
 
 class TreatmentOut(BaseModel):
@@ -42,11 +44,12 @@ class TreatmentOut(BaseModel):
     area: str | None
     details: str | None
     performed_on: date
+    type_id: str | None = None
 
     @classmethod
     def of(cls, view: TreatmentView) -> TreatmentOut:
         return cls(id=view.id, patient_id=view.patient_id, name=view.name, area=view.area, details=view.details,
-                   performed_on=view.performed_on)
+                   performed_on=view.performed_on, type_id=view.type_id)
 
 
 class TreatmentList(BaseModel):
@@ -68,3 +71,38 @@ async def create_treatment(request: web.Request) -> web.Response:
 async def list_treatments(request: web.Request) -> web.Response:
     items = await request.app[TREATMENTS].list(actor_of(request), request.match_info["patient_id"])
     return json_response(TreatmentList(items=[TreatmentOut.of(t) for t in items], next_cursor=None))
+
+
+TypeName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+
+
+class TreatmentTypeOut(BaseModel):
+    id: str
+    name: str
+
+
+class TreatmentTypes(BaseModel):
+    items: list[TreatmentTypeOut]
+
+
+class TreatmentTypesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    names: list[TypeName] = Field(max_length=200, description="the whole vocabulary: kept names keep their ids, "
+                                  "dropped ones go (409 type_in_use while a treatment uses one)")
+
+
+def _types(items: tuple[TypeView, ...]) -> TreatmentTypes:
+    return TreatmentTypes(items=[TreatmentTypeOut(id=t.id, name=t.name) for t in items])
+
+
+@routes.get("/v1/treatment-types", summary="The tenant's treatment-type vocabulary (shared by many patients)",
+            response=TreatmentTypes)
+async def list_treatment_types(request: web.Request) -> web.Response:
+    return json_response(_types(await request.app[TREATMENTS].types(actor_of(request))))
+
+
+@routes.put("/v1/treatment-types", summary="Replace the treatment-type vocabulary", body=TreatmentTypesIn,
+            response=TreatmentTypes, errors=(409, 422))
+async def set_treatment_types(request: web.Request) -> web.Response:
+    body = await read_json(request, TreatmentTypesIn, limit=request.app[SETTINGS].max_json_bytes)
+    return json_response(_types(await request.app[TREATMENTS].set_types(actor_of(request), list(body.names))))

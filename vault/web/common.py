@@ -10,6 +10,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from vault.audit.reads import AuditReads
+from vault.consent.composites import CompositeReleases
 from vault.consent.releases import ReleaseService
 from vault.consent.service import ConsentService
 from vault.http.context import REQUEST_ID
@@ -19,6 +20,7 @@ from vault.patients.service import PatientService
 from vault.permissions import PUBLIC, allowed
 from vault.redaction.service import RedactionService
 from vault.staff.service import StaffService
+from vault.treatments.service import TreatmentService
 from vault.webhooks.service import WebhookService
 from vault.web.session import CURRENT, CSRF_FIELD
 
@@ -36,6 +38,8 @@ class WebServices:
     audit: AuditReads
     webhooks: WebhookService
     redactions: RedactionService
+    composites: CompositeReleases
+    treatments: TreatmentService
 
 
 SERVICES = web.AppKey("web_services", WebServices)

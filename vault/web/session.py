@@ -30,6 +30,11 @@ CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: GET routes that consume what they serve: a cross-site page must not be able to spend them
 CONSUMING_GETS = frozenset({"/v1/exports/{export_id}/download", "/v1/releases/{release_id}/download"})
+#: what erases, called with the session cookie: only with a TOTP code given within
+#: FRESH_AUTH (the app's erasure and sweep forms ask for one; a script calling the API
+#: with the cookie gets 403 reauthentication_required once the login's code is older)
+FRESH_ROUTES = frozenset({("POST", "/v1/patients/{patient_id}/erasure"), ("POST", "/v1/retention/sweep"),
+                          ("DELETE", "/v1/media/{media_id}")})
 
 STAFF = web.AppKey("staff", StaffService)
 CURRENT = web.RequestKey("staff_session", CurrentSession)
@@ -95,10 +100,13 @@ async def _multipart_csrf(request: web.Request) -> str:
     return value.decode("ascii", "replace")
 
 
-def needs_csrf(request: web.Request) -> bool:
+def _template(request: web.Request) -> str:
     resource = request.match_info.route.resource
-    template = resource.canonical if resource is not None else ""
-    return request.method not in SAFE_METHODS or template in CONSUMING_GETS
+    return resource.canonical if resource is not None else ""
+
+
+def needs_csrf(request: web.Request) -> bool:
+    return request.method not in SAFE_METHODS or _template(request) in CONSUMING_GETS
 
 
 class SessionAuth:
@@ -113,5 +121,7 @@ class SessionAuth:
         current = await self.app[STAFF].resolve(session_id)
         if needs_csrf(request):
             await check_csrf(request, current.csrf, self.public_url)
+        if (request.method, _template(request)) in FRESH_ROUTES:
+            self.app[STAFF].require_fresh(current)
         request[CURRENT] = current
         return current.principal

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -11,7 +11,7 @@ from vault import errors
 from vault.http.context import REQUEST_ID, actor_of
 from vault.lifecycle.retention import CLOCKS
 from vault.permissions import ROLES
-from vault.web.common import form, render, services
+from vault.web.common import form, render, see_other, services
 from vault.web.session import SESSION_COOKIE
 
 RULE_ROWS = 3
@@ -22,6 +22,7 @@ def routes(r: web.UrlDispatcher) -> None:
     r.add_post("/app/retention", save_policy)
     r.add_post("/app/retention/dry-run", dry_run)
     r.add_post("/app/retention/sweep", sweep)
+    r.add_get("/app/retention/sweeps/{sweep_id}", sweep_page)
     r.add_get("/app/audit", audit_page)
     r.add_post("/app/audit/verify", verify_audit)
     r.add_get("/app/webhooks", webhooks_page)
@@ -37,7 +38,7 @@ async def retention_page(request: web.Request, *, extra: dict | None = None, sta
     policy = await services(request).lifecycle.retention.policy(actor_of(request))
     rules = [r.model_dump() for r in policy.rules]
     rows = rules + [{"clock": "", "erase_after": ""}] * max(0, RULE_ROWS - len(rules))
-    return render(request, "retention.html", {"policy": policy, "rows": rows, "clocks": CLOCKS, "run": None, "saved": False, "swept": None,
+    return render(request, "retention.html", {"policy": policy, "rows": rows, "clocks": CLOCKS, "run": None, "saved": False,
                                               "error": None, **(extra or {})}, status=status)
 
 
@@ -70,7 +71,15 @@ async def sweep(request: web.Request) -> web.StreamResponse:
     except errors.Unauthorized as exc:
         return await retention_page(request, extra={"error": exc.message}, status=401)
     result = await services(request).lifecycle.retention.sweep(actor_of(request), dry_run=False, review_id=review_id)
-    return await retention_page(request, extra={"swept": result.model_dump(mode="json")})
+    assert result.id is not None, "a sweep asked for in the app is always recorded"
+    return see_other(f"/app/retention/sweeps/{result.id}")
+
+
+async def sweep_page(request: web.Request) -> web.StreamResponse:
+    """A sweep's outcome and the progress of its clean-up jobs (``/static/app.js`` polls
+    ``GET /v1/retention/sweeps/{id}`` while they run)."""
+    progress = await services(request).lifecycle.retention.progress(actor_of(request), request.match_info["sweep_id"])
+    return render(request, "sweep.html", {"sweep": progress})
 
 
 # -- audit --------------------------------------------------------------------------------------
@@ -81,7 +90,7 @@ def _when(value: str) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise errors.ValidationFailed("times are written YYYY-MM-DDTHH:MM") from None
-    return parsed if parsed.tzinfo else parsed.astimezone()
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # the page shows and asks for UTC
 
 
 async def audit_page(request: web.Request, *, verification=None) -> web.StreamResponse:

@@ -20,7 +20,7 @@ from vault.appkeys import RUNTIME, SETTINGS
 from vault.consent.releases import RECALLED
 from vault.http.context import REQUEST_ID, actor_of
 from vault.staff.service import LockedOut
-from vault.web import console, gallery, tenant_pages
+from vault.web import console, gallery, practice, tenant_pages
 from vault.web.common import CSP, NO_STORE, SERVICES, WebServices, form, render, see_other, services
 from vault.web.session import (
     CURRENT, LOGIN_CSRF_COOKIE, PENDING_COOKIE, SESSION_COOKIE, STAFF, CsrfRefused, origin_ok, clear_cookie,
@@ -28,7 +28,8 @@ from vault.web.session import (
 )
 
 PAGE_PREFIXES = ("/app", "/login", "/enrol", "/static")
-STATIC = {"app.css": "text/css", "app.js": "text/javascript", "redaction.js": "text/javascript"}
+STATIC = {"app.css": "text/css", "app.js": "text/javascript", "redaction.js": "text/javascript",
+          "capture.js": "text/javascript", "compare.js": "text/javascript"}
 
 
 def setup(app: web.Application) -> None:
@@ -47,6 +48,7 @@ def setup(app: web.Application) -> None:
     console.routes(r)
     tenant_pages.routes(r)
     gallery.routes(r)
+    practice.routes(r)
     app.on_startup.append(_bind)
 
 
@@ -55,7 +57,8 @@ async def _bind(app: web.Application) -> None:
     app[STAFF] = rt.staff
     app[SERVICES] = WebServices(staff=rt.staff, patients=rt.patients, media=rt.media, consents=rt.consents,
                                 releases=rt.releases, lifecycle=rt.lifecycle, audit=rt.audit_reads,
-                                webhooks=rt.webhooks, redactions=rt.redactions)
+                                webhooks=rt.webhooks, redactions=rt.redactions, composites=rt.composites,
+                                treatments=rt.treatments)
 
 
 def is_page_path(path: str) -> bool:

@@ -199,10 +199,16 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
+def pinned_session(destination: Destination, *, timeout: aiohttp.ClientTimeout = TIMEOUT) -> aiohttp.ClientSession:
+    """A client session whose every connection goes to the checked address; no proxy
+    from the environment. Also used by the DICOMweb sender (vault/dicom/stow.py)."""
+    connector = aiohttp.TCPConnector(resolver=PinnedResolver(destination), use_dns_cache=False, force_close=True, limit=1)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False, auto_decompress=False)
+
+
 async def post(destination: Destination, body: bytes, headers: dict[str, str], *, tls: ssl.SSLContext | None = None) -> int:
     """POST once to the checked address; the HTTP status (a 3xx is returned, not followed)."""
-    connector = aiohttp.TCPConnector(resolver=PinnedResolver(destination), use_dns_cache=False, force_close=True, limit=1)
-    async with aiohttp.ClientSession(connector=connector, timeout=TIMEOUT, trust_env=False, auto_decompress=False) as session:
+    async with pinned_session(destination) as session:
         async with session.post(destination.url, data=body, headers=headers, allow_redirects=False,
                                 ssl=tls if tls is not None else True) as response:
             return response.status

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from workers.registry import Registry, registry
 
 MODULES: tuple[str, ...] = ("workers.jobs.maintenance", "workers.jobs.media", "workers.jobs.keys", "workers.jobs.webhooks", "workers.jobs.releases",
-                           "workers.jobs.lifecycle", "workers.jobs.storage", "workers.jobs.faces")
+                           "workers.jobs.lifecycle", "workers.jobs.storage", "workers.jobs.faces",
+                           "workers.jobs.dicom")
 
 
 def load(extra: Iterable[str] = ()) -> Registry:

@@ -26,6 +26,11 @@ class Sanitized:
     ``original_exif`` is the original's TIFF-structured EXIF block (or ``None``), returned
     only so capture metadata can be read from it: it holds GPS, serial numbers and names,
     and must never be stored, logged or returned to a client.
+
+    ``layout`` (where the format allows it: JPEG) says how ``data`` is made, in order: byte
+    ranges ``(start, end)`` of the input copied verbatim, and new bytes. A decoder worker
+    sends it instead of the stripped file; the server rebuilds the file from the upload it
+    already holds and re-checks it like any other. ``None``: only ``data`` says.
     """
 
     mime: str
@@ -34,6 +39,7 @@ class Sanitized:
     height: int
     orientation: int = 1
     original_exif: bytes | None = field(default=None, repr=False)
+    layout: tuple[bytes | tuple[int, int], ...] | None = field(default=None, repr=False)
 
     @property
     def pixels(self) -> int:

@@ -49,7 +49,7 @@ class JpegSanitizer(Sanitizer):
         if not data.startswith(b"\xff\xd8"):
             raise corrupt("no JPEG start marker")
         view = memoryview(data)
-        kept: list[memoryview | bytes] = []
+        kept: list[tuple[int, int]] = []  # byte ranges of ``data`` copied verbatim, in order
         jfif: bytes | None = None
         exif: bytes | None = None
         xmp: bytes | None = None
@@ -76,7 +76,7 @@ class JpegSanitizer(Sanitizer):
                 raise corrupt("segment runs past the end")
             body = view[pos + 2:pos + length]
             pos += length
-            segment = view[start:pos]
+            segment = (start, pos)
 
             if marker == _APP0:
                 if jfif is None and body[:5] == _JFIF:
@@ -115,8 +115,7 @@ class JpegSanitizer(Sanitizer):
                 if found is None:
                     raise corrupt("truncated scan data")
                 scan_end = found.start()
-                kept.append(segment)
-                kept.append(view[pos:scan_end])
+                kept.append((segment[0], scan_end))  # the scan header and its entropy-coded data
                 pos = scan_end
             else:
                 raise corrupt("unexpected marker")
@@ -130,10 +129,22 @@ class JpegSanitizer(Sanitizer):
         if orientation != 1:
             head.append(_app1_exif(orientation_exif(orientation)))
         # Everything after EOI is dropped here, by not copying it.
-        cleaned = b"".join([*head, *kept, b"\xff\xd9"])
+        layout: tuple[bytes | tuple[int, int], ...] = (b"".join(head), *_merged(kept), b"\xff\xd9")
+        cleaned = b"".join(piece if isinstance(piece, bytes) else view[piece[0]:piece[1]] for piece in layout)
         width, height = size
         return Sanitized(mime=JPEG, data=cleaned, width=width, height=height,
-                         orientation=orientation, original_exif=exif)
+                         orientation=orientation, original_exif=exif, layout=layout)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent ranges joined: tables, frame and scans usually follow each other."""
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
 
 
 def _jfif_without_thumbnail(body: memoryview) -> bytes:

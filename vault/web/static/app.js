@@ -1,6 +1,21 @@
-// The staff web app's only script (same origin, no inline code): the receipt download and
-// the export progress. Everything else is plain forms.
+// The staff web app's script (same origin, no inline code): the receipt download and the
+// progress of exports and retention sweeps. Everything else is plain forms.
 "use strict";
+
+// Ask `url` every second while `running(body)`; `show(body)` each answer; reload the page
+// (the server renders the outcome) once it has stopped.
+function follow(url, running, show) {
+  const poll = async () => {
+    const resp = await fetch(url, { credentials: "same-origin" });
+    if (!resp.ok) return;
+    const body = await resp.json();
+    show(body);
+    if (running(body)) setTimeout(poll, 1000);
+    else window.location.reload();
+  };
+  setTimeout(poll, 1000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const link = document.getElementById("receipt-download");
   const json = document.getElementById("receipt-json");
@@ -9,17 +24,25 @@ document.addEventListener("DOMContentLoaded", () => {
     link.download = link.dataset.filename;
   }
   const status = document.getElementById("export-status");
-  if (status && (status.dataset.state === "pending" || status.dataset.state === "running")) {
+  const building = (body) => body.status === "pending" || body.status === "running";
+  if (status && building({ status: status.dataset.state })) {
     const bar = document.getElementById("export-progress");
-    const poll = async () => {
-      const resp = await fetch(`/v1/exports/${status.dataset.export}`, { credentials: "same-origin" });
-      if (!resp.ok) return;
-      const body = await resp.json();
+    follow(`/v1/exports/${status.dataset.export}`, building, (body) => {
       bar.value = body.progress;
+      bar.textContent = `${Math.round(body.progress * 100)}%`;
       status.textContent = `Status: ${body.status}`;
-      if (body.status === "pending" || body.status === "running") setTimeout(poll, 1000);
-      else window.location.reload();
-    };
-    setTimeout(poll, 1000);
+    });
+  }
+  const sweep = document.getElementById("sweep-progress");
+  const sweeping = (body) => body.status === "erasing" || body.status === "cleaning_up";
+  if (sweep && sweeping({ status: sweep.dataset.state })) {
+    follow(`/v1/retention/sweeps/${sweep.dataset.sweep}`, sweeping, (body) => {
+      // clean-ups finished of erasures made, as the words under the bar say
+      sweep.max = Math.max(body.erased, 1);
+      sweep.value = body.cleaned_up + body.failed;
+      sweep.textContent = `${sweep.value} of ${body.erased}`;
+      document.getElementById("sweep-cleaned").textContent = body.cleaned_up;
+      document.getElementById("sweep-erased").textContent = body.erased;
+    });
   }
 });

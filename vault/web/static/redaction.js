@@ -3,6 +3,9 @@
 // the image as shown. Pointer events cover mouse, touch and pen; the keyboard adds, moves,
 // resizes and deletes. Save is PUT /v1/media/{id}/redaction, approve is POST .../approve
 // with the digest of the preview the reviewer saw; both carry the session's CSRF header.
+// The preview is the full-resolution rendition: the reviewer zooms it (buttons, or + − 1 0
+// on the photo) up to several screen pixels per photo pixel, and scrolls it, so that a
+// face of a few dozen pixels in a large photo is seen at its real size or larger.
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
   const root = document.getElementById("redaction");
@@ -18,7 +21,10 @@ document.addEventListener("DOMContentLoaded", () => {
   let digest = root.dataset.digest;
   let boxes = JSON.parse(root.dataset.boxes);
   let chosen = -1, dirty = false, drag = null;
-  const MIN = 4;
+  let zoom = null; // null: fitted to the page; else screen px per photo px
+  const MIN = 4, MAX_ZOOM = 8;
+  const viewport = document.getElementById("viewport");
+  const zoomLevel = document.getElementById("zoom-level");
 
   const scale = () => (img.clientWidth || W) / W;
   const clamp = (b) => {
@@ -194,6 +200,34 @@ document.addEventListener("DOMContentLoaded", () => {
       return;
     }
     window.location.reload();
+  });
+
+  // -- zoom: the stage is drawn at `zoom` screen px per photo px inside a scrolling viewport
+  const fitted = () => Math.min(1, (viewport.clientWidth || W) / W);
+  function setZoom(next) {
+    const before = scale();
+    const cx = (viewport.scrollLeft + viewport.clientWidth / 2) / before;
+    const cy = (viewport.scrollTop + viewport.clientHeight / 2) / before;
+    zoom = next === null || next <= fitted() ? null : Math.min(MAX_ZOOM, next);
+    viewport.classList.toggle("zoomed", zoom !== null);
+    img.style.width = zoom === null ? "" : `${Math.round(W * zoom)}px`;
+    const now = scale();
+    viewport.scrollLeft = cx * now - viewport.clientWidth / 2;
+    viewport.scrollTop = cy * now - viewport.clientHeight / 2;
+    zoomLevel.textContent = zoom === null ? "Fitted to the page" : `${Math.round(zoom * 100)} % (photo pixels shown ${zoom >= 1 ? "at least" : "below"} their real size)`;
+    draw();
+  }
+  document.getElementById("zoom-in").addEventListener("click", () => setZoom(scale() * 2));
+  document.getElementById("zoom-out").addEventListener("click", () => setZoom(scale() / 2));
+  document.getElementById("zoom-actual").addEventListener("click", () => setZoom(1));
+  document.getElementById("zoom-fit").addEventListener("click", () => setZoom(null));
+  viewport.addEventListener("keydown", (event) => {
+    if (event.target.closest(".box")) return; // the boxes' own keys
+    const keys = { "+": () => scale() * 2, "=": () => scale() * 2, "-": () => scale() / 2, "1": () => 1, "0": () => null };
+    if (event.key in keys && !event.ctrlKey && !event.metaKey) {
+      setZoom(keys[event.key]());
+      event.preventDefault();
+    }
   });
 
   window.addEventListener("resize", draw);

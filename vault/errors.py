@@ -1,8 +1,9 @@
 """The vault's one exception tree.
 
 Services raise these; they never import ``aiohttp.web``. One middleware
-(:mod:`vault.http.middleware`) maps each class to its HTTP status and a JSON body
-``{"error": code, "message": message, "details": details}``. Messages and details
+(:mod:`vault.http.middleware`) maps each class to its HTTP status and an RFC 9457
+problem body (:mod:`vault.http.problems`): ``error`` is the code, ``detail`` the message,
+``details`` the details, ``type`` a URI per code (docs/errors.md). Messages and details
 must never carry patient data, key material or tokens: they reach clients and logs.
 
 ::

@@ -42,6 +42,10 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role] | str] = {
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/v1/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,  # the rendered reference (vault/http/reference.py)
+    ("GET", "/docs/redoc.standalone.js"): PUBLIC,
+    ("GET", "/docs/reference.js"): PUBLIC,
+    ("GET", "/docs/errors"): PUBLIC,
     ("GET", "/v1/erasure-receipts/public-key"): PUBLIC,
     # patients
     ("POST", "/v1/patients"): frozenset({D, P}),
@@ -203,7 +207,7 @@ own/other tenant against this table.
 
 `admin` configures the tenant and never reads patient data. Tokens are created by
 operators on the command line (`vault token create`), each naming a person or system.
-Routes marked `public` take no role: health, readiness, the OpenAPI document, the FHIR
+Routes marked `public` take no role: health, readiness, the OpenAPI document and its rendered reference (`/docs`), the FHIR
 CapabilityStatement and the receipts' public key; `/metrics` (its own token, `VAULT_METRICS_TOKEN`); signed links,
 whose signature is the authorisation (release thumbnails, video playback); and the web app's
 login, second-factor and enrolment forms and its static files.

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vault.appkeys import READINESS, SETTINGS
 from vault.http.jsonio import json_response
+from vault.http import reference
 from vault.http.openapi import build
 from vault.http.routing import ENDPOINTS, Endpoints, add_endpoints
 from vault.metrics import METRICS, authorized
@@ -22,6 +23,7 @@ routes = Endpoints("system")
 def setup(app: web.Application) -> None:
     # READINESS and METRICS are filled by vault/app.py itself: nothing to copy here.
     add_endpoints(app, routes)
+    add_endpoints(app, reference.routes)
 
 
 class HealthStatus(BaseModel):
@@ -51,7 +53,7 @@ async def healthz(request: web.Request) -> web.Response:
     summary="Readiness: database, schema, key store and blob store answer (503 naming the failing check); "
     "a missing worker heartbeat is reported as degraded, not as 503",
     response=ReadinessReport,
-    errors=(503,),
+    also={503: ReadinessReport},  # the same report, naming the failing check
 )
 async def readyz(request: web.Request) -> web.Response:
     report = await request.app[READINESS].report()

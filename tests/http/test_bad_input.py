@@ -140,7 +140,7 @@ async def test_oversized_header_is_json_400_echoing_nothing(client, clinic, capl
         response = await raw(client, (f"GET /v1/patients HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer {token}{'A' * 9000}"
                                       "\r\n\r\n").encode())
     status, headers, body = split(response)
-    assert status == 400 and headers["content-type"].startswith("application/json")
+    assert status == 400 and headers["content-type"].startswith("application/problem+json")
     assert json.loads(body)["error"] == "bad_request"
     assert token[:8].encode() not in response and b"Bearer" not in response
     from vault.logs import JsonFormatter

@@ -92,5 +92,8 @@ async def test_unexpected_errors_are_generic_500_without_trace(client, clinic, m
     resp = await client.get("/v1/patients", headers=clinic.auth("dpo"))
     assert resp.status == 500
     body = await resp.text()
-    assert json.loads(body) == {"error": "internal", "message": "internal error", "details": {}}
+    problem = json.loads(body)
+    assert resp.content_type == "application/problem+json"
+    assert problem == {"type": "urn:clinical-photo-vault:error:internal", "title": "Internal", "status": 500,
+                       "detail": "internal error", "instance": resp.headers["X-Request-ID"], "error": "internal", "details": {}}
     assert "Ada" not in body and "Traceback" not in body

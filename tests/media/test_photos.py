@@ -154,7 +154,7 @@ async def test_bad_input_is_a_clear_4xx_and_leaves_nothing(client, clinic, setti
     resp = await upload(client, clinic, pid, make(), content_type)
     assert resp.status == status, await resp.text()
     body = await resp.json()
-    assert set(body) == {"error", "message", "details"}
+    assert set(body) == {"type", "title", "status", "detail", "instance", "error", "details"}
     assert await _counts(client, blobs_dir) == before
 
 

@@ -11,23 +11,39 @@ from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from vault import idempotent
 from vault.appkeys import RUNTIME, SETTINGS
-from vault.consent.evidence import EVIDENCE_TYPES, MAX_EVIDENCE_BYTES, sniff
 from vault.consent.composites import CompositeReleases
+from vault.consent.evidence import EVIDENCE_TYPES, MAX_EVIDENCE_BYTES, sniff
 from vault.consent.releases import Filters, Releasable, ReleaseService
 from vault.consent.responses import (
-    ConsentList, ConsentView, ReleasableItem, ReleasablePage, ReleaseMade, ReleasePage, ReleaseView, Withdrawal,
+    ConsentList,
+    ConsentView,
+    ReleasableItem,
+    ReleasablePage,
+    ReleaseMade,
+    ReleasePage,
+    ReleaseView,
+    Withdrawal,
 )
 from vault.consent.service import ConsentService
 from vault.errors import TooLarge, UnsupportedMedia, ValidationFailed
 from vault.http.conditional import REVALIDATE, if_none_match, not_modified
 from vault.http.context import REQUEST_ID, actor_of
 from vault.http.downloads import send_once
-from vault.http.jsonio import json_response, parse_query, read_json
+from vault.http.jsonio import json_response, parse_query, read_json, whole_number
 from vault.http.routing import Endpoints, add_endpoints
+from vault.media.upload import CONTENT_TYPES
 from vault.signedurls import SignedParams
 
 routes = Endpoints("consent")
@@ -70,7 +86,7 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 class Evidence(BaseModel):
     model_config = ConfigDict(extra="forbid")
     content_type: Literal["application/pdf", "image/jpeg", "image/png"]
-    data: str = Field(description="the signed consent form (PDF, JPEG or PNG, at most 8 MiB), base64")
+    data: str = Field(min_length=1, description="the signed consent form (PDF, JPEG or PNG, at most 8 MiB), base64")
 
 
 class ConsentIn(BaseModel):
@@ -125,14 +141,25 @@ class ReleasableQuery(BaseModel):
                        taken_from=self.taken_from, taken_to=self.taken_to)
 
 
+_IDENTIFIABLE_ONLY = ("phase", "taken_from", "taken_to", "treatment")
+
+
 class ReleasableSearch(ReleasableQuery):
-    """The GET's filters in a body, with the treatment's name (never in a URL)."""
+    """The GET's filters in a body, with the treatment's name (never in a URL). The schema
+    says what ``_identifiable_only`` checks: those filters only with ``rendition: original``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["rendition"], "properties": {"rendition": {"const": "original"}}},
+        {"properties": {name: {"type": "null"} for name in _IDENTIFIABLE_ONLY}},
+    ]})
 
     treatment: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = Field(
         default=None, description="identifiable items only: a part of the treatment's name")
 
     def _identifiable_filters(self) -> tuple[object, ...]:
-        return self.phase, self.taken_from, self.taken_to, self.treatment
+        return tuple(getattr(self, name) for name in _IDENTIFIABLE_ONLY)
+
+    _whole_numbers = field_validator("limit", "year", mode="before")(whole_number)
 
     def filters(self) -> Filters:
         return Filters(rendition=self.rendition, treatment_type=self.treatment_type, year=self.year, phase=self.phase,
@@ -198,7 +225,8 @@ def _evidence(evidence: Evidence) -> tuple[bytes, str]:
 
 # -- consents ------------------------------------------------------------------------------
 @routes.post("/v1/patients/{patient_id}/consents", summary="Record a consent (append-only); evidence as base64",
-             body=ConsentIn, status=201, response=ConsentView, errors=(400, 404, 409, 410, 413, 415, 422))
+             body=ConsentIn, status=201, response=ConsentView, headers=("Idempotency-Key",),
+             errors=(400, 404, 409, 410, 413, 415, 422))
 async def record_consent(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].max_json_bytes + (MAX_EVIDENCE_BYTES * 4) // 3 + 4
     body = await read_json(request, ConsentIn, limit=limit)
@@ -208,7 +236,7 @@ async def record_consent(request: web.Request) -> web.Response:
         evidence=_evidence(body.evidence) if body.evidence else None, notes=body.notes,
         idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")),
     )
-    return json_response(view, status=201)
+    return json_response(view, status=201, headers={"Location": f"/v1/patients/{view.patient_id}/consents"})
 
 
 @routes.get("/v1/patients/{patient_id}/consents", summary="A patient's consent history, oldest first", response=ConsentList,
@@ -218,7 +246,7 @@ async def list_consents(request: web.Request) -> web.Response:
     return json_response(ConsentList(items=items))
 
 
-@routes.get("/v1/consents/{consent_id}/evidence", summary="The signed consent form", response_media="application/octet-stream",
+@routes.get("/v1/consents/{consent_id}/evidence", summary="The signed consent form", response_media=tuple(sorted(set(EVIDENCE_TYPES.values()))),
             errors=(404, 410))
 async def consent_evidence(request: web.Request) -> web.Response:
     data, mime = await request.app[CONSENTS].evidence(actor_of(request), request.match_info["consent_id"])
@@ -229,7 +257,7 @@ async def consent_evidence(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/consents/{consent_id}/withdraw", summary="Withdraw a consent (all or some purposes); returns the recall list",
-             body=WithdrawIn, status=201, response=Withdrawal, errors=(400, 404, 409, 410, 422))
+             body=WithdrawIn, body_required=False, status=201, response=Withdrawal, errors=(400, 404, 409, 410, 422))
 async def withdraw_consent(request: web.Request) -> web.Response:
     if request.can_read_body:
         body = await read_json(request, WithdrawIn, limit=request.app[SETTINGS].max_json_bytes)
@@ -237,7 +265,7 @@ async def withdraw_consent(request: web.Request) -> web.Response:
         body = WithdrawIn()
     result = await request.app[CONSENTS].withdraw(actor_of(request), request.match_info["consent_id"],
                                                   purposes=list(body.purposes) if body.purposes else None, notes=body.notes)
-    return json_response(result, status=201)
+    return json_response(result, status=201, headers={"Location": f"/v1/patients/{result.withdrawal.patient_id}/consents"})
 
 
 # -- release paths --------------------------------------------------------------------------
@@ -262,7 +290,7 @@ async def _releasable_page(request: web.Request, q: ReleasableQuery) -> web.Resp
 
 @routes.get("/v1/releasable/{media_id}/thumbnail", summary="Signed thumbnail of the rendition that would be released (no bearer); "
             "the path names a media id (identifiable) or a handle (de-identified)",
-            query=SignedThumbnailQuery, response_media="image/jpeg", errors=(403, 404, 410, 422))
+            query=SignedThumbnailQuery, response_media="image/jpeg", headers=("If-None-Match",), errors=(403, 404, 410, 422))
 async def releasable_thumbnail(request: web.Request) -> web.Response:
     q = parse_query(request, SignedThumbnailQuery)
     thumb = await request.app[RELEASES].thumbnail(
@@ -280,7 +308,7 @@ async def releasable_thumbnail(request: web.Request) -> web.Response:
 
 @routes.post("/v1/media/{media_id}/releases", summary="Release one photo or video for a purpose: by media id the stripped "
              "original (identifiable consent), by handle the de-identified rendition",
-             body=ReleaseIn, status=201, response=ReleaseMade, errors=(404, 409, 422))
+             body=ReleaseIn, status=201, response=ReleaseMade, headers=("Idempotency-Key",), errors=(404, 409, 422))
 async def create_release(request: web.Request) -> web.Response:
     body = await read_json(request, ReleaseIn, limit=request.app[SETTINGS].max_json_bytes)
     made = await request.app[RELEASES].release(actor_of(request), request.match_info["media_id"], purpose=body.purpose,
@@ -290,12 +318,12 @@ async def create_release(request: web.Request) -> web.Response:
     return json_response(ReleaseMade(
         id=made.id, purpose=made.purpose, rendition=made.rendition, **named,
         download_url=f"{_base(request)}/v1/releases/{made.id}/download", expires_at=made.expires_at.isoformat(),
-    ), status=201)
+    ), status=201, headers={"Location": f"/v1/releases/{made.id}/download"})
 
 
 @routes.post("/v1/releases/composites", summary="Release one image of two photos of a patient side by side at the same "
              "height, labelled (a fresh JPEG, no metadata); 403 consent_required when either photo is not releasable",
-             body=CompositeIn, status=201, response=CompositeMade, errors=(403, 404, 409, 422))
+             body=CompositeIn, status=201, response=CompositeMade, headers=("Idempotency-Key",), errors=(403, 404, 409, 422))
 async def create_composite(request: web.Request) -> web.Response:
     body = await read_json(request, CompositeIn, limit=request.app[SETTINGS].max_json_bytes)
     made = await request.app[COMPOSITES].release(actor_of(request), body.before, body.after, purpose=body.purpose,
@@ -303,11 +331,12 @@ async def create_composite(request: web.Request) -> web.Response:
                                                  idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")))
     return json_response(CompositeMade(id=made.id, before=body.before, after=body.after, purpose=made.purpose, rendition="original",
                                        download_url=f"{_base(request)}/v1/releases/{made.id}/download",
-                                       expires_at=made.expires_at.isoformat()), status=201)
+                                       expires_at=made.expires_at.isoformat()),
+                         status=201, headers={"Location": f"/v1/releases/{made.id}/download"})
 
 
 @routes.get("/v1/releases/{release_id}/download", summary="The released file, once, before the link expires (gate re-checked)",
-            response_media="application/octet-stream", errors=(404, 410))
+            response_media=CONTENT_TYPES, errors=(404, 410))
 async def download_release(request: web.Request) -> web.StreamResponse:
     service = request.app[RELEASES]
     # HEAD checks everything but must not spend the one download.
@@ -328,4 +357,4 @@ async def list_releases(request: web.Request) -> web.Response:
              status=201, response=ReleaseView, errors=(404, 409))
 async def takedown_release(request: web.Request) -> web.Response:
     view = await request.app[RELEASES].takedown(actor_of(request), request.match_info["release_id"])
-    return json_response(view, status=201)
+    return json_response(view, status=201, headers={"Location": "/v1/releases?state=taken_down"})

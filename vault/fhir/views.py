@@ -28,8 +28,9 @@ from vault.http.conditional import if_none_match
 from vault.http.context import PRINCIPAL, RESPONSE_STARTED, actor_of
 from vault.http.downloads import serve_content
 from vault.http.jsonio import read_capped
-from vault.http.middleware import request_context
+from vault.http.middleware import allow_header, request_context
 from vault.http.routing import Endpoints, add_endpoints
+from vault.media.upload import CONTENT_TYPES
 from vault.permissions import allowed
 
 log = logging.getLogger("vault.fhir")
@@ -97,7 +98,7 @@ async def outcomes(request: web.Request, handler):
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
-        headers = {k: v for k, v in exc.headers.items() if k == "Allow"}
+        headers = allow_header(request, exc)
         return outcome_response(exc.status, code, exc.reason, headers)
     except Exception as exc:
         if request.get(RESPONSE_STARTED):
@@ -261,7 +262,7 @@ def _wants_fhir_json(request: web.Request) -> bool:
 
 
 @routes.get("/fhir/R4/Binary/{media_id}", summary="FHIR Binary read: the stripped original in its own content type, streamed (Range and HEAD supported); as application/fhir+json only for photos up to 1 MiB",
-            response_media="application/octet-stream", errors=(404, 406, 409, 410, 416))
+            response_media=(*CONTENT_TYPES, responses.FHIR_JSON), headers=("Range", "If-None-Match"), errors=(404, 406, 409, 410, 416))
 async def read_binary(request: web.Request) -> web.StreamResponse:
     if request.query:
         raise _UnknownParameter("a read takes no parameters")

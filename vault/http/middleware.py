@@ -1,5 +1,5 @@
-"""Middlewares: request id and access log, errors to JSON, authentication and the
-role check from :mod:`vault.permissions`."""
+"""Middlewares: request id and access log, errors to RFC 9457 problem details
+(:mod:`vault.http.problems`), authentication and the role check from :mod:`vault.permissions`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aiohttp import web
 from vault import errors
 from vault.http.context import PRINCIPAL, REQUEST_ID, RESPONSE_STARTED
 from vault.http.jsonio import json_response
+from vault.http.problems import PROBLEM_JSON, problem
 from vault.logs import request_id_var
 from vault.permissions import PUBLIC, allowed
 
@@ -21,8 +22,24 @@ log = logging.getLogger("vault.http")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
-def error_body(code: str, message: str, details: dict | None = None) -> dict:
-    return {"error": code, "message": message, "details": details or {}}
+def problem_response(request: web.Request, code: str, status: int, detail: str, *, details: dict | None = None,
+                     headers: dict[str, str] | None = None) -> web.Response:
+    headers = dict(headers or {})
+    if status == 401:
+        # RFC 6750 3.1: no error code when the request carried no credentials
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if request.headers.get("Authorization") else "Bearer"
+    body = problem(code, status, detail, instance=request.get(REQUEST_ID, ""), details=details)
+    return json_response(body, status=status, headers=headers, content_type=PROBLEM_JSON)
+
+
+def allow_header(request: web.Request, exc: web.HTTPException) -> dict[str, str]:
+    """``Allow`` of a 405. aiohttp lists the methods of every route whose template
+    matches, so /v1/patients/search would also offer the GET and PATCH of
+    /v1/patients/{patient_id}; a path that is a route of its own offers its own methods."""
+    if "Allow" not in exc.headers:
+        return {}
+    own = {r.method for r in request.app.router.routes() if r.resource is not None and r.resource.canonical == request.path}
+    return {"Allow": ",".join(sorted(own))} if own else {"Allow": exc.headers["Allow"]}
 
 
 def route_template(request: web.Request) -> str:
@@ -98,7 +115,7 @@ async def _error_response(request: web.Request, exc: Exception) -> web.StreamRes
         # The rest of the body will not come (soon): answer, then close at once instead
         # of aiohttp's lingering read of what is left.
         log.info("request body timeout", extra={"timeout_s": exc.details.get("timeout_s")})
-        response = json_response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+        response = problem_response(request, exc.code, exc.status, exc.message, details=exc.details)
         response.force_close()
         response.headers["X-Request-ID"] = request[REQUEST_ID]
         await response.prepare(request)
@@ -111,16 +128,16 @@ async def _error_response(request: web.Request, exc: Exception) -> web.StreamRes
         elif exc.status > 500:  # shedding load or waiting on storage: expected under pressure, retryable
             log.warning("vault error", extra={"code": exc.code})
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return json_response(error_body(exc.code, exc.message, exc.details), status=exc.status, headers=headers)
+        return problem_response(request, exc.code, exc.status, exc.message, details=exc.details, headers=headers)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
-        headers = {k: v for k, v in exc.headers.items() if k in ("Allow",)}
-        return json_response(error_body(code, exc.reason), status=exc.status, headers=headers)
+        code = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 413: "too_large"}.get(exc.status, "http_error")
+        headers = allow_header(request, exc)
+        return problem_response(request, code, exc.status, exc.reason.lower(), headers=headers)
     # The type and frames go to the log; nothing of the exception reaches the client.
     log.error("unhandled error", exc_info=exc)
-    return json_response(error_body("internal", "internal error"), status=500)
+    return problem_response(request, "internal", 500, "internal error")
 
 
 def authorize_middleware(authenticate, on_denied, *, authenticate_session=None):

@@ -16,18 +16,28 @@ H = TypeVar("H", bound=Handler)  # the decorators hand back the handler as it wa
 
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
+    """One route as the OpenAPI document describes it (vault/http/openapi.py).
+    tests/http/test_openapi.py fails for an endpoint whose JSON answer has no
+    ``response`` model, or that reads a query, body or header it does not declare."""
+
     method: str
     path: str
     handler: Handler
     summary: str
     tag: str
     body: type[BaseModel] | None = None
+    body_required: bool = True  # False: the handler reads a body only when one is sent
     query: type[BaseModel] | None = None
     status: int = 200
     response: type[BaseModel] | None = None
     request_media: tuple[str, ...] = ()  # raw (non-JSON) request bodies
-    response_media: str = "application/json"
+    #: a non-JSON answer's media type(s): a binary body (a ``+json`` one is described as such)
+    response_media: str | tuple[str, ...] = "application/json"
     errors: tuple[int, ...] = ()
+    #: request headers read, by name (vault/http/openapi.py HEADERS: Idempotency-Key, Range, If-None-Match)
+    headers: tuple[str, ...] = ()
+    #: other answers with a body of their own, e.g. {200: MediaView} for a replayed upload
+    also: dict[int, type[BaseModel]] = field(default_factory=dict, hash=False)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from vault.http.jsonio import json_response
+from vault.http.problems import PROBLEM_JSON, problem
 
 log = logging.getLogger("vault.http")
 
@@ -124,7 +125,7 @@ class VaultRequestHandler(RequestHandler):
         self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
         """aiohttp's last-resort answer: for requests its parser refuses, and for anything
-        that escaped the middlewares. JSON in the error shape of the API, echoing nothing;
+        that escaped the middlewares. A problem+json body in the error shape of the API, echoing nothing;
         the log gets the status and the exception's class, never its text (which may
         hold the start of a header)."""
         if isinstance(exc, ConnectionError):
@@ -135,10 +136,10 @@ class VaultRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionResetError("a response had started; the connection is cut")
         if status < 500:
-            body = {"error": "bad_request", "message": "the request could not be parsed", "details": {}}
+            body = problem("bad_request", status, "the request could not be parsed", instance="")
         else:
-            body = {"error": "internal", "message": "internal error", "details": {}}
-        response = json_response(body, status=status)
+            body = problem("internal", status, "internal error", instance="")
+        response = json_response(body, status=status, content_type=PROBLEM_JSON)
         response.force_close()
         return response
 

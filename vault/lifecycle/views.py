@@ -42,7 +42,7 @@ class ReasonIn(BaseModel):
 class RuleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     clock: Literal["last_treatment", "last_activity", "last_contact"]
-    erase_after: Annotated[str, StringConstraints(max_length=32)] = Field(
+    erase_after: Annotated[str, StringConstraints(max_length=32, pattern=r"^P([0-9]{1,4}Y)?([0-9]{1,5}M)?([0-9]{1,6}D)?$")] = Field(
         description="ISO 8601 duration of years, months and days: P7Y, P24M, P3Y6M, P90D")
 
 
@@ -136,7 +136,7 @@ async def put_policy(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/retention/sweep", summary="Who is due for erasure and why (dry run by default); a real sweep erases them",
-             body=SweepIn, response=SweepOut, errors=(404, 409, 422))
+             body=SweepIn, body_required=False, response=SweepOut, errors=(404, 409, 422))
 async def sweep(request: web.Request) -> web.Response:
     body = await _body(request, SweepIn) or SweepIn()
     if body.dry_run and body.review_id is not None:
@@ -153,12 +153,12 @@ async def sweep_progress(request: web.Request) -> web.Response:
 
 # -- exports ----------------------------------------------------------------------------------------
 @routes.post("/v1/patients/{patient_id}/exports", summary="Start a subject-access export (a ZIP built by a job)",
-             status=202, response=ExportOut, errors=(404, 409, 410, 422))
+             status=202, response=ExportOut, headers=("Idempotency-Key",), errors=(404, 409, 410, 422))
 async def request_export(request: web.Request) -> web.Response:
     export = await _lifecycle(request).exports.request(
         actor_of(request), request.match_info["patient_id"],
         idempotency_key=idempotent.header_value(request.headers.get("Idempotency-Key")))
-    return json_response(export, status=202)
+    return json_response(export, status=202, headers={"Location": f"/v1/exports/{export.id}"})
 
 
 @routes.get("/v1/exports/{export_id}", summary="An export's status and progress", response=ExportOut, errors=(404, 410))

@@ -24,6 +24,8 @@ from vault.http.limits import MemoryLease
 CHUNK = 256 * 1024
 PHOTO_TYPES = {"image/jpeg", "image/png", "image/webp", "image/heic", "image/heif", "image/heic-sequence", "image/heif-sequence"}
 VIDEO_TYPES = {"video/mp4", "video/quicktime"}
+#: what a read of the stripped original (or an identifiable release) may answer: its own type
+CONTENT_TYPES = tuple(sorted(PHOTO_TYPES | VIDEO_TYPES))
 #: a client that does not know the type may say so; the bytes decide either way
 UNDECLARED = {"application/octet-stream"}
 SAME_TYPE = {"image/heif": "image/heic", "image/heic-sequence": "image/heic", "image/heif-sequence": "image/heic"}

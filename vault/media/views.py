@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.json_schema import JsonDict
 
 from vault.appkeys import RUNTIME, SETTINGS, UPLOAD_LIMITS
 from vault.errors import Forbidden, UnsupportedMedia, ValidationFailed
@@ -22,7 +23,7 @@ from vault.http.routing import Endpoints, add_endpoints
 from vault.media.models import ORIGINAL, THUMBNAILS
 from vault.media.responses import MediaPage, MediaView, PlaybackLink
 from vault.media.service import Content, MediaService
-from vault.media.upload import PHOTO_TYPES, VIDEO_TYPES, check_matches, open_upload
+from vault.media.upload import CONTENT_TYPES, PHOTO_TYPES, VIDEO_TYPES, check_matches, open_upload
 from vault.permissions import allowed
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
 
@@ -61,11 +62,28 @@ class MediaQuery(BaseModel):
             raise ValueError("out of range") from None
 
 
+def _left_out_never_null(schema: JsonDict) -> None:
+    # patch_media refuses an explicit null (422); the document says so
+    options = schema.pop("anyOf", [])
+    branches = [b for b in options if isinstance(b, dict) and b.get("type") != "null"] if isinstance(options, list) else []
+    schema.update(branches[0] if branches else {})
+    schema.pop("default", None)
+
+
 class MediaPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    phase: Phase | None = None
+    phase: Phase | None = Field(default=None, json_schema_extra=_left_out_never_null)
     treatment_id: Id | None = None
     identifiable: bool | None = Field(default=None, description="a person's review of the face flag; overrides the detector")
+
+
+class PlaybackQuery(BaseModel):
+    """The signed link's parameters (vault/signedurls.py); a link that is not valid is 403."""
+
+    model_config = ConfigDict(extra="forbid")
+    token: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] = Field(description="the id of the token that asked for the link")
+    expires: int = Field(ge=0, le=2**40, description="Unix seconds")
+    signature: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class ThumbnailQuery(BaseModel):
@@ -105,6 +123,8 @@ def setup(app: web.Application) -> None:
     request_media=tuple(sorted(PHOTO_TYPES | VIDEO_TYPES)) + ("multipart/form-data",),
     status=201,
     response=MediaView,
+    also={200: MediaView},  # a replayed Idempotency-Key: the first upload's media
+    headers=("Idempotency-Key",),
     errors=(404, 408, 409, 410, 413, 415, 422, 429, 503),
 )
 async def upload_media(request: web.Request) -> web.Response:
@@ -130,14 +150,14 @@ async def upload_media(request: web.Request) -> web.Response:
                 actor, patient_id, stream.chunks(limit=settings.max_video_bytes),
                 phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key,
             )
-            return json_response(view, status=201 if created else 200)
+            return json_response(view, status=201 if created else 200, headers={"Location": f"/v1/media/{view.id}"})
         stream.check_length(settings.max_photo_bytes)  # 413 before reading on
         with limits.memory.lease() as lease:  # held until the photo is processed and stored
             data = await stream.read_all(limit=settings.max_photo_bytes, lease=lease)
             view, created = await service.upload_photo(
                 actor, patient_id, data, phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key
             )
-    return json_response(view, status=201 if created else 200)
+    return json_response(view, status=201 if created else 200, headers={"Location": f"/v1/media/{view.id}"})
 
 
 @routes.get("/v1/patients/{patient_id}/media", summary="List a patient's media (keyset pages, before/after groups)",
@@ -170,7 +190,8 @@ async def patch_media(request: web.Request) -> web.Response:
     return json_response(view)
 
 
-@routes.get("/v1/media/{media_id}/content", summary="The stripped original (Range, HEAD and If-None-Match supported)", response_media="application/octet-stream", errors=(404, 409, 410, 416))
+@routes.get("/v1/media/{media_id}/content", summary="The stripped original (Range, HEAD and If-None-Match supported)", response_media=CONTENT_TYPES,
+            headers=("Range", "If-None-Match"), errors=(404, 409, 410, 416))
 async def media_content(request: web.Request) -> web.StreamResponse:
     service = request.app[MEDIA]
     content = await service.content(actor_of(request), request.match_info["media_id"], rendition=ORIGINAL, action="media.content",
@@ -189,7 +210,9 @@ async def create_playback(request: web.Request) -> web.Response:
     return json_response(PlaybackLink(url=url, expires_at=signed.expires_at.isoformat()))
 
 
-@routes.get("/v1/playback/{media_id}", summary="Play media through a signed link (Range and HEAD supported; no bearer header)", response_media="application/octet-stream", errors=(403, 404, 409, 410, 416))
+@routes.get("/v1/playback/{media_id}", summary="Play media through a signed link (Range and HEAD supported; no bearer header)", query=PlaybackQuery,
+            response_media=CONTENT_TYPES,
+            headers=("Range", "If-None-Match"), errors=(403, 404, 409, 410, 416))
 async def playback(request: web.Request) -> web.StreamResponse:
     service = request.app[MEDIA]
     actor = await service.playback_actor(request.match_info["media_id"], dict(request.query), request_id=request[REQUEST_ID])
@@ -201,7 +224,8 @@ async def playback(request: web.Request) -> web.StreamResponse:
     return await _serve(request, service, content)
 
 
-@routes.get("/v1/media/{media_id}/thumbnail", summary="A JPEG thumbnail, 256 or 1024 px (If-None-Match supported)", query=ThumbnailQuery, response_media="image/jpeg", errors=(404, 409, 410, 422))
+@routes.get("/v1/media/{media_id}/thumbnail", summary="A JPEG thumbnail, 256 or 1024 px (If-None-Match supported)", query=ThumbnailQuery, response_media="image/jpeg",
+            headers=("If-None-Match",), errors=(404, 409, 410, 422))
 async def media_thumbnail(request: web.Request) -> web.Response:
     q = parse_query(request, ThumbnailQuery)
     service = request.app[MEDIA]

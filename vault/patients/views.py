@@ -80,7 +80,8 @@ class PatientPage(BaseModel):
 async def create_patient(request: web.Request) -> web.Response:
     body = await read_json(request, PatientCreate, limit=request.app[SETTINGS].max_json_bytes)
     view = await request.app[PATIENTS].create(actor_of(request), **body.model_dump())
-    return json_response(PatientOut.of(view), status=201)
+    out = PatientOut.of(view)
+    return json_response(out, status=201, headers={"Location": f"/v1/patients/{out.id}"})
 
 
 @routes.get("/v1/patients", summary="Find a patient by external_ref, or page through patients", query=PatientQuery,

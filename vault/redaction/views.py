@@ -117,7 +117,7 @@ async def put_redaction(request: web.Request) -> web.Response:
 async def approve_redaction(request: web.Request) -> web.Response:
     body = await read_json(request, ApproveIn, limit=request.app[SETTINGS].max_json_bytes)
     approval = await request.app[REDACTIONS].approve(actor_of(request), request.match_info["media_id"], digest=body.digest)
-    return json_response(approval, status=201)
+    return json_response(approval, status=201, headers={"Location": f"/v1/media/{request.match_info['media_id']}/redaction"})
 
 
 @routes.get("/v1/media/{media_id}/redaction/preview", summary="The full-resolution redacted JPEG exactly as a release carries it",

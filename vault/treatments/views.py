@@ -62,7 +62,8 @@ class TreatmentList(BaseModel):
 async def create_treatment(request: web.Request) -> web.Response:
     body = await read_json(request, TreatmentCreate, limit=request.app[SETTINGS].max_json_bytes)
     view = await request.app[TREATMENTS].create(actor_of(request), request.match_info["patient_id"], **body.model_dump())
-    return json_response(TreatmentOut.of(view), status=201)
+    out = TreatmentOut.of(view)
+    return json_response(out, status=201, headers={"Location": f"/v1/patients/{out.patient_id}/treatments"})
 
 
 @routes.get("/v1/patients/{patient_id}/treatments", summary="List a patient's treatments", response=TreatmentList,
@@ -72,7 +73,8 @@ async def list_treatments(request: web.Request) -> web.Response:
     return json_response(TreatmentList(items=[TreatmentOut.of(t) for t in items], next_cursor=None))
 
 
-TypeName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+# no NUL (PostgreSQL text cannot hold one: it was a 500), and not blank (said as \S)
+TypeName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80, pattern=r"^[^\x00]*[^\x00\s][^\x00]*$")]
 
 
 class TreatmentTypeOut(BaseModel):

@@ -169,7 +169,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const body = await resp.json();
     if (!resp.ok) {
       saveButton.disabled = false;
-      say(`Not saved: ${body.message || resp.status}`);
+      say(`Not saved: ${body.detail || resp.status}`);
       return;
     }
     boxes = body.boxes;
@@ -196,7 +196,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const body = await resp.json();
     if (!resp.ok) {
       approveButton.disabled = false;
-      say(`Not approved: ${body.message || resp.status}`);
+      say(`Not approved: ${body.detail || resp.status}`);
       return;
     }
     window.location.reload();

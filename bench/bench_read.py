@@ -121,10 +121,16 @@ async def rate(url: str, headers: dict[str, str], *, secs: int, conc: int) -> tu
     return await client_rate(url, headers, secs=secs, conc=conc)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its threads (/proc/PID/stat, clock ticks)."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its threads (/proc/PID/stat, clock ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its threads."""
+    return sum(cpu_split(pid))
 
 
 def summarise_profile(raw: Path, top: int = 25) -> str:
@@ -228,16 +234,18 @@ async def main() -> None:
         await wait_ok(peer_url)
         await rate(url, auth, secs=1, conc=args.conc)  # warm-up
         await rate(peer_url, {}, secs=1, conc=args.conc)
-        vault_rates, peer_rates, vault_p50, peer_p50, vault_cpu, peer_cpu = [], [], [], [], [], []
+        vault_rates, peer_rates, vault_p50, peer_p50, vault_cpu, peer_cpu, vault_sys = [], [], [], [], [], [], []
         for _ in range(args.rounds):
             c0 = cpu_seconds(peer.pid)
             r_, p = await rate(peer_url, {}, secs=args.secs, conc=args.conc)
             peer_cpu.append((cpu_seconds(peer.pid) - c0) / (r_ * args.secs) * 1e6)
             peer_rates.append(r_)
             peer_p50.append(p)
-            c0 = cpu_seconds(server.pid)
+            u0, s0 = cpu_split(server.pid)
             r_, p = await rate(url, auth, secs=args.secs, conc=args.conc)
-            vault_cpu.append((cpu_seconds(server.pid) - c0) / (r_ * args.secs) * 1e6)
+            u1, s1 = cpu_split(server.pid)
+            vault_cpu.append((u1 - u0 + s1 - s0) / (r_ * args.secs) * 1e6)
+            vault_sys.append((s1 - s0) / (r_ * args.secs) * 1e6)
             vault_rates.append(r_)
             vault_p50.append(p)
         audit_line = await audit_summary(f"{base}/metrics", metrics_token)
@@ -267,7 +275,7 @@ async def main() -> None:
         "vault_rps": round(v), "vault_p50_ms": round(statistics.median(vault_p50), 2),
         "peer_rps": round(p), "peer_p50_ms": round(statistics.median(peer_p50), 2),
         "ratio": round(v / p, 3),
-        "vault_cpu_us_per_req": round(statistics.median(vault_cpu)), "peer_cpu_us_per_req": round(statistics.median(peer_cpu)), "vault_rounds": [round(x) for x in vault_rates], "peer_rounds": [round(x) for x in peer_rates],
+        "vault_cpu_us_per_req": round(statistics.median(vault_cpu)), "vault_sys_us_per_req": round(statistics.median(vault_sys)), "peer_cpu_us_per_req": round(statistics.median(peer_cpu)), "vault_rounds": [round(x) for x in vault_rates], "peer_rounds": [round(x) for x in peer_rates],
     }
     print(json.dumps(result))
     print(f"{args.path} GET c={args.conc} ({result['backend']}): vault {v:.0f} req/s vs aiohttp read+decrypt {p:.0f} req/s"

@@ -31,6 +31,7 @@ from keys.blobio import (
     Opener,
     Sealer,
     SegmentCipher,
+    cipher_for,
     ciphertext_size,
     ciphertext_span,
     open_span,
@@ -118,11 +119,10 @@ def encrypt_bytes(
 def decrypt_bytes(key: bytes, binding: Binding, blob: BytesLike) -> bytes:
     """Whole-blob decryption for small objects; checks the size and every segment."""
     sealed = memoryview(blob).cast("B")
-    header = Header.parse(sealed[:HEADER_SIZE], binding)
-    segment_size = header.segment_size
+    cipher = cipher_for(key, binding, sealed[:HEADER_SIZE])
+    segment_size = cipher.segment_size
     size = plaintext_size(len(sealed), segment_size=segment_size)
     count = segment_count(size, segment_size=segment_size)
-    cipher = SegmentCipher(key, binding, header)
     if count == 1:
         return cipher.open(0, True, sealed[HEADER_SIZE:])
     out = bytearray(size)
@@ -210,10 +210,10 @@ async def _first_fetch(
             head_task.cancel()
         elif not head_task.cancelled():
             head_task.exception()  # mark it retrieved: one failure is reported, not two
-    header = Header.parse(memoryview(head).cast("B"), binding)
-    if header.segment_size != segment_size:
+    cipher = cipher_for(key, binding, memoryview(head).cast("B"))
+    if cipher.segment_size != segment_size:
         raise IntegrityError("blob header is malformed (unexpected segment size)")
-    return SegmentCipher(key, binding, header), data
+    return cipher, data
 
 
 class BlobEncryptor:

@@ -148,6 +148,26 @@ def peek_key_id(header: bytes) -> str:
         raise IntegrityError("blob header is malformed") from None
 
 
+def cipher_for(key: bytes, binding: Binding, raw_header: bytes | bytearray | memoryview) -> SegmentCipher:
+    """The blob's cipher: :meth:`Header.parse` (checked against ``binding``), then the
+    HKDF derivation of :class:`SegmentCipher`.
+
+    A key that offers a ``derived`` slot (``keys.hierarchy.ObjectKey`` as the key store's
+    cache hands it out) remembers the last cipher derived from it, with the binding and
+    header bytes it was derived for: the same blob read again within the key's cache
+    lifetime skips the parse and the derivation (~15 µs of a ~10 KB thumbnail read). The
+    memo lives and dies with that cached key object, so whatever evicts the key (erasure,
+    shredding, expiry) drops the derived key too; a different binding or header derives
+    afresh and replaces it."""
+    memo = getattr(key, "derived", None)
+    if memo is not None and memo[0] == binding and memo[1] == raw_header:
+        return memo[2]
+    cipher = SegmentCipher(key, binding, Header.parse(raw_header, binding))
+    if hasattr(key, "derived"):
+        key.derived = (binding, bytes(raw_header), cipher)  # type: ignore[attr-defined]
+    return cipher
+
+
 class SegmentCipher:
     """AES-256-GCM under a per-blob key; AAD = header ‖ SHA-256(binding encoding)."""
 

@@ -40,10 +40,14 @@ class ObjectKey(bytes):
     """
 
     key_id: str
+    #: the last blob cipher derived from this key (``keys.blobio.cipher_for``): kept with
+    #: the key object the cache holds, so it is dropped whenever the key is
+    derived: tuple[Any, bytes, Any] | None
 
     def __new__(cls, key: bytes, *, key_id: str) -> ObjectKey:
         obj = super().__new__(cls, key)
         obj.key_id = key_id
+        obj.derived = None
         return obj
 
     def __repr__(self) -> str:

@@ -271,7 +271,7 @@ class KeyStore(KekRotation):
                 )
         except sa_exc.IntegrityError:
             raise KeyExists("an object key already exists for this object id") from None
-        self._cache.put(("obj", tenant_id, patient_id, object_id, key.key_id), bytes(key))
+        self._cache.put(("obj", tenant_id, patient_id, object_id, key.key_id), key)
         return key
 
     async def object_key(self, tenant_id: str, patient_id: str, object_id: str) -> ObjectKey:
@@ -280,17 +280,20 @@ class KeyStore(KekRotation):
             self.evict(tenant_id, patient_id, object_id)
             raise KeyDestroyed("object key does not exist")
         cache_key = ("obj", tenant_id, patient_id, object_id, row.key_id)
-        raw = self._cache.get(cache_key)
-        if raw is None:
-            patient = await self._unwrap_dek(
-                tenant_id, patient_id, row.dek_id, row.kek_version, row.dek_wrapped
-            )
-            associated = aead.aad(
-                aead.LABEL_OBJECT_KEY, tenant_id, patient_id, object_id, row.dek_id, row.key_id
-            )
-            raw = aead.open_sealed(patient.key, row.wrapped, associated)
-            self._cache.put(cache_key, raw)
-        return ObjectKey(raw, key_id=row.key_id)
+        cached = self._cache.get(cache_key)
+        if isinstance(cached, ObjectKey):
+            # The cached object itself: it carries the blob cipher derived from it
+            # (keys.blobio.cipher_for), which goes when the cache drops the key.
+            return cached
+        patient = await self._unwrap_dek(
+            tenant_id, patient_id, row.dek_id, row.kek_version, row.dek_wrapped
+        )
+        associated = aead.aad(
+            aead.LABEL_OBJECT_KEY, tenant_id, patient_id, object_id, row.dek_id, row.key_id
+        )
+        key = ObjectKey(aead.open_sealed(patient.key, row.wrapped, associated), key_id=row.key_id)
+        self._cache.put(cache_key, key)
+        return key
 
     async def destroy_object(self, tenant_id: str, patient_id: str, object_id: str) -> str | None:
         """Shred one object's key; return its key id, or None when there was none."""

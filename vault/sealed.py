@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from keys.blob import Binding, decrypt_bytes, decrypt_range_stream, encrypt_bytes, encrypt_stream
@@ -34,7 +35,7 @@ class SealedRef:
     patient_id: str
     plain_size: int
 
-    @property
+    @cached_property
     def binding(self) -> Binding:
         return Binding(tenant_id=self.tenant_id, patient_id=self.patient_id, object_id=self.id, key_id=self.id)
 

@@ -35,6 +35,7 @@ from keys.blob import (
     plaintext_size,
 )
 from keys.blobio import Sealer
+from keys.hierarchy import ObjectKey
 from keys.errors import IntegrityError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -401,6 +402,46 @@ def test_segments_or_header_of_another_blob_fail() -> None:
     for bad in (h2 + b"".join(s1), h1 + s2[0] + s1[1] + s1[2], h1 + s1[0] + s1[1] + s2[2]):
         with pytest.raises(IntegrityError):
             decrypt_bytes(KEY, BINDING, bad)
+
+
+@pytest.mark.parametrize("other", OTHERS, ids=["tenant", "patient", "object", "key_id"])
+async def test_a_remembered_cipher_never_opens_another_binding_or_blob(other: Binding) -> None:
+    """The key store hands out cached object keys that remember the cipher derived for
+    the blob last read (keys.blobio.cipher_for). After a good read, the memo must not let
+    another binding, another blob under the same key, a swapped header or a flipped byte
+    through; and a blob read again gives the same bytes."""
+    key = ObjectKey(KEY, key_id=BINDING.key_id)
+    plain = data(40)
+    blob = encrypt_bytes(KEY, BINDING, plain, segment_size=SMALL)
+    assert decrypt_bytes(key, BINDING, blob) == plain
+    remembered = key.derived
+    assert remembered is not None and remembered[0] == BINDING
+    assert decrypt_bytes(key, BINDING, blob) == plain and key.derived is remembered  # reused
+    with pytest.raises(IntegrityError):
+        decrypt_bytes(key, other, blob)
+    with pytest.raises(IntegrityError):
+        await stream_decrypt(blob, binding=other, key=key)
+
+    async def fetch(a: int, b: int) -> bytes:
+        return blob[a:b]
+
+    with pytest.raises(IntegrityError):
+        await collect(decrypt_range_stream(key, other, fetch, 0, 40, 40, segment_size=SMALL))
+    assert await collect(decrypt_range_stream(key, BINDING, fetch, 3, 30, 40, segment_size=SMALL)) == plain[3:30]
+    other_plain = data(40)
+    second = encrypt_bytes(KEY, BINDING, other_plain, segment_size=SMALL)  # same key and ids, new salt
+    h1, s1 = segments(blob, SMALL)
+    h2, s2 = segments(second, SMALL)
+    for bad in (h2 + b"".join(s1), h1 + s2[0] + s1[1] + s1[2]):
+        assert decrypt_bytes(key, BINDING, blob) == plain  # the memo is this blob's again
+        with pytest.raises(IntegrityError):
+            decrypt_bytes(key, BINDING, bad)
+    flipped = bytearray(blob)
+    flipped[HEADER_SIZE + 3] ^= 1
+    assert decrypt_bytes(key, BINDING, blob) == plain
+    with pytest.raises(IntegrityError):
+        decrypt_bytes(key, BINDING, bytes(flipped))
+    assert decrypt_bytes(key, BINDING, second) == other_plain  # derived afresh for the other blob
 
 
 def test_wrong_key_and_hostile_headers_fail() -> None:

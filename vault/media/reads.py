@@ -21,7 +21,9 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from vault.sealed import SealedRef
 
 CACHE_SECONDS = 300.0
 CACHE_SIZE = 20_000
@@ -34,6 +36,14 @@ class ReadyRendition:
     blob_id: str
     mime: str
     plain_size: int
+    #: derived once, when the entry is made: the sealed blob's reference and the entity tag
+    ref: SealedRef = field(init=False, compare=False)
+    etag: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ref", SealedRef(id=self.blob_id, tenant_id=self.tenant_id, patient_id=self.patient_id,
+                                                  plain_size=self.plain_size))
+        object.__setattr__(self, "etag", etag_of(self.blob_id))
 
 
 class RenditionCache:

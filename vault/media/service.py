@@ -40,7 +40,7 @@ from vault.media.models import (
     MediaBlob,
 )
 from vault.media.processing import PhotoPipeline
-from vault.media.reads import ReadyRendition, RenditionCache, etag_of, none_match
+from vault.media.reads import ReadyRendition, RenditionCache, none_match
 from vault.media.responses import FaceSummary, MediaGroup, MediaPage, MediaView
 from vault.media.video import MEDIA_CREATED, MEDIA_READY, Finish, Videos, media_ids
 from vault.patients.models import ERASED, Patient
@@ -324,7 +324,7 @@ class MediaService:
             raise NotFound("no such media")
         ready = cached or await self._ready_rendition(actor, media_id, rendition)
         try:
-            key = await self.sealed.open_key(self._ref(ready))
+            key = await self.sealed.open_key(ready.ref)
         except Gone:
             if cached is None:
                 raise
@@ -332,17 +332,12 @@ class MediaService:
             ready = await self._ready_rendition(actor, media_id, rendition)
             if ready.blob_id == cached.blob_id:
                 raise
-            key = await self.sealed.open_key(self._ref(ready))
-        etag = etag_of(ready.blob_id)
+            key = await self.sealed.open_key(ready.ref)
+        etag = ready.etag
         unchanged = none_match(etag, if_none_match)
         await self.audit.record(AuditEvent.of(actor, action, outcome="not_modified" if unchanged else "ok",
                                               patient_id=ready.patient_id, media_id=media_id, rendition=rendition))
-        return Content(ref=self._ref(ready), mime=ready.mime, etag=etag, key=key, not_modified=unchanged)
-
-    @staticmethod
-    def _ref(ready: ReadyRendition) -> SealedRef:
-        return SealedRef(id=ready.blob_id, tenant_id=ready.tenant_id, patient_id=ready.patient_id,
-                         plain_size=ready.plain_size)
+        return Content(ref=ready.ref, mime=ready.mime, etag=etag, key=key, not_modified=unchanged)
 
     async def _ready_rendition(self, actor: Actor, media_id: str, rendition: str) -> ReadyRendition:
         """One query, in no transaction of its own: the media of the actor's tenant, its

@@ -175,6 +175,7 @@ async def main() -> None:
     parser.add_argument("--conc", type=int, default=16)
     parser.add_argument("--pg", help="PostgreSQL server URL (a fresh database is made on it)")
     parser.add_argument("--profile", type=Path, help="py-spy the vault during one more round; write here")
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--path", default="thumbnail", choices=("thumbnail", "content"))
     args = parser.parse_args()
 
@@ -254,7 +255,7 @@ async def main() -> None:
             args.profile.mkdir(parents=True, exist_ok=True)
             raw = args.profile / f"read-{'pg' if args.pg else 'sqlite'}.txt"
             spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
-            rec = subprocess.Popen([spy, "record", "--format", "raw", "--gil", "-r", "200", "-d", str(args.secs + 1), "-o", str(raw),
+            rec = subprocess.Popen([spy, "record", "--format", "raw", "--gil", "-r", str(args.profile_rate), "-d", str(args.secs + 1), "-o", str(raw),
                                     "-p", str(server.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await rate(url, auth, secs=args.secs, conc=args.conc)
             rec.wait()

@@ -89,6 +89,32 @@ async def test_group_commit_writes_every_entry(client, clinic):
     assert (await _verify(client, clinic))["ok"]
 
 
+async def test_group_commits_and_appends_in_other_transactions_keep_one_chain(client, clinic, other_clinic):
+    """The PostgreSQL writer appends a tenant's batch in one statement while the head is
+    where it left it (vault/audit/writer.py); an entry appended inside another
+    transaction moves the head behind its back. Interleaved rounds of both, plus batches
+    naming two tenants: every entry is written once, each chain verifies, and on
+    PostgreSQL both of the writer's paths were taken."""
+    runtime = client.server.app[RUNTIME]
+    audit = runtime.audit
+    mine, theirs = Actor(clinic.id, "t", "auditor", "r"), Actor(other_clinic.id, "t", "auditor", "r")
+    before = (await audit.head(clinic.id))[0], (await audit.head(other_clinic.id))[0]
+    for round_ in range(4):
+        await asyncio.gather(*(audit.record(AuditEvent.of(mine, "bench.read", n=f"{round_}-{i}")) for i in range(10)))
+        async with runtime.db.transaction() as session:  # as a business transaction does
+            await audit.append(session, AuditEvent.of(mine, "bench.write", n=str(round_)))
+        await asyncio.gather(*(audit.record(AuditEvent.of(who, "bench.read", n=f"{round_}-mixed-{i}"))
+                               for i in range(6) for who in (mine, theirs)))
+    assert (await audit.head(clinic.id))[0] == before[0] + 4 * (10 + 1 + 6)
+    assert (await audit.head(other_clinic.id))[0] == before[1] + 4 * 6
+    assert (await _verify(client, clinic))["ok"]
+    resp = await client.get("/v1/audit/verify", headers=other_clinic.auth("auditor"))
+    assert (await resp.json())["ok"] is True
+    writer = audit._batches
+    if runtime.db.dialect == "postgresql":
+        assert writer.chained > 0 and writer.locked >= 4
+
+
 async def test_a_held_commit_leaves_with_the_callers_it_waited_for(client, clinic, monkeypatch):
     """Under steady load the writer holds a commit until the callers the last one released
     are back (vault/audit/service.py, AuditLog._gather). With the hold's bound made far

@@ -190,8 +190,9 @@ class PointReader:
     timeout of 0, and in the rare case SQLite still answers busy (a WAL reset by a
     checkpoint), the read goes through the async engine, which may wait. A statement
     whose columns need no type conversion (strings, integers, bytes) is compiled once and
-    run on the DBAPI connection directly. PostgreSQL: the async engine with driver-level
-    autocommit (no BEGIN/COMMIT round trips).
+    run on the DBAPI connection directly. PostgreSQL: such a statement runs on a few
+    asyncpg connections of the reader's own (:class:`_Connections`), in autocommit; other
+    statements go through the async engine.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -206,8 +207,7 @@ class PointReader:
         # the key row of a media read cost ~20% of the read path's CPU). A URL with driver
         # options keeps the engine, which knows how to pass them.
         self._pg_dsn: str | None = None
-        self._pool: Any = None
-        self._pool_lock = asyncio.Lock()
+        self._pool: _Connections | None = None
         if not is_sqlite(engine) and not engine.url.query:
             self._pg_dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         if is_sqlite(engine):
@@ -263,12 +263,8 @@ class PointReader:
     async def _first_pg(self, plain: tuple[sa.Executable, str, tuple[str, ...], Any], params: dict[str, Any]) -> Any:
         _, sql, names, row_type = plain
         if self._pool is None:
-            import asyncpg
-
-            async with self._pool_lock:
-                if self._pool is None:
-                    self._pool = await asyncpg.create_pool(self._pg_dsn, min_size=1, max_size=POINT_POOL_SIZE,
-                                                           reset=_keep_session)
+            assert self._pg_dsn is not None
+            self._pool = _Connections(self._pg_dsn, POINT_POOL_SIZE)
         row = await self._pool.fetchrow(sql, *(params[name] for name in names))  # KeyError: a missing bindparam
         return None if row is None else row_type(*row)
 
@@ -317,10 +313,91 @@ _PLAIN_TYPES = (sa.String, sa.Integer, sa.LargeBinary)
 POINT_POOL_SIZE = 8
 
 
-async def _keep_session(connection: Any) -> None:
-    """asyncpg's pool resets a connection on release (a round trip: UNLISTEN, RESET ALL...);
-    a point reader's connections only ever run single SELECTs in autocommit, so there is
-    nothing to reset."""
+class _Connections:
+    """Up to ``size`` asyncpg connections for single autocommit SELECTs, lent one
+    statement at a time.
+
+    Not ``asyncpg.create_pool``: its acquire and release (a queue, a shielded release
+    task, timeouts, the reset hook) cost ~80 µs of CPU per statement on this machine,
+    against ~100 µs for the statement itself (bench/RESULTS.md), and a point reader needs
+    none of it — its connections hold no session state and never a transaction. A
+    connection whose statement failed or was cancelled is closed, never lent again (a
+    cancelled asyncpg call leaves the connection mid-protocol); a new one is opened when
+    needed."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self._dsn, self._size = dsn, size
+        self._idle: list[Any] = []
+        self._opened = 0  # lent + idle + being opened
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._closed = False
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        conn = await self._take()
+        try:
+            row = await conn.fetchrow(sql, *args)
+        except BaseException:
+            self._lost(conn)
+            raise
+        self._give_back(conn)
+        return row
+
+    async def _take(self) -> Any:
+        import asyncpg  # type: ignore[import-untyped]  # the PostgreSQL driver, only where it is used
+
+        while True:
+            if self._closed:
+                raise asyncpg.InterfaceError("the point reader is closed")
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.is_closed():
+                    return conn
+                self._opened -= 1
+            if self._opened < self._size:
+                self._opened += 1
+                try:
+                    return await asyncpg.connect(self._dsn)
+                except BaseException:
+                    self._opened -= 1
+                    self._wake()
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: pass the wake-up on
+                raise
+
+    def _give_back(self, conn: Any) -> None:
+        if self._closed:
+            conn.terminate()
+            return
+        self._idle.append(conn)
+        self._wake()
+
+    def _lost(self, conn: Any) -> None:
+        conn.terminate()
+        self._opened -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def terminate(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.terminate()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 def _sqlite_busy(exc: Exception) -> bool:

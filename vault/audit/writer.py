@@ -24,6 +24,7 @@ writer is made (:func:`_sql`), and ``tests/audit`` verifies every chain they wri
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 from collections import defaultdict
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 
 _heads = cast(sa.Table, AuditHead.__table__)
 _entries = cast(sa.Table, AuditEntry.__table__)
+#: entries per INSERT statement of the SQLite writer (11 parameters each)
+INSERT_ROWS = 64
 #: the entry columns a batch writes, in parameter order (``id`` is the database's)
 ENTRY_COLUMNS = ("tenant_id", "seq", "at", "actor", "role", "action", "targets", "outcome", "request_id",
                  "prev_hash", "hash")
@@ -141,13 +144,24 @@ class SqliteBatchWriter:
             now = utcnow()
             rows, new_heads = build_rows(events, heads, now)
             at = _SQLITE_AT(now)
-            conn.executemany(self._insert, [tuple(at if c == "at" else row[c] for c in ENTRY_COLUMNS) for row in rows])
+            # Multi-row INSERTs rather than executemany: each statement step hands the GIL
+            # back and must win it again from the busy event loop, so one step per entry
+            # made the batch wait for the loop once per entry.
+            for lo in range(0, len(rows), INSERT_ROWS):
+                chunk = rows[lo:lo + INSERT_ROWS]
+                conn.execute(self._insert_rows(len(chunk)),
+                             [at if c == "at" else row[c] for row in chunk for c in ENTRY_COLUMNS])
             conn.executemany(self._update, [(seq, h, at, t) for t, (seq, h) in sorted(new_heads.items())])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @functools.cache  # noqa: B019 - one writer per process; at most INSERT_ROWS shapes
+    def _insert_rows(self, n: int) -> str:
+        one = self._insert.partition(" VALUES ")[2]
+        return self._insert + ", " + ", ".join([one] * (n - 1)) if n > 1 else self._insert
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._write, events)

@@ -104,7 +104,28 @@ def _check_temporal(model: type[BaseModel], data: Any) -> None:
             raise ValidationFailed(details={"errors": [{"field": name, "problem": "iso8601"}]})
 
 
+#: parsed queries of frozen models, by (model, query string): a hot route asks the same few
+_PARSED: dict[tuple[type[BaseModel], str], BaseModel] = {}
+_PARSED_SIZE = 1024
+
+
 def parse_query(request: web.Request, model: type[M]) -> M:
+    """The query as ``model``; 422 with every problem. A frozen model's result is kept
+    by query string (bounded): a thumbnail route sees ``size=256`` thousands of times."""
+    frozen = model.model_config.get("frozen", False)
+    if frozen:
+        cached = _PARSED.get((model, request.query_string))
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+    parsed = _parse_query(request, model)
+    if frozen:
+        if len(_PARSED) >= _PARSED_SIZE:
+            _PARSED.clear()
+        _PARSED[(model, request.query_string)] = parsed
+    return parsed
+
+
+def _parse_query(request: web.Request, model: type[M]) -> M:
     data: dict[str, Any] = {}
     for key in request.query:
         values = request.query.getall(key)

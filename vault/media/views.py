@@ -87,7 +87,7 @@ class PlaybackQuery(BaseModel):
 
 
 class ThumbnailQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
     size: Literal["256", "1024"] = "256"
 
 

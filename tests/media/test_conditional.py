@@ -101,3 +101,14 @@ async def test_a_release_thumbnail_304_passes_the_gate_first(api: Api, client, c
     await api.withdraw(consent["id"])
     refused = await client.get(path, params=query, headers={"If-None-Match": etag})
     assert refused.status == 403 and (await refused.json())["error"] == "consent_required"
+
+
+async def test_thumbnail_query_is_checked_on_every_request(api: Api, client, clinic):
+    """parse_query keeps a frozen model's result by query string: good strings answer as
+    before, bad ones are refused every time (a refusal is never kept)."""
+    photo = await api.photo(await api.patient())
+    url = f"/v1/media/{photo['id']}/thumbnail"
+    for query, status in (("size=256", 200), ("size=300", 422), ("size=300", 422), ("size=1024", 200),
+                          ("size=256&size=256", 422), ("size=256&x=1", 422), ("", 200), ("size=256", 200)):
+        resp = await client.get(f"{url}?{query}", headers=clinic.auth("records"))
+        assert resp.status == status, (query, await resp.text())

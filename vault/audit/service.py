@@ -64,10 +64,19 @@ class AuditEvent:
         )
 
 
+#: the canonical encoding: what ``json.dumps(..., sort_keys=True, separators=(",", ":"))``
+#: gives, without building an encoder per call (half the cost of an entry's canonical form)
+CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def canonical_targets(targets: dict[str, str]) -> str:
+    return CANONICAL_JSON.encode(targets)
+
+
 def canonical(
     *, tenant_id: str, seq: int, at: datetime, actor: str, role: str, action: str, targets: str, outcome: str, request_id: str
 ) -> bytes:
-    return json.dumps(
+    return CANONICAL_JSON.encode(
         {
             "tenant_id": tenant_id,
             "seq": seq,
@@ -78,9 +87,7 @@ def canonical(
             "targets": targets,
             "outcome": outcome,
             "request_id": request_id,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
+        }
     ).encode()
 
 
@@ -226,7 +233,7 @@ class AuditLog:
         now = utcnow()
         for event in events:
             seq += 1
-            targets = json.dumps(event.targets, sort_keys=True, separators=(",", ":"))
+            targets = canonical_targets(event.targets)
             fields: dict[str, Any] = dict(
                 tenant_id=tenant_id,
                 seq=seq,

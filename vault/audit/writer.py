@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import functools
-import json
 import os
 import sqlite3
 from collections import defaultdict
@@ -70,7 +69,7 @@ def _sql(mark: Any) -> tuple[str, str]:
 def build_rows(events: Sequence[AuditEvent], heads: dict[str, tuple[int, str]], now: datetime) -> tuple[list[dict[str, Any]], dict[str, tuple[int, str]]]:
     """Chain ``events`` onto ``heads`` (tenant -> (seq, hash)); returns the entry rows
     and the new heads. Pure: the caller holds the head locks."""
-    from vault.audit.service import canonical, chain_hash
+    from vault.audit.service import canonical, canonical_targets, chain_hash
 
     rows: list[dict[str, Any]] = []
     new_heads = dict(heads)
@@ -83,7 +82,7 @@ def build_rows(events: Sequence[AuditEvent], heads: dict[str, tuple[int, str]], 
             seq += 1
             fields: dict[str, Any] = dict(
                 tenant_id=tenant_id, seq=seq, at=now, actor=event.actor, role=event.role, action=event.action,
-                targets=json.dumps(event.targets, sort_keys=True, separators=(",", ":")), outcome=event.outcome,
+                targets=canonical_targets(event.targets), outcome=event.outcome,
                 request_id=event.request_id,
             )
             digest = chain_hash(prev, canonical(**fields))

@@ -149,3 +149,26 @@ async def test_denials_are_audited_with_ids_only(client, clinic, other_clinic):
     outcomes = {(e.action, e.outcome) for e in entries}
     assert ("GET /v1/patients/{patient_id}", "not_found") in outcomes
     assert ("GET /v1/audit", "forbidden") in outcomes
+
+
+def test_the_canonical_form_is_sorted_compact_json_byte_for_byte():
+    """Chains written before stay verifiable: the canonical bytes are exactly those of
+    ``json.dumps(entry, sort_keys=True, separators=(",", ":"))``, awkward strings included."""
+    import json
+    import random
+    import string
+    from datetime import UTC, datetime
+
+    from vault.audit.service import canonical, canonical_targets
+
+    rng = random.Random(7)
+    alphabet = string.printable + "é\u2028\x00\"\\\u00ff\U0001F600"
+    for _ in range(500):
+        fields = {k: "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+                  for k in ("tenant_id", "actor", "role", "action", "outcome", "request_id")}
+        targets = {rng.choice(["media_id", "patient_id", "z", "é"]): rng.choice(alphabet) * 3 for _ in range(3)}
+        fields["targets"] = canonical_targets(targets)
+        assert fields["targets"] == json.dumps(targets, sort_keys=True, separators=(",", ":"))
+        at, seq = datetime.now(UTC), rng.randint(0, 10**12)
+        expected = json.dumps({**fields, "seq": seq, "at": at.isoformat()}, sort_keys=True, separators=(",", ":")).encode()
+        assert canonical(seq=seq, at=at, **fields) == expected

@@ -143,7 +143,8 @@ class Supervisor:
         mark_process_dead(pid, str(self.folder / "metrics"))  # its live gauges go
         if self._stop_deadline is not None:
             log.info("serving process stopped", extra={"slot": child.slot, "pid": pid, "status": status})
-            if status != 0:
+            # -SIGTERM: signalled before it had set up its handlers (still starting, serving nothing)
+            if status not in (0, -signal.SIGTERM):
                 self._status = 1
             return
         if not self._ever_ready:

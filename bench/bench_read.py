@@ -1,7 +1,7 @@
 """The audited read path (thumbnail GET) against a bare aiohttp read+decrypt server, same run.
 
     .venv/bin/python bench/bench_read.py [--rounds 3] [--secs 5] [--conc 16]
-        [--pg postgresql+asyncpg://postgres@127.0.0.1:5432/postgres] [--profile DIR]
+        [--pg postgresql+asyncpg://postgres@127.0.0.1:5432/postgres] [--profile DIR] [--processes 1,2]
 
 Starts `vault serve` (embedded default; with ``--pg`` the metadata database and the key
 store on a fresh PostgreSQL database) with one uploaded 12 MP photo, and a peer: a minimal
@@ -14,6 +14,10 @@ audited before it answers.
 
 ``--profile DIR`` also samples the vault server with py-spy during one extra round and
 prints the functions holding the most samples (own time and inclusive).
+
+``--processes 1,2`` starts one ``vault serve --processes N`` per count, on the same data,
+and measures each in the same interleaved rounds (server CPU is summed over the process
+tree); the ratios to the peer and to the first count are printed.
 """
 
 from __future__ import annotations
@@ -133,6 +137,32 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and of its living descendants (the serving processes of
+    ``vault serve --processes N``, the decoder workers)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, of in parents.items():
+            if of == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    total = 0.0
+    for member in tree:
+        try:
+            total += cpu_seconds(member)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def summarise_profile(raw: Path, top: int = 25) -> str:
     """py-spy ``--format raw`` (collapsed stacks) -> the functions with the most samples."""
     own: collections.Counter[str] = collections.Counter()
@@ -177,7 +207,10 @@ async def main() -> None:
     parser.add_argument("--profile", type=Path, help="py-spy the vault during one more round; write here")
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--path", default="thumbnail", choices=("thumbnail", "content"))
+    parser.add_argument("--processes", default="1",
+                        help="comma-separated `vault serve --processes` counts, each measured in the same rounds")
     args = parser.parse_args()
+    counts = [int(n) for n in args.processes.split(",")]
 
     tmp = Path(tempfile.mkdtemp(prefix="vault-bench-read-"))
     metrics_token = secrets.token_urlsafe(24)
@@ -202,14 +235,18 @@ async def main() -> None:
     vault_cli(env, "tenant", "create", "bench")
     token = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "records", "--label", "bench").strip().splitlines()[-1]
     writer = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "practitioner", "--label", "bench-up").strip().splitlines()[-1]
-    port, pport = free_port(), free_port()
-    server = subprocess.Popen([PY, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL)
+    ports, pport = {n: free_port() for n in counts}, free_port()
+    servers: dict[int, subprocess.Popen[bytes]] = {}
     peer = None
+    port = ports[counts[0]]
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {token}"}
     try:
-        await wait_ok(base + "/healthz")
+        for n in counts:  # one after the other: each start migrates the same data first
+            servers[n] = subprocess.Popen([PY, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(ports[n]),
+                                           "--processes", str(n)], env=env, stdout=subprocess.DEVNULL)
+            await wait_ok(f"http://127.0.0.1:{ports[n]}/healthz")
+        server = servers[counts[0]]
         from bench_pipeline import sample_jpeg
 
         photo = sample_jpeg()
@@ -233,22 +270,25 @@ async def main() -> None:
         peer = subprocess.Popen([PY, "-c", PEER, str(pport), str(tmp / "thumb.enc"), str(tmp / "thumb.key")])
         peer_url = f"http://127.0.0.1:{pport}/thumb-dec"
         await wait_ok(peer_url)
-        await rate(url, auth, secs=1, conc=args.conc)  # warm-up
+        urls = {n: url.replace(f":{port}/", f":{ports[n]}/") for n in counts}
+        for n in counts:
+            await rate(urls[n], auth, secs=1, conc=args.conc)  # warm-up
         await rate(peer_url, {}, secs=1, conc=args.conc)
-        vault_rates, peer_rates, vault_p50, peer_p50, vault_cpu, peer_cpu, vault_sys = [], [], [], [], [], [], []
+        peer_rates, peer_p50, peer_cpu = [], [], []
+        per: dict[int, dict[str, list[float]]] = {n: {"rates": [], "p50": [], "cpu": []} for n in counts}
         for _ in range(args.rounds):
             c0 = cpu_seconds(peer.pid)
             r_, p = await rate(peer_url, {}, secs=args.secs, conc=args.conc)
             peer_cpu.append((cpu_seconds(peer.pid) - c0) / (r_ * args.secs) * 1e6)
             peer_rates.append(r_)
             peer_p50.append(p)
-            u0, s0 = cpu_split(server.pid)
-            r_, p = await rate(url, auth, secs=args.secs, conc=args.conc)
-            u1, s1 = cpu_split(server.pid)
-            vault_cpu.append((u1 - u0 + s1 - s0) / (r_ * args.secs) * 1e6)
-            vault_sys.append((s1 - s0) / (r_ * args.secs) * 1e6)
-            vault_rates.append(r_)
-            vault_p50.append(p)
+            for n in counts:
+                c0 = tree_cpu_seconds(servers[n].pid)
+                r_, p = await rate(urls[n], auth, secs=args.secs, conc=args.conc)
+                per[n]["cpu"].append((tree_cpu_seconds(servers[n].pid) - c0) / (r_ * args.secs) * 1e6)
+                per[n]["rates"].append(r_)
+                per[n]["p50"].append(p)
+        vault_rates, vault_p50, vault_cpu = per[counts[0]]["rates"], per[counts[0]]["p50"], per[counts[0]]["cpu"]
         audit_line = await audit_summary(f"{base}/metrics", metrics_token)
         profile = None
         if args.profile:
@@ -261,7 +301,7 @@ async def main() -> None:
             rec.wait()
             profile = summarise_profile(raw) if raw.exists() else "py-spy wrote nothing (ptrace not permitted?)"
     finally:
-        for proc in (peer, server):
+        for proc in (peer, *servers.values()):
             if proc is not None:
                 proc.terminate()
                 proc.wait()
@@ -276,12 +316,27 @@ async def main() -> None:
         "vault_rps": round(v), "vault_p50_ms": round(statistics.median(vault_p50), 2),
         "peer_rps": round(p), "peer_p50_ms": round(statistics.median(peer_p50), 2),
         "ratio": round(v / p, 3),
-        "vault_cpu_us_per_req": round(statistics.median(vault_cpu)), "vault_sys_us_per_req": round(statistics.median(vault_sys)), "peer_cpu_us_per_req": round(statistics.median(peer_cpu)), "vault_rounds": [round(x) for x in vault_rates], "peer_rounds": [round(x) for x in peer_rates],
+        "vault_cpu_us_per_req": round(statistics.median(vault_cpu)), "peer_cpu_us_per_req": round(statistics.median(peer_cpu)), "vault_rounds": [round(x) for x in vault_rates], "peer_rounds": [round(x) for x in peer_rates],
     }
     print(json.dumps(result))
     print(f"{args.path} GET c={args.conc} ({result['backend']}): vault {v:.0f} req/s vs aiohttp read+decrypt {p:.0f} req/s"
           f" -> ratio {v / p:.2f} (aim >= 0.50); server CPU per request {statistics.median(vault_cpu):.0f} us vs"
           f" {statistics.median(peer_cpu):.0f} us")
+    if len(counts) > 1:
+        first = statistics.median(per[counts[0]]["rates"])
+        result["processes"] = {
+            str(n): {"vault_rps": round(statistics.median(per[n]["rates"])),
+                     "vault_p50_ms": round(statistics.median(per[n]["p50"]), 2),
+                     "ratio_to_peer": round(statistics.median(per[n]["rates"]) / p, 3),
+                     "speedup": round(statistics.median(per[n]["rates"]) / first, 3),
+                     "vault_cpu_us_per_req": round(statistics.median(per[n]["cpu"])),
+                     "vault_rounds": [round(x) for x in per[n]["rates"]]}
+            for n in counts}
+        print(json.dumps(result["processes"]))
+        for n in counts:
+            row = result["processes"][str(n)]
+            print(f"  vault serve --processes {n}: {row['vault_rps']} req/s, ratio to peer {row['ratio_to_peer']:.2f},"
+                  f" x{row['speedup']:.2f} of --processes {counts[0]}, server CPU per request {row['vault_cpu_us_per_req']} us")
     print(audit_line)
     if profile:
         print(profile)

@@ -90,3 +90,18 @@ def test_each_default_is_the_one_from_env_uses(tmp_path):
     built = Settings(data_dir=s.data_dir, database_url=s.database_url, keystore_url=s.keystore_url,
                      storage_url=s.storage_url, root_key_url=s.root_key_url, shred_journal=s.shred_journal)
     assert s == built
+
+
+def test_http_processes_is_a_count_or_one_per_cpu(tmp_path):
+    import os
+
+    def processes(raw: str) -> int:
+        return Settings.from_env({"VAULT_DATA_DIR": str(tmp_path), "VAULT_HTTP_PROCESSES": raw}).http_processes
+
+    assert Settings.from_env({"VAULT_DATA_DIR": str(tmp_path)}).http_processes == 1
+    assert processes("3") == 3
+    assert processes("auto") == processes("0") == (os.cpu_count() or 1)
+    for bad in ("-1", "two"):
+        with pytest.raises(ConfigError) as err:
+            processes(bad)
+        assert err.value.setting == "VAULT_HTTP_PROCESSES"

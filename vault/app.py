@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     # aiohttp's access log writes raw URLs (ids, query strings); ours logs route templates.
     logging.getLogger("aiohttp.access").disabled = True
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(settings.metrics_dir)
     app[UPLOAD_LIMITS] = UploadLimits.from_settings(settings)
 
     async def authenticate(token: str) -> Principal:

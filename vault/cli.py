@@ -219,6 +219,12 @@ def cmd_serve(settings: Settings, args) -> int:
     from vault.http.server import run
     from vault.logs import configure
 
+    if args.serving_slot is not None:
+        return _serve_child(settings, args)
+    processes = settings.http_processes if args.processes is None else args.processes
+    if processes < 1:
+        print("vault: --processes must be at least 1", file=sys.stderr)
+        return 2
     keep_freed_memory()  # before any thread starts: uploads reuse their buffers' pages
     configure(settings.log_level)
     if not settings.production:
@@ -240,12 +246,50 @@ def cmd_serve(settings: Settings, args) -> int:
         print("first start: created tenant 'demo' and a practitioner token (shown once):", flush=True)
         print(f"  curl -H 'Authorization: Bearer {first}' {url}/v1/patients", flush=True)
         print(first, flush=True)
+    if processes > 1:
+        from vault.http.processes import supervise
+
+        print(f"serving from {processes} processes", flush=True)
+        return supervise(settings, host=args.host, port=args.port, processes=processes)
     app = create_app(settings)
     if settings.inprocess_jobs:
         app.cleanup_ctx.append(_inprocess_worker)
     # Not web.run_app: its connections have no header-read timeout and answer parse errors in plain text.
     run(app, host=args.host, port=args.port)
     return 0
+
+
+def _serve_child(settings: Settings, args) -> int:
+    """One of the serving processes of ``vault serve --processes N`` (vault.http.processes):
+    the parent has prepared everything; this one serves on a shared port."""
+    from functools import partial
+
+    from vault.allocator import keep_freed_memory
+    from vault.app import create_app
+    from vault.http.processes import child_settings, tell_parent
+    from vault.http.server import run
+    from vault.logs import configure
+    from vault.pipeline.sandbox import die_with_parent
+
+    die_with_parent(args.parent)
+    keep_freed_memory()
+    configure(settings.log_level)
+    settings = child_settings(settings, slot=args.serving_slot, processes=args.processes,
+                              folder=Path(args.runtime_dir))
+    app = create_app(settings)
+    if settings.inprocess_jobs:
+        app.cleanup_ctx.append(_inprocess_worker)
+    run(app, host=args.host, port=args.port, reuse_port=True, on_listening=partial(tell_parent, args.ready_fd))
+    return 0
+
+
+def _processes(raw: str) -> int:
+    from vault.config import _processes as read
+
+    try:
+        return read("--processes", raw)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 async def _inprocess_worker(app):
@@ -298,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--processes", type=_processes, default=None,
+                       help="serving processes sharing the port (default VAULT_HTTP_PROCESSES, 1; auto: one per CPU)")
+    # internal: how `vault serve --processes N` starts its serving processes
+    for internal, kind in (("--serving-slot", int), ("--parent", int), ("--runtime-dir", str), ("--ready-fd", int)):
+        serve.add_argument(internal, type=kind, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="upgrade the metadata database and key store to the newest schema").set_defaults(func=cmd_migrate)

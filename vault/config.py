@@ -120,6 +120,14 @@ def _url(schemes: tuple[str, ...]) -> Reader:
     return read
 
 
+def _processes(name: str, raw: str) -> int:
+    """A count of processes; ``auto`` or 0: one per CPU."""
+    if raw.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    value = _integer(minimum=0)(name, raw)
+    return value or (os.cpu_count() or 1)
+
+
 def _text(name: str, raw: str) -> str:
     return raw
 
@@ -328,6 +336,15 @@ class Settings:
     # bound on a scrape's database and key-store reads; past it the scrape says
     # vault_metrics_refresh_ok 0 instead of hanging (docs/operations.md)
     metrics_refresh_seconds: float = field(default=2.0, metadata=variable("VAULT_METRICS_REFRESH_SECONDS", _seconds))
+    # HTTP serving processes of this node (docs/operations.md, "Several processes on one
+    # node"); `vault serve --processes N` overrides it. auto or 0: one per CPU.
+    http_processes: int = field(default=1, metadata=variable("VAULT_HTTP_PROCESSES", _processes))
+    # Set by `vault serve` for each of its serving processes when it runs several (not from
+    # the environment): the private folders the siblings share for cache invalidation
+    # (unix sockets) and for Prometheus' multiprocess files, and this process's name there.
+    siblings_dir: Path | None = None
+    metrics_dir: Path | None = None
+    process_name: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property

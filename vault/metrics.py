@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -46,7 +47,13 @@ UPLOAD_ROUTES = frozenset({("POST", "/v1/patients/{patient_id}/media")})
 
 # -- per application --------------------------------------------------------------------
 class Metrics:
-    def __init__(self) -> None:
+    """With ``multiprocess_dir`` (``vault serve --processes N``, N > 1; prometheus_client's
+    multiprocess mode, PROMETHEUS_MULTIPROC_DIR set by the parent for each serving process)
+    every process writes its samples to files there and a scrape, whichever process answers
+    it, reads them all: the node's totals. The scrape-time families stay this process's
+    reads (the database-derived ones are the same from any process)."""
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("vault_http_requests", "HTTP requests", ["route", "method", "status"], registry=r)
@@ -55,15 +62,27 @@ class Metrics:
             ["route", "method", "status_class"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120), registry=r,
         )
-        self.in_flight = Gauge("vault_http_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.in_flight = Gauge("vault_http_requests_in_flight", "HTTP requests being handled", registry=r,
+                               multiprocess_mode="livesum")
         self.upload_bytes = Counter("vault_upload_bytes", "Request body bytes received by upload routes", ["outcome"],
                                     registry=r)
         self.upload_refusals = Counter("vault_upload_refusals", "Uploads refused, by error code", ["reason"], registry=r)
         self.ready = Gauge("vault_ready_check", "1 when a readiness check passes (0 failed or degraded)", ["check"],
-                           registry=r)
+                           registry=r, multiprocess_mode="livemin")
         self.state = StateCollector()
         r.register(self.state)
         self._source: Any = None
+        self._node: CollectorRegistry | None = None
+        self.per_process: Gauge | None = None
+        if multiprocess_dir is not None:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self._node = CollectorRegistry()
+            MultiProcessCollector(self._node, path=str(multiprocess_dir))
+            self._node.register(self.state)
+            # which process answered how many: one series per live process (a pid label)
+            self.per_process = Gauge("vault_http_process_requests", "HTTP requests answered by each serving process",
+                                     registry=r, multiprocess_mode="liveall")
 
     def observe_readiness(self, report) -> None:
         for check in report.checks:
@@ -77,6 +96,8 @@ class Metrics:
 
     async def render(self, runtime: Any = None) -> bytes:
         await self.state.refresh(runtime if runtime is not None else self._source)
+        if self._node is not None:  # the instruments of vault.instruments are in the files too
+            return generate_latest(self._node)
         return generate_latest(self.registry) + generate_latest(PROCESS)
 
 
@@ -120,6 +141,8 @@ def make_metrics_middleware(route_template):
                     metrics.latency.labels(route, request.method, f"{status // 100}xx"))
             series[0].inc()
             series[1].observe(time.perf_counter() - started)
+            if metrics.per_process is not None:
+                metrics.per_process.inc()
             if (request.method, route) in UPLOAD_ROUTES:
                 received = request.content.total_bytes
                 metrics.upload_bytes.labels("stored" if status < 400 else "refused").inc(received)

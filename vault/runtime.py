@@ -135,7 +135,7 @@ async def runtime(
         keys = await KeyStore.open(settings.keystore_url, root, cache_ttl=settings.key_cache_seconds,
                                    backup_window_days=settings.backup_window_days)
         stack.push_async_callback(keys.close)
-        notifier = open_notifier(db)
+        notifier = open_notifier(db, siblings=settings.siblings_dir, name=settings.process_name)
         watch_key_cache(notifier, keys)  # destroyed keys leave every node's cache
         await notifier.start()
         stack.push_async_callback(notifier.close)

@@ -15,7 +15,9 @@ A cache asks :meth:`Notifier.cache_seconds` how long it may trust an entry:
   is back, and on reconnecting every subscriber is reset (what was announced meanwhile
   is lost). A dedicated asyncpg connection, reconnected with capped backoff.
 * SQLite: at most :data:`LOCAL_BOUND` s. Changes made by this process are delivered at
-  once; another process on the same files (the ``vault`` CLI) is not heard.
+  once, and to the sibling serving processes of a ``vault serve --processes N`` at once
+  (:mod:`vault.db.siblings`); another process on the same files (the ``vault`` CLI) is
+  not heard.
 
 Payloads are ids and small words, never a secret: a NOTIFY payload can reach the
 database server's statement log.
@@ -29,6 +31,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, func, select
@@ -106,11 +109,16 @@ class Notifier:
         """Announce a change already made (in its own transaction, or outside the database)."""
         _check(channel)
         _check_payload(payload)
-        self.deliver(channel, payload)
+        self.announce(channel, payload)
 
     def _after_commit(self, sync_session: Any) -> None:
         for channel, payload in sync_session.info.pop(_PENDING, []):
-            self.deliver(channel, payload)
+            self.announce(channel, payload)
+
+    def announce(self, channel: str, payload: str) -> None:
+        """A change this process made: to its own subscribers (and, in
+        :class:`vault.db.siblings.SiblingNotifier`, to its sibling processes')."""
+        self.deliver(channel, payload)
 
     def deliver(self, channel: str, payload: str) -> None:
         for subscriber in self._subscribers.get(channel, ()):
@@ -248,8 +256,16 @@ class PgNotifier(Notifier):
             conn.terminate()
 
 
-def open_notifier(db: Database) -> Notifier:
-    return Notifier() if db.dialect == "sqlite" else PgNotifier(db)
+def open_notifier(db: Database, *, siblings: Path | None = None, name: str = "") -> Notifier:
+    """PostgreSQL: NOTIFY reaches every process. SQLite: in process, and to the sibling
+    serving processes in ``siblings`` when ``vault serve`` runs several."""
+    if db.dialect != "sqlite":
+        return PgNotifier(db)
+    if siblings is not None:
+        from vault.db.siblings import SiblingNotifier
+
+        return SiblingNotifier(siblings, name)
+    return Notifier()
 
 
 def _terminate_when_made(connecting: asyncio.Future[Any]) -> None:

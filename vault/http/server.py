@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -180,7 +181,8 @@ class VaultRunner(web.AppRunner):
         )
 
 
-def run(app: web.Application, *, host: str, port: int) -> None:
+def run(app: web.Application, *, host: str, port: int, reuse_port: bool = False,
+        on_listening: Callable[[], None] | None = None) -> None:
     """``vault serve``: like ``web.run_app``, with :class:`VaultRunner`, and a graceful stop.
 
     SIGTERM (or SIGINT) closes the listening socket at once — new connections are refused,
@@ -188,7 +190,9 @@ def run(app: web.Application, *, host: str, port: int) -> None:
     flight, uploads included, run to their answer for up to ``VAULT_SHUTDOWN_TIMEOUT``
     seconds, each connection closing after its answer. Then whatever is still running is
     cancelled, the app's clients close and the process exits 0. A second signal ends the
-    wait for the requests at once. (aiohttp's own ``handle_signals`` raises ``GracefulExit``
+    wait for the requests at once. ``reuse_port`` (SO_REUSEPORT) lets the serving processes
+    of ``vault serve --processes N`` bind one address; ``on_listening`` is called once the
+    socket listens (vault.http.processes tells the parent). (aiohttp's own ``handle_signals`` raises ``GracefulExit``
     inside the event loop, which makes ``asyncio.run`` cancel every request's task at once.)
     """
     from vault.appkeys import SETTINGS
@@ -215,7 +219,9 @@ def run(app: web.Application, *, host: str, port: int) -> None:
         for sig in signals:
             loop.add_signal_handler(sig, on_signal)
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+            if on_listening is not None:
+                on_listening()
             await stopping.wait()
             busy = sum(1 for conn in (runner.server.connections if runner.server else ()) if conn._request_in_progress)
             log.info("stopping: no new connections; waiting for requests in flight",

@@ -1,0 +1,198 @@
+"""``vault serve --processes 2``: one node serving from two real processes that share the
+port (SO_REUSEPORT), on SQLite and on PostgreSQL (vault/http/processes.py).
+
+- Both processes listen (their pids hold the listening sockets, the parent's does not) and
+  both answer: /metrics counts requests per process.
+- /metrics reports the node's totals, whichever process answers the scrape.
+- A token revoked through the API, and an erased patient's thumbnail, are refused on every
+  following request, whichever process it lands on (each request on a new connection).
+- Only one process runs the in-process job runner; every process's /readyz sees it.
+- A serving process killed is restarted; SIGTERM stops every process and the parent exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.databases import backends, fresh_database
+from tests.system.cluster import ROOT, Node, jpeg, vault
+from tests.system.test_multinode import _tokens
+
+METRICS_TOKEN = "mp-metrics-" + "y" * 24
+ROLES = ("admin", "practitioner", "dpo")
+SPREAD = 24  # requests, each on a new connection, to reach both processes
+
+
+class MultiNode(Node):
+    def start(self) -> None:
+        self.starts += 1
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vault.cli", "serve", "--port", str(self.port), "--processes", "2"],
+                env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+    def listeners(self) -> set[int]:
+        """Pids holding a listening socket on the node's port."""
+        out = subprocess.run(["ss", "-Htlnp", f"sport = :{self.port}"], capture_output=True, text=True,
+                             check=True).stdout
+        return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+    def wait_listeners(self, count: int, *, other_than: set[int] = frozenset(), timeout: float = 90) -> set[int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.tail()
+            pids = self.listeners()
+            if len(pids) == count and not pids & other_than:
+                return pids
+            time.sleep(0.1)
+        raise AssertionError(f"never {count} listeners: {self.listeners()} {self.tail()}")
+
+    def scrape(self) -> dict[str, float]:
+        status, raw = self.request("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert status == 200, raw[:200]
+        samples = {}
+        for line in raw.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+
+@dataclass
+class Vault:
+    env: dict[str, str]
+    node: MultiNode
+    tokens: dict[str, str]
+
+    def patient(self, ref: str) -> str:
+        status, body = self.node.json("POST", "/v1/patients", self.tokens["practitioner"], {"external_ref": ref})
+        assert status == 201, body
+        return body["id"]
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+@pytest.fixture(scope="module", params=backends())
+def running(request, tmp_path_factory) -> Iterator[Vault]:
+    folder = tmp_path_factory.mktemp(f"processes-{request.param}")
+    with fresh_database(request.param, folder) as db:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "PROMETHEUS_"))}
+        env.update(
+            VAULT_DATA_DIR=str(folder / "data"), VAULT_DATABASE_URL=db.url, VAULT_KEYSTORE_URL=db.keystore_url,
+            VAULT_ROOT_KEY_URL=(folder / "keyring").as_uri(), VAULT_LOG_LEVEL="INFO", VAULT_DECODER_WORKERS="2",
+            VAULT_METRICS_TOKEN=METRICS_TOKEN, VAULT_INPROCESS_JOBS="true",
+        )
+        vault(env, "migrate")
+        vault(env, "tenant", "create", "north")
+        issued = asyncio.run(_tokens(env, {role: f"{role} system" for role in ROLES}))
+        node = MultiNode(env, folder, "node")
+        node.start()
+        try:
+            node.wait_ready()
+            node.wait_listeners(2)
+            yield Vault(env, node, {role: token.token for role, token in issued.items()})
+        finally:
+            node.kill()
+
+
+def test_both_processes_listen_and_answer(running):
+    node = running.node
+    listening = node.wait_listeners(2)
+    assert node.proc is not None and node.proc.pid not in listening  # the parent supervises, serves nothing
+    assert {_parent_of(pid) for pid in listening} == {node.proc.pid}
+    for _ in range(SPREAD):
+        assert node.request("GET", "/healthz")[0] == 200  # a new connection each
+    per_process = {int(m.group(1)): value for sample, value in node.scrape().items()
+                   if (m := re.fullmatch(r'vault_http_process_requests\{pid="(\d+)"\}', sample))}
+    assert set(per_process) == listening, per_process
+    assert all(count > 0 for count in per_process.values()), per_process
+    print(f"\nrequests per process: {per_process}")
+
+
+def test_metrics_report_the_node_totals_whichever_process_answers(running):
+    node = running.node
+    patient = running.patient("MP-METRICS")
+    series = 'vault_http_requests_total{method="GET",route="/v1/patients/{patient_id}",status="200"}'
+    before = node.scrape().get(series, 0.0)
+    made = SPREAD
+    for _ in range(made):
+        assert node.request("GET", f"/v1/patients/{patient}", running.tokens["practitioner"])[0] == 200
+    totals = [node.scrape()[series] for _ in range(8)]  # each scrape on a new connection: either process
+    assert totals == [before + made] * 8, totals
+
+
+def test_a_revoked_token_is_refused_by_every_process_at_once(running):
+    node = running.node
+    issued = asyncio.run(_tokens(running.env, {"practitioner": "scanner to revoke"}))["practitioner"]
+    for _ in range(SPREAD):  # cached by both processes now
+        assert node.request("GET", "/v1/patients", issued.token)[0] == 200
+    status, raw = node.request("DELETE", f"/v1/tokens/{issued.id}", running.tokens["admin"])
+    assert status == 204, raw
+    after = [node.request("GET", "/v1/patients", issued.token)[0] for _ in range(SPREAD)]
+    assert after == [401] * SPREAD, after
+
+
+def test_an_erased_patients_thumbnail_is_refused_by_every_process_at_once(running):
+    node, tokens = running.node, running.tokens
+    patient = running.patient("MP-ERASE")
+    status, raw = node.request("POST", f"/v1/patients/{patient}/media?phase=before", tokens["practitioner"], jpeg(3),
+                               {"Content-Type": "image/jpeg"})
+    assert status == 201, raw[:300]
+    path = f"/v1/media/{json.loads(raw)['id']}/thumbnail?size=256"
+    for _ in range(SPREAD):  # both processes hold the patient's keys in their caches
+        assert node.request("GET", path, tokens["practitioner"])[0] == 200
+    status, body = node.json("POST", f"/v1/patients/{patient}/erasure", tokens["dpo"], {"reason": "asked"})
+    assert status == 200, body
+    after = [node.request("GET", path, tokens["practitioner"])[0] for _ in range(SPREAD)]
+    assert set(after) <= {404, 410}, after
+
+
+def test_only_one_process_runs_the_job_runner(running):
+    from vault.db import Database
+    from vault.jobs.heartbeat import live_workers
+
+    async def workers() -> int:
+        db = Database(running.env["VAULT_DATABASE_URL"], pool_size=1)
+        try:
+            return await live_workers(db)
+        finally:
+            await db.close()
+
+    assert asyncio.run(workers()) == 1
+    for _ in range(8):  # each process's readiness sees the one runner
+        status, body = running.node.json("GET", "/readyz", running.tokens["practitioner"])
+        assert status == 200 and body["checks"]["workers"] == "ok", body
+
+
+def test_a_killed_process_is_restarted_and_sigterm_stops_every_process(running):
+    node = running.node
+    first = node.wait_listeners(2)
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    serving = node.wait_listeners(2, other_than={victim})
+    assert len(serving & first) == 1
+    assert all(node.request("GET", "/healthz")[0] == 200 for _ in range(8))
+
+    runtime = Path(re.search(r"--runtime-dir\x00([^\x00]+)", Path(f"/proc/{max(serving)}/cmdline").read_text()).group(1))
+    assert runtime.is_dir() and (runtime.stat().st_mode & 0o777) == 0o700
+    node.terminate()
+    assert node.wait_exit() == 0, node.tail()
+    for pid in serving:
+        assert not Path(f"/proc/{pid}").exists(), f"serving process {pid} outlived the parent"
+    assert node.listeners() == set()
+    assert not runtime.exists()
+    assert node.log.read_text().count("clinical photo vault listening on") == 1  # the preparation ran once

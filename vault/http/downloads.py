@@ -11,9 +11,7 @@ from aiohttp import web
 
 from vault.http.conditional import not_modified, private
 from vault.http.ranges import parse_range
-
-#: media type -> the extension of the ``filename`` an inline rendition is offered under
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic", "video/mp4": "mp4"}
+from vault.media.files import extension
 
 
 async def serve_content(request: web.Request, content: Any, *, name: str,
@@ -32,7 +30,7 @@ async def serve_content(request: web.Request, content: Any, *, name: str,
     response.content_type = content.mime
     response.content_length = end - start
     response.headers["Accept-Ranges"] = "bytes"
-    response.headers["Content-Disposition"] = f'inline; filename="{name}.{EXTENSIONS.get(content.mime, "bin")}"'
+    response.headers["Content-Disposition"] = f'inline; filename="{name}.{extension(content.mime)}"'
     if wanted:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     private(response, content.etag)

@@ -8,7 +8,8 @@ median of an async action.
         consent_id = await s.consent({"purposes": ["education"], "identifiable": True})
         t = await amedian(lambda: s.client.get(...), rounds)
 
-Used by bench_media_list.py, bench_recalls.py, bench_consent.py and bench_gallery_filters.py.
+Used by bench_media_list.py, bench_recalls.py, bench_consent.py, bench_gallery_filters.py and
+bench_dicom.py.
 """
 
 from __future__ import annotations

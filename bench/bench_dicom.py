@@ -18,29 +18,19 @@ import argparse
 import asyncio
 import io
 import os
-import statistics
 import sys
 import tempfile
-import time
 import zlib
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-
-async def amedian(action: Callable[[], Awaitable[object]], runs: int) -> float:
-    await action()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        await action()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _seed import amedian  # noqa: E402
 
 
 def photo(width: int, height: int) -> Image.Image:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import statistics
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,17 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from PIL import Image  # noqa: E402
 
-from _seed import bench_app  # noqa: E402
-
-
-async def amedian(action: Callable[[], Awaitable[int]], runs: int) -> tuple[float, int]:
-    count = await action()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        await action()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), count
+from _seed import amedian, bench_app  # noqa: E402
 
 
 async def main(patients: int, photos: int, rounds: int) -> None:
@@ -73,7 +61,7 @@ async def main(patients: int, photos: int, rounds: int) -> None:
                 return len((await r.json())["items"])
 
         today = datetime.now(UTC).date().isoformat()
-        base, n = await amedian(lambda: listing(), rounds)
+        base, n = await amedian(listing, rounds), await listing()
         print(f"| measurement ({patients} patients x {photos} photos) | items | median | vs baseline |\n|---|---:|---:|---:|")
         print(f"| `GET /v1/releasable` unfiltered (baseline) | {n} | {base * 1e3:.1f} ms | 1.00× |")
         cases: list[tuple[str, Callable[[], Awaitable[int]]]] = [
@@ -86,7 +74,7 @@ async def main(patients: int, photos: int, rounds: int) -> None:
             ("`POST /v1/releasable/search` by treatment name", lambda: search(rendition="original", treatment="lip")),
         ]
         for label, action in cases:
-            t, n = await amedian(action, rounds)
+            t, n = await amedian(action, rounds), await action()
             print(f"| {label} | {n} | {t * 1e3:.1f} ms | {t / base:.2f}× |")
 
 

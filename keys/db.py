@@ -8,6 +8,13 @@ writers use BEGIN IMMEDIATE so they queue on ``busy_timeout`` instead of failing
 single-statement reads (:func:`reader`) skip BEGIN altogether.
 ``secure_delete`` zeroes deleted cells on every connection, which is what makes a
 DELETE a shred; the WAL checkpoint after it removes the old page images.
+
+A task cancelled inside a statement (a job's time limit) gets its connection invalidated
+by SQLAlchemy, which closes it without a ROLLBACK and leaves the statement's cursor
+unfinalized. SQLite then keeps the closed connection as a "zombie" until that cursor is
+garbage-collected — open transaction and write lock included, so every later
+``BEGIN IMMEDIATE`` failed with "database is locked". :func:`release_on_invalidate`
+rolls the connection back first.
 """
 
 from __future__ import annotations
@@ -129,6 +136,26 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         if options.get("keys_read"):
             return
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("keys_write") else "BEGIN")
+
+    release_on_invalidate(engine.sync_engine)
+
+
+def release_on_invalidate(engine: sa.Engine) -> None:
+    """Roll back a SQLite connection of ``engine`` before the pool drops it.
+
+    SQLAlchemy invalidates a connection whose statement was cancelled and closes it
+    without a ROLLBACK; SQLite cannot close a connection whose cursor is still alive (the
+    cancelled one, held by the traceback), so the connection and its transaction, write
+    lock included, live on until that cursor is collected. A ROLLBACK with a cursor
+    pending is allowed, and aiosqlite runs it before the close (one queue per connection).
+    """
+
+    @sa.event.listens_for(engine, "invalidate")
+    def _on_invalidate(dbapi_connection: Any, _record: Any, _exc: BaseException | None) -> None:
+        try:
+            dbapi_connection.rollback()
+        except Exception:  # closed already, or no event loop (gc): the close does what it can
+            pass
 
 
 async def sqlite_checkpoint(engine: AsyncEngine, *, wait_ms: int = 100) -> bool:

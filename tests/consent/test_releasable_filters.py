@@ -115,3 +115,14 @@ async def test_filters_identifiable_and_deidentified(api, client, clinic):
     await _listed(client, clinic, search={"rendition": "deidentified", "treatment": "lip"}, status=422)
     await _listed(client, clinic, search={"treatment": "lip"}, status=422)
     await _listed(client, clinic, year="1800", status=422)
+
+
+async def test_a_nul_in_a_text_filter_is_a_422_in_the_problem_shape(client, clinic):
+    """PostgreSQL text cannot hold a NUL: a name with one was a 500 there."""
+    for search in ({"rendition": "original", "treatment": "lip\u0000"}, {"rendition": "original", "treatment": "\u0000"}):
+        resp = await client.post("/v1/releasable/search", json={"purpose": "education", **search},
+                                 headers=clinic.auth("marketing"))
+        assert resp.status == 422, await resp.text()
+        assert resp.content_type == "application/problem+json"
+        assert (await resp.json())["status"] == 422
+    await _types(client, clinic, ["Peel\u0000"], status=422)

@@ -24,6 +24,8 @@ def orthanc(tmp_path):
     pacs.start()
     yield pacs
     pacs.close()
+    assert pacs.bridge is not None
+    assert not [t.name for t in pacs.bridge.threads if t.is_alive()], "the bridge left threads running"
 
 
 @pytest.fixture

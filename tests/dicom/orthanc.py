@@ -75,6 +75,9 @@ class NetnsBridge:
         self._ready = threading.Event()
         self._error: OSError | None = None
         self._sockets: list[socket.socket] = []
+        self._relays: list[threading.Thread] = []
+        self._lock = threading.Lock()  # close() against an accept() just made
+        self._closed = False
         self._thread = threading.Thread(target=self._serve, name="netns bridge", daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -93,23 +96,46 @@ class NetnsBridge:
             try:
                 client, _ = self.listener.accept()
             except OSError:
-                return  # closed
+                return  # shut down by close()
             try:
                 upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
                 upstream.settimeout(None)
             except OSError:
                 client.close()  # Orthanc is stopped: the client sees its connection closed
                 continue
-            self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(a, b), name="netns relay", daemon=True).start()
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+                for a, b in ((client, upstream), (upstream, client)):
+                    relay = threading.Thread(target=_pipe, args=(a, b), name="netns relay", daemon=True)
+                    relay.start()
+                    self._relays.append(relay)
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The listener's thread and every relay it started."""
+        with self._lock:
+            return [self._thread, *self._relays]
 
     def close(self) -> None:
+        """Stop accepting, cut every relayed connection and wait for every thread. A blocked
+        accept() or recv() is woken by shutdown(), not by close() from another thread."""
+        with self._lock:
+            self._closed = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
         self.listener.close()
         for s in self._sockets:
             with contextlib.suppress(OSError):
-                s.close()
-        self._thread.join(10)
+                s.shutdown(socket.SHUT_RDWR)
+        for relay in self._relays:
+            relay.join(10)
+        for s in self._sockets:
+            s.close()
 
 
 class Orthanc:

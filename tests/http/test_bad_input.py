@@ -191,3 +191,28 @@ async def test_integrity_failure_mid_stream_cuts_the_connection(client, clinic, 
     assert response.count(b"HTTP/1.1 ") == 1  # no second response inside the body
     assert any(r.getMessage() == "response failed after it started" for r in caplog.records)
     await still_answers(client)
+
+
+async def test_a_nul_anywhere_in_a_query_or_body_is_a_422(client, clinic):
+    """PostgreSQL text cannot hold a NUL: in a filter, a stored string or a path's id it was
+    a 500 there. One check at the edge refuses it in any string of a query or a JSON body."""
+    patient = await new_patient(client, clinic)
+    refused = [
+        await client.get("/v1/audit", params={"action": "media.\u0000"}, headers=clinic.auth("auditor")),
+        await client.post("/v1/patients", json={"external_ref": "MRN-\u0000", "notes": "a"}, headers=clinic.auth("practitioner")),
+        await client.patch(f"/v1/patients/{patient}", json={"notes": "b\u0000"}, headers=clinic.auth("practitioner")),
+        await client.post(f"/v1/patients/{patient}/treatments", headers=clinic.auth("practitioner"),
+                          json={"name": "Peel", "performed_on": "2025-06-01", "area": "\u0000"}),
+        await client.put("/v1/treatment-types", json={"names": ["Peel\u0000"]}, headers=clinic.auth("dpo")),
+    ]
+    for resp in refused:
+        assert resp.status == 422, (resp.url, await resp.text())
+        assert resp.content_type == "application/problem+json"
+        body = await resp.json()
+        assert body["status"] == 422 and "\u0000" not in json.dumps(body)
+    # A path with one names nothing; the refusal is not audited (the entry would carry it).
+    for path, role in (("/v1/media/%00", "practitioner"), (f"/v1/patients/{patient}%00", "practitioner"),
+                       ("/v1/media/%00", "auditor"), ("/v1/releasable/%00/thumbnail", None)):
+        resp = await client.get(path, headers=clinic.auth(role) if role else {})
+        assert resp.status == 404, (path, await resp.text())
+        assert resp.content_type == "application/problem+json"

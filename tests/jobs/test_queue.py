@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from tests.support.cancel import cancel_inside
 from vault.db import Database, utcnow
 from vault.jobs import DEAD, DONE, QUEUED, RUNNING, Job, LeaseLost, enqueue
 from vault.jobs.queue import (
@@ -117,6 +118,24 @@ async def test_concurrent_claimers_never_take_the_same_job(db, jobs_database):
     assert len(taken) == len(set(taken)) == 200
     assert set(taken) == set(ids)
     assert sum(1 for result in results if result) > 1  # the claimers really interleaved
+
+
+async def test_a_claim_cancelled_mid_statement_leaves_the_database_writable(db, jobs_database):
+    """A task cancelled inside a write (a job's time limit) must not leave SQLite's write
+    lock with the dropped connection; the cancelled task stays referenced, as a runner keeps it."""
+    job_id = await add(db)
+    with cancel_inside(lambda _conn, sql: sql.startswith("UPDATE jobs")) as cancelled:
+        claiming = asyncio.create_task(claim(db, kinds=["test.job"], limit=1, lease=LEASE, worker="w1"))
+        with pytest.raises(asyncio.CancelledError):
+            await claiming
+    assert cancelled == [claiming]
+    other = Database(jobs_database.url)  # another connection, another node
+    try:
+        [job] = await claim(other, kinds=["test.job"], limit=1, lease=LEASE, worker="w2")
+    finally:
+        await other.close()
+    assert (job.id, job.attempts) == (job_id, 1)  # the cancelled claim left nothing behind
+    await add(db)  # and the first node writes again
 
 
 async def test_expired_lease_is_claimed_again_and_the_old_claim_cannot_complete(db):

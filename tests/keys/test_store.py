@@ -30,6 +30,7 @@ from keys.migrate import upgrade
 from keys.models import SCHEMA, metadata_for, object_keys, patient_deks, tenant_keks
 from keys.providers import RootKeyProvider, open_root_key
 from keys.store import KeyStore
+from tests.support.cancel import cancel_inside
 
 PG_URL = os.environ.get("VAULT_TEST_DATABASE_URL")
 
@@ -352,6 +353,33 @@ async def test_create_racing_destroy_never_leaves_a_key(store: KeyStore, tenant:
         await asyncio.gather(*pair, return_exceptions=True)
         with pytest.raises(KeyDestroyed):
             await store.patient_key(tenant, patient)
+
+
+async def test_a_write_cancelled_mid_statement_leaves_the_store_writable(
+    backend: Backend, store: KeyStore, tenant: str, root: RootKeyProvider
+) -> None:
+    """A job cancelled by its time limit inside a key-store statement (in CI, a video job)
+    left SQLite's write lock with the dropped connection: every later writer failed with
+    "database is locked". The cancelled task stays referenced, as a job runner keeps it."""
+    patient = f"patient-{uuid.uuid4()}"
+    await store.create_patient_key(tenant, patient)
+    # The first SELECT of the write transaction (the DEK row, read under the lock).
+    with cancel_inside(lambda conn, sql: bool(conn.get_execution_options().get("keys_write"))
+                       and sql.startswith("SELECT")) as cancelled:
+        write = asyncio.create_task(store.new_object_key(tenant, patient, "object-1"))
+        with pytest.raises(asyncio.CancelledError):
+            await write
+    assert cancelled == [write]
+
+    other = await KeyStore.open(backend.url, root, schema=backend.schema)  # another connection, another node
+    try:
+        await other.new_object_key(tenant, patient, "object-2")
+        await other.create_patient_key(tenant, f"patient-{uuid.uuid4()}")
+    finally:
+        await other.close()
+    # Nothing of the cancelled write was kept: the same object gets its key now.
+    key = await store.new_object_key(tenant, patient, "object-1")
+    assert (await store.object_key(tenant, patient, "object-1")).key_id == key.key_id
 
 
 # -- rotation --------------------------------------------------------------------------

@@ -231,6 +231,17 @@ class Person:
         self.context.close()
 
 
+def reload_until_listed(page, link, *, tries: int = 60) -> None:
+    """Reload ``page`` until ``link`` (a locator) is on it. A photo reaches the redaction
+    queue only once its full-resolution face search, a job run after the upload, is done."""
+    for _ in range(tries):
+        if link.count():
+            return
+        page.wait_for_timeout(500)
+        page.reload()
+    raise AssertionError("not listed: the face search never finished")
+
+
 def jpeg() -> bytes:
     from PIL import Image
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.web.conftest import Person, Vault, jpeg, person
+from tests.web.conftest import Person, Vault, jpeg, person, reload_until_listed
 
 #: the box the reviewer draws, in the photo's displayed pixels (the photo is 320 × 240)
 BOX = (80, 60, 120, 90)
@@ -83,11 +83,7 @@ def test_redaction_review_draws_saves_and_approves(browser_type, vault: Vault, a
     page = nurse.page
     page.goto("/app/redaction")
     link = page.get_by_role("link", name=f"Review photo {seeded.review[:8]}")
-    for _ in range(30):  # the full-resolution face search runs as a job after the upload
-        if link.count():
-            break
-        page.wait_for_timeout(300)
-        page.reload()
+    reload_until_listed(page, link)
     nurse.look("redaction-queue")
     link.click()
     page.get_by_role("heading", name="Review a redaction").wait_for()

@@ -19,7 +19,7 @@ from datetime import date
 import pytest
 
 from tests.consent.test_composites import dark_rows, pixels, striped
-from tests.web.conftest import Vault, jpeg, person
+from tests.web.conftest import Vault, jpeg, person, reload_until_listed
 from vault.pipeline.composite import layout
 
 SOUTH = "south"
@@ -248,11 +248,7 @@ def test_redaction_review_by_touch_and_keyboard(browser_type, vault: Vault, arti
     page = nurse.page
     page.goto("/app/redaction")
     link = page.get_by_role("link", name=f"Review photo {media[:8]}")
-    for _ in range(60):  # the full-resolution face search runs as a job after the upload
-        if link.count():
-            break
-        page.wait_for_timeout(500)
-        page.reload()
+    reload_until_listed(page, link)
     link.click()
     page.get_by_role("heading", name="Review a redaction").wait_for()
     page.wait_for_function("() => document.getElementById('preview').naturalWidth > 0")

@@ -35,6 +35,7 @@ from vault.consent.responses import ReleasePage, ReleaseView
 from vault.consent.service import load_events, release_view, shred_rendition
 from vault.db import Database, new_id, utcnow
 from vault.errors import Conflict, ConsentRequired, Forbidden, Gone, NotFound, ValidationFailed
+from vault.media.files import extension
 from vault.media.models import ORIGINAL, READY, THUMB_256, Media, MediaBlob
 from vault.media.processing import PhotoPipeline
 from vault.media.reads import etag_of, none_match
@@ -53,7 +54,6 @@ THUMBNAIL_TTL = timedelta(minutes=10)  # a signed thumbnail URL in the listing
 REDACTION_MARGIN = DETECTOR_MARGIN  # of each detected face box's width/height, on every side
 _SCAN_BATCH = 200
 _SCAN_BUDGET = 2000  # candidate rows one listing request may examine
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic", "video/mp4": "mp4"}
 #: reasons only the de-identified branch of the gate gives
 _DEIDENTIFIED_REASONS = frozenset({"needs_review", "video_not_deidentifiable"})
 #: what marketing is told when a de-identified item is denied for any reason but a
@@ -528,7 +528,7 @@ class ReleaseService:
             await self.audit.append(session, AuditEvent.of(actor, "release.download" if claim else "release.check",
                                                            patient_id=release.patient_id,
                                                            media_id=release.media_id, release_id=release.id))
-        return Download(ref=ref, mime=mime, filename=f"{secrets.token_hex(12)}.{EXTENSIONS.get(mime, 'bin')}", release=release,
+        return Download(ref=ref, mime=mime, filename=f"{secrets.token_hex(12)}.{extension(mime)}", release=release,
                         claimed=claim)
 
     async def stream(self, download: Download) -> AsyncIterator[bytes]:

@@ -17,7 +17,7 @@ from sqlalchemy import CursorResult, Executable, Result, Row, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from keys.db import PointReader
+from keys.db import PointReader, release_on_invalidate
 
 
 _BUSY_TIMEOUT_MS = 30000
@@ -51,6 +51,8 @@ def install_sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
         if conn.get_execution_options().get(_SINGLE_READ):
             return
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    release_on_invalidate(engine)  # a cancelled statement must not keep the write lock
 
 
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:

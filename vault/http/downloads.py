@@ -11,9 +11,7 @@ from aiohttp import web
 
 from vault.http.conditional import not_modified, private
 from vault.http.ranges import parse_range
-
-#: media type -> the extension of the ``filename`` an inline rendition is offered under
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic", "video/mp4": "mp4"}
+from vault.media.files import extension
 
 
 async def serve_content(request: web.Request, content: Any, *, name: str,
@@ -32,13 +30,21 @@ async def serve_content(request: web.Request, content: Any, *, name: str,
     response.content_type = content.mime
     response.content_length = end - start
     response.headers["Accept-Ranges"] = "bytes"
-    response.headers["Content-Disposition"] = f'inline; filename="{name}.{EXTENSIONS.get(content.mime, "bin")}"'
+    response.headers["Content-Disposition"] = f'inline; filename="{name}.{extension(content.mime)}"'
     if wanted:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     private(response, content.etag)
     # Unwrap the key before the status line goes out: a key destroyed meanwhile is a
     # clean 410, not a dropped connection.
     pieces = await stream(content, start, end) if request.method != "HEAD" and end > start else None
+    return await write_pieces(request, response, pieces)
+
+
+async def write_pieces(request: web.Request, response: web.StreamResponse,
+                       pieces: AsyncIterator[bytes] | None) -> web.StreamResponse:
+    """Send ``response``'s status line and headers, then ``pieces`` (None: a HEAD, or no
+    bytes to send), then its end. Open the stream before calling: what fails there (a key
+    destroyed meanwhile) is then a clean error answer, not a dropped connection."""
     await response.prepare(request)
     if pieces is not None:
         async for piece in pieces:
@@ -56,11 +62,6 @@ async def send_once(request: web.Request, service, download, *, content_type: st
         response.content_length = download.ref.plain_size
         response.headers["Cache-Control"] = "private, no-store"
         response.headers["Content-Disposition"] = f'attachment; filename="{download.filename}"'
-        await response.prepare(request)
-        if request.method != "HEAD":
-            async for piece in await service.stream(download):
-                await response.write(piece)
-        await response.write_eof()
-        return response
+        return await write_pieces(request, response, await service.stream(download) if request.method != "HEAD" else None)
     finally:
         await service.finish_download(download)

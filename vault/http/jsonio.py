@@ -27,6 +27,29 @@ _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 _LIMITS = ("le", "ge", "lt", "gt", "max_length", "min_length", "multiple_of", "pattern")
 
+#: What the OpenAPI document says of every string a query or a JSON body may carry
+#: (vault/http/openapi.py); :func:`refuse_nul` holds requests to it.
+NO_NUL = r"^[^\x00]*$"
+
+
+def refuse_nul(data: Any, field: str = "") -> None:
+    """A NUL (U+0000) in any string or member name of a query or a JSON body is a 422.
+
+    PostgreSQL text cannot hold one: in a filter or a stored string it was a 500 there, and
+    no field of ours needs it. One check at the edge, before any model sees the data."""
+    if isinstance(data, str):
+        if "\x00" in data:
+            raise ValidationFailed(details={"errors": [
+                {"field": field, "problem": "string_pattern_mismatch", "limit": NO_NUL}]})
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            where = f"{field}.{key}" if field else str(key)
+            refuse_nul(key, field)  # the parent's location: a member name is not echoed
+            refuse_nul(value, where)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            refuse_nul(value, f"{field}.{i}" if field else str(i))
+
 
 def _problems(exc: ValidationError) -> list[dict[str, Any]]:
     # Field locations, error kinds and the schema's own bounds or choices (pydantic's
@@ -71,6 +94,7 @@ async def read_json(request: web.Request, model: type[M], *, limit: int) -> M:
         # 64 KiB of "[" nests deeper than the parser's recursion limit. None of our
         # bodies nests more than a few levels, so this is never a real request.
         raise BadRequest("the body nests too deeply") from None
+    refuse_nul(data)
     _check_temporal(model, data)
     try:
         # strict: a JSON number is not a date or a boolean, nor a string a number; what the
@@ -132,6 +156,7 @@ def _parse_query(request: web.Request, model: type[M]) -> M:
         if len(values) > 1:
             raise ValidationFailed(details={"errors": [{"field": key, "problem": "repeated"}]})
         data[key] = values[0]
+    refuse_nul(data)
     _check_temporal(model, data)
     try:
         return model.model_validate(data)

@@ -140,6 +140,13 @@ async def _error_response(request: web.Request, exc: Exception) -> web.StreamRes
     return problem_response(request, "internal", 500, "internal error")
 
 
+def _refuse_nul_in_path(request: web.Request) -> None:
+    """A path segment with a NUL (``%00``) names nothing: PostgreSQL text cannot even hold
+    one (it was a 500). Query strings and JSON bodies: :func:`vault.http.jsonio.refuse_nul`."""
+    if any("\x00" in value for value in request.match_info.values()):
+        raise errors.NotFound()
+
+
 def authorize_middleware(authenticate, on_denied, *, authenticate_session=None):
     """Build the auth middleware around ``authenticate(token) -> Principal``;
     ``on_denied(request, principal, error)`` audits refusals of known principals.
@@ -154,6 +161,7 @@ def authorize_middleware(authenticate, on_denied, *, authenticate_session=None):
             return await handler(request)  # unmatched: the 404/405 handler answers
         roles = allowed(request.method, route.resource.canonical)
         if roles == PUBLIC:
+            _refuse_nul_in_path(request)
             return await handler(request)
         header = request.headers.get("Authorization", "")
         principal = None
@@ -165,6 +173,7 @@ def authorize_middleware(authenticate, on_denied, *, authenticate_session=None):
                 raise errors.Unauthorized()
             principal = await authenticate(token.strip())
         request[PRINCIPAL] = principal
+        _refuse_nul_in_path(request)  # before a refusal's audit entry, which records the path's ids
         try:
             if roles is None or principal.role not in roles:
                 raise errors.Forbidden()

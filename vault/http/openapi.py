@@ -19,11 +19,13 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
+from vault.http.jsonio import NO_NUL
 from vault.http.problems import PROBLEM_JSON, Problem, error_codes, problem
 from vault.http.routing import Endpoint
 from vault.permissions import PUBLIC, allowed
 
 _PARAM = re.compile(r"{(\w+)}")
+_NOT_BLANK_NO_NUL = r"^[^\x00]*[^\x00\s][^\x00]*$"
 JSON = "application/json"
 FHIR_JSON = "application/fhir+json"
 MULTIPART = "multipart/form-data"
@@ -105,9 +107,14 @@ class _Schemas(GenerateJsonSchema):
 
     def str_schema(self, schema: Any) -> Any:
         json_schema = super().str_schema(schema)
-        # A stripped string that must not be empty needs something besides white space.
-        if schema.get("strip_whitespace") and schema.get("min_length") and "pattern" not in json_schema:
-            json_schema["pattern"] = r"\S"
+        if "pattern" in json_schema:
+            return json_schema
+        request = self.mode == "validation"  # jsonio.refuse_nul holds every request to NO_NUL
+        if schema.get("strip_whitespace") and schema.get("min_length"):
+            # A stripped string that must not be empty needs something besides white space.
+            json_schema["pattern"] = _NOT_BLANK_NO_NUL if request else r"\S"
+        elif request:
+            json_schema["pattern"] = NO_NUL
         return json_schema
 
 

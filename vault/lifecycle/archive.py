@@ -31,10 +31,10 @@ from typing import Any
 
 from stream_zip import NO_COMPRESSION_64, ZIP_64, async_stream_zip
 
+from vault.media.files import extension
 from vault.sealed import SealedBlobs, SealedRef
 
 FILE_MODE = 0o600
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/heic": "heic", "video/mp4": "mp4"}
 CSV_COLUMNS = ("media_id", "file", "kind", "status", "phase", "mime", "treatment_id", "width", "height", "size_bytes",
                "sha256", "created_at", "faces_detected", "faces_count", "face_review", "capture")
 
@@ -51,7 +51,7 @@ class MediaFile:
 
     def __post_init__(self) -> None:
         if self.ref is not None:
-            self.path = f"media/{self.view['id']}.{EXTENSIONS.get(self.view['mime'], 'bin')}"
+            self.path = f"media/{self.view['id']}.{extension(self.view['mime'])}"
 
 
 @dataclass

@@ -41,6 +41,7 @@ from vault.lifecycle.models import (
     EXPORT_RUNNING,
     Export,
 )
+from vault.media.files import extension
 from vault.media.models import DELETED, ORIGINAL, READY, THUMB_256, Media, MediaBlob
 from vault.patients.models import ERASED, Patient
 from vault.sealed import SealedRef
@@ -267,8 +268,7 @@ class ExportService:
         for c in consents:
             if c.evidence_blob_id is None:
                 continue
-            ext = {"application/pdf": "pdf", "image/jpeg": "jpg", "image/png": "png"}.get(c.evidence_mime or "", "bin")
-            path = forms[c.id] = f"consents/{c.id}.{ext}"
+            path = forms[c.id] = f"consents/{c.id}.{extension(c.evidence_mime)}"
             extras.append(ExtraFile(path=path, modified=c.recorded_at, ref=SealedRef(
                 id=c.evidence_blob_id, tenant_id=c.tenant_id, patient_id=c.patient_id, plain_size=c.evidence_size or 0)))
         return extras, thumbnails, forms

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from vault.appkeys import RUNTIME, SETTINGS
 from vault.http.context import actor_of
+from vault.http.downloads import write_pieces
 from vault.http.jsonio import json_response, parse_query, read_json
 from vault.http.routing import Endpoints, add_endpoints
 from vault.redaction.responses import ApprovalView, PolicyView, RedactionView, ReviewPage
@@ -132,9 +133,4 @@ async def preview_redaction(request: web.Request) -> web.StreamResponse:
     response.content_length = done.full.plain_size
     response.headers["Cache-Control"] = "private, no-store"
     response.headers["X-Redaction-Digest"] = done.digest
-    await response.prepare(request)
-    if pieces is not None:
-        async for piece in pieces:
-            await response.write(piece)
-    await response.write_eof()
-    return response
+    return await write_pieces(request, response, pieces)

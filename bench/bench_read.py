@@ -214,7 +214,10 @@ async def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="vault-bench-read-"))
     metrics_token = secrets.token_urlsafe(24)
-    env = {**os.environ, "VAULT_DATA_DIR": str(tmp / "data"), "VAULT_LOG_LEVEL": "WARNING", "VAULT_METRICS_TOKEN": metrics_token}
+    # No job runner: the uploaded photo's full face search (seconds of CPU in a decoder
+    # worker) would otherwise run during the first rounds and take a core from the reads.
+    env = {**os.environ, "VAULT_DATA_DIR": str(tmp / "data"), "VAULT_LOG_LEVEL": "WARNING", "VAULT_METRICS_TOKEN": metrics_token,
+           "VAULT_INPROCESS_JOBS": "false"}
     dropdb = None
     if args.pg:
         import asyncpg  # type: ignore[import-untyped]

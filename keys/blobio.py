@@ -159,12 +159,12 @@ def cipher_for(key: bytes, binding: Binding, raw_header: bytes | bytearray | mem
     memo lives and dies with that cached key object, so whatever evicts the key (erasure,
     shredding, expiry) drops the derived key too; a different binding or header derives
     afresh and replaces it."""
-    memo = getattr(key, "derived", None)
+    memo: tuple[Binding, bytes, SegmentCipher] | None = getattr(key, "derived", None)
     if memo is not None and memo[0] == binding and memo[1] == raw_header:
         return memo[2]
     cipher = SegmentCipher(key, binding, Header.parse(raw_header, binding))
     if hasattr(key, "derived"):
-        key.derived = (binding, bytes(raw_header), cipher)  # type: ignore[attr-defined]
+        setattr(key, "derived", (binding, bytes(raw_header), cipher))  # noqa: B010 - a bytes subclass's slot
     return cipher
 
 

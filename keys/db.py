@@ -370,7 +370,7 @@ class _Connections:
         return row
 
     async def _take(self) -> Any:
-        import asyncpg  # type: ignore[import-untyped]  # the PostgreSQL driver, only where it is used
+        import asyncpg  # the PostgreSQL driver, only where it is used
 
         while True:
             if self._closed:

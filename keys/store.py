@@ -242,11 +242,27 @@ class KeyStore(KekRotation):
 
     async def new_object_key(self, tenant_id: str, patient_id: str, object_id: str) -> ObjectKey:
         """A fresh random key for one blob, stored wrapped by the patient DEK."""
+        (key,) = await self.new_object_keys(tenant_id, patient_id, [object_id])
+        return key
+
+    async def new_object_keys(self, tenant_id: str, patient_id: str, object_ids: list[str]) -> list[ObjectKey]:
+        """A fresh random key for each blob (one per object id, in order), stored wrapped by
+        the patient DEK in one transaction: a photo's original and thumbnails cost one
+        commit, not three. All or none: KeyExists when any id already has a key."""
+        if not object_ids:
+            return []
         patient = await self.patient_key(tenant_id, patient_id)
-        key = ObjectKey(secrets.token_bytes(KEY_BYTES), key_id=str(uuid.uuid4()))
-        associated = aead.aad(
-            aead.LABEL_OBJECT_KEY, tenant_id, patient_id, object_id, patient.dek_id, key.key_id
-        )
+        keys = [ObjectKey(secrets.token_bytes(KEY_BYTES), key_id=str(uuid.uuid4())) for _ in object_ids]
+        created = now()
+        rows = [
+            {
+                "key_id": key.key_id, "tenant_id": tenant_id, "patient_id": patient_id, "object_id": object_id,
+                "dek_id": patient.dek_id, "created_at": created,
+                "wrapped": aead.seal(patient.key, bytes(key), aead.aad(
+                    aead.LABEL_OBJECT_KEY, tenant_id, patient_id, object_id, patient.dek_id, key.key_id)),
+            }
+            for object_id, key in zip(object_ids, keys, strict=True)
+        ]
         try:
             async with self._writer.begin() as conn:
                 # The DEK row must still be there, under a lock: an erasure that commits
@@ -258,21 +274,12 @@ class KeyStore(KekRotation):
                 )
                 if current != patient.dek_id:
                     raise KeyDestroyed("patient key does not exist")
-                await conn.execute(
-                    object_keys.insert().values(
-                        key_id=key.key_id,
-                        tenant_id=tenant_id,
-                        patient_id=patient_id,
-                        object_id=object_id,
-                        dek_id=patient.dek_id,
-                        wrapped=aead.seal(patient.key, bytes(key), associated),
-                        created_at=now(),
-                    )
-                )
+                await conn.execute(object_keys.insert(), rows)
         except sa_exc.IntegrityError:
             raise KeyExists("an object key already exists for this object id") from None
-        self._cache.put(("obj", tenant_id, patient_id, object_id, key.key_id), key)
-        return key
+        for object_id, key in zip(object_ids, keys, strict=True):
+            self._cache.put(("obj", tenant_id, patient_id, object_id, key.key_id), key)
+        return keys
 
     async def object_key(self, tenant_id: str, patient_id: str, object_id: str) -> ObjectKey:
         row = await self._points.first(_OBJECT_KEY_ROW, {"t": tenant_id, "p": patient_id, "o": object_id})

@@ -8,8 +8,9 @@ can be shredded alone. Decryption binds the ids the caller got from the database
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,14 @@ class SealedRef:
         return Binding(tenant_id=self.tenant_id, patient_id=self.patient_id, object_id=self.id, key_id=self.id)
 
 
+@dataclass(frozen=True)
+class Reserved:
+    """A blob id with its lease and object key, not written yet (:meth:`SealedBlobs.reserve`)."""
+
+    ref: SealedRef  # plain_size 0 until written
+    key: bytes = field(repr=False)
+
+
 class SealedBlobs:
     def __init__(self, keys, store, *, ledger: ShredLedger | None = None, leases: WriteLeases | None = None) -> None:
         self.keys = keys
@@ -52,16 +61,32 @@ class SealedBlobs:
         self.ledger = ledger
 
     async def _new(self, tenant_id: str, patient_id: str, plain_size: int) -> tuple[SealedRef, bytes]:
-        ref = SealedRef(id=new_id(), tenant_id=tenant_id, patient_id=patient_id, plain_size=plain_size)
+        (reserved,) = await self.reserve(tenant_id, patient_id, 1)
+        return dataclasses.replace(reserved.ref, plain_size=plain_size), reserved.key
+
+    async def reserve(self, tenant_id: str, patient_id: str, count: int) -> list[Reserved]:
+        """Ids and object keys for ``count`` blobs of one patient about to be written: one
+        lease commit and one key-store commit for all of them. Each is written once
+        (:meth:`put_reserved`); one left unwritten is given back with :meth:`destroy`
+        (its key shredded, its lease ended), as is a written one whose row never commits."""
+        refs = [SealedRef(id=new_id(), tenant_id=tenant_id, patient_id=patient_id, plain_size=0) for _ in range(count)]
         if self.leases is not None:
-            # Before the key exists: the leftover sweep never sees a live write's key or blob.
-            await self.leases.begin(ref.id, tenant_id, patient_id)
-        key = await self.keys.new_object_key(tenant_id, patient_id, ref.id)
-        return ref, key
+            # Before the keys exist: the leftover sweep never sees a live write's key or blob.
+            await self.leases.begin_many([ref.id for ref in refs], tenant_id, patient_id)
+        keys = await self.keys.new_object_keys(tenant_id, patient_id, [ref.id for ref in refs])
+        return [Reserved(ref=ref, key=key) for ref, key in zip(refs, keys, strict=True)]
 
     @timed_stage("seal")
     async def put_bytes(self, tenant_id: str, patient_id: str, data: bytes) -> SealedRef:
         ref, key = await self._new(tenant_id, patient_id, len(data))
+        return await self._put(ref, key, data)
+
+    @timed_stage("seal")
+    async def put_reserved(self, reserved: Reserved, data: bytes) -> SealedRef:
+        """Encrypt and store ``data`` under a reservation; its key is shredded if the write fails."""
+        return await self._put(dataclasses.replace(reserved.ref, plain_size=len(data)), reserved.key, data)
+
+    async def _put(self, ref: SealedRef, key: bytes, data: bytes) -> SealedRef:
         sealed = encrypt_bytes(key, ref.binding, data)
 
         async def one():

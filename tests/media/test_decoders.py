@@ -118,6 +118,41 @@ async def test_an_item_past_its_address_space_fails_alone():
         await pipeline.close()
 
 
+async def test_the_stripped_original_comes_back_before_the_decode():
+    """The worker sends the stripped original (re-checked here) before it decodes a pixel,
+    so the server can store it meanwhile; an item that then fails still fails (422)."""
+    pipeline = await open_pipeline(workers=1, memory_bytes=MEMORY_BOUND)
+    try:
+        seen: list[recheck.StrippedOriginal] = []
+        data = jpeg_with_everything(orientation=6)
+        result = await pipeline.process(data, on_original=seen.append)
+        assert [s.data for s in seen] == [result.stripped] and seen[0].mime == "image/jpeg"
+        assert seen[0].data != data  # stripped: the upload's Exif, XMP and the rest are gone
+        seen.clear()
+        with pytest.raises(DecoderFailed):  # past the worker's address space, after stripping
+            await asyncio.wait_for(pipeline.process(bomb_png(10_000), on_original=seen.append), 120)
+        assert len(seen) == 1 and seen[0].mime == "image/png" and seen[0].pixels == 10_000 * 10_000
+    finally:
+        await pipeline.close()
+
+
+async def test_a_refused_progress_frame_fails_the_item_and_replaces_the_worker():
+    pipeline = await open_pipeline(workers=1)
+    try:
+        await pipeline.process(photo())
+        (before,) = pipeline.pool._all  # noqa: SLF001
+
+        def refuse(frame, parts):
+            raise DecoderFailed(details={"check": "stripped.frames"})
+
+        with pytest.raises(DecoderFailed):
+            await pipeline.pool.run("photo", {"max_pixels": MAX_PIXELS}, photo(), progress=refuse)
+        assert (await pipeline.process(photo())).width == 320
+        assert before not in pipeline.pool._all  # noqa: SLF001
+    finally:
+        await pipeline.close()
+
+
 async def test_a_full_pool_answers_503_and_recycles_workers():
     pipeline = await open_pipeline(workers=1, max_queue=1, queue_seconds=60, recycle_after=2)
     try:

@@ -51,12 +51,20 @@ class WriteLeases:
         self._beat: asyncio.Task | None = None
 
     async def begin(self, blob_id: str, tenant_id: str, patient_id: str) -> None:
+        await self.begin_many([blob_id], tenant_id, patient_id)
+
+    async def begin_many(self, blob_ids: list[str], tenant_id: str, patient_id: str) -> None:
+        """Leases on several blobs of one patient about to be written, in one commit."""
+        if not blob_ids:
+            return
         now = utcnow()
         async with self.db.transaction() as session:
-            await session.execute(_leases.insert().values(
-                blob_id=blob_id, tenant_id=tenant_id, patient_id=patient_id, writer=self.name,
-                started_at=now, lease_until=now + self.lease))
-        self._held[blob_id] = asyncio.current_task()
+            await session.execute(_leases.insert(), [
+                {"blob_id": blob_id, "tenant_id": tenant_id, "patient_id": patient_id, "writer": self.name,
+                 "started_at": now, "lease_until": now + self.lease} for blob_id in blob_ids])
+        task = asyncio.current_task()
+        for blob_id in blob_ids:
+            self._held[blob_id] = task
         if self._beat is None or self._beat.done():
             self._beat = asyncio.create_task(self._run(), name="blob-write-leases")
 

@@ -59,6 +59,7 @@ class PoolLimits:
 
 Read = Callable[[int, int], Awaitable[bytes]]
 Write = Callable[[bytes], Awaitable[None]]
+Progress = Callable[[dict[str, Any], list[bytes]], None]
 
 
 class _Worker:
@@ -194,11 +195,13 @@ class DecoderPool:
 
     async def run(
         self, op: str, header: dict[str, Any], *parts: bytes, read: Read | None = None, write: Write | None = None,
-        max_result: int = 256 << 20, seconds: float | None = None, background: bool = False,
+        progress: Progress | None = None, max_result: int = 256 << 20, seconds: float | None = None,
+        background: bool = False,
     ) -> tuple[dict[str, Any], list[bytes]]:
         """Run one item on a free worker (a background one when asked and there are any):
         ``read(start, end)`` answers its range requests, ``write(chunk)`` takes its
-        streamed output. Returns its (unchecked) result."""
+        streamed output, ``progress(frame, parts)`` its partial results (whatever it
+        raises fails the item and retires the worker). Returns its (unchecked) result."""
         worker = await self._acquire(background)
         healthy = False
         try:
@@ -211,6 +214,8 @@ class DecoderPool:
                         await worker.send({"t": "data"}, await read(int(reply["start"]), int(reply["end"])))
                     elif kind == "write" and write is not None and len(got) == 1:
                         await write(got[0])
+                    elif kind == "progress" and progress is not None:
+                        progress(reply, got)
                     elif kind == "done" and isinstance(reply.get("result"), dict):
                         healthy = True
                         return reply["result"], got

@@ -10,7 +10,7 @@ that are encrypted here straight into the blob store. Plaintext crosses only the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,10 +67,26 @@ class PhotoPipeline:
         return self.pool.detector
 
     @timed_stage("photo.decode")
-    async def process(self, data: bytes) -> ProcessedPhoto:
-        result, parts = await self.pool.run("photo", {"max_pixels": self.max_pixels}, data,
+    async def process(self, data: bytes, *,
+                      on_original: Callable[[recheck.StrippedOriginal], None] | None = None) -> ProcessedPhoto:
+        """The photo's renditions, faces and capture metadata, from a worker, re-checked.
+        The worker sends the stripped original first, before it decodes: it is re-checked
+        at once and handed to ``on_original``, so the caller can store it meanwhile."""
+        original: list[recheck.StrippedOriginal] = []
+
+        def progress(frame: dict[str, Any], parts: list[bytes]) -> None:
+            if original or len(parts) != 1:
+                raise DecoderFailed(details={"check": "stripped.frames"})
+            original.append(recheck.check_original(frame.get("stripped"), parts[0], upload=data,
+                                                   max_pixels=self.max_pixels))
+            if on_original is not None:
+                on_original(original[0])
+
+        result, parts = await self.pool.run("photo", {"max_pixels": self.max_pixels}, data, progress=progress,
                                             max_result=len(data) + (64 << 20))
-        return recheck.check_photo(result, parts, upload=data, max_pixels=self.max_pixels)
+        if not original:
+            raise DecoderFailed(details={"check": "stripped.missing"})
+        return recheck.check_processed(result, parts, original[0])
 
     @timed_stage("photo.render_redaction")
     async def render_redaction(self, data: bytes, rects: list[list[int]], *, width: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vault.errors import DecoderFailed, VaultError
@@ -183,26 +184,49 @@ def rebuild_stripped(layout: Any, new: bytes, upload: bytes) -> bytes:
     return b"".join(pieces)
 
 
-def check_photo(result: dict[str, Any], parts: list[bytes], *, upload: bytes, max_pixels: int) -> ProcessedPhoto:
-    """A photo's results, its stripped file rebuilt from ``upload`` (what the worker was
-    sent) and checked to be a fixed point of its sanitizer."""
-    if not parts:
-        raise _refuse("stripped.size")
-    stripped = rebuild_stripped(result.get("layout"), parts[0], upload)
-    mime = _str(result.get("mime"), "stripped.type")  # check_stripped refuses a non-string alike
-    pixels = check_stripped(stripped, mime, max_pixels=max_pixels)
+@dataclass(frozen=True)
+class StrippedOriginal:
+    """A photo's stripped file as the worker described it, rebuilt and checked: what is stored."""
+
+    mime: str
+    data: bytes = field(repr=False)
+    pixels: int
+
+
+def check_original(value: Any, new: bytes, *, upload: bytes, max_pixels: int) -> StrippedOriginal:
+    """The stripped file a worker describes (``{"mime", "layout"}`` and the new bytes),
+    rebuilt from ``upload`` (what the worker was sent) and checked to be a fixed point of
+    its sanitizer. A worker sends it before it decodes (:func:`check_photo`'s first part)."""
+    if not isinstance(value, dict):
+        raise _refuse("stripped.layout")
+    stripped = rebuild_stripped(value.get("layout"), new, upload)
+    mime = _str(value.get("mime"), "stripped.type")  # check_stripped refuses a non-string alike
+    return StrippedOriginal(mime=mime, data=stripped, pixels=check_stripped(stripped, mime, max_pixels=max_pixels))
+
+
+def check_processed(result: dict[str, Any], thumbnails: list[bytes], original: StrippedOriginal) -> ProcessedPhoto:
+    """The rest of a photo's results (dimensions, capture, thumbnails, faces), against its
+    checked stripped original."""
     width, height = _int(result.get("width"), "width", 1), _int(result.get("height"), "height", 1)
-    if width * height != pixels:
+    if width * height != original.pixels:
         raise _refuse("size")
     capture = result.get("capture")
     if not isinstance(capture, dict) or len(json.dumps(capture, default=str)) > MAX_CAPTURE_JSON:
         raise _refuse("capture")
     return ProcessedPhoto(
-        mime=mime, stripped=stripped, width=width, height=height,
+        mime=original.mime, stripped=original.data, width=width, height=height,
         orientation=_int(result.get("orientation"), "orientation", 1, 8),
-        capture=capture, thumbnails=check_thumbnails(result.get("thumbnails"), parts[1:]),
+        capture=capture, thumbnails=check_thumbnails(result.get("thumbnails"), thumbnails),
         faces=check_faces(result.get("faces"), width, height),
     )
+
+
+def check_photo(result: dict[str, Any], parts: list[bytes], *, upload: bytes, max_pixels: int) -> ProcessedPhoto:
+    """A photo's results in one: ``result`` with the stripped file's ``mime`` and
+    ``layout``, ``parts`` its new bytes then the thumbnails."""
+    if not parts:
+        raise _refuse("stripped.size")
+    return check_processed(result, parts[1:], check_original(result, parts[0], upload=upload, max_pixels=max_pixels))
 
 
 def _video_common(result: dict[str, Any], *, max_pixels: int) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
 from keys.store import KeyStore
-from vault.errors import Forbidden, Gone, NotFound, NotReady, PatientErased, ValidationFailed
+from vault.errors import DecoderFailed, Forbidden, Gone, NotFound, NotReady, PatientErased, ValidationFailed
 from vault.media import faces, idempotency
 from vault.media.faces import grown_boxes
 from vault.media.models import (
@@ -40,13 +40,15 @@ from vault.media.models import (
     MediaBlob,
 )
 from vault.media.processing import PhotoPipeline
+from vault.media.recheck import StrippedOriginal
 from vault.media.reads import ReadyRendition, RenditionCache, none_match
 from vault.media.responses import FaceSummary, MediaGroup, MediaPage, MediaView
 from vault.media.video import MEDIA_CREATED, MEDIA_READY, Finish, Videos, media_ids
 from vault.patients.models import ERASED, Patient
+from vault.pipeline.results import THUMBNAIL_SIZES
 from vault.patients.service import PatientService
 from vault import signedurls
-from vault.sealed import SealedBlobs, SealedRef
+from vault.sealed import Reserved, SealedBlobs, SealedRef
 from vault.treatments.service import TreatmentService
 from vault.webhooks.service import WebhookService
 
@@ -177,49 +179,75 @@ class MediaService:
         treatment_id: str | None,
         idempotency_key: str | None,
     ) -> tuple[MediaView, bool]:
-        """Returns (media view, created). A replayed Idempotency-Key returns the first media."""
-        key_digest, body_digest = await idempotency.digests(
-            self.keys, actor, patient_id, idempotency_key, body_sha256=hashlib.sha256(data).hexdigest()
-        )
-        async with self.db.session() as session:
-            patient = await self.patients.load(session, actor, patient_id)
-            if treatment_id is not None:
-                await TreatmentService.owned(session, tenant_id=actor.tenant_id, patient_id=patient.id, treatment_id=treatment_id)
-            if key_digest is not None:
-                existing = await idempotency.replayed(session, actor.tenant_id, key_digest, body_digest)
-                if existing is not None:
-                    return await self._view_and_audit(actor, existing, "media.upload.replay"), False
+        """Returns (media view, created). A replayed Idempotency-Key returns the first media.
 
-        photo = await self.pipeline.process(data)
-        del data
-        media = Media(
-            id=new_id(),
-            tenant_id=actor.tenant_id,
-            patient_id=patient_id,
-            treatment_id=treatment_id,
-            kind=PHOTO,
-            status=READY,
-            phase=phase,
-            mime=photo.mime,
-            width=photo.width,
-            height=photo.height,
-            faces_detected=photo.faces.detected,
-            faces_count=photo.faces.count,
-            faces_boxes=json.dumps(grown_boxes(photo.faces.boxes, photo.width, photo.height)),
-            faces_assumed=photo.faces.assumed,
-            face_detector=photo.faces.detector,
-            faces_state=faces.PENDING,  # until the full-resolution search job has run
-            idempotency_key=key_digest,
-            body_digest=body_digest,
-            created_by=actor.token_id,
-        )
-        media.capture = await self.keys.seal_field(
-            actor.tenant_id, patient_id, table="media", column="capture", row_id=media.id,
-            value=json.dumps(photo.capture, default=str),
-        )
-        renditions = {ORIGINAL: (photo.stripped, photo.mime)}
-        renditions.update({THUMBNAILS[size]: (data, "image/jpeg") for size, data in photo.thumbnails.items()})
-        refs = await asyncio.gather(*(self.sealed.put_bytes(actor.tenant_id, patient_id, d) for d, _ in renditions.values()))
+        Overlapped (issue 15 item 3): a decoder worker starts on the photo at once; the
+        target and the Idempotency-Key are checked meanwhile, and the stripped original,
+        which the worker sends (re-checked) before it decodes a pixel, is encrypted and
+        stored while it decodes. Whatever was stored is shredded if anything fails."""
+        stripped: asyncio.Future[StrippedOriginal] = asyncio.get_running_loop().create_future()
+        processing = asyncio.ensure_future(self.pipeline.process(data, on_original=stripped.set_result))
+        reserved: list[Reserved] = []
+        try:
+            key_digest, body_digest = await idempotency.digests(
+                self.keys, actor, patient_id, idempotency_key,
+                body_sha256=hashlib.sha256(data).hexdigest() if idempotency_key is not None else "",
+            )
+            async with self.db.session() as session:
+                patient = await self.patients.load(session, actor, patient_id)
+                if treatment_id is not None:
+                    await TreatmentService.owned(session, tenant_id=actor.tenant_id, patient_id=patient.id,
+                                                 treatment_id=treatment_id)
+                existing = None
+                if key_digest is not None:
+                    existing = await idempotency.replayed(session, actor.tenant_id, key_digest, body_digest)
+            if existing is not None:
+                await asyncio.gather(processing, return_exceptions=True)
+                return await self._view_and_audit(actor, existing, "media.upload.replay"), False
+            await asyncio.wait((stripped, processing), return_when=asyncio.FIRST_COMPLETED)
+            if not stripped.done():
+                await processing  # it failed before stripping (raises)
+                raise DecoderFailed(details={"check": "stripped.missing"})
+            # Ids and keys for every rendition (one commit each way), the original stored now.
+            reserved = await self.sealed.reserve(actor.tenant_id, patient_id, 1 + len(THUMBNAIL_SIZES))
+            refs = [await self.sealed.put_reserved(reserved[0], stripped.result().data)]
+            photo = await processing
+            media = Media(
+                id=new_id(),
+                tenant_id=actor.tenant_id,
+                patient_id=patient_id,
+                treatment_id=treatment_id,
+                kind=PHOTO,
+                status=READY,
+                phase=phase,
+                mime=photo.mime,
+                width=photo.width,
+                height=photo.height,
+                faces_detected=photo.faces.detected,
+                faces_count=photo.faces.count,
+                faces_boxes=json.dumps(grown_boxes(photo.faces.boxes, photo.width, photo.height)),
+                faces_assumed=photo.faces.assumed,
+                face_detector=photo.faces.detector,
+                faces_state=faces.PENDING,  # until the full-resolution search job has run
+                idempotency_key=key_digest,
+                body_digest=body_digest,
+                created_by=actor.token_id,
+            )
+            renditions = {ORIGINAL: (photo.stripped, photo.mime)}
+            renditions.update({THUMBNAILS[size]: (thumb, "image/jpeg") for size, thumb in photo.thumbnails.items()})
+            capture, *thumb_refs = await asyncio.gather(
+                self.keys.seal_field(actor.tenant_id, patient_id, table="media", column="capture", row_id=media.id,
+                                     value=json.dumps(photo.capture, default=str)),
+                *(self.sealed.put_reserved(slot, thumb)
+                  for slot, (thumb, _) in zip(reserved[1:], list(renditions.values())[1:], strict=False)),
+            )
+            media.capture = capture
+            refs += thumb_refs
+        except BaseException as exc:
+            await self._abandon(processing, reserved, cancel=isinstance(exc, asyncio.CancelledError))
+            raise
+        if len(reserved) > len(refs):  # a photo with fewer thumbnails: give the spare keys back
+            await asyncio.gather(*(self.sealed.destroy(spare.ref, cause="upload_rollback") for spare in reserved[len(refs):]))
         try:
             async with self.db.transaction() as session:
                 patient = await self.patients.load(session, actor, patient_id, lock=True)  # not erased meanwhile
@@ -244,6 +272,15 @@ class MediaService:
             await asyncio.gather(*(self.sealed.destroy(ref, cause="upload_rollback") for ref in refs), return_exceptions=True)
             raise
         return await self.view(media), True
+
+    async def _abandon(self, processing: asyncio.Future[Any], reserved: list[Reserved], *, cancel: bool) -> None:
+        """A failed photo upload: its worker item finished (or, when the request itself is
+        cancelled, cancelled), then every reserved blob shredded and deleted."""
+        if cancel:
+            processing.cancel()
+        await asyncio.gather(processing, return_exceptions=True)
+        await asyncio.gather(*(self.sealed.destroy(slot.ref, cause="upload_rollback") for slot in reserved),
+                             return_exceptions=True)
 
     async def upload_video(
         self,

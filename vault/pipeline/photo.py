@@ -6,17 +6,24 @@ in a process or thread pool, then encrypts and stores each rendition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vault.errors import CorruptMedia, PixelLimit, UnsupportedMedia
 from vault.pipeline.capture import extract_capture
 from vault.pipeline.faces import FaceDetector, detect_faces
 from vault.pipeline.results import ProcessedPhoto
-from vault.pipeline.sanitize import SANITIZERS
+from vault.pipeline.sanitize import SANITIZERS, Sanitized
 from vault.pipeline.sniff import SNIFF_BYTES, sniff
 from vault.pipeline.thumbnails import decode, make_thumbnails
 
 
-def process_photo(data: bytes, *, max_pixels: int, detector: FaceDetector) -> ProcessedPhoto:
+def process_photo(data: bytes, *, max_pixels: int, detector: FaceDetector,
+                  on_stripped: Callable[[Sanitized], None] | None = None) -> ProcessedPhoto:
     """Sniff, strip, read capture metadata, decode once, make thumbnails, flag faces.
+
+    ``on_stripped`` gets the stripped file as soon as it is made and its pixel count is
+    within the cap, before any pixel is decoded (a worker sends it on at once, so the
+    server can store it while the decode runs).
 
     Raises ``UnsupportedMedia`` (not a photo type we handle), ``CorruptMedia`` (empty,
     truncated, damaged or not what it seems) and ``PixelLimit`` (more than ``max_pixels``,
@@ -31,6 +38,8 @@ def process_photo(data: bytes, *, max_pixels: int, detector: FaceDetector) -> Pr
     sanitized = sanitizer.sanitize(data)
     if sanitized.pixels > max_pixels:
         raise PixelLimit(details={"pixels": sanitized.pixels, "max_pixels": max_pixels})
+    if on_stripped is not None:
+        on_stripped(sanitized)
 
     # Decode the stripped bytes: the renditions come from exactly what is stored.
     decoded = decode(sanitized.data, mime=sanitized.mime, max_pixels=max_pixels)

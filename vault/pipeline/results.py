@@ -23,9 +23,13 @@ def layout_wire(photo: ProcessedPhoto) -> tuple[list[list[Any]], bytes]:
     """The worker's side: the stripped file as ``["in", start, end]`` (a range of the
     upload the server holds) and ``["new", n]`` (the next ``n`` bytes of the returned
     part) entries, and that part. Without a usable layout, the whole file is "new"."""
-    layout = photo.layout
+    return stripped_wire(photo.stripped, photo.layout)
+
+
+def stripped_wire(stripped: bytes, layout: tuple[Piece, ...] | None) -> tuple[list[list[Any]], bytes]:
+    """:func:`layout_wire` of a stripped file and its layout (a sanitizer's output)."""
     if layout is None or len(layout) > MAX_PIECES:
-        return [["new", len(photo.stripped)]], photo.stripped
+        return [["new", len(stripped)]], stripped
     entries: list[list[Any]] = []
     new: list[bytes] = []
     for piece in layout:

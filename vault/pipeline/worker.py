@@ -23,10 +23,13 @@ import os
 import socket
 import sys
 from collections import OrderedDict
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from vault.pipeline import wire
-from vault.pipeline.results import layout_wire
+from vault.pipeline.results import stripped_wire
+
+if TYPE_CHECKING:
+    from vault.pipeline.sanitize import Sanitized
 
 BLOCK = 1 << 20  # ranges are asked for in aligned blocks: PyAV reads 32 KiB at a time
 CACHED_BLOCKS = 8
@@ -155,6 +158,14 @@ class Worker:
                 continue
             wire.send(self.out, reply, *out_parts)
 
+    def _send_stripped(self, sanitized: Sanitized) -> None:
+        """The stripped original, sent before the decode starts: the server checks, encrypts
+        and stores it meanwhile. A JPEG's goes as ranges of the upload (the server has it)
+        and the few new bytes, not 5 MB more through the pipe; the server rebuilds it and
+        re-checks it like any stripped file."""
+        layout, new = stripped_wire(sanitized.data, sanitized.layout)
+        wire.send(self.out, {"t": "progress", "stripped": {"mime": sanitized.mime, "layout": layout}}, new)
+
     def _remote(self, header: dict[str, Any]) -> BinaryIO:
         # A seekable file over the pipe: the demuxer uses only read, seek and tell.
         return cast(BinaryIO, RemoteReader(self.inp, self.out, int(header["size"])))
@@ -163,16 +174,12 @@ class Worker:
         op = header.get("op")
         max_pixels = int(header.get("max_pixels", 0))  # the server always sends it; absent, nothing passes
         if op == "photo":
-            photo = self._photo(parts[0], max_pixels=max_pixels, detector=self.detector)
+            photo = self._photo(parts[0], max_pixels=max_pixels, detector=self.detector, on_stripped=self._send_stripped)
             sizes = sorted(photo.thumbnails)
-            # A JPEG's stripped copy goes back as ranges of the upload (the server has it)
-            # and the few new bytes: not 5 MB more through the pipe. The server rebuilds
-            # it and re-checks the result like any stripped file.
-            layout, new = layout_wire(photo)
             result = {"mime": photo.mime, "width": photo.width, "height": photo.height,
                       "orientation": photo.orientation, "capture": photo.capture,
-                      "faces": photo.faces.as_dict(), "thumbnails": sizes, "layout": layout}
-            return {"t": "done", "result": result}, [new, *(photo.thumbnails[s] for s in sizes)]
+                      "faces": photo.faces.as_dict(), "thumbnails": sizes}
+            return {"t": "done", "result": result}, [photo.thumbnails[s] for s in sizes]
         if op == "faces":
             found = self._search_photo(parts[0], self.search, max_pixels=max_pixels,
                                        memory_bytes=int(header["memory_bytes"]), seconds=float(header["seconds"]))

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from vault.allocator import release_freed_memory
 from vault.http.jsonio import json_response
 from vault.http.problems import PROBLEM_JSON, problem
 
@@ -220,6 +221,7 @@ def run(app: web.Application, *, host: str, port: int, reuse_port: bool = False,
             loop.add_signal_handler(sig, on_signal)
         try:
             await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+            release_freed_memory()  # start-up's garbage; uploads keep theirs from now on (vault/allocator.py)
             if on_listening is not None:
                 on_listening()
             await stopping.wait()

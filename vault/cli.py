@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import resource
-import subprocess
 import sys
 from contextlib import suppress
 from pathlib import Path
@@ -71,19 +70,6 @@ def version() -> str:
         return installed("clinical-photo-vault")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def _migrate_apart() -> bool:
-    """``vault migrate`` in a process of its own, for ``vault serve`` on the embedded
-    default: Alembic, Mako and the migrations' imports (~70 MiB resident at their high
-    mark) then never enter the serving process. The same settings reach it through the
-    environment the server was started with."""
-    done = subprocess.run([sys.executable, "-m", "vault.cli", "migrate"], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
-        print("vault: cannot start: the migrations failed (above)", file=sys.stderr)
-        return False
-    return True
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -241,8 +227,8 @@ def cmd_serve(settings: Settings, args) -> int:
         return 2
     keep_freed_memory()  # before any thread starts: uploads reuse their buffers' pages
     configure(settings.log_level)
-    if not settings.production and not _migrate_apart():
-        return 1
+    if not settings.production:
+        migrate_all(settings)
     first, failure = asyncio.run(_prepare(settings, bootstrap=not settings.production))
     if failure:
         print(f"vault: cannot start: {failure}", file=sys.stderr)

@@ -112,6 +112,13 @@ def _check_heads(tenants: list[str], heads: dict[str, tuple[int, str]]) -> None:
         raise LookupError(f"{len(missing)} tenant(s) without an audit head")
 
 
+@functools.cache  # at most INSERT_ROWS shapes of the one INSERT
+def _insert_rows(insert: str, n: int) -> str:
+    """``insert`` (one row of placeholders) extended to ``n`` rows."""
+    one = insert.partition(" VALUES ")[2]
+    return insert + ", " + ", ".join([one] * (n - 1)) if n > 1 else insert
+
+
 class SqliteBatchWriter:
     """One ``sqlite3`` connection in one dedicated thread."""
 
@@ -164,7 +171,7 @@ class SqliteBatchWriter:
             # made the batch wait for the loop once per entry.
             for lo in range(0, len(rows), INSERT_ROWS):
                 chunk = rows[lo:lo + INSERT_ROWS]
-                conn.execute(self._insert_rows(len(chunk)),
+                conn.execute(_insert_rows(self._insert, len(chunk)),
                              [at if c == "at" else row[c] for row in chunk for c in ENTRY_COLUMNS])
             conn.executemany(self._update, [(seq, h, at, t) for t, (seq, h) in sorted(new_heads.items())])
             conn.execute("COMMIT")
@@ -172,11 +179,6 @@ class SqliteBatchWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    @functools.cache  # noqa: B019 - one writer per process; at most INSERT_ROWS shapes
-    def _insert_rows(self, n: int) -> str:
-        one = self._insert.partition(" VALUES ")[2]
-        return self._insert + ", " + ", ".join([one] * (n - 1)) if n > 1 else self._insert
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._write, events)

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.actor import Actor
 from vault.audit.models import AuditEntry, AuditHead
-from vault.audit.writer import BatchWriter, open_batch_writer
+from vault.audit.writer import BatchWriter, build_rows, open_batch_writer
 from vault.db import Database, utcnow
 from vault.instruments import observe_audit_append, observe_audit_commit
 
@@ -228,28 +228,10 @@ class AuditLog:
         head = (
             await session.execute(select(AuditHead).where(AuditHead.tenant_id == tenant_id).with_for_update())
         ).scalar_one()
-        seq, prev = head.seq, head.hash
-        rows = []
         now = utcnow()
-        for event in events:
-            seq += 1
-            targets = canonical_targets(event.targets)
-            fields: dict[str, Any] = dict(
-                tenant_id=tenant_id,
-                seq=seq,
-                at=now,
-                actor=event.actor,
-                role=event.role,
-                action=event.action,
-                targets=targets,
-                outcome=event.outcome,
-                request_id=event.request_id,
-            )
-            digest = chain_hash(prev, canonical(**fields))
-            rows.append({**fields, "prev_hash": prev, "hash": digest})
-            prev = digest
+        rows, heads = build_rows(events, {tenant_id: (head.seq, head.hash)}, now)
         await session.execute(insert(AuditEntry), rows)
-        head.seq, head.hash, head.updated_at = seq, prev, now
+        (head.seq, head.hash), head.updated_at = heads[tenant_id], now
 
     # -- reading ---------------------------------------------------------------
     async def head(self, tenant_id: str) -> tuple[int, str]:

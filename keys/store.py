@@ -60,6 +60,19 @@ _OBJECT_KEY_ROW = sa.select(
     patient_deks.c.patient_id == object_keys.c.patient_id,
     patient_deks.c.dek_id == object_keys.c.dek_id,
 )
+#: the same rows for several objects of one tenant (``uq_object_keys_object``), read together
+#: by concurrent media reads on PostgreSQL (:class:`keys.db.PointBatches`)
+_OBJECT_KEY_ROWS = sa.select(
+    object_keys.c.patient_id,
+    object_keys.c.object_id,
+    *_OBJECT_KEY_ROW.selected_columns,
+).where(
+    object_keys.c.tenant_id == sa.bindparam("t"),
+    object_keys.c.object_id == sa.any_(sa.bindparam("os", type_=sa.ARRAY(sa.String))),
+    patient_deks.c.tenant_id == object_keys.c.tenant_id,
+    patient_deks.c.patient_id == object_keys.c.patient_id,
+    patient_deks.c.dek_id == object_keys.c.dek_id,
+)
 _SIGNING_KEY = "ed25519"
 _SIGNING_CONTEXT = signing_context(_SIGNING_KEY)
 
@@ -71,6 +84,7 @@ class KeyStore(KekRotation):
     ) -> None:
         super().__init__(engine, root, cache=cache, schema=schema, backup_window=backup_window)
         self._signing: Ed25519PrivateKey | None = None
+        self._key_rows = db.PointBatches(self._points, _OBJECT_KEY_ROWS, group=("t",), many="os", column="object_id")
 
     @classmethod
     async def open(
@@ -282,7 +296,11 @@ class KeyStore(KekRotation):
         return keys
 
     async def object_key(self, tenant_id: str, patient_id: str, object_id: str) -> ObjectKey:
-        row = await self._points.first(_OBJECT_KEY_ROW, {"t": tenant_id, "p": patient_id, "o": object_id})
+        if self._points.concurrent:
+            row = next((r for r in await self._key_rows.first((tenant_id,), object_id) if r.patient_id == patient_id),
+                       None)
+        else:
+            row = await self._points.first(_OBJECT_KEY_ROW, {"t": tenant_id, "p": patient_id, "o": object_id})
         if row is None:
             self.evict(tenant_id, patient_id, object_id)
             raise KeyDestroyed("object key does not exist")

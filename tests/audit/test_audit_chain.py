@@ -162,6 +162,7 @@ def test_the_canonical_form_is_sorted_compact_json_byte_for_byte():
     from vault.audit.service import canonical, canonical_targets
 
     rng = random.Random(7)
+    ats: list[datetime] = []
     alphabet = string.printable + "é\u2028\x00\"\\\u00ff\U0001F600"
     for _ in range(500):
         fields = {k: "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
@@ -169,6 +170,7 @@ def test_the_canonical_form_is_sorted_compact_json_byte_for_byte():
         targets = {rng.choice(["media_id", "patient_id", "z", "é"]): rng.choice(alphabet) * 3 for _ in range(3)}
         fields["targets"] = canonical_targets(targets)
         assert fields["targets"] == json.dumps(targets, sort_keys=True, separators=(",", ":"))
-        at, seq = datetime.now(UTC), rng.randint(0, 10**12)
+        ats.append(datetime.now(UTC))
+        at, seq = rng.choice(ats[-3:]), rng.randint(0, 10**12)  # the timestamp of a batch is remembered
         expected = json.dumps({**fields, "seq": seq, "at": at.isoformat()}, sort_keys=True, separators=(",", ":")).encode()
         assert canonical(seq=seq, at=at, **fields) == expected

@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     # Metrics sit inside request_context: they see each refusal's error code before it becomes JSON.
     # The web app's pages turn refusals into pages (web_views.pages); a session cookie
     # resolves to the same Principal as a token (one decision path).
-    app.middlewares.extend([request_context, cors.setup(app, settings.cors_origins),
+    app.middlewares.extend([request_context, *cors.setup(app, settings.cors_origins),
                             make_metrics_middleware(route_template), web_views.pages,
                             authorize_middleware(authenticate, on_denied,
                                                  authenticate_session=SessionAuth(app, settings.public_url))])

@@ -154,7 +154,9 @@ class AuditLog:
         if self._gathered is not None and len(self._pending) >= self._expected:
             self._gathered.set()
         started = time.perf_counter()
-        await asyncio.shield(future)
+        # Not shielded: a caller cancelled meanwhile cancels only its own future; its entry
+        # is pending and is written all the same (the writer skips futures already done).
+        await future
         observe_audit_append(time.perf_counter() - started)
 
     async def start(self) -> None:

@@ -36,14 +36,15 @@ def _api(request: web.Request) -> bool:
     return request.path.startswith(PREFIXES)
 
 
-def setup(app: web.Application, origins: tuple[str, ...]) -> Middleware:
+def setup(app: web.Application, origins: tuple[str, ...]) -> list[Middleware]:
     """The preflight middleware (for the caller to place before authentication); the
-    response hook is added here. With no origin listed, both do nothing."""
+    response hook is added here. With no origin listed there is neither: every request
+    would pass through a middleware that does nothing."""
     allowed = frozenset(origins)
 
     @web.middleware
     async def preflight(request: web.Request, handler):
-        if not (allowed and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        if not (request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
                 and "Origin" in request.headers and _api(request)):
             return await handler(request)
         origin = request.headers["Origin"]
@@ -60,7 +61,7 @@ def setup(app: web.Application, origins: tuple[str, ...]) -> Middleware:
         })
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        if not allowed or not _api(request) or request.method == "OPTIONS":
+        if not _api(request) or request.method == "OPTIONS":
             return
         response.headers.add("Vary", "Origin")
         origin = request.headers.get("Origin")
@@ -69,6 +70,7 @@ def setup(app: web.Application, origins: tuple[str, ...]) -> Middleware:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
 
-    if allowed:
-        app.on_response_prepare.append(on_prepare)
-    return preflight
+    if not allowed:
+        return []
+    app.on_response_prepare.append(on_prepare)
+    return [preflight]

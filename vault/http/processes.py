@@ -50,6 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vault.audit.node import SOCKET_NAME as AUDIT_SOCKET
 from vault.config import Settings
 
 log = logging.getLogger("vault.http")
@@ -71,6 +72,7 @@ def child_settings(settings: Settings, *, slot: int, processes: int, folder: Pat
         upload_memory_bytes=max(3 * settings.max_photo_bytes, settings.upload_memory_bytes // processes),
         siblings_dir=folder / "siblings",
         metrics_dir=folder / "metrics",
+        audit_socket=folder / AUDIT_SOCKET,
         process_name=str(slot),
     )
 
@@ -83,9 +85,13 @@ def tell_parent(fd: int) -> None:
         os.close(fd)
 
 
+#: the audit writer's slot, in logs
+WRITER = -1
+
+
 @dataclass
 class _Child:
-    slot: int
+    slot: int  # WRITER for the audit writer
     proc: subprocess.Popen[bytes] | None = None
     ready_fd: int | None = None
     ready: bool = False
@@ -104,6 +110,10 @@ class Supervisor:
         for part in ("siblings", "metrics"):
             (self.folder / part).mkdir(mode=0o700)
         self.children = [_Child(slot) for slot in range(processes)]
+        self.writer = _Child(WRITER)
+        self._serving_started = False
+        self._writer_signalled = False
+        self._writer_ever_ready = False
         self._signals = 0
         self._forwarded = 0
         self._stop_deadline: float | None = None
@@ -112,6 +122,9 @@ class Supervisor:
 
     # -- children ------------------------------------------------------------------------
     def _argv(self, child: _Child, ready_fd: int) -> list[str]:
+        if child.slot == WRITER:
+            return [sys.executable, "-m", "vault.cli", "serve", "--audit-writer", "--parent", str(os.getpid()),
+                    "--runtime-dir", str(self.folder), "--ready-fd", str(ready_fd)]
         return [sys.executable, "-m", "vault.cli", "serve", "--host", self.host, "--port", str(self.port),
                 "--processes", str(self.processes), "--serving-slot", str(child.slot), "--parent", str(os.getpid()),
                 "--runtime-dir", str(self.folder), "--ready-fd", str(ready_fd)]
@@ -129,7 +142,7 @@ class Supervisor:
         finally:
             os.close(write)
         child.ready_fd, child.ready, child.started, child.restart_at = read, False, time.monotonic(), None
-        log.info("serving process started", extra={"slot": child.slot, "pid": child.proc.pid})
+        log.info(f"{_kind(child)} started", extra={"slot": child.slot, "pid": child.proc.pid})
 
     def _exited(self, child: _Child) -> None:
         from prometheus_client.multiprocess import mark_process_dead
@@ -141,14 +154,15 @@ class Supervisor:
             os.close(child.ready_fd)
             child.ready_fd = None
         mark_process_dead(pid, str(self.folder / "metrics"))  # its live gauges go
+        kind = _kind(child)
         if self._stop_deadline is not None:
-            log.info("serving process stopped", extra={"slot": child.slot, "pid": pid, "status": status})
+            log.info(f"{kind} stopped", extra={"slot": child.slot, "pid": pid, "status": status})
             # -SIGTERM: signalled before it had set up its handlers (still starting, serving nothing)
             if status not in (0, -signal.SIGTERM):
                 self._status = 1
             return
-        if not self._ever_ready:
-            log.error("a serving process failed at start; the node stops",
+        if not (self._writer_ever_ready if child.slot == WRITER else self._ever_ready):
+            log.error(f"the {kind} failed at start; the node stops",
                       extra={"slot": child.slot, "pid": pid, "status": status})
             self._status = 1
             self._begin_stop()
@@ -157,10 +171,14 @@ class Supervisor:
         child.failures = 0 if lived >= HEALTHY_AFTER else child.failures + 1
         delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** max(0, child.failures - 1))
         child.restart_at = time.monotonic() + delay
-        log.error("a serving process exited unexpectedly; it is restarted",
+        log.error(f"the {kind} exited unexpectedly; it is restarted",
                   extra={"slot": child.slot, "pid": pid, "status": status, "retry_s": delay})
 
     def _live(self) -> list[_Child]:
+        """Every live child, the audit writer included."""
+        return [child for child in (*self.children, self.writer) if child.proc is not None]
+
+    def _serving(self) -> list[_Child]:
         return [child for child in self.children if child.proc is not None]
 
     # -- stopping ------------------------------------------------------------------------
@@ -168,14 +186,21 @@ class Supervisor:
         self._signals += 1
 
     def _begin_stop(self) -> None:
+        """The serving processes drain and flush their last audit entries to the writer;
+        the writer is stopped once they all have (:meth:`_stop_writer`)."""
         if self._stop_deadline is None:
             self._stop_deadline = time.monotonic() + self.stop_bound
-        for child in self._live():
-            assert child.proc is not None
-            try:
-                child.proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        for child in self._serving():
+            _terminate(child)
+        self._stop_writer()
+
+    def _stop_writer(self) -> None:
+        if self._serving() or self._writer_signalled or self.writer.proc is None:
+            return
+        self._writer_signalled = True
+        assert self._stop_deadline is not None
+        self._stop_deadline = max(self._stop_deadline, time.monotonic() + STOP_MARGIN)  # one last commit
+        _terminate(self.writer)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -185,8 +210,7 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         signal.set_wakeup_fd(wake_write)
         try:
-            for child in self.children:
-                self._start(child)
+            self._start(self.writer)  # the serving processes start once it listens
             while True:
                 self._step(wake_read)
                 if self._stop_deadline is not None and not self._live():
@@ -206,7 +230,7 @@ class Supervisor:
         return self._status
 
     def _step(self, wake_read: int) -> None:
-        waiting = {child.ready_fd: child for child in self.children if child.ready_fd is not None}
+        waiting = {child.ready_fd: child for child in (*self.children, self.writer) if child.ready_fd is not None}
         readable, _, _ = select.select([wake_read, *waiting], [], [], 0.2)
         if wake_read in readable:
             while True:
@@ -222,7 +246,10 @@ class Supervisor:
             said = os.read(fd, 16)
             os.close(fd)
             child.ready_fd = None
-            if said:
+            if said and child.slot == WRITER:
+                child.ready = self._writer_ever_ready = True
+                log.info("audit writer listening", extra={"pid": child.proc.pid if child.proc else None})
+            elif said:
                 child.ready = self._ever_ready = True
                 log.info("serving process listening", extra={"slot": child.slot})
         if self._signals > self._forwarded:
@@ -231,23 +258,41 @@ class Supervisor:
             log.info("stopping: every serving process drains" if first else
                      "second stop signal: in-flight requests are cancelled now")
             self._begin_stop()
-        for child in self.children:
+        for child in (*self.children, self.writer):
             if child.proc is not None and child.proc.poll() is not None:
                 self._exited(child)
         now = time.monotonic()
-        if self._stop_deadline is None:
+        if self._stop_deadline is not None:
+            self._stop_writer()
+        elif self._writer_ever_ready and not self._serving_started:
+            self._serving_started = True
             for child in self.children:
+                self._start(child)
+        if self._stop_deadline is None:
+            for child in (*self.children, self.writer):
                 if child.proc is None and child.restart_at is not None and now >= child.restart_at:
                     self._start(child)
         elif now > self._stop_deadline:
             for child in self._live():
                 assert child.proc is not None
-                log.error("a serving process outlasted the stop bound; it is killed",
+                log.error(f"the {_kind(child)} outlasted the stop bound; it is killed",
                           extra={"slot": child.slot, "pid": child.proc.pid})
                 child.proc.kill()
                 child.proc.wait()
                 self._exited(child)
             self._status = 1
+
+
+def _kind(child: _Child) -> str:
+    return "audit writer" if child.slot == WRITER else "serving process"
+
+
+def _terminate(child: _Child) -> None:
+    assert child.proc is not None
+    try:
+        child.proc.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        pass
 
 
 def supervise(settings: Settings, *, host: str, port: int, processes: int) -> int:

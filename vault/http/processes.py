@@ -3,17 +3,26 @@ processes, the gunicorn way, so it uses every core (a request's CPU is Python's,
 interpreter runs on one core at a time).
 
 The parent does the one-time preparation (migrations on the embedded default, the first
-start's tenant and token, the banner), then **supervises** N serving processes and serves
-nothing itself. A supervisor that serves nothing holds no event loop, no thread and no
-client while its children run: its signal handling stays a few lines, a crash or a stall of
-serving code never takes the supervisor with it, and every serving process is alike (one
-code path, ``vault.http.server.run``). The price is one idle process of some tens of MB.
+start's tenant and token, the banner), then **supervises** the node's audit writer and N
+serving processes and serves nothing itself. A supervisor that serves nothing holds no
+event loop, no thread and no client while its children run: its signal handling stays a
+few lines, a crash or a stall of serving code never takes the supervisor with it, and
+every serving process is alike (one code path, ``vault.http.server.run``). The price is
+one idle process of some tens of MB.
 
 Each serving process is a fresh interpreter (``sys.executable -m vault.cli serve …``, never
 a ``fork`` of a process that had threads or a loop), in its own session (a Ctrl-C at the
 terminal reaches the parent only, which passes it on once), armed to die with the parent
 (``PR_SET_PDEATHSIG``). Each binds host:port with ``SO_REUSEPORT``; the kernel spreads new
 connections over them. Each tells the parent when it listens through a pipe.
+
+**The audit writer** (``sys.executable -m vault.cli serve --audit-writer …``, same rules:
+fresh interpreter, own session, dies with the parent, restarted with the same backoff) is
+started first; the serving processes start once it listens. It owns the node's one read
+audit writer and listens on ``audit.sock`` in the runtime folder; each serving process's
+group commit sends it its batches and waits for each to be durable (:mod:`vault.audit.node`),
+so the node has one group commit and one remembered head per clinic's chain, not one per
+process racing the others for it.
 
 What the processes share and what each has (docs/operations.md):
 
@@ -24,16 +33,19 @@ What the processes share and what each has (docs/operations.md):
   memory does not grow with N; the upload counts (``VAULT_MAX_UPLOADS``, per token) stay
   per process;
 * a private runtime folder (0700, made by the parent, removed at exit) holds the siblings'
-  unix sockets for cache invalidation on SQLite (:mod:`vault.db.siblings`) and
-  prometheus_client's multiprocess files (``/metrics`` reports the node's totals).
+  unix sockets for cache invalidation on SQLite (:mod:`vault.db.siblings`), the audit
+  writer's socket and prometheus_client's multiprocess files (``/metrics`` reports the
+  node's totals).
 
-Signals: SIGTERM or SIGINT to the parent is passed to every child as SIGTERM (each drains as
-a single ``vault serve`` does, within ``VAULT_SHUTDOWN_TIMEOUT``); a second one is passed on
-too (in-flight requests are cancelled at once). The parent exits 0 when every child has
-stopped. A child that dies unexpectedly is logged and restarted after a backoff (0.5 s,
-doubling to 30 s, back to the start once a child has lived a minute); a child that fails
-before it ever listened at the node's start (a port in use, a bad configuration) stops the
-node with exit status 1.
+Signals: SIGTERM or SIGINT to the parent is passed to every serving process as SIGTERM
+(each drains as a single ``vault serve`` does, within ``VAULT_SHUTDOWN_TIMEOUT``, and flushes
+its last audit entries to the writer); a second one is passed on too (in-flight requests
+are cancelled at once). Once every serving process has stopped, the audit writer gets
+SIGTERM (it commits and answers what it holds, then exits). The parent exits 0 when every
+child has stopped. A child that dies unexpectedly is logged and restarted after a backoff
+(0.5 s, doubling to 30 s, back to the start once a child has lived a minute); a child that
+fails before it ever listened at the node's start (a port in use, a bad configuration)
+stops the node with exit status 1.
 """
 
 from __future__ import annotations

@@ -86,11 +86,16 @@ def decode(payload: bytes) -> list[AuditEvent]:
         raise FrameError("not a list of entries")
     events = []
     for item in items:
-        if not (isinstance(item, list) and len(item) == _FIELDS + 1
-                and all(isinstance(value, str) for value in item[:_FIELDS]) and isinstance(item[_FIELDS], dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in item[_FIELDS].items())):
+        if type(item) is not list or len(item) != _FIELDS + 1:
             raise FrameError("an entry of the wrong shape")
         tenant_id, actor, role, action, request_id, outcome, targets = item
+        # (JSON object keys are always strings)
+        if not (type(tenant_id) is str and type(actor) is str and type(role) is str and type(action) is str
+                and type(request_id) is str and type(outcome) is str and type(targets) is dict):
+            raise FrameError("an entry of the wrong shape")
+        for value in targets.values():
+            if type(value) is not str:
+                raise FrameError("an entry of the wrong shape")
         events.append(AuditEvent(tenant_id=tenant_id, actor=actor, role=role, action=action, request_id=request_id,
                                  outcome=outcome, targets=targets))
     return events

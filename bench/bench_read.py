@@ -18,6 +18,10 @@ prints the functions holding the most samples (own time and inclusive).
 ``--processes 1,2`` starts one ``vault serve --processes N`` per count, on the same data,
 and measures each in the same interleaved rounds (server CPU is summed over the process
 tree); the ratios to the peer and to the first count are printed.
+
+``--baseline DIR`` also starts each count from the code in DIR (e.g. ``git archive <commit>``
+unpacked there, run with this venv), measured in the same interleaved rounds: before/after
+ratios from the same minutes of a shared machine.
 """
 
 from __future__ import annotations
@@ -209,8 +213,14 @@ async def main() -> None:
     parser.add_argument("--path", default="thumbnail", choices=("thumbnail", "content"))
     parser.add_argument("--processes", default="1",
                         help="comma-separated `vault serve --processes` counts, each measured in the same rounds")
+    parser.add_argument("--baseline", type=Path, help="a code tree to measure beside this one (same counts, same rounds)")
     args = parser.parse_args()
-    counts = [int(n) for n in args.processes.split(",")]
+    counts_n = [int(n) for n in args.processes.split(",")]
+    # label -> (process count, code tree or None for this one)
+    variants: dict[str, tuple[int, Path | None]] = {str(n): (n, None) for n in counts_n}
+    if args.baseline:
+        variants.update({f"{n} baseline": (n, args.baseline.resolve()) for n in counts_n})
+    counts = list(variants)
 
     tmp = Path(tempfile.mkdtemp(prefix="vault-bench-read-"))
     metrics_token = secrets.token_urlsafe(24)
@@ -239,7 +249,7 @@ async def main() -> None:
     token = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "records", "--label", "bench").strip().splitlines()[-1]
     writer = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "practitioner", "--label", "bench-up").strip().splitlines()[-1]
     ports, pport = {n: free_port() for n in counts}, free_port()
-    servers: dict[int, subprocess.Popen[bytes]] = {}
+    servers: dict[str, subprocess.Popen[bytes]] = {}
     peer = None
     port = ports[counts[0]]
     base = f"http://127.0.0.1:{port}"
@@ -247,7 +257,8 @@ async def main() -> None:
     try:
         for n in counts:  # one after the other: each start migrates the same data first
             servers[n] = subprocess.Popen([PY, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(ports[n]),
-                                           "--processes", str(n)], env=env, stdout=subprocess.DEVNULL)
+                                           "--processes", str(variants[n][0])], env=env, stdout=subprocess.DEVNULL,
+                                          cwd=variants[n][1])
             await wait_ok(f"http://127.0.0.1:{ports[n]}/healthz")
         server = servers[counts[0]]
         from bench_pipeline import sample_jpeg
@@ -278,7 +289,7 @@ async def main() -> None:
             await rate(urls[n], auth, secs=1, conc=args.conc)  # warm-up
         await rate(peer_url, {}, secs=1, conc=args.conc)
         peer_rates, peer_p50, peer_cpu = [], [], []
-        per: dict[int, dict[str, list[float]]] = {n: {"rates": [], "p50": [], "cpu": []} for n in counts}
+        per: dict[str, dict[str, list[float]]] = {n: {"rates": [], "p50": [], "cpu": []} for n in counts}
         for _ in range(args.rounds):
             c0 = cpu_seconds(peer.pid)
             r_, p = await rate(peer_url, {}, secs=args.secs, conc=args.conc)
@@ -293,6 +304,7 @@ async def main() -> None:
                 per[n]["p50"].append(p)
         vault_rates, vault_p50, vault_cpu = per[counts[0]]["rates"], per[counts[0]]["p50"], per[counts[0]]["cpu"]
         audit_line = await audit_summary(f"{base}/metrics", metrics_token)
+        audit_lines = {n: await audit_summary(f"http://127.0.0.1:{ports[n]}/metrics", metrics_token) for n in counts}
         profile = None
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -340,6 +352,12 @@ async def main() -> None:
             row = result["processes"][str(n)]
             print(f"  vault serve --processes {n}: {row['vault_rps']} req/s, ratio to peer {row['ratio_to_peer']:.2f},"
                   f" x{row['speedup']:.2f} of --processes {counts[0]}, server CPU per request {row['vault_cpu_us_per_req']} us")
+            print(f"    {audit_lines[n]}")
+        if args.baseline:
+            for n in counts_n:
+                now, then = result["processes"][str(n)], result["processes"][f"{n} baseline"]
+                print(f"  --processes {n}: this code / baseline: x{now['vault_rps'] / then['vault_rps']:.2f} req/s,"
+                      f" CPU per request {now['vault_cpu_us_per_req']} vs {then['vault_cpu_us_per_req']} us")
     print(audit_line)
     if profile:
         print(profile)

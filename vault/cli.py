@@ -219,6 +219,8 @@ def cmd_serve(settings: Settings, args) -> int:
     from vault.http.server import run
     from vault.logs import configure
 
+    if args.audit_writer:
+        return _audit_writer(settings, args)
     if args.serving_slot is not None:
         return _serve_child(settings, args)
     processes = settings.http_processes if args.processes is None else args.processes
@@ -281,6 +283,22 @@ def _serve_child(settings: Settings, args) -> int:
         app.cleanup_ctx.append(_inprocess_worker)
     run(app, host=args.host, port=args.port, reuse_port=True, on_listening=partial(tell_parent, args.ready_fd))
     return 0
+
+
+def _audit_writer(settings: Settings, args) -> int:
+    """The audit writer process of ``vault serve --processes N`` (vault.audit.node): it
+    commits every serving process's read audits, one group commit for the node."""
+    from functools import partial
+
+    from vault.audit.node import SOCKET_NAME, serve_writer
+    from vault.http.processes import tell_parent
+    from vault.logs import configure
+    from vault.pipeline.sandbox import die_with_parent
+
+    die_with_parent(args.parent)
+    configure(settings.log_level)
+    return serve_writer(settings.database_url, Path(args.runtime_dir) / SOCKET_NAME,
+                        on_listening=partial(tell_parent, args.ready_fd))
 
 
 def _processes(raw: str) -> int:
@@ -347,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     # internal: how `vault serve --processes N` starts its serving processes
     for internal, kind in (("--serving-slot", int), ("--parent", int), ("--runtime-dir", str), ("--ready-fd", int)):
         serve.add_argument(internal, type=kind, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--audit-writer", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="upgrade the metadata database and key store to the newest schema").set_defaults(func=cmd_migrate)

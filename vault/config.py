@@ -341,9 +341,11 @@ class Settings:
     http_processes: int = field(default=1, metadata=variable("VAULT_HTTP_PROCESSES", _processes))
     # Set by `vault serve` for each of its serving processes when it runs several (not from
     # the environment): the private folders the siblings share for cache invalidation
-    # (unix sockets) and for Prometheus' multiprocess files, and this process's name there.
+    # (unix sockets) and for Prometheus' multiprocess files, this process's name there, and
+    # the socket of the node's one audit writer process (vault.audit.node).
     siblings_dir: Path | None = None
     metrics_dir: Path | None = None
+    audit_socket: Path | None = None
     process_name: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 

@@ -129,7 +129,7 @@ async def runtime(
         stack.push_async_callback(db.close)
         audit = AuditLog(db)
         if group_commit:
-            await audit.start()
+            await audit.start(node_writer=settings.audit_socket)
             stack.push_async_callback(audit.stop)
         root = MeteredRootKey(await open_configured_root_key(settings, create=create_root_key))  # call latency/errors
         keys = await KeyStore.open(settings.keystore_url, root, cache_ttl=settings.key_cache_seconds,

@@ -7,7 +7,11 @@ port (SO_REUSEPORT), on SQLite and on PostgreSQL (vault/http/processes.py).
 - A token revoked through the API, and an erased patient's thumbnail, are refused on every
   following request, whichever process it lands on (each request on a new connection).
 - Only one process runs the in-process job runner; every process's /readyz sees it.
-- A serving process killed is restarted; SIGTERM stops every process and the parent exits 0.
+- Every read is audited by the node's one audit writer process (vault/audit/node.py), whichever
+  process serves it, and every chain verifies. While the writer is dead reads fail (500, no
+  200 without its entry); they succeed again once it is restarted.
+- A serving process killed is restarted; SIGTERM stops every process and the parent exits 0,
+  and no read answered 200 during the stop lacks its entry.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,6 +89,74 @@ class Vault:
 
 def _parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def _state_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def _writers(node: MultiNode) -> set[int]:
+    """The live audit writer processes of the node (children of its parent)."""
+    assert node.proc is not None
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and _parent_of(int(entry.name)) == node.proc.pid and _state_of(int(entry.name)) != "Z"
+                    and b"--audit-writer" in (entry / "cmdline").read_bytes()):
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _wait_writer(node: MultiNode, *, other_than: set[int] = frozenset(), timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = _writers(node) - other_than
+        if len(pids) == 1:
+            return pids.pop()
+        time.sleep(0.1)
+    raise AssertionError(f"no audit writer: {node.tail()}")
+
+
+async def _audited(env: dict[str, str], request_ids: list[str]) -> dict[str, str]:
+    """request id -> action of the audit entries written for them; and every chain verifies."""
+    from sqlalchemy import select
+
+    from vault.audit.models import AuditEntry, AuditHead
+    from vault.audit.service import AuditLog
+    from vault.db import Database
+
+    db = Database(env["VAULT_DATABASE_URL"], pool_size=1)
+    try:
+        async with db.session() as session:
+            rows = (await session.execute(select(AuditEntry.request_id, AuditEntry.action)
+                                          .where(AuditEntry.request_id.in_(request_ids)))).all()
+            tenants = (await session.execute(select(AuditHead.tenant_id))).scalars().all()
+        audit = AuditLog(db)
+        for tenant in tenants:
+            verdict = await audit.verify(tenant)
+            assert verdict.ok, (tenant, verdict)
+        found: dict[str, str] = {}
+        for request_id, action in rows:
+            assert request_id not in found, f"two entries for {request_id}"
+            found[request_id] = action
+        return found
+    finally:
+        await db.close()
+
+
+def _thumbnail(running: Vault, ref: str) -> str:
+    node, tokens = running.node, running.tokens
+    patient = running.patient(ref)
+    status, raw = node.request("POST", f"/v1/patients/{patient}/media?phase=before", tokens["practitioner"], jpeg(3),
+                               {"Content-Type": "image/jpeg"})
+    assert status == 201, raw[:300]
+    return f"/v1/media/{json.loads(raw)['id']}/thumbnail?size=256"
+
+
+def _read(running: Vault, path: str, request_id: str) -> int:
+    return running.node.request("GET", path, running.tokens["practitioner"], headers={"X-Request-ID": request_id})[0]
 
 
 @pytest.fixture(scope="module", params=backends())
@@ -178,6 +251,53 @@ def test_only_one_process_runs_the_job_runner(running):
         assert status == 200 and body["checks"]["workers"] == "ok", body
 
 
+def test_reads_through_both_processes_are_audited_by_the_one_writer(running):
+    node = running.node
+    path = _thumbnail(running, "MP-AUDIT")
+    serving = node.wait_listeners(2)
+    _wait_writer(node)
+    per_process = re.compile(r'vault_http_process_requests\{pid="(\d+)"\}')
+    before = {int(m.group(1)): v for k, v in node.scrape().items() if (m := per_process.fullmatch(k))}
+    ids = [f"mp-audit-read-{i:03d}" for i in range(SPREAD)]
+    assert [_read(running, path, request_id) for request_id in ids] == [200] * SPREAD
+    after = {int(m.group(1)): v for k, v in node.scrape().items() if (m := per_process.fullmatch(k))}
+    assert all(after[pid] - before.get(pid, 0.0) > 1 for pid in serving), (before, after)  # > the scrape itself
+    assert asyncio.run(_audited(running.env, ids)) == dict.fromkeys(ids, "media.thumbnail")
+
+
+def test_reads_fail_cleanly_while_the_audit_writer_is_dead_and_recover_after_its_restart(running):
+    """The writer is killed while the supervisor is stopped (SIGSTOP), so it cannot be
+    restarted yet: every read fails with a 500 and leaves no entry. Once the supervisor
+    runs again it restarts the writer, and reads are answered and audited again."""
+    node = running.node
+    assert node.proc is not None
+    path = _thumbnail(running, "MP-WRITER")
+    writer = _wait_writer(node)
+    assert _read(running, path, "mp-writer-before") == 200
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(writer, signal.SIGKILL)
+        while _state_of(writer) != "Z":  # dead; its parent is stopped and cannot reap it
+            time.sleep(0.05)
+        down = [f"mp-writer-down-{i:03d}" for i in range(SPREAD)]
+        assert [_read(running, path, request_id) for request_id in down] == [500] * SPREAD
+    finally:
+        os.kill(node.proc.pid, signal.SIGCONT)
+    _wait_writer(node, other_than={writer})
+    statuses: dict[str, int] = {}
+    for i in range(600):  # the serving processes reconnect at their next batch
+        request_id = f"mp-writer-up-{i:03d}"
+        statuses[request_id] = _read(running, path, request_id)
+        if list(statuses.values())[-SPREAD:] == [200] * SPREAD:
+            break
+        time.sleep(0.05)
+    assert list(statuses.values())[-SPREAD:] == [200] * SPREAD, statuses
+    assert set(statuses.values()) <= {200, 500}, statuses
+    audited = asyncio.run(_audited(running.env, ["mp-writer-before", *down, *statuses]))
+    assert set(audited) == {"mp-writer-before", *(r for r, status in statuses.items() if status == 200)}
+    assert "the audit writer exited unexpectedly; it is restarted" in node.log.read_text()
+
+
 def test_a_killed_process_is_restarted_and_sigterm_stops_every_process(running):
     node = running.node
     first = node.wait_listeners(2)
@@ -189,10 +309,35 @@ def test_a_killed_process_is_restarted_and_sigterm_stops_every_process(running):
 
     runtime = Path(re.search(r"--runtime-dir\x00([^\x00]+)", Path(f"/proc/{max(serving)}/cmdline").read_text()).group(1))
     assert runtime.is_dir() and (runtime.stat().st_mode & 0o777) == 0o700
+    writer = _wait_writer(node)
+
+    # Reads keep coming while the node stops: every one answered 200 has its entry.
+    path = _thumbnail(running, "MP-STOP")
+    answered: dict[str, int] = {}
+    started = threading.Event()
+
+    def reader(n: int) -> None:
+        for i in range(10_000):
+            request_id = f"mp-stop-{n}-{i:05d}"
+            try:
+                answered[request_id] = _read(running, path, request_id)
+            except OSError:  # refused: the node no longer listens
+                return
+            started.set()
+
+    readers = [threading.Thread(target=reader, args=(n,)) for n in range(4)]
+    for thread in readers:
+        thread.start()
+    assert started.wait(60)
     node.terminate()
     assert node.wait_exit() == 0, node.tail()
-    for pid in serving:
-        assert not Path(f"/proc/{pid}").exists(), f"serving process {pid} outlived the parent"
+    for thread in readers:
+        thread.join(60)
+    ok = [request_id for request_id, status in answered.items() if status == 200]
+    assert ok and set(answered.values()) == {200}, answered
+    assert set(asyncio.run(_audited(running.env, list(answered)))) == set(ok)
+    for pid in (*serving, writer):
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived the parent"
     assert node.listeners() == set()
     assert not runtime.exists()
     assert node.log.read_text().count("clinical photo vault listening on") == 1  # the preparation ran once

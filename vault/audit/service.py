@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import false, insert, select
@@ -159,8 +160,15 @@ class AuditLog:
         await future
         observe_audit_append(time.perf_counter() - started)
 
-    async def start(self) -> None:
-        self._batches = open_batch_writer(self.db)
+    async def start(self, *, node_writer: Path | None = None) -> None:
+        """``node_writer``: the socket of the node's audit writer process (``vault serve
+        --processes N``, vault.audit.node), which then commits this process's batches."""
+        if node_writer is not None:
+            from vault.audit.node import RemoteBatchWriter
+
+            self._batches = RemoteBatchWriter(node_writer)
+        else:
+            self._batches = open_batch_writer(self.db)
         self._writer = asyncio.create_task(self._write_batches(), name="audit-group-commit")
 
     async def stop(self) -> None:
@@ -223,7 +231,8 @@ class AuditLog:
                 async with self.db.transaction() as session:
                     await self.append(session, *events)
             self.commits += 1
-            observe_audit_commit(len(batch))
+            if not getattr(self._batches, "remote", False):  # else the node's writer counts its own commits
+                observe_audit_commit(len(batch))
         except Exception as exc:  # the waiting requests fail; nothing is claimed written
             log.exception("audit group commit failed", extra={"entries": len(batch)})
             for _, future in batch:

@@ -316,4 +316,9 @@ class _Unwritten(Exception):
 
 
 def open_batch_writer(db: Database) -> BatchWriter:
-    return SqliteBatchWriter(db.url) if db.dialect == "sqlite" else PostgresBatchWriter(db.url)
+    return batch_writer_for(db.url)
+
+
+def batch_writer_for(url: str) -> BatchWriter:
+    """The backend's writer for a database URL (the audit writer process has no Database)."""
+    return SqliteBatchWriter(url) if url.startswith("sqlite") else PostgresBatchWriter(url)

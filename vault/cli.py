@@ -102,19 +102,28 @@ def schemas_current(settings: Settings) -> bool:
         return False
 
 
-def migrate_for_serve(settings: Settings) -> bool:
+def start_migrations(settings: Settings) -> subprocess.Popen[str] | None:
     """``vault serve`` on the embedded default migrates at every start, but Alembic runs
     only when something is to be migrated (a first start, an upgrade), and then in a
     ``vault migrate`` process of its own (same environment, so the same settings):
     Alembic, Mako and the scripts (~12 MiB resident, more at their high mark) never enter
-    the serving process. False (the child's error already shown) when that failed."""
+    the serving process. That process, when one is needed, is returned running (the
+    server imports its own modules meanwhile): :func:`finish_migrations` waits for it."""
     prepare_data_dir(settings)
     if schemas_current(settings):
         _upgrade_root_keys(settings)
+        return None
+    return subprocess.Popen([sys.executable, "-m", "vault.cli", "migrate"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_migrations(migrating: subprocess.Popen[str] | None) -> bool:
+    """False (the child's error already shown) when the migrations failed."""
+    if migrating is None:
         return True
-    done = subprocess.run([sys.executable, "-m", "vault.cli", "migrate"], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr)
+    _, stderr = migrating.communicate()
+    if migrating.returncode != 0:
+        sys.stderr.write(stderr)
         print("vault: cannot start: the migrations failed (above)", file=sys.stderr)
         return False
     return True
@@ -272,8 +281,6 @@ def cmd_doctor(settings: Settings, args) -> int:
 
 def cmd_serve(settings: Settings, args) -> int:
     from vault.allocator import keep_freed_memory
-    from vault.app import create_app
-    from vault.http.server import run
     from vault.logs import configure
 
     if args.serving_slot is not None:
@@ -284,7 +291,11 @@ def cmd_serve(settings: Settings, args) -> int:
         return 2
     keep_freed_memory()  # before any thread starts: uploads reuse their buffers' pages
     configure(settings.log_level)
-    if not settings.production and not migrate_for_serve(settings):
+    migrating = None if settings.production else start_migrations(settings)
+    from vault.app import create_app  # while a migrating child runs, if one does
+    from vault.http.server import run
+
+    if not finish_migrations(migrating):
         return 1
     first, failure = asyncio.run(_prepare(settings, bootstrap=not settings.production))
     if failure:

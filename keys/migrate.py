@@ -15,9 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keys import db
 from keys.models import SCHEMA
+from keys.versions import (
+    ABSENT,
+    CURRENT,
+    KEYSTORE_VERSION_TABLE,
+    NEWER,
+    OLDER,
+    keystore_status,
+)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-VERSION_TABLE = "keystore_alembic_version"  # as in migrations/env.py
+VERSION_TABLE = KEYSTORE_VERSION_TABLE  # as in migrations/env.py
 
 
 def alembic_config() -> Config:
@@ -46,17 +54,14 @@ async def upgrade(url: str | sa.URL, *, schema: str = SCHEMA, revision: str = "h
         await engine.dispose()
 
 
-# How a database's schema compares with the migrations this code ships.
-CURRENT, OLDER, NEWER, ABSENT = "current", "older", "newer", "absent"
-
-
 def schema_status(
     connection: sa.Connection, script_location: Path, *, version_table: str = "alembic_version",
     schema: str | None = None,
 ) -> str:
     """``current`` (at head), ``older`` (behind: this code needs a migration),
     ``newer`` (a revision this code does not know: a rolling upgrade ran ahead; fine)
-    or ``absent`` (never migrated). Reads only the version table."""
+    or ``absent`` (never migrated). Reads only the version table, through Alembic and the
+    scripts themselves: the reference for :mod:`keys.versions`, which the server uses."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
@@ -77,10 +82,7 @@ async def keystore_schema_status(url: str | sa.URL, *, schema: str = SCHEMA) -> 
     engine = db.create_engine(url, schema=schema)
     try:
         async with engine.connect() as conn:
-            return await conn.run_sync(
-                schema_status, MIGRATIONS, version_table=VERSION_TABLE,
-                schema=None if db.is_sqlite(engine) else schema,
-            )
+            return await conn.run_sync(keystore_status, schema=None if db.is_sqlite(engine) else schema)
     finally:
         await engine.dispose()
 

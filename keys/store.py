@@ -591,14 +591,12 @@ class KeyStore(KekRotation):
     # -- health ----------------------------------------------------------------------
 
     async def schema_status(self) -> str:
-        """How this store's schema compares with the migrations shipped (keys.migrate)."""
-        from keys.migrate import MIGRATIONS, VERSION_TABLE, schema_status
+        """How this store's schema compares with the migrations shipped (keys.versions:
+        one read of the version table, no Alembic)."""
+        from keys.versions import keystore_status
 
         async with self._reader.connect() as conn:
-            return await conn.run_sync(
-                schema_status, MIGRATIONS, version_table=VERSION_TABLE,
-                schema=None if db.is_sqlite(self._engine) else self._schema,
-            )
+            return await conn.run_sync(keystore_status, schema=None if db.is_sqlite(self._engine) else self._schema)
 
     async def check_root_key(self) -> bool:
         """Prove the configured root key opens this store: unwrap one wrapped key,

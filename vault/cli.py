@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import resource
+import subprocess
 import sys
 from contextlib import suppress
 from pathlib import Path
@@ -48,11 +49,16 @@ def prepare_data_dir(settings: Settings) -> None:
 def migrate_all(settings: Settings) -> None:
     from keys.migrate import upgrade as upgrade_keys
     from vault.migrate import upgrade
-    from vault.runtime import open_configured_root_key, upgrade_root_keys
 
     prepare_data_dir(settings)
     upgrade(settings.database_url)
     asyncio.run(upgrade_keys(settings.keystore_url))
+    _upgrade_root_keys(settings)
+
+
+def _upgrade_root_keys(settings: Settings) -> None:
+    """The last step of ``vault migrate``; needs no Alembic."""
+    from vault.runtime import open_configured_root_key, upgrade_root_keys
 
     async def root_key() -> None:
         # The one place a new local keyring is made: for an empty key store only (or to
@@ -61,6 +67,66 @@ def migrate_all(settings: Settings) -> None:
         await upgrade_root_keys(settings)
 
     asyncio.run(root_key())
+
+
+def schemas_current(settings: Settings) -> bool:
+    """Are the metadata database and the key store both exactly at this code's heads?
+    One read of each version table through the drivers the server loads anyway: no
+    Alembic (:mod:`keys.versions`). False when either is absent, older or newer, or
+    cannot be read (then the migrations run and say why)."""
+    from keys import db as keys_db
+    from keys.models import SCHEMA
+    from keys.versions import CURRENT, keystore_status
+    from vault.db.engine import Database
+    from vault.db.versions import metadata_status
+
+    async def read() -> bool:
+        database = Database(settings.database_url)
+        try:
+            async with database.read_engine.connect() as conn:
+                if await conn.run_sync(metadata_status) != CURRENT:
+                    return False
+        finally:
+            await database.close()
+        engine = keys_db.create_engine(settings.keystore_url, schema=SCHEMA)
+        try:
+            async with engine.connect() as conn:
+                schema = None if keys_db.is_sqlite(engine) else SCHEMA
+                return bool(await conn.run_sync(keystore_status, schema=schema) == CURRENT)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(read())
+    except Exception:  # noqa: BLE001 - unreadable is "migrate", which reports the real error
+        return False
+
+
+def start_migrations(settings: Settings) -> subprocess.Popen[str] | None:
+    """``vault serve`` on the embedded default migrates at every start, but Alembic runs
+    only when something is to be migrated (a first start, an upgrade), and then in a
+    ``vault migrate`` process of its own (same environment, so the same settings):
+    Alembic, Mako and the scripts (~12 MiB resident, more at their high mark) never enter
+    the serving process. That process, when one is needed, is returned running (the
+    server imports its own modules meanwhile): :func:`finish_migrations` waits for it."""
+    prepare_data_dir(settings)
+    if schemas_current(settings):
+        _upgrade_root_keys(settings)
+        return None
+    return subprocess.Popen([sys.executable, "-m", "vault.cli", "migrate"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish_migrations(migrating: subprocess.Popen[str] | None) -> bool:
+    """False (the child's error already shown) when the migrations failed."""
+    if migrating is None:
+        return True
+    _, stderr = migrating.communicate()
+    if migrating.returncode != 0:
+        sys.stderr.write(stderr)
+        print("vault: cannot start: the migrations failed (above)", file=sys.stderr)
+        return False
+    return True
 
 
 def version() -> str:
@@ -215,8 +281,6 @@ def cmd_doctor(settings: Settings, args) -> int:
 
 def cmd_serve(settings: Settings, args) -> int:
     from vault.allocator import keep_freed_memory
-    from vault.app import create_app
-    from vault.http.server import run
     from vault.logs import configure
 
     if args.audit_writer:
@@ -229,8 +293,12 @@ def cmd_serve(settings: Settings, args) -> int:
         return 2
     keep_freed_memory()  # before any thread starts: uploads reuse their buffers' pages
     configure(settings.log_level)
-    if not settings.production:
-        migrate_all(settings)
+    migrating = None if settings.production else start_migrations(settings)
+    from vault.app import create_app  # while a migrating child runs, if one does
+    from vault.http.server import run
+
+    if not finish_migrations(migrating):
+        return 1
     first, failure = asyncio.run(_prepare(settings, bootstrap=not settings.production))
     if failure:
         print(f"vault: cannot start: {failure}", file=sys.stderr)

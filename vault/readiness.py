@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from keys.errors import IntegrityError, ProviderError, RootKeyMissing
-from keys.migrate import CURRENT, NEWER
 from keys.store import KeyStore
+from keys.versions import CURRENT, NEWER
 from vault.db import Database
+from vault.db.versions import metadata_status
 from vault.jobs.heartbeat import live_workers
-from vault.migrate import schema_status
 
 log = logging.getLogger("vault.readiness")
 
@@ -111,7 +111,7 @@ class Readiness:
 
     async def _schema(self) -> tuple[str, str]:
         async with self.db.read_engine.connect() as conn:
-            metadata = await conn.run_sync(schema_status)
+            metadata = await conn.run_sync(metadata_status)
         keystore = await self.keys.schema_status()
         for part, state in (("metadata", metadata), ("keystore", keystore)):
             if state not in (CURRENT, NEWER):

@@ -5,6 +5,7 @@ as plain data."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -13,6 +14,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import pytest
+
+from tests.support.databases import backends, fresh_database
 
 HEAVY = ("cv2", "av", "numpy", "pillow_heif")
 
@@ -86,3 +91,89 @@ def test_a_started_server_has_not_loaded_opencv_pyav_or_numpy_even_after_a_photo
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# Pure-Python packages the server needs only for rare work: Alembic and Mako (migrations,
+# run in a `vault migrate` child when the schema is behind), boto3 (an s3:// blob store),
+# stream_zip (exports) and segno (a staff member's TOTP enrolment QR code).
+LAZY = ("alembic", "mako", "boto3", "botocore", "stream_zip", "segno")
+
+
+def _imported(log: Path) -> set[str]:
+    """Top-level packages in ``python -X importtime``'s report (stderr)."""
+    found = set()
+    for line in log.read_text().splitlines():
+        if line.startswith("import time:") and "|" in line:
+            found.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    return found
+
+
+def _serve_once(env: dict[str, str], log: Path) -> tuple[str, set[str]]:
+    """Start `vault serve` until /readyz answers 200, stop it: (its stdout, packages it imported)."""
+    port = _free_port()
+    with log.open("w") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert server.poll() is None, f"vault serve exited: {log.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, "vault serve did not become ready"
+                time.sleep(0.2)
+            imported = _imported(log)
+        finally:
+            server.terminate()
+            out, _ = server.communicate(timeout=30)
+    return out, imported
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_serve_migrates_first_start_and_upgrade_without_loading_alembic_and_rare_packages(backend, tmp_path):
+    """A first start migrates and prints the token, a restart at head reads two version
+    tables only, an upgrade (the schema behind this code) migrates again: each time the
+    serving process itself never imports Alembic (the migrations run in a `vault migrate`
+    child, only when needed) nor the packages of rare routes."""
+    from vault.migrate import alembic_config
+    from vault.migrate import schema_status as alembic_schema_status
+
+    with fresh_database(backend, tmp_path) as db:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+        env.update(VAULT_DATA_DIR=str(tmp_path / "data"), VAULT_ROOT_KEY_URL=(tmp_path / "keyring").as_uri(),
+                   VAULT_LOG_LEVEL="WARNING")
+        if backend == "postgresql":
+            env.update(VAULT_DATABASE_URL=db.url, VAULT_KEYSTORE_URL=db.keystore_url)
+        url = env.get("VAULT_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'data' / 'vault.sqlite3'}")
+
+        out, imported = _serve_once(env, tmp_path / "first.log")
+        assert "first start: created tenant 'demo'" in out and any(line.startswith("vt_") for line in out.splitlines())
+        assert imported & set(LAZY) == set() and "vault" in imported
+
+        out, imported = _serve_once(env, tmp_path / "restart.log")
+        assert "first start" not in out and "listening on" in out
+        assert imported & set(LAZY) == set()
+
+        # an upgrade: the metadata database one migration behind this code
+        from alembic import command
+
+        command.downgrade(alembic_config(url), "0021")
+        out, imported = _serve_once(env, tmp_path / "upgrade.log")
+        assert "first start" not in out and imported & set(LAZY) == set()
+
+        async def state() -> str:
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            engine = create_async_engine(url)
+            try:
+                async with engine.connect() as conn:
+                    return await conn.run_sync(alembic_schema_status)
+            finally:
+                await engine.dispose()
+
+        assert asyncio.run(state()) == "current"

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from stream_zip import NO_COMPRESSION_64, ZIP_64, async_stream_zip
-
 from vault.media.files import extension
 from vault.sealed import SealedBlobs, SealedRef
 
@@ -98,7 +96,9 @@ async def zip_stream(
     index: Callable[[dict[str, Any]], bytes] | None = None,
 ) -> AsyncIterator[bytes]:
     """The ZIP's bytes. ``manifest`` builds the JSON document once every file's digest
-    is known; ``on_file`` is awaited after each file is written (progress)."""
+    is known; ``on_file`` is awaited after each file is written (progress). stream_zip
+    (and the PyCryptodome it loads, ~3 MiB) is imported at the first export, not at start."""
+    from stream_zip import NO_COMPRESSION_64, ZIP_64, async_stream_zip
 
     async def data(ref: SealedRef) -> AsyncIterator[bytes]:
         async for piece in await sealed.stream(ref):

@@ -6,7 +6,6 @@ import io
 import time
 
 import pyotp
-import segno
 
 ISSUER = "Clinical photo vault"
 STEP = 30
@@ -35,7 +34,10 @@ def provisioning_uri(secret: str, *, account: str, tenant_slug: str) -> str:
 
 
 def qr_svg(uri: str) -> str:
-    """The QR code as an SVG document (rendered here: nothing leaves the server)."""
+    """The QR code as an SVG document (rendered here: nothing leaves the server). segno
+    is imported here, at the first enrolment: the server does not hold it from start."""
+    import segno
+
     out = io.BytesIO()
     segno.make(uri, error="m").save(out, kind="svg", scale=5, border=2, xmldecl=False, svgns=True,
                                     title="QR code for your authenticator app")

@@ -18,16 +18,28 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from vault.errors import ConfigError
 from vault.storage.base import BlobReader, BlobStore, check_key, new_key
 from vault.storage.local import LocalStore
-from vault.storage.s3 import S3Store
+
+if TYPE_CHECKING:
+    from vault.storage.s3 import S3Store
 
 __all__ = ["BlobReader", "BlobStore", "LocalStore", "S3Store", "check_key", "new_key", "open_store"]
 
-_BACKENDS: dict[str, type[LocalStore] | type[S3Store]] = {"file": LocalStore, "s3": S3Store}
+
+def _s3() -> type[S3Store]:
+    # boto3 and botocore (~10 MiB resident, ~200 modules) load only for an s3:// store.
+    from vault.storage.s3 import S3Store
+
+    return S3Store
+
+
+_BACKENDS: dict[str, Callable[[], type[LocalStore | S3Store]]] = {"file": lambda: LocalStore, "s3": _s3}
 
 
 def open_store(url: str) -> BlobStore:
@@ -37,4 +49,11 @@ def open_store(url: str) -> BlobStore:
     if backend is None:
         # The URL itself stays out of the message: it is configuration, not ours to echo.
         raise ConfigError("VAULT_STORAGE_URL", f"scheme must be one of {sorted(_BACKENDS)}")
-    return backend.from_url(url)
+    return backend().from_url(url)
+
+
+def __getattr__(name: str) -> Any:
+    """``from vault.storage import S3Store`` still works (PEP 562), importing boto3 then."""
+    if name == "S3Store":
+        return _s3()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,6 +35,7 @@ must never carry patient data, key material or tokens: they reach clients and lo
     ├── StorageError (500 storage_error)
     │   ├── BlobNotFound (500 blob_missing)  -- a dangling reference is our fault
     │   └── StorageUnavailable (503 storage_unavailable, retryable)
+    ├── AuditUnavailable (503 audit_unavailable, retryable)  -- a read's entry could not be handed to the audit writer
     └── ConfigError (500 config_error)       -- raised at start, names the setting
 """
 
@@ -171,6 +172,15 @@ class BlobNotFound(StorageError):
 class StorageUnavailable(StorageError):
     status, code, default_message = 503, "storage_unavailable", "storage is unavailable, try again"
     retry_after = 5
+
+
+class AuditUnavailable(VaultError):
+    """A read could not be audited because the node's audit writer process was not there
+    (``vault serve --processes N`` while it restarts): the read is refused, never answered
+    without its entry."""
+
+    status, code, default_message = 503, "audit_unavailable", "the audit log is unavailable, try again"
+    retry_after = 1
 
 
 class ConfigError(VaultError):

@@ -8,7 +8,7 @@ port (SO_REUSEPORT), on SQLite and on PostgreSQL (vault/http/processes.py).
   following request, whichever process it lands on (each request on a new connection).
 - Only one process runs the in-process job runner; every process's /readyz sees it.
 - Every read is audited by the node's one audit writer process (vault/audit/node.py), whichever
-  process serves it, and every chain verifies. While the writer is dead reads fail (500, no
+  process serves it, and every chain verifies. While the writer is dead reads fail (503, no
   200 without its entry); they succeed again once it is restarted.
 - A serving process killed is restarted; SIGTERM stops every process and the parent exits 0,
   and no read answered 200 during the stop lacks its entry.
@@ -267,7 +267,7 @@ def test_reads_through_both_processes_are_audited_by_the_one_writer(running):
 
 def test_reads_fail_cleanly_while_the_audit_writer_is_dead_and_recover_after_its_restart(running):
     """The writer is killed while the supervisor is stopped (SIGSTOP), so it cannot be
-    restarted yet: every read fails with a 500 and leaves no entry. Once the supervisor
+    restarted yet: every read fails with a 503 (retry) and leaves no entry. Once the supervisor
     runs again it restarts the writer, and reads are answered and audited again."""
     node = running.node
     assert node.proc is not None
@@ -280,7 +280,7 @@ def test_reads_fail_cleanly_while_the_audit_writer_is_dead_and_recover_after_its
         while _state_of(writer) != "Z":  # dead; its parent is stopped and cannot reap it
             time.sleep(0.05)
         down = [f"mp-writer-down-{i:03d}" for i in range(SPREAD)]
-        assert [_read(running, path, request_id) for request_id in down] == [500] * SPREAD
+        assert [_read(running, path, request_id) for request_id in down] == [503] * SPREAD
     finally:
         os.kill(node.proc.pid, signal.SIGCONT)
     _wait_writer(node, other_than={writer})
@@ -292,7 +292,7 @@ def test_reads_fail_cleanly_while_the_audit_writer_is_dead_and_recover_after_its
             break
         time.sleep(0.05)
     assert list(statuses.values())[-SPREAD:] == [200] * SPREAD, statuses
-    assert set(statuses.values()) <= {200, 500}, statuses
+    assert set(statuses.values()) <= {200, 503}, statuses
     audited = asyncio.run(_audited(running.env, ["mp-writer-before", *down, *statuses]))
     assert set(audited) == {"mp-writer-before", *(r for r, status in statuses.items() if status == 200)}
     assert "the audit writer exited unexpectedly; it is restarted" in node.log.read_text()

@@ -21,9 +21,11 @@ answered, as AuditLog holds its own) and answers each frame once that commit is 
   closed); it never logs an entry's contents.
 - The answer is :data:`ACK_COMMITTED` or :data:`ACK_FAILED` (the commit failed: nothing
   of it is claimed written), in frame order.
-- A failed commit, a lost connection or an unreachable writer raise
-  :class:`AuditWriterError` in the serving process: the batch's reads fail (500, as when
-  a group commit fails in a single process) and the next batch connects again. A batch
+- An unreachable writer (restarting) or a connection lost mid-batch raise
+  :class:`AuditWriterUnavailable`: the batch's reads answer 503 ``audit_unavailable`` with
+  ``Retry-After: 1``; a commit the writer reports failed raises :class:`AuditWriterError`
+  (500, as when a group commit fails in a single process). Never a 200 without its entry;
+  the next batch connects again. A batch
   is retried on a new connection only when the old one was seen closed before anything
   was sent; after sending, whether it committed is unknown.
 - On SIGTERM the writer stops accepting connections, commits what it holds, answers it
@@ -43,6 +45,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 
+from vault import errors
 from vault.audit.service import GATHER_MAX_SECONDS, AuditEvent
 from vault.audit.writer import BatchWriter, batch_writer_for
 
@@ -61,6 +64,11 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 class AuditWriterError(Exception):
     """The node's audit writer did not confirm the batch: its reads must fail. Not a
     ``ConnectionError`` on purpose: the HTTP layer takes those for a client that left."""
+
+
+class AuditWriterUnavailable(errors.AuditUnavailable, AuditWriterError):
+    """The writer was not there (restarting) or went away mid-batch: the reads answer 503
+    with ``Retry-After``; a writer that answered that its commit failed is a 500."""
 
 
 class FrameError(ValueError):
@@ -123,7 +131,7 @@ class RemoteBatchWriter:
             try:
                 stream = self._stream = await asyncio.open_unix_connection(str(self._path))
             except OSError as exc:
-                raise AuditWriterError("the node's audit writer is not reachable") from exc
+                raise AuditWriterUnavailable("the node's audit writer is not reachable") from exc
         return stream
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
@@ -137,7 +145,7 @@ class RemoteBatchWriter:
             except BaseException as exc:  # cancelled too: an answer would be left unread on this connection
                 self._drop()
                 if isinstance(exc, (OSError, asyncio.IncompleteReadError)):
-                    raise AuditWriterError("the connection to the node's audit writer was lost") from exc
+                    raise AuditWriterUnavailable("the connection to the node's audit writer was lost") from exc
                 raise
         if ack != ACK_COMMITTED:
             raise AuditWriterError("the node's audit writer could not commit the batch")

@@ -16,13 +16,14 @@ terminal reaches the parent only, which passes it on once), armed to die with th
 (``PR_SET_PDEATHSIG``). Each binds host:port with ``SO_REUSEPORT``; the kernel spreads new
 connections over them. Each tells the parent when it listens through a pipe.
 
-**The audit writer** (``sys.executable -m vault.cli serve --audit-writer …``, same rules:
+**The audit writer**, on PostgreSQL (``sys.executable -m vault.cli serve --audit-writer …``, same rules:
 fresh interpreter, own session, dies with the parent, restarted with the same backoff) is
 started first; the serving processes start once it listens. It owns the node's one read
 audit writer and listens on ``audit.sock`` in the runtime folder; each serving process's
 group commit sends it its batches and waits for each to be durable (:mod:`vault.audit.node`),
 so the node has one group commit and one remembered head per clinic's chain, not one per
-process racing the others for it.
+process racing the others for it. On SQLite there is none: each process's writer takes its
+turn on the audit lock file, which measured cheaper than the socket hop (bench/RESULTS.md).
 
 What the processes share and what each has (docs/operations.md):
 
@@ -84,7 +85,7 @@ def child_settings(settings: Settings, *, slot: int, processes: int, folder: Pat
         upload_memory_bytes=max(3 * settings.max_photo_bytes, settings.upload_memory_bytes // processes),
         siblings_dir=folder / "siblings",
         metrics_dir=folder / "metrics",
-        audit_socket=folder / AUDIT_SOCKET,
+        audit_socket=None if settings.is_sqlite else folder / AUDIT_SOCKET,
         process_name=str(slot),
     )
 
@@ -122,7 +123,10 @@ class Supervisor:
         for part in ("siblings", "metrics"):
             (self.folder / part).mkdir(mode=0o700)
         self.children = [_Child(slot) for slot in range(processes)]
-        self.writer = _Child(WRITER)
+        # PostgreSQL only: on SQLite each process's writer takes its turn on the audit lock
+        # file (vault/audit/writer.py), which measured cheaper than the hop to a writer
+        # process (bench/RESULTS.md, "One audit writer per node").
+        self.writer: _Child | None = None if settings.is_sqlite else _Child(WRITER)
         self._serving_started = False
         self._writer_signalled = False
         self._writer_ever_ready = False
@@ -188,7 +192,15 @@ class Supervisor:
 
     def _live(self) -> list[_Child]:
         """Every live child, the audit writer included."""
-        return [child for child in (*self.children, self.writer) if child.proc is not None]
+        return [child for child in self._all() if child.proc is not None]
+
+    def _all(self) -> list[_Child]:
+        return [*self.children, self.writer] if self.writer is not None else list(self.children)
+
+    def _start_serving(self) -> None:
+        self._serving_started = True
+        for child in self.children:
+            self._start(child)
 
     def _serving(self) -> list[_Child]:
         return [child for child in self.children if child.proc is not None]
@@ -207,7 +219,7 @@ class Supervisor:
         self._stop_writer()
 
     def _stop_writer(self) -> None:
-        if self._serving() or self._writer_signalled or self.writer.proc is None:
+        if self.writer is None or self.writer.proc is None or self._serving() or self._writer_signalled:
             return
         self._writer_signalled = True
         assert self._stop_deadline is not None
@@ -222,7 +234,10 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         signal.set_wakeup_fd(wake_write)
         try:
-            self._start(self.writer)  # the serving processes start once it listens
+            if self.writer is not None:
+                self._start(self.writer)  # the serving processes start once it listens
+            else:
+                self._start_serving()
             while True:
                 self._step(wake_read)
                 if self._stop_deadline is not None and not self._live():
@@ -242,7 +257,7 @@ class Supervisor:
         return self._status
 
     def _step(self, wake_read: int) -> None:
-        waiting = {child.ready_fd: child for child in (*self.children, self.writer) if child.ready_fd is not None}
+        waiting = {child.ready_fd: child for child in self._all() if child.ready_fd is not None}
         readable, _, _ = select.select([wake_read, *waiting], [], [], 0.2)
         if wake_read in readable:
             while True:
@@ -270,18 +285,16 @@ class Supervisor:
             log.info("stopping: every serving process drains" if first else
                      "second stop signal: in-flight requests are cancelled now")
             self._begin_stop()
-        for child in (*self.children, self.writer):
+        for child in self._all():
             if child.proc is not None and child.proc.poll() is not None:
                 self._exited(child)
         now = time.monotonic()
         if self._stop_deadline is not None:
             self._stop_writer()
         elif self._writer_ever_ready and not self._serving_started:
-            self._serving_started = True
-            for child in self.children:
-                self._start(child)
+            self._start_serving()
         if self._stop_deadline is None:
-            for child in (*self.children, self.writer):
+            for child in self._all():
                 if child.proc is None and child.restart_at is not None and now >= child.restart_at:
                     self._start(child)
         elif now > self._stop_deadline:

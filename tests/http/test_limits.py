@@ -78,6 +78,19 @@ async def test_kept_alive_connection_outlives_the_header_timeout(client):
     writer.close()
 
 
+async def test_a_partial_head_on_a_kept_alive_connection_is_timed(client):
+    """The timer of a later request starts with its first bytes when they hold no whole head."""
+    reader, writer = await connect(client)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: vault\r\n\r\n")
+    status, _, _ = split(await reader.readuntil(b'"ok"}'))
+    assert status == 200
+    writer.write(b"GET /healthz HTTP/1.1\r\nHo")
+    started = time.monotonic()
+    assert await closed_within(reader, HANG) == b""
+    assert time.monotonic() - started < HANG
+    writer.close()
+
+
 @pytest.mark.parametrize("settings", [dict(max_uploads=400, max_uploads_per_token=400)], indirect=True)
 async def test_200_slow_clients_are_cut_off_while_others_are_served(client, clinic, settings):
     pid = await new_patient(client, clinic)

@@ -70,12 +70,15 @@ class VaultRequestHandler(RequestHandler):
 
     def _received(self, data: bytes) -> None:
         # start() waits on _waiter only between requests: bytes arriving then begin a head.
-        if data and self._header_timer is None and self._waiter is not None:
-            self._arm_header_timer()
+        # The timer is armed only when they did not hold a whole head: a request whose
+        # head comes in one read (nearly all) costs no timer to make and cancel.
+        begins = bool(data) and self._header_timer is None and self._waiter is not None
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:  # a whole head (or a parse error) came out
             self._cancel_header_timer()
+        elif begins:
+            self._arm_header_timer()
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         """A graceful stop of this connection. aiohttp's own first sets ``_force_close``,

@@ -67,8 +67,11 @@ async def test_a_killed_worker_fails_only_its_item(tmp_path):
     try:
         await asyncio.gather(*(pipeline.process(photo()) for _ in range(3)))  # all three up
         victim = asyncio.create_task(pipeline.process(bomb_png(8000)))
-        await asyncio.sleep(0.3)
-        pids = busy_pids(pipeline)
+        for _ in range(3000):  # until a worker has taken it (a loaded machine may take a while)
+            pids = busy_pids(pipeline)
+            if pids:
+                break
+            await asyncio.sleep(0.01)
         assert len(pids) == 1
         others = [asyncio.create_task(pipeline.process(photo())) for _ in range(6)]
         os.kill(pids.pop(), signal.SIGKILL)

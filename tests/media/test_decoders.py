@@ -66,13 +66,19 @@ async def test_a_killed_worker_fails_only_its_item(tmp_path):
     pipeline = await open_pipeline(workers=3)
     try:
         await asyncio.gather(*(pipeline.process(photo()) for _ in range(3)))  # all three up
+
+        async def busy_until(count: int) -> set[int]:
+            # On a loaded machine a worker is back in the idle queue, or has taken an item,
+            # a while after the server got its answer: poll instead of a fixed sleep.
+            for _ in range(3000):
+                if len(pids := busy_pids(pipeline)) == count:
+                    return pids
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"busy workers: {busy_pids(pipeline)}, expected {count}")
+
+        await busy_until(0)  # every worker idle again: the one busy next is the victim's
         victim = asyncio.create_task(pipeline.process(bomb_png(8000)))
-        for _ in range(3000):  # until a worker has taken it (a loaded machine may take a while)
-            pids = busy_pids(pipeline)
-            if pids:
-                break
-            await asyncio.sleep(0.01)
-        assert len(pids) == 1
+        pids = await busy_until(1)
         others = [asyncio.create_task(pipeline.process(photo())) for _ in range(6)]
         os.kill(pids.pop(), signal.SIGKILL)
         with pytest.raises(DecoderFailed) as failed:

@@ -4,6 +4,7 @@ destroys them again from the ledger kept in the metadata database."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 from pathlib import Path
 
@@ -138,11 +139,14 @@ async def test_restored_key_store_backup_is_reshredded_from_the_ledger(client, c
         # The checkpoint after a shred never waits for readers (keys/hierarchy.py _harden):
         # a reader holding an older snapshot at that moment (the uploads' face-search jobs,
         # under a loaded CI machine) defers it to the periodic shred.checkpoint job
-        # (finish_shreds), which this loop stands in for.
-        for _ in range(100):
+        # (finish_shreds), which this loop stands in for. A cursor the collector has not yet
+        # finalised also holds its snapshot: collect between tries (failed twice in full CI
+        # runs, where collections are rarer, never alone).
+        for _ in range(300):
             if await keys.finish_shreds():
                 break
-            await asyncio.sleep(0.1)
+            gc.collect()
+            await asyncio.sleep(0.2)
         else:
             pytest.fail("the key store's WAL checkpoint never completed")
         assert erased_wrapped not in backup.raw_bytes()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,23 +75,29 @@ def test_a_started_server_has_not_loaded_opencv_pyav_or_numpy_even_after_a_photo
     server = subprocess.Popen([sys.executable, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, "vault serve exited"
-            assert time.monotonic() < deadline, "vault serve did not become ready"
-            time.sleep(0.2)
+        _wait_ready(server, port, 60, lambda: "")
         assert _loaded(server.pid) == set()
         _upload_and_search(f"http://127.0.0.1:{port}", token)
         assert _loaded(server.pid) == set()
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _wait_ready(server: subprocess.Popen, port: int, timeout: float, detail: Callable[[], str]) -> None:
+    """Until `vault serve` on ``port`` answers /readyz with 200; ``detail()`` goes into the
+    message if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        assert server.poll() is None, f"vault serve exited: {detail()}"
+        assert time.monotonic() < deadline, "vault serve did not become ready"
+        time.sleep(0.2)
 
 
 # Pure-Python packages the server needs only for rare work: Alembic and Mako (migrations,
@@ -116,17 +123,7 @@ def _serve_once(env: dict[str, str], log: Path) -> tuple[str, set[str]]:
             [sys.executable, "-X", "importtime", "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=subprocess.PIPE, stderr=err, text=True)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert server.poll() is None, f"vault serve exited: {log.read_text()[-2000:]}"
-                assert time.monotonic() < deadline, "vault serve did not become ready"
-                time.sleep(0.2)
+            _wait_ready(server, port, 120, lambda: log.read_text()[-2000:])
             imported = _imported(log)
         finally:
             server.terminate()

@@ -26,7 +26,7 @@ from vault.fhir import views as fhir_views
 from vault.http.context import REQUEST_ID
 from vault.http.limits import UploadLimits
 from vault.http import cors
-from vault.http.middleware import authorize_middleware, mark_started, request_context, route_template
+from vault.http.middleware import authorize_middleware, on_prepare, request_context, route_template
 from vault.lifecycle import views as lifecycle_views
 from vault.media import views as media_views
 from vault.metrics import METRICS, Metrics, make_metrics_middleware
@@ -79,14 +79,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_runtime)
     for domain in DOMAINS:
         domain.setup(app)
-    app.on_response_prepare.append(_security_headers)
-    app.on_response_prepare.append(mark_started)
+    app.on_response_prepare.append(on_prepare)
     return app
-
-
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:

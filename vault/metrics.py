@@ -25,15 +25,18 @@ import asyncio
 import hmac
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import case, func, select
 
 from vault import errors
@@ -56,12 +59,17 @@ class Metrics:
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("vault_http_requests", "HTTP requests", ["route", "method", "status"], registry=r)
-        self.latency = Histogram(
-            "vault_http_request_seconds", "HTTP request latency by route template and status class",
-            ["route", "method", "status_class"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120), registry=r,
-        )
+        #: the HTTP families: plain counts on the event loop's thread in one process (every request
+        #: adds to them: prometheus-client's children take a lock per update), the library's shared
+        #: files with several processes
+        self.http: HttpFamilies | None = None
+        if multiprocess_dir is None:
+            self.http = HttpFamilies()
+            r.register(self.http)
+        else:
+            self.requests = Counter(REQUESTS[0], REQUESTS[1], ["route", "method", "status"], registry=r)
+            self.latency = Histogram(LATENCY[0], LATENCY[1], ["route", "method", "status_class"], buckets=LATENCY_BUCKETS,
+                                     registry=r)
         self.in_flight = Gauge("vault_http_requests_in_flight", "HTTP requests being handled", registry=r,
                                multiprocess_mode="livesum")
         #: requests being handled, a plain count read at scrape time (one process): two locked
@@ -107,6 +115,54 @@ class Metrics:
         return generate_latest(self.registry) + generate_latest(PROCESS)
 
 
+REQUESTS = ("vault_http_requests", "HTTP requests")
+LATENCY = ("vault_http_request_seconds", "HTTP request latency by route template and status class")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+_LE = tuple(floatToGoString(b) for b in LATENCY_BUCKETS) + ("+Inf",)
+
+
+class HttpFamilies(Collector):
+    """``vault_http_requests`` and ``vault_http_request_seconds`` of one serving process,
+    exposed as prometheus-client's ``Counter`` and ``Histogram`` would expose them (same
+    names, labels, buckets and ``_created`` samples), but counted in plain lists: updated
+    only by the metrics middleware on the event loop's thread, read by a scrape on the
+    same thread, so no lock is needed — where the library's children take four per
+    request. Series are bounded as the labels are: route templates x methods x statuses."""
+
+    def __init__(self) -> None:
+        #: (route, method, status) -> [count, created]
+        self._requests: dict[tuple[str, str, int], list[float]] = {}
+        #: (route, method, status class) -> [count per bucket (last: +Inf)..., sum, created]
+        self._latency: dict[tuple[str, str, str], list[float]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        counted = self._requests.get((route, method, status))
+        if counted is None:
+            counted = self._requests[(route, method, status)] = [0, time.time()]
+        counted[0] += 1
+        key = (route, method, f"{status // 100}xx")
+        timed = self._latency.get(key)
+        if timed is None:
+            timed = self._latency[key] = [0] * len(_LE) + [0.0, time.time()]
+        timed[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # a bound is inclusive (le): bisect_left
+        timed[-2] += seconds
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(*REQUESTS, labels=["route", "method", "status"])
+        for (route, method, status), (count, created) in self._requests.items():
+            requests.add_metric([route, method, str(status)], count, created=created)
+        yield requests
+        latency = HistogramMetricFamily(*LATENCY, labels=["route", "method", "status_class"])
+        for labels, timed in self._latency.items():
+            cumulative = list(accumulate(timed[:len(_LE)]))
+            latency.add_metric(list(labels), list(zip(_LE, cumulative)), sum_value=timed[-2])
+            latency.add_sample(f"{LATENCY[0]}_created", dict(zip(("route", "method", "status_class"), labels)), timed[-1])
+        yield latency
+
+
 # Beside the class, not in vault/appkeys.py: that module imports this one for the type.
 METRICS = web.AppKey("metrics", Metrics)
 
@@ -146,13 +202,16 @@ def make_metrics_middleware(route_template):
             else:
                 metrics.handling -= 1
             route = route_template(request)
-            series = children.get((route, request.method, status))
-            if series is None:  # each (route, method, status) once: labels() validates and locks
-                series = children[(route, request.method, status)] = (
-                    metrics.requests.labels(route, request.method, str(status)),
-                    metrics.latency.labels(route, request.method, f"{status // 100}xx"))
-            series[0].inc()
-            series[1].observe(time.perf_counter() - started)
+            if metrics.http is not None:
+                metrics.http.observe(route, request.method, status, time.perf_counter() - started)
+            else:
+                series = children.get((route, request.method, status))
+                if series is None:  # each (route, method, status) once: labels() validates and locks
+                    series = children[(route, request.method, status)] = (
+                        metrics.requests.labels(route, request.method, str(status)),
+                        metrics.latency.labels(route, request.method, f"{status // 100}xx"))
+                series[0].inc()
+                series[1].observe(time.perf_counter() - started)
             if metrics.per_process is not None:
                 metrics.per_process.inc()
             if (request.method, route) in UPLOAD_ROUTES:

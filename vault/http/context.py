@@ -8,7 +8,7 @@ from vault.actor import Actor, Principal
 
 REQUEST_ID = web.RequestKey("request_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
-RESPONSE_STARTED = web.RequestKey("response_started", bool)  # set by vault.http.middleware.mark_started
+RESPONSE_STARTED = web.RequestKey("response_started", bool)  # set by vault.http.middleware.on_prepare
 
 
 def actor_of(request: web.Request) -> Actor:

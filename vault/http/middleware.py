@@ -87,8 +87,15 @@ class ClientAbort(ConnectionResetError):
     ``ConnectionError`` from the handler (see :class:`vault.http.server.VaultRequestHandler`)."""
 
 
-async def mark_started(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: from here on, an error can no longer be a response of its own."""
+async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` (one receiver: each one is a coroutine per response): the
+    headers every answer carries, and from here on an error can no longer be a response of
+    its own."""
+    headers = response.headers
+    if "X-Content-Type-Options" not in headers:
+        headers["X-Content-Type-Options"] = "nosniff"
+    if "Referrer-Policy" not in headers:
+        headers["Referrer-Policy"] = "no-referrer"
     request[RESPONSE_STARTED] = True
 
 

@@ -19,6 +19,14 @@ prints the functions holding the most samples (own time and inclusive).
 and measures each in the same interleaved rounds (server CPU is summed over the process
 tree); the ratios to the peer and to the first count are printed.
 
+``--instructions N`` counts instead of timing: every server (the peer, each vault) runs under
+valgrind's callgrind with instrumentation off; for each measurement it is switched on for
+exactly N GETs at the given concurrency and the instructions executed (user space, every
+thread) are read from the dump. Instructions per request do not move with the load of a
+shared machine, so two code trees (``--baseline``) compare within a percent where timings
+swing 1.5x; they leave out the kernel and are no wall-clock speed. Slow: each server runs
+~50x slower under valgrind (``--processes 1`` only).
+
 ``--baseline DIR`` also starts each count from the code in DIR (e.g. ``git archive <commit>``
 unpacked there, run with this venv), measured in the same interleaved rounds: before/after
 ratios from the same minutes of a shared machine.
@@ -79,9 +87,9 @@ def vault_cli(env: dict[str, str], *args: str) -> str:
     return subprocess.run([PY, "-m", "vault.cli", *args], env=env, check=True, capture_output=True, text=True).stdout
 
 
-async def wait_ok(url: str, headers: dict[str, str] | None = None) -> None:
+async def wait_ok(url: str, headers: dict[str, str] | None = None, *, seconds: float = 60) -> None:
     async with aiohttp.ClientSession() as s:
-        for _ in range(600):
+        for _ in range(int(seconds * 10)):
             try:
                 async with s.get(url, headers=headers) as r:
                     if r.status == 200:
@@ -121,6 +129,44 @@ async def client_rate(url: str, headers: dict[str, str], *, secs: int, conc: int
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(conc)))
     return len(latencies) / (time.perf_counter() - t0), statistics.median(latencies) * 1000
+
+
+async def client_count(url: str, headers: dict[str, str], *, n: int, conc: int) -> None:
+    """Exactly ``n`` GETs over ``conc`` connections; anything but a 200 fails the run."""
+    left = n
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as s:
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with s.get(url, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}: {r.status}")
+        await asyncio.gather(*(worker() for _ in range(conc)))
+
+
+CALLGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=yes"]
+
+
+async def instructions(pid: int, out: Path, url: str, headers: dict[str, str], *, n: int, conc: int) -> float:
+    """Instructions per request of the callgrind-run server ``pid`` over ``n`` GETs."""
+    for dump in out.parent.glob(f"{out.name}*"):
+        dump.unlink()
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+    try:
+        await client_count(url, headers, n=n, conc=conc)
+    finally:
+        subprocess.run(["callgrind_control", "-i", "off", str(pid)], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    total = 0
+    for dump in out.parent.glob(f"{out.name}*"):
+        if dump.name != out.name:  # the final file is written at exit; the dumps are numbered
+            found = re.search(r"^totals: (\d+)", dump.read_text(errors="replace"), re.M)
+            total += int(found.group(1)) if found else 0
+            dump.unlink()
+    return total / n
 
 
 async def rate(url: str, headers: dict[str, str], *, secs: int, conc: int) -> tuple[float, float]:
@@ -202,6 +248,31 @@ async def audit_summary(url: str, token: str) -> str:
     return f"audit: mean wait for the durable entry {wait:.1f} ms, {batch:.1f} entries per group commit"
 
 
+async def count_instructions(args: argparse.Namespace, tmp: Path, peer_pid: int, peer_url: str,
+                             vaults: dict[str, tuple[int, str]], auth: dict[str, str]) -> None:
+    """``--instructions``: interleaved rounds of instructions per request, medians printed."""
+    n = args.instructions
+    peer_ir: list[float] = []
+    ir: dict[str, list[float]] = {label: [] for label in vaults}
+    for _ in range(args.rounds):
+        peer_ir.append(await instructions(peer_pid, tmp / "cg-peer.out", peer_url, {}, n=n, conc=args.conc))
+        for label, (pid, url) in vaults.items():
+            ir[label].append(await instructions(pid, tmp / f"cg-{label.replace(' ', '-')}.out", url, auth, n=n, conc=args.conc))
+    peer = statistics.median(peer_ir)
+    result = {"backend": "postgresql" if args.pg else "sqlite", "path": args.path, "concurrency": args.conc,
+              "requests_per_round": n, "rounds": args.rounds, "peer_instructions_per_req": round(peer),
+              "vault_instructions_per_req": {label: round(statistics.median(v)) for label, v in ir.items()},
+              "rounds_detail": {"peer": [round(x) for x in peer_ir], **{k: [round(x) for x in v] for k, v in ir.items()}}}
+    print(json.dumps(result))
+    for label, values in ir.items():
+        mine = statistics.median(values)
+        print(f"{args.path} GET c={args.conc} ({result['backend']}), vault {label}: {mine / 1000:.0f}k instructions per request,"
+              f" x{mine / peer:.2f} of the aiohttp read+decrypt peer ({peer / 1000:.0f}k)")
+    if args.baseline:
+        now, then = statistics.median(ir["1"]), statistics.median(ir["1 baseline"])
+        print(f"  this code / baseline: x{now / then:.3f} instructions per request")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -214,8 +285,12 @@ async def main() -> None:
     parser.add_argument("--processes", default="1",
                         help="comma-separated `vault serve --processes` counts, each measured in the same rounds")
     parser.add_argument("--baseline", type=Path, help="a code tree to measure beside this one (same counts, same rounds)")
+    parser.add_argument("--instructions", type=int, metavar="N",
+                        help="count instructions per request over N GETs under callgrind instead of timing")
     args = parser.parse_args()
     counts_n = [int(n) for n in args.processes.split(",")]
+    if args.instructions and counts_n != [1]:
+        parser.error("--instructions measures --processes 1 only")
     # label -> (process count, code tree or None for this one)
     variants: dict[str, tuple[int, Path | None]] = {str(n): (n, None) for n in counts_n}
     if args.baseline:
@@ -254,12 +329,17 @@ async def main() -> None:
     port = ports[counts[0]]
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {token}"}
+    def under(label: str) -> list[str]:  # the command prefix that runs a server
+        return [*CALLGRIND, f"--callgrind-out-file={tmp / f'cg-{label}.out'}"] if args.instructions else []
+
+    patience = 900 if args.instructions else 60
     try:
         for n in counts:  # one after the other: each start migrates the same data first
-            servers[n] = subprocess.Popen([PY, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(ports[n]),
-                                           "--processes", str(variants[n][0])], env=env, stdout=subprocess.DEVNULL,
+            servers[n] = subprocess.Popen([*under(n.replace(" ", "-")), PY, "-m", "vault.cli", "serve", "--host", "127.0.0.1",
+                                           "--port", str(ports[n]), "--processes", str(variants[n][0])],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if args.instructions else None,
                                           cwd=variants[n][1])
-            await wait_ok(f"http://127.0.0.1:{ports[n]}/healthz")
+            await wait_ok(f"http://127.0.0.1:{ports[n]}/healthz", seconds=patience)
         server = servers[counts[0]]
         from bench_pipeline import sample_jpeg
 
@@ -281,13 +361,17 @@ async def main() -> None:
         key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
         (tmp / "thumb.key").write_bytes(key)
         (tmp / "thumb.enc").write_bytes(nonce + AESGCM(key).encrypt(nonce, thumb, b"thumb256"))
-        peer = subprocess.Popen([PY, "-c", PEER, str(pport), str(tmp / "thumb.enc"), str(tmp / "thumb.key")])
+        peer = subprocess.Popen([*under("peer"), PY, "-c", PEER, str(pport), str(tmp / "thumb.enc"), str(tmp / "thumb.key")],
+                                stderr=subprocess.DEVNULL if args.instructions else None)
         peer_url = f"http://127.0.0.1:{pport}/thumb-dec"
-        await wait_ok(peer_url)
+        await wait_ok(peer_url, seconds=patience)
         urls = {n: url.replace(f":{port}/", f":{ports[n]}/") for n in counts}
         for n in counts:
             await rate(urls[n], auth, secs=1, conc=args.conc)  # warm-up
         await rate(peer_url, {}, secs=1, conc=args.conc)
+        if args.instructions:
+            await count_instructions(args, tmp, peer.pid, peer_url, {n: (servers[n].pid, urls[n]) for n in counts}, auth)
+            return
         peer_rates, peer_p50, peer_cpu = [], [], []
         per: dict[str, dict[str, list[float]]] = {n: {"rates": [], "p50": [], "cpu": []} for n in counts}
         for _ in range(args.rounds):

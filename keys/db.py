@@ -23,8 +23,9 @@ import asyncio
 import collections
 import os
 import sqlite3
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -302,11 +303,8 @@ class PointReader:
             import asyncpg  # the PostgreSQL driver, only where it is used
 
             _, sql, names, row_type = plain
-            if self._pool is None:
-                assert self._pg_dsn is not None
-                self._pool = _Connections(self._pg_dsn, POINT_POOL_SIZE)
             try:
-                return [row_type(*row) for row in await self._pool.fetch(sql, *(params[name] for name in names))]
+                return [row_type(*row) for row in await self._pg_pool().fetch(sql, *(params[name] for name in names))]
             except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
                 pass  # the engine below reconnects, or raises what is wrong
         async with self._fallback.connect() as conn:
@@ -314,11 +312,15 @@ class PointReader:
 
     async def _first_pg(self, plain: tuple[sa.Executable, str, tuple[str, ...], Any], params: dict[str, Any]) -> Any:
         _, sql, names, row_type = plain
+        row = await self._pg_pool().fetchrow(sql, *(params[name] for name in names))  # KeyError: a missing bindparam
+        return None if row is None else row_type(*row)
+
+    def _pg_pool(self) -> _Connections:
+        """PostgreSQL's own connections, made on the first statement that needs them."""
         if self._pool is None:
             assert self._pg_dsn is not None
             self._pool = _Connections(self._pg_dsn, POINT_POOL_SIZE)
-        row = await self._pool.fetchrow(sql, *(params[name] for name in names))  # KeyError: a missing bindparam
-        return None if row is None else row_type(*row)
+        return self._pool
 
     def _plain(self, statement: sa.Executable) -> tuple[sa.Executable, str, tuple[str, ...], Any] | None:
         key = id(statement)
@@ -384,25 +386,23 @@ class _Connections:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
 
-    async def fetchrow(self, sql: str, *args: Any) -> Any:
-        conn = await self._take()
-        try:
-            row = await conn.fetchrow(sql, *args)
-        except BaseException:
-            self._lost(conn)
-            raise
-        self._give_back(conn)
-        return row
+    # Plain functions returning :meth:`_lend`'s coroutine: no second coroutine per statement.
+    def fetchrow(self, sql: str, *args: Any) -> Coroutine[Any, Any, Any]:
+        return self._lend("fetchrow", sql, args)
 
-    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+    def fetch(self, sql: str, *args: Any) -> Coroutine[Any, Any, list[Any]]:
+        return self._lend("fetch", sql, args)
+
+    async def _lend(self, call: Literal["fetch", "fetchrow"], sql: str, args: tuple[Any, ...]) -> Any:
+        """``conn.<call>(sql, *args)`` on a connection lent for that one statement."""
         conn = await self._take()
         try:
-            rows = await conn.fetch(sql, *args)
+            result = await getattr(conn, call)(sql, *args)
         except BaseException:
             self._lost(conn)
             raise
         self._give_back(conn)
-        return cast(list[Any], rows)
+        return result
 
     async def _take(self) -> Any:
         import asyncpg  # the PostgreSQL driver, only where it is used

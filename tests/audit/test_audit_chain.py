@@ -117,17 +117,17 @@ async def test_group_commits_and_appends_in_other_transactions_keep_one_chain(cl
 
 async def test_a_held_commit_leaves_with_the_callers_it_waited_for(client, clinic, monkeypatch):
     """Under steady load the writer holds a commit until the callers the last one released
-    are back (vault/audit/service.py, AuditLog._gather). With the hold's bound made far
+    are back (vault/audit/groupcommit.py, GroupCommit._gather). With the hold's bound made far
     longer than the test may take, rounds of concurrent readers still complete: the
     commit leaves when their entries are all there, not when the bound runs out; and
     every entry is in the verified chain."""
-    from vault.audit import service
+    from vault.audit import groupcommit
 
-    monkeypatch.setattr(service, "GATHER_MAX_SECONDS", 600.0)
+    monkeypatch.setattr(groupcommit, "GATHER_MAX_SECONDS", 600.0)
     audit = client.server.app[RUNTIME].audit
     actor = Actor(clinic.id, "t", "auditor", "r")
     before_seq = (await audit.head(clinic.id))[0]
-    audit._commit_seconds = 600.0  # as if commits were slow: the hold is bounded by the patched maximum only
+    audit._group.commit_seconds = 600.0  # as if commits were slow: the hold is bounded by the patched maximum only
 
     async def reader(n: int) -> None:
         for i in range(5):  # each reader asks again as soon as its entry is durable
@@ -135,7 +135,7 @@ async def test_a_held_commit_leaves_with_the_callers_it_waited_for(client, clini
 
     await asyncio.wait_for(asyncio.gather(*(reader(n) for n in range(8))), timeout=120)
     monkeypatch.undo()  # the callers below come one by one: no commit is held for long after this
-    audit._commit_seconds = 0.0
+    audit._group.commit_seconds = 0.0
     assert (await audit.head(clinic.id))[0] == before_seq + 40
     assert (await _verify(client, clinic))["ok"]
 

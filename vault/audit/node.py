@@ -13,7 +13,8 @@ Each serving process keeps its own group commit (:class:`~vault.audit.service.Au
 but hands each batch to :class:`RemoteBatchWriter`: one frame, then it waits for the
 writer's one-byte answer. The writer gathers the frames of every connection that arrived
 while a commit was in flight into its next commit (held briefly for the processes it just
-answered, as AuditLog holds its own) and answers each frame once that commit is durable.
+answered, as AuditLog holds its own: both are :class:`~vault.audit.groupcommit.GroupCommit`)
+and answers each frame once that commit is durable.
 
 - A frame is a 4-byte big-endian length and compact JSON: a list of
   ``[tenant_id, actor, role, action, request_id, outcome, {targets}]``, every value a
@@ -40,13 +41,13 @@ import json
 import logging
 import signal
 import struct
-import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 
 from vault import errors
-from vault.audit.service import GATHER_MAX_SECONDS, AuditEvent
+from vault.audit.groupcommit import GroupCommit
+from vault.audit.service import AuditEvent
 from vault.audit.writer import BatchWriter, batch_writer_for
 
 log = logging.getLogger("vault.audit")
@@ -169,20 +170,17 @@ class WriterServer:
 
     def __init__(self, batches: BatchWriter) -> None:
         self._batches = batches
-        self._pending: list[tuple[list[AuditEvent], asyncio.Future[bool]]] = []
-        self._wakeup = asyncio.Event()
         self._stopping = False
-        self._loop_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._commit_seconds = 0.0
-        self._gathered: asyncio.Event | None = None
-        self._expected = 0
+        # Counting frames: each serving process has one batch in flight, so the next commit
+        # expects at most one frame per connection.
+        self._group: GroupCommit[list[AuditEvent], bool] = GroupCommit(self._commit, most=self._handlers.__len__)
         self.commits = 0  # for tests
 
     async def start(self, path: Path) -> None:
         path.unlink(missing_ok=True)  # the socket of a previous writer of this node
-        self._loop_task = asyncio.create_task(self._commit_loop(), name="node audit group commit")
+        self._group.start(name="node audit group commit")
         self._server = await asyncio.start_unix_server(self._serve, str(path))
 
     async def stop(self) -> None:
@@ -192,9 +190,7 @@ class WriterServer:
         if self._server is not None:
             self._server.close()
         self._stopping = True
-        self._wakeup.set()
-        if self._loop_task is not None:
-            await self._loop_task
+        await self._group.drain()
         for task in list(self._handlers):
             task.cancel()
         if self._handlers:
@@ -218,7 +214,12 @@ class WriterServer:
                 except FrameError as exc:
                     log.warning("an audit frame refused; its connection is closed", extra={"reason": str(exc)})
                     return
-                committed = await self._submit(events)
+                if not events:
+                    committed = True
+                elif self._group.running:
+                    committed = await self._group.submit(events)
+                else:
+                    committed = False  # stopped: nothing more is committed
                 writer.write(ACK_COMMITTED if committed else ACK_FAILED)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -227,63 +228,20 @@ class WriterServer:
             self._handlers.discard(task)
             writer.close()
 
-    def _submit(self, events: list[AuditEvent]) -> asyncio.Future[bool]:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        if not events:
-            future.set_result(True)
-        elif self._loop_task is None or self._loop_task.done():
-            future.set_result(False)  # stopped: nothing more is committed
-        else:
-            self._pending.append((events, future))
-            self._wakeup.set()
-            if self._gathered is not None and len(self._pending) >= self._expected:
-                self._gathered.set()
-        return future
-
     # -- the group commit ----------------------------------------------------------------
-    async def _commit_loop(self) -> None:
-        """As :meth:`AuditLog._write_batches`, counting frames: each serving process has one
-        batch in flight, and the processes just answered are about to send their next."""
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if not self._stopping and self._expected > len(self._pending) and self._commit_seconds > 0:
-                await self._gather()
-            batch, self._pending = self._pending, []
-            if batch:
-                started = time.perf_counter()
-                await self._commit(batch)
-                spent = time.perf_counter() - started
-                self._commit_seconds = 0.8 * self._commit_seconds + 0.2 * spent if self._commit_seconds else spent
-            self._expected = min(len(self._pending) + len(batch), len(self._handlers))
-            if self._stopping and not self._pending:
-                return
-
-    async def _gather(self) -> None:
-        gathered = self._gathered = asyncio.Event()
-        try:
-            await asyncio.wait_for(gathered.wait(), min(self._commit_seconds / 2, GATHER_MAX_SECONDS))
-        except TimeoutError:
-            pass
-        finally:
-            self._gathered = None
-
-    async def _commit(self, batch: list[tuple[list[AuditEvent], asyncio.Future[bool]]]) -> None:
+    async def _commit(self, frames: list[list[AuditEvent]]) -> bool:
+        """One commit of the frames gathered (:class:`GroupCommit`); whether it is durable."""
         from vault.instruments import observe_audit_commit
 
-        events = [event for frame, _ in batch for event in frame]
+        events = [event for frame in frames for event in frame]
         try:
             await self._batches.write(events)
         except Exception:  # the frames' reads fail; nothing is claimed written
-            log.exception("audit group commit failed", extra={"entries": len(events), "frames": len(batch)})
-            committed = False
-        else:
-            committed = True
-            self.commits += 1
-            observe_audit_commit(len(events))
-        for _, future in batch:
-            if not future.done():
-                future.set_result(committed)
+            log.exception("audit group commit failed", extra={"entries": len(events), "frames": len(frames)})
+            return False
+        self.commits += 1
+        observe_audit_commit(len(events))
+        return True
 
 
 def serve_writer(database_url: str, path: Path, *, on_listening: Callable[[], None] | None = None) -> int:

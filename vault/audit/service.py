@@ -3,7 +3,8 @@
 Changes append their entry inside their own transaction (:meth:`AuditLog.append`).
 Reads call :meth:`AuditLog.record`, which waits until the entry is committed; the
 writer task groups every entry that arrives while a commit is in flight into the
-next commit (group commit), so load raises throughput instead of skipping entries.
+next commit (group commit, :mod:`vault.audit.groupcommit`), so load raises throughput
+instead of skipping entries.
 
 Each entry's hash is ``sha256(prev_hash || "\\n" || canonical JSON of the entry)``;
 the head row per tenant holds the newest seq and hash, and its row lock orders
@@ -12,7 +13,6 @@ appends on PostgreSQL (SQLite writers are serialised by ``BEGIN IMMEDIATE``).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -28,14 +28,13 @@ from sqlalchemy import false, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vault.actor import Actor
+from vault.audit.groupcommit import GroupCommit
 from vault.audit.models import AuditEntry, AuditHead
 from vault.audit.writer import BatchWriter, build_rows, open_batch_writer
 from vault.db import Database, utcnow
 from vault.instruments import observe_audit_append, observe_audit_commit
 
 log = logging.getLogger("vault.audit")
-#: the longest a group commit is held for callers expected back (see AuditLog._gather)
-GATHER_MAX_SECONDS = 0.002
 
 
 def genesis_hash(tenant_id: str) -> str:
@@ -125,14 +124,9 @@ class Verification:
 class AuditLog:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._pending: list[tuple[AuditEvent, asyncio.Future[None]]] = []
-        self._wakeup = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._group: GroupCommit[AuditEvent, None] | None = None  # the writer task's, once started
         self._batches: BatchWriter | None = None  # the writer task's own connection
         self.commits = 0  # group commits done, for the metrics endpoint and the benchmark
-        self._commit_seconds = 0.0  # moving average of a group commit's duration
-        self._gathered: asyncio.Event | None = None  # set when the commit being held has its entries
-        self._expected = 0
 
     # -- writing ---------------------------------------------------------------
     async def append(self, session: AsyncSession, *events: AuditEvent) -> None:
@@ -145,15 +139,12 @@ class AuditLog:
 
     async def record(self, event: AuditEvent) -> None:
         """Write one entry durably, sharing a commit with concurrent callers."""
-        if self._writer is None:
+        group = self._group
+        if group is None:
             async with self.db.transaction() as session:
                 await self.append(session, event)
             return
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((event, future))
-        self._wakeup.set()
-        if self._gathered is not None and len(self._pending) >= self._expected:
-            self._gathered.set()
+        future = group.submit(event)
         started = time.perf_counter()
         # Not shielded: a caller cancelled meanwhile cancels only its own future; its entry
         # is pending and is written all the same (the writer skips futures already done).
@@ -169,62 +160,20 @@ class AuditLog:
             self._batches = RemoteBatchWriter(node_writer)
         else:
             self._batches = open_batch_writer(self.db)
-        self._writer = asyncio.create_task(self._write_batches(), name="audit-group-commit")
+        self._group = GroupCommit(self._commit)
+        self._group.start(name="audit-group-commit")
 
     async def stop(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            self._wakeup.set()
-            writer.cancel()
-            try:
-                await writer
-            except asyncio.CancelledError:
-                pass
-        if self._pending:  # never drop an entry on shutdown
-            await self._flush(self._pending)
-            self._pending = []
+        group, self._group = self._group, None  # from here on, record() commits on its own
+        if group is not None:
+            await group.abort()  # and commits what was pending: never drop an entry on shutdown
         batches, self._batches = self._batches, None
         if batches is not None:
             await batches.close()
 
-    async def _write_batches(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self._expected > len(self._pending) and self._commit_seconds > 0:
-                await self._gather()
-            batch, self._pending = self._pending, []
-            if batch:
-                started = time.perf_counter()
-                await self._flush(batch)
-                spent = time.perf_counter() - started
-                self._commit_seconds = 0.8 * self._commit_seconds + 0.2 * spent if self._commit_seconds else spent
-            # What the next commit is held for: the entries that came meanwhile, and the
-            # callers just released, most of whom ask again at once.
-            self._expected = len(self._pending) + len(batch)
-
-    async def _gather(self) -> None:
-        """Hold the next commit briefly while the callers just released come back, as
-        PostgreSQL's ``commit_delay`` does. Without it, under steady load the entries of
-        a commit are only those that arrived while the previous one was in flight: the
-        callers it released arrive just after the next batch has left, so clients split
-        into two halves that alternate, each waiting for two commits per read. Holding it
-        at most half a commit's time (:data:`GATHER_MAX_SECONDS` at most) until as many
-        entries are pending as were pending at the last commit's end plus those it
-        released lets one commit carry them all. A lone caller never waits: its own next
-        entry completes the count."""
-        delay = min(self._commit_seconds / 2, GATHER_MAX_SECONDS)
-        gathered = self._gathered = asyncio.Event()
+    async def _commit(self, events: list[AuditEvent]) -> None:
+        """One group commit (:class:`GroupCommit` fails its waiting requests if it raises)."""
         try:
-            await asyncio.wait_for(gathered.wait(), delay)
-        except TimeoutError:
-            pass
-        finally:
-            self._gathered = None
-
-    async def _flush(self, batch: list[tuple[AuditEvent, asyncio.Future[None]]]) -> None:
-        try:
-            events = [event for event, _ in batch]
             if self._batches is not None:
                 await self._batches.write(events)
             else:
@@ -232,16 +181,10 @@ class AuditLog:
                     await self.append(session, *events)
             self.commits += 1
             if not getattr(self._batches, "remote", False):  # else the node's writer counts its own commits
-                observe_audit_commit(len(batch))
-        except Exception as exc:  # the waiting requests fail; nothing is claimed written
-            log.exception("audit group commit failed", extra={"entries": len(batch)})
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+                observe_audit_commit(len(events))
+        except Exception:  # the waiting requests fail; nothing is claimed written
+            log.exception("audit group commit failed", extra={"entries": len(events)})
+            raise
 
     async def _append_tenant(self, session: AsyncSession, tenant_id: str, events: list[AuditEvent]) -> None:
         head = (

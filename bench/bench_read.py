@@ -25,7 +25,8 @@ exactly N GETs at the given concurrency and the instructions executed (user spac
 thread) are read from the dump. Instructions per request do not move with the load of a
 shared machine, so two code trees (``--baseline``) compare within a percent where timings
 swing 1.5x; they leave out the kernel and are no wall-clock speed. Slow: each server runs
-~50x slower under valgrind (``--processes 1`` only).
+~50x slower under valgrind (``--processes 1`` only). With ``--profile DIR`` each server's
+last dump is kept there, for ``callgrind_annotate``.
 
 ``--baseline DIR`` also starts each count from the code in DIR (e.g. ``git archive <commit>``
 unpacked there, run with this venv), measured in the same interleaved rounds: before/after
@@ -149,8 +150,10 @@ async def client_count(url: str, headers: dict[str, str], *, n: int, conc: int) 
 CALLGRIND = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=yes"]
 
 
-async def instructions(pid: int, out: Path, url: str, headers: dict[str, str], *, n: int, conc: int) -> float:
-    """Instructions per request of the callgrind-run server ``pid`` over ``n`` GETs."""
+async def instructions(pid: int, out: Path, url: str, headers: dict[str, str], *, n: int, conc: int,
+                       keep: Path | None = None) -> float:
+    """Instructions per request of the callgrind-run server ``pid`` over ``n`` GETs;
+    ``keep``: a folder to copy the dump to (for ``callgrind_annotate``)."""
     for dump in out.parent.glob(f"{out.name}*"):
         dump.unlink()
     subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
@@ -165,6 +168,9 @@ async def instructions(pid: int, out: Path, url: str, headers: dict[str, str], *
         if dump.name != out.name:  # the final file is written at exit; the dumps are numbered
             found = re.search(r"^totals: (\d+)", dump.read_text(errors="replace"), re.M)
             total += int(found.group(1)) if found else 0
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(dump, keep / out.name)
             dump.unlink()
     return total / n
 
@@ -255,9 +261,10 @@ async def count_instructions(args: argparse.Namespace, tmp: Path, peer_pid: int,
     peer_ir: list[float] = []
     ir: dict[str, list[float]] = {label: [] for label in vaults}
     for _ in range(args.rounds):
-        peer_ir.append(await instructions(peer_pid, tmp / "cg-peer.out", peer_url, {}, n=n, conc=args.conc))
+        peer_ir.append(await instructions(peer_pid, tmp / "cg-peer.out", peer_url, {}, n=n, conc=args.conc, keep=args.profile))
         for label, (pid, url) in vaults.items():
-            ir[label].append(await instructions(pid, tmp / f"cg-{label.replace(' ', '-')}.out", url, auth, n=n, conc=args.conc))
+            ir[label].append(await instructions(pid, tmp / f"cg-{label.replace(' ', '-')}.out", url, auth, n=n, conc=args.conc,
+                                                keep=args.profile))
     peer = statistics.median(peer_ir)
     result = {"backend": "postgresql" if args.pg else "sqlite", "path": args.path, "concurrency": args.conc,
               "requests_per_round": n, "rounds": args.rounds, "peer_instructions_per_req": round(peer),

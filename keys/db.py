@@ -165,7 +165,7 @@ def release_on_invalidate(engine: sa.Engine) -> None:
             return  # an ordinary error: SQLAlchemy closes the cursor itself
         try:
             cursor.close()
-        except Exception:  # the connection is gone already: nothing of it is left to hold
+        except Exception:  # closed already, or no event loop (gc): the ROLLBACK and close below still run
             pass
 
     @sa.event.listens_for(engine, "invalidate")

@@ -129,18 +129,18 @@ async def test_checkpoint_restores_the_busy_timeout_of_pooled_connections(store)
         assert (await cursor.fetchone())[0] == 15000
 
 
-
 @pytest.mark.parametrize("option", ["keys_read", "keys_write"])
 async def test_a_statement_cancelled_mid_step_leaves_no_snapshot_behind(store, option):
     """A job's time limit cancelling a key-store statement (a read of the KEK versions, or
-    the first SELECT of a key write) used to leave the statement's cursor open: SQLAlchemy
-    invalidates a cancelled connection without closing the cursor, the driver's thread
-    still runs the step, and SQLite keeps the closed connection as a "zombie" with that
-    read snapshot (a ROLLBACK ends the transaction, not a pending read) until the cursor
-    is garbage-collected. Meanwhile the checkpoint after an erasure could not complete and
-    the erased DEK stayed in the WAL (tests/shredding/test_reshred.py, in full CI runs,
-    where full collections are rare). Collections are off here, and the cancelled task
-    stays referenced, as a job runner keeps it: only the fix can release the snapshot."""
+    the DEK-row SELECT that opens an object-key write, as a video job's was in CI) used to
+    leave the statement's cursor open: SQLAlchemy invalidates a cancelled connection
+    without closing the cursor, the driver's thread still runs the step, and SQLite keeps
+    the closed connection as a "zombie" with that read snapshot (a ROLLBACK ends the
+    transaction, not a pending read) until the cursor is garbage-collected. Meanwhile the
+    checkpoint after an erasure could not complete and the erased DEK stayed in the WAL
+    (tests/shredding/test_reshred.py in full CI runs, where full collections are rare).
+    Collections are off here, and the cancelled task stays referenced, as a job runner
+    keeps it: only closing the cursor at the cancellation releases the snapshot."""
     tenant = f"clinic-{uuid.uuid4()}"
     await store.ensure_tenant(tenant)
     patient = str(uuid.uuid4())

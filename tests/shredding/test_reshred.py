@@ -124,9 +124,10 @@ async def test_restored_key_store_backup_is_reshredded_from_the_ledger(client, c
     assert f"{clinic.slug}: " in result.out and "re-shredded" in result.out
     if backup.sqlite:  # overwritten and checkpointed, not merely unlinked
         # The command returns once its checkpoint completed: it waits (bounded) only for a
-        # reader holding an older snapshot, and nothing here holds one — an unfinalised
-        # cursor of a cancelled statement used to, until garbage-collected (keys/db.py
-        # release_on_invalidate; failed in full CI runs, where collections are rarer).
+        # reader holding an older snapshot, and nothing here holds one. In full CI runs the
+        # cursor of a key write cancelled in an earlier test (a video job's DEK-row SELECT,
+        # tests/media/test_videos.py) did, until garbage-collected: keys/db.py
+        # release_on_invalidate now closes it at the cancellation.
         assert "a reader still holds" not in result.out, "\n".join(holders(backup.live, depth=4))
         assert erased_wrapped not in backup.raw_bytes()
     for patient_id in (erased, crashed):

@@ -13,8 +13,10 @@ A task cancelled inside a statement (a job's time limit) gets its connection inv
 by SQLAlchemy, which closes it without a ROLLBACK and leaves the statement's cursor
 unfinalized. SQLite then keeps the closed connection as a "zombie" until that cursor is
 garbage-collected — open transaction and write lock included, so every later
-``BEGIN IMMEDIATE`` failed with "database is locked". :func:`release_on_invalidate`
-rolls the connection back first.
+``BEGIN IMMEDIATE`` failed with "database is locked" — and the read snapshot of the
+stepped statement too (a ROLLBACK ends the transaction, not a pending read), so no
+``wal_checkpoint(TRUNCATE)`` could complete and a shredded key stayed in the WAL.
+:func:`release_on_invalidate` closes that cursor and rolls the connection back first.
 """
 
 from __future__ import annotations
@@ -142,14 +144,30 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
 
 
 def release_on_invalidate(engine: sa.Engine) -> None:
-    """Roll back a SQLite connection of ``engine`` before the pool drops it.
+    """Close the cursor of a cancelled statement and roll back a SQLite connection of
+    ``engine`` before the pool drops it.
 
-    SQLAlchemy invalidates a connection whose statement was cancelled and closes it
-    without a ROLLBACK; SQLite cannot close a connection whose cursor is still alive (the
-    cancelled one, held by the traceback), so the connection and its transaction, write
-    lock included, live on until that cursor is collected. A ROLLBACK with a cursor
-    pending is allowed, and aiosqlite runs it before the close (one queue per connection).
+    SQLAlchemy treats a statement interrupted by an exit exception (``CancelledError``:
+    a job's time limit, a request given up) as a disconnect: it invalidates the connection
+    and closes it without a ROLLBACK and without closing the cursor, which the traceback
+    keeps alive. The driver's thread finishes the step anyway, so the statement is left
+    mid-result, and SQLite cannot close a connection with a statement pending: connection,
+    transaction (write lock included) and the statement's read snapshot live on until that
+    cursor is garbage-collected — seconds or much longer in a big process, where full
+    collections are rare, and meanwhile no ``wal_checkpoint(TRUNCATE)`` completes. Closing
+    the cursor resets the statement (its snapshot ends); the ROLLBACK then ends the
+    transaction. Both wait, in the driver's queue, for the step under way to finish.
     """
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _on_error(context: sa.engine.ExceptionContext) -> None:
+        cursor = getattr(context.execution_context, "cursor", None)
+        if cursor is None or isinstance(context.original_exception, Exception):
+            return  # an ordinary error: SQLAlchemy closes the cursor itself
+        try:
+            cursor.close()
+        except Exception:  # closed already, or no event loop (gc): the ROLLBACK and close below still run
+            pass
 
     @sa.event.listens_for(engine, "invalidate")
     def _on_invalidate(dbapi_connection: Any, _record: Any, _exc: BaseException | None) -> None:

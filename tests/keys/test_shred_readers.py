@@ -5,14 +5,19 @@ gone, through the periodic ``shred.checkpoint`` job.
 
 Before: ``wal_checkpoint(TRUNCATE)`` waited on the busy handler (15 s) for the reader,
 holding the write lock, up to 40 times.
+
+A statement of our own cancelled mid-step (a job's time limit, a request given up) is not
+such a reader: it must not hold a snapshot until the garbage collector finds its cursor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +27,8 @@ from keys.errors import KeyDestroyed
 from keys.migrate import upgrade
 from keys.providers import open_root_key
 from keys.store import KeyStore
+from tests.support.cancel import cancel_inside
+from tests.support.sqlite_holders import holders
 from workers.jobs.keys import finish_shreds as checkpoint_job
 
 BOUND = 2.0  # seconds an erasure may take with a reader holding a snapshot
@@ -120,3 +127,43 @@ async def test_checkpoint_restores_the_busy_timeout_of_pooled_connections(store)
         raw = await conn.get_raw_connection()
         cursor = await raw.driver_connection.execute("PRAGMA busy_timeout")
         assert (await cursor.fetchone())[0] == 15000
+
+
+@pytest.mark.parametrize("option", ["keys_read", "keys_write"])
+async def test_a_statement_cancelled_mid_step_leaves_no_snapshot_behind(store, option):
+    """A job's time limit cancelling a key-store statement (a read of the KEK versions, or
+    the DEK-row SELECT that opens an object-key write, as a video job's was in CI) used to
+    leave the statement's cursor open: SQLAlchemy invalidates a cancelled connection
+    without closing the cursor, the driver's thread still runs the step, and SQLite keeps
+    the closed connection as a "zombie" with that read snapshot (a ROLLBACK ends the
+    transaction, not a pending read) until the cursor is garbage-collected. Meanwhile the
+    checkpoint after an erasure could not complete and the erased DEK stayed in the WAL
+    (tests/shredding/test_reshred.py in full CI runs, where full collections are rare).
+    Collections are off here, and the cancelled task stays referenced, as a job runner
+    keeps it: only closing the cursor at the cancellation releases the snapshot."""
+    tenant = f"clinic-{uuid.uuid4()}"
+    await store.ensure_tenant(tenant)
+    patient = str(uuid.uuid4())
+    dek_id = await store.create_patient_key(tenant, patient)
+    assert await store.finish_shreds()
+    with closing(sqlite3.connect(store.path)) as conn:
+        wrapped = conn.execute("SELECT wrapped FROM patient_deks WHERE patient_id = ?", (patient,)).fetchone()[0]
+
+    operation = store.kek_versions(tenant) if option == "keys_read" else store.new_object_key(tenant, patient, "object-1")
+    gc.disable()
+    try:
+        with cancel_inside(lambda conn, sql: bool(conn.get_execution_options().get(option))
+                           and sql.lstrip().startswith("SELECT")) as cancelled:
+            task = asyncio.create_task(operation)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert cancelled == [task]
+        assert holders(store.path) == []
+
+        assert await store.destroy_patient(tenant, patient) == [dek_id]
+        # The erasure's own checkpoint completed: nothing is left for the periodic job.
+        on_disk = files(store.path)
+        assert all(wrapped not in data for data in on_disk.values()), sorted(on_disk)
+        assert await store.finish_shreds()
+    finally:
+        gc.enable()

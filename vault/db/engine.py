@@ -52,7 +52,7 @@ def install_sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
             return
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
-    release_on_invalidate(engine)  # a cancelled statement must not keep the write lock
+    release_on_invalidate(engine)  # a cancelled statement must keep neither the write lock nor a snapshot
 
 
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:

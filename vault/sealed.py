@@ -8,6 +8,7 @@ can be shredded alone. Decryption binds the ids the caller got from the database
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
@@ -73,7 +74,12 @@ class SealedBlobs:
         if self.leases is not None:
             # Before the keys exist: the leftover sweep never sees a live write's key or blob.
             await self.leases.begin_many([ref.id for ref in refs], tenant_id, patient_id)
-        keys = await self.keys.new_object_keys(tenant_id, patient_id, [ref.id for ref in refs])
+        try:
+            keys = await self.keys.new_object_keys(tenant_id, patient_id, [ref.id for ref in refs])
+        except BaseException:
+            if self.leases is not None:  # no key, no blob: nothing left for the leases to guard
+                await asyncio.gather(*(self.leases.end(ref.id) for ref in refs), return_exceptions=True)
+            raise
         return [Reserved(ref=ref, key=key) for ref, key in zip(refs, keys, strict=True)]
 
     @timed_stage("seal")

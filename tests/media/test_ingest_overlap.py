@@ -5,6 +5,7 @@ before the 4xx, and the shred ledger says so."""
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import pytest
 from sqlalchemy import text
@@ -34,5 +35,41 @@ async def test_a_photo_that_fails_after_its_original_was_stored_leaves_nothing(c
         leases = (await s.execute(text("SELECT COUNT(*) FROM blob_writes WHERE patient_id = :p"), {"p": pid})).scalar()
     # The original and both thumbnail slots had keys (one commit), all shredded; no lease left.
     assert sorted(causes) == ["upload_rollback"] * 3
+    assert leases == 0
+    await still_answers(client)
+
+
+def _jpeg() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 80, 40)).save(out, "JPEG")
+    return out.getvalue()
+
+
+async def test_a_patient_erased_after_the_target_check_gets_410_and_leaves_nothing(client, clinic, settings, monkeypatch):
+    """The target is checked once, before the body is read: an erasure that lands after
+    that check (here: while the client would still be sending) fails the upload with 410
+    when the key store refuses the new object keys, and nothing is left behind."""
+    pid = await new_patient(client, clinic)
+    media = client.server.app[RUNTIME].media
+    check_target = media.check_target
+
+    async def erased_after_the_check(actor, patient_id, treatment_id):
+        target = await check_target(actor, patient_id, treatment_id)
+        resp = await client.post(f"/v1/patients/{patient_id}/erasure", json={"reason": "Art. 17 request"},
+                                 headers=clinic.auth("erasure"))
+        assert resp.status == 200, await resp.text()
+        return target
+
+    monkeypatch.setattr(media, "check_target", erased_after_the_check)
+    before = await counts(client, settings)
+    resp = await client.post(f"/v1/patients/{pid}/media", data=_jpeg(),
+                             headers={**clinic.auth("practitioner"), "Content-Type": "image/jpeg"})
+    assert resp.status == 410, await resp.text()
+    assert (await resp.json())["error"] == "patient_erased"
+    assert await counts(client, settings) == before
+    async with client.server.app[RUNTIME].db.session() as s:
+        leases = (await s.execute(text("SELECT COUNT(*) FROM blob_writes WHERE patient_id = :p"), {"p": pid})).scalar()
     assert leases == 0
     await still_answers(client)

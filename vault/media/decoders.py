@@ -35,6 +35,7 @@ from vault.pipeline import wire
 log = logging.getLogger(__name__)
 
 START_SECONDS = 60.0
+_SLICE = 256 * 1024  # the most of a frame handed to the pipe's transport at once (_Worker.send)
 BACKGROUND_NICE = 10  # CPU weight ~1/10 of a normal process's (CFS), not starved outright
 # What the worker may report; anything else becomes DecoderFailed. Never a class by name
 # from the worker: it chooses only among these.
@@ -70,10 +71,20 @@ class _Worker:
         self.sandbox: dict[str, Any] = {}
 
     async def send(self, header: dict[str, Any], *parts: bytes) -> None:
+        """One frame, in slices of at most :data:`_SLICE` bytes, each written once the pipe
+        has taken the one before: what the pipe cannot take at once waits in the
+        transport's buffer, so handing it a 5 MB photo whole would copy most of it there
+        (and again each time the buffer shrinks)."""
         stdin = self.proc.stdin
         assert stdin is not None
         for piece in wire.encode(header, *parts):
-            stdin.write(piece)
+            if len(piece) <= _SLICE:
+                stdin.write(piece)
+                continue
+            view = memoryview(piece)
+            for start in range(0, len(view), _SLICE):
+                stdin.write(view[start:start + _SLICE])
+                await stdin.drain()
         await stdin.drain()
 
     async def receive(self, *, max_payload: int) -> tuple[dict[str, Any], list[bytes]]:

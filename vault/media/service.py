@@ -26,6 +26,7 @@ from vault.db.tenancy import owned
 from vault.actor import Actor
 from vault.audit.service import AuditEvent, AuditLog
 from vault.db import Database, new_id, utcnow
+from keys.errors import KeyDestroyed
 from keys.store import KeyStore
 from vault.errors import DecoderFailed, Forbidden, Gone, NotFound, NotReady, PatientErased, ValidationFailed
 from vault.media import faces, idempotency
@@ -65,11 +66,6 @@ _READY_RENDITION = (
 )
 
 
-async def media_event(webhooks: WebhookService, session: AsyncSession, kind: str, media: Media) -> None:
-    """A media webhook in the caller's transaction: ids (and the media kind) only."""
-    await webhooks.notify(session, media.tenant_id, kind, media_ids(media))
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -107,6 +103,16 @@ class Content:
     etag: str
     key: bytes = dataclass_field(repr=False)  # checked against its key row for this request; never cached
     not_modified: bool = False  # the client's If-None-Match named this etag: answer 304
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """What :meth:`MediaService.check_target` found: a patient of the tenant, not erased at
+    the time, and a treatment of theirs (or None)."""
+
+    tenant_id: str
+    patient_id: str
+    treatment_id: str | None
 
 
 @dataclass(frozen=True)
@@ -163,28 +169,38 @@ class MediaService:
             await self.load(session, actor, media_id)
 
     # -- upload --------------------------------------------------------------------------
-    async def check_target(self, actor: Actor, patient_id: str, treatment_id: str | None) -> None:
+    async def check_target(self, actor: Actor, patient_id: str, treatment_id: str | None) -> UploadTarget:
+        """The upload's patient (not erased) and treatment, of the actor's tenant: 404/410
+        before a byte of the body is read."""
         async with self.db.session() as session:
             patient = await self.patients.load(session, actor, patient_id)
             if treatment_id is not None:
                 await TreatmentService.owned(session, tenant_id=actor.tenant_id, patient_id=patient.id, treatment_id=treatment_id)
+        return UploadTarget(tenant_id=actor.tenant_id, patient_id=patient.id, treatment_id=treatment_id)
 
     async def upload_photo(
         self,
         actor: Actor,
-        patient_id: str,
+        target: UploadTarget,
         data: bytes,
         *,
         phase: str,
-        treatment_id: str | None,
         idempotency_key: str | None,
     ) -> tuple[MediaView, bool]:
         """Returns (media view, created). A replayed Idempotency-Key returns the first media.
 
+        ``target``: :meth:`check_target`'s answer, given just before the body was read; it
+        is not read again here. An erasure since then fails the upload with 410 (the key
+        store refuses the new object keys, or the commit's locked read of the patient does)
+        and leaves nothing behind.
+
         Overlapped (issue 15 item 3): a decoder worker starts on the photo at once; the
-        target and the Idempotency-Key are checked meanwhile, and the stripped original,
-        which the worker sends (re-checked) before it decodes a pixel, is encrypted and
-        stored while it decodes. Whatever was stored is shredded if anything fails."""
+        Idempotency-Key is checked meanwhile, and the stripped original, which the worker
+        sends (re-checked) before it decodes a pixel, is encrypted and stored while it
+        decodes. Whatever was stored is shredded if anything fails."""
+        if target.tenant_id != actor.tenant_id:
+            raise NotFound("no such patient")
+        patient_id, treatment_id = target.patient_id, target.treatment_id
         stripped: asyncio.Future[StrippedOriginal] = asyncio.get_running_loop().create_future()
         processing = asyncio.ensure_future(self.pipeline.process(data, on_original=stripped.set_result))
         reserved: list[Reserved] = []
@@ -193,13 +209,9 @@ class MediaService:
                 self.keys, actor, patient_id, idempotency_key,
                 body_sha256=hashlib.sha256(data).hexdigest() if idempotency_key is not None else "",
             )
-            async with self.db.session() as session:
-                patient = await self.patients.load(session, actor, patient_id)
-                if treatment_id is not None:
-                    await TreatmentService.owned(session, tenant_id=actor.tenant_id, patient_id=patient.id,
-                                                 treatment_id=treatment_id)
-                existing = None
-                if key_digest is not None:
+            existing = None
+            if key_digest is not None:
+                async with self.db.session() as session:
                     existing = await idempotency.replayed(session, actor.tenant_id, key_digest, body_digest)
             if existing is not None:
                 await asyncio.gather(processing, return_exceptions=True)
@@ -209,7 +221,10 @@ class MediaService:
                 await processing  # it failed before stripping (raises)
                 raise DecoderFailed(details={"check": "stripped.missing"})
             # Ids and keys for every rendition (one commit each way), the original stored now.
-            reserved = await self.sealed.reserve(actor.tenant_id, patient_id, 1 + len(THUMBNAIL_SIZES))
+            try:
+                reserved = await self.sealed.reserve(actor.tenant_id, patient_id, 1 + len(THUMBNAIL_SIZES))
+            except KeyDestroyed:  # erased since check_target: no key is made for them again
+                raise PatientErased() from None
             refs = [await self.sealed.put_reserved(reserved[0], stripped.result().data)]
             photo = await processing
             media = Media(
@@ -235,9 +250,10 @@ class MediaService:
             )
             renditions = {ORIGINAL: (photo.stripped, photo.mime)}
             renditions.update({THUMBNAILS[size]: (thumb, "image/jpeg") for size, thumb in photo.thumbnails.items()})
+            capture_json = json.dumps(photo.capture, default=str)
             capture, *thumb_refs = await asyncio.gather(
                 self.keys.seal_field(actor.tenant_id, patient_id, table="media", column="capture", row_id=media.id,
-                                     value=json.dumps(photo.capture, default=str)),
+                                     value=capture_json),
                 *(self.sealed.put_reserved(slot, thumb)
                   for slot, (thumb, _) in zip(reserved[1:], list(renditions.values())[1:], strict=False)),
             )
@@ -263,15 +279,16 @@ class MediaService:
                 await faces.enqueue_search(session, media.id)
                 await self.audit.append(session, AuditEvent.of(actor, "media.upload", patient_id=patient_id, media_id=media.id))
                 if self.webhooks is not None:  # a photo is ready when its upload commits
-                    await media_event(self.webhooks, session, MEDIA_CREATED, media)
-                    await media_event(self.webhooks, session, MEDIA_READY, media)
+                    await self.webhooks.notify_all(session, media.tenant_id,
+                                                   [(MEDIA_CREATED, media_ids(media)), (MEDIA_READY, media_ids(media))])
         except _Superseded as won:
             await asyncio.gather(*(self.sealed.destroy(ref, cause="upload_rollback") for ref in refs))
             return await self._view_and_audit(actor, won.media, "media.upload.replay"), False
         except BaseException:
             await asyncio.gather(*(self.sealed.destroy(ref, cause="upload_rollback") for ref in refs), return_exceptions=True)
             raise
-        return await self.view(media), True
+        # The capture just sealed, as it reads back: not opened again from its ciphertext.
+        return await self.view(media, opened_capture=json.loads(capture_json)), True
 
     async def _abandon(self, processing: asyncio.Future[Any], reserved: list[Reserved], *, cancel: bool) -> None:
         """A failed photo upload: its worker item finished (or, when the request itself is
@@ -310,9 +327,12 @@ class MediaService:
         await self.videos.shred_blob(tenant_id, patient_id, blob_id)
 
     # -- reading -------------------------------------------------------------------------
-    async def view(self, media: Media, *, with_capture: bool = True, with_captured_at: bool = True) -> MediaView:
-        capture = None
-        if (with_capture or with_captured_at) and media.capture is not None:
+    async def view(self, media: Media, *, with_capture: bool = True, with_captured_at: bool = True,
+                   opened_capture: Any = None) -> MediaView:
+        """``opened_capture``: the capture in the clear when the caller has it (the upload
+        that sealed it), instead of opening ``media.capture``."""
+        capture = opened_capture
+        if capture is None and (with_capture or with_captured_at) and media.capture is not None:
             capture = json.loads(
                 await self.keys.open_field(media.tenant_id, media.patient_id, table="media", column="capture",
                                            row_id=media.id, sealed=media.capture)

@@ -133,7 +133,7 @@ async def upload_media(request: web.Request) -> web.Response:
     actor = actor_of(request)
     service = request.app[MEDIA]
     patient_id = request.match_info["patient_id"]
-    await service.check_target(actor, patient_id, query.treatment_id)  # 404 before reading any body
+    target = await service.check_target(actor, patient_id, query.treatment_id)  # 404 before reading any body
     settings = request.app[SETTINGS]
     limits = request.app[UPLOAD_LIMITS]
     with limits.admit(actor.token_id):  # 429/503 at once when this token or this node is at its limit
@@ -154,9 +154,7 @@ async def upload_media(request: web.Request) -> web.Response:
         stream.check_length(settings.max_photo_bytes)  # 413 before reading on
         with limits.memory.lease() as lease:  # held until the photo is processed and stored
             data = await stream.read_all(limit=settings.max_photo_bytes, lease=lease)
-            view, created = await service.upload_photo(
-                actor, patient_id, data, phase=query.phase, treatment_id=query.treatment_id, idempotency_key=key
-            )
+            view, created = await service.upload_photo(actor, target, data, phase=query.phase, idempotency_key=key)
     return json_response(view, status=201 if created else 200, headers={"Location": f"/v1/media/{view.id}"})
 
 

@@ -146,6 +146,8 @@ class LocalStore:
         # itself is queued behind (issue 11 item 3).
         self._io = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-file")
         self._inline = _NOWAIT is not None
+        # Shard folders (``key[0:4]``) this store has made or found: at most 65,536 names.
+        self._folders: set[str] = set()
         # Blocking, but only once at start-up, where failing early names the setting.
         try:
             self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
@@ -178,6 +180,8 @@ class LocalStore:
 
     def _make_folder(self, key: str) -> Path:
         # A new directory entry is only durable once its parent is fsynced.
+        if key[0:4] in self._folders:  # made (or found) before: no mkdir calls per write
+            return self.root / key[0:2] / key[2:4]
         parent = self.root
         for name in (key[0:2], key[2:4]):
             child = parent / name
@@ -188,11 +192,17 @@ class LocalStore:
             else:
                 _fsync_dir(parent)
             parent = child
+        self._folders.add(key[0:4])
         return parent
 
     def _open_temp(self, key: str) -> _TempBlob:
         with _os_errors():
-            return _TempBlob(self._make_folder(key), key)
+            try:
+                return _TempBlob(self._make_folder(key), key)
+            except FileNotFoundError:
+                # A shard folder is never removed by the vault; one removed by hand is made again.
+                self._folders.discard(key[0:4])
+                return _TempBlob(self._make_folder(key), key)
 
     async def put(
         self, key: str, chunks: AsyncIterable[bytes], *, size_hint: int | None = None

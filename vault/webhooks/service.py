@@ -158,22 +158,34 @@ class WebhookService:
         """Record an event and enqueue one delivery per configured endpoint, in the
         caller's transaction. ``ids`` hold ids (and lists of ids) only. Returns the
         event id, or None when the tenant has no endpoint."""
+        (event_id,) = await self.notify_all(session, tenant_id, [(kind, ids)])
+        return event_id
+
+    async def notify_all(
+        self, session: AsyncSession, tenant_id: str, events: list[tuple[str, dict[str, Any]]]
+    ) -> list[str | None]:
+        """:meth:`notify` for several events of one transaction, in order (a photo's
+        ``media.created`` and ``media.ready``): the tenant's endpoints are read once."""
         endpoint_ids = (
             await session.execute(select(WebhookEndpoint.id).where(WebhookEndpoint.tenant_id == tenant_id))
         ).scalars().all()
         if not endpoint_ids:
-            return None
-        event_id = new_id()
-        body = {"id": event_id, "type": kind, "tenant_id": tenant_id, "created_at": utcnow().isoformat(), **ids}
-        session.add(WebhookEvent(id=event_id, tenant_id=tenant_id, kind=kind,
-                                 body=json.dumps(body, sort_keys=True, separators=(",", ":"))))
-        await session.flush()
-        for endpoint_id in endpoint_ids:
-            row = WebhookDelivery(id=new_id(), tenant_id=tenant_id, event_id=event_id, endpoint_id=endpoint_id, state=PENDING)
-            session.add(row)
+            return [None] * len(events)
+        recorded: list[str | None] = []
+        for kind, ids in events:
+            event_id = new_id()
+            body = {"id": event_id, "type": kind, "tenant_id": tenant_id, "created_at": utcnow().isoformat(), **ids}
+            session.add(WebhookEvent(id=event_id, tenant_id=tenant_id, kind=kind,
+                                     body=json.dumps(body, sort_keys=True, separators=(",", ":"))))
             await session.flush()
-            await enqueue(session, JOB_KIND, {"delivery_id": row.id})
-        return event_id
+            for endpoint_id in endpoint_ids:
+                row = WebhookDelivery(id=new_id(), tenant_id=tenant_id, event_id=event_id, endpoint_id=endpoint_id,
+                                      state=PENDING)
+                session.add(row)
+                await session.flush()
+                await enqueue(session, JOB_KIND, {"delivery_id": row.id})
+            recorded.append(event_id)
+        return recorded
 
     # -- delivery (the job) --------------------------------------------------------------
     async def deliver(

@@ -55,6 +55,13 @@ class Sanitizer(abc.ABC):
     def sanitize(self, data: bytes) -> Sanitized:
         """Return the file without identifying metadata, or raise ``CorruptMedia``."""
 
+    def unchanged(self, data: bytes) -> Sanitized | None:
+        """:meth:`sanitize` of ``data`` when its output is ``data`` itself (a fixed point),
+        else None; raises as :meth:`sanitize` does. A format with a layout compares it in
+        place instead of building the copy."""
+        again = self.sanitize(data)
+        return again if again.data == data else None
+
 
 def corrupt(what: str) -> CorruptMedia:
     # Messages name the structural fault only: never bytes or text from the file.

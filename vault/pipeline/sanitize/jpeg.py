@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import struct
+from dataclasses import replace
 
 from vault.errors import UnsupportedMedia
 from vault.pipeline.sanitize.base import Sanitized, Sanitizer, corrupt
@@ -46,6 +47,32 @@ class JpegSanitizer(Sanitizer):
     mimetypes = frozenset({JPEG})
 
     def sanitize(self, data: bytes) -> Sanitized:
+        found = self._walk(data)
+        view = memoryview(data)
+        cleaned = b"".join(piece if isinstance(piece, bytes) else view[piece[0]:piece[1]] for piece in found.layout or ())
+        return replace(found, data=cleaned)
+
+    def unchanged(self, data: bytes) -> Sanitized | None:
+        """What :meth:`sanitize` returns when its output is ``data`` itself, else None:
+        the layout is compared with ``data`` in place, no cleaned copy is made (the
+        server's re-check of a 5 MB stripped file, :mod:`vault.media.recheck`)."""
+        found = self._walk(data)
+        view, pos = memoryview(data), 0
+        for piece in found.layout or ():
+            if isinstance(piece, bytes):
+                if view[pos:pos + len(piece)] != piece:
+                    return None
+                pos += len(piece)
+            else:
+                start, end = piece
+                # A kept range at its own offset is equal to itself: nothing to compare.
+                if start != pos and view[pos:pos + end - start] != view[start:end]:
+                    return None
+                pos += end - start
+        return replace(found, data=data) if pos == len(data) else None
+
+    def _walk(self, data: bytes) -> Sanitized:
+        """The sanitized result with its layout, ``data`` left empty (the callers fill it)."""
         if not data.startswith(b"\xff\xd8"):
             raise corrupt("no JPEG start marker")
         view = memoryview(data)
@@ -130,9 +157,8 @@ class JpegSanitizer(Sanitizer):
             head.append(_app1_exif(orientation_exif(orientation)))
         # Everything after EOI is dropped here, by not copying it.
         layout: tuple[bytes | tuple[int, int], ...] = (b"".join(head), *_merged(kept), b"\xff\xd9")
-        cleaned = b"".join(piece if isinstance(piece, bytes) else view[piece[0]:piece[1]] for piece in layout)
         width, height = size
-        return Sanitized(mime=JPEG, data=cleaned, width=width, height=height,
+        return Sanitized(mime=JPEG, data=b"", width=width, height=height,
                          orientation=orientation, original_exif=exif, layout=layout)
 
 

@@ -73,3 +73,35 @@ async def test_a_patient_erased_after_the_target_check_gets_410_and_leaves_nothi
         leases = (await s.execute(text("SELECT COUNT(*) FROM blob_writes WHERE patient_id = :p"), {"p": pid})).scalar()
     assert leases == 0
     await still_answers(client)
+
+
+async def test_a_patient_erased_after_the_keys_were_reserved_gets_410_and_leaves_nothing(client, clinic, settings,
+                                                                                        monkeypatch):
+    """An erasure that lands after the upload's object keys were reserved and its original
+    stored: sealing the capture finds the patient's key destroyed. 410, as an erasure
+    found earlier is, and the reserved keys and stored blobs are shredded (was a 500)."""
+    pid = await new_patient(client, clinic)
+    sealed = client.server.app[RUNTIME].media.sealed
+    put_reserved = sealed.put_reserved
+    erased: list[bool] = []
+
+    async def erased_after_the_original(slot, data):
+        ref = await put_reserved(slot, data)
+        if not erased:
+            erased.append(True)
+            resp = await client.post(f"/v1/patients/{pid}/erasure", json={"reason": "Art. 17 request"},
+                                     headers=clinic.auth("erasure"))
+            assert resp.status == 200, await resp.text()
+        return ref
+
+    monkeypatch.setattr(sealed, "put_reserved", erased_after_the_original)
+    before = await counts(client, settings)
+    resp = await client.post(f"/v1/patients/{pid}/media", data=_jpeg(),
+                             headers={**clinic.auth("practitioner"), "Content-Type": "image/jpeg"})
+    assert resp.status == 410, await resp.text()
+    assert (await resp.json())["error"] == "patient_erased"
+    assert await counts(client, settings) == before
+    async with client.server.app[RUNTIME].db.session() as s:
+        leases = (await s.execute(text("SELECT COUNT(*) FROM blob_writes WHERE patient_id = :p"), {"p": pid})).scalar()
+    assert leases == 0
+    await still_answers(client)

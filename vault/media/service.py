@@ -221,10 +221,7 @@ class MediaService:
                 await processing  # it failed before stripping (raises)
                 raise DecoderFailed(details={"check": "stripped.missing"})
             # Ids and keys for every rendition (one commit each way), the original stored now.
-            try:
-                reserved = await self.sealed.reserve(actor.tenant_id, patient_id, 1 + len(THUMBNAIL_SIZES))
-            except KeyDestroyed:  # erased since check_target: no key is made for them again
-                raise PatientErased() from None
+            reserved = await self.sealed.reserve(actor.tenant_id, patient_id, 1 + len(THUMBNAIL_SIZES))
             refs = [await self.sealed.put_reserved(reserved[0], stripped.result().data)]
             photo = await processing
             media = Media(
@@ -261,6 +258,10 @@ class MediaService:
             refs += thumb_refs
         except BaseException as exc:
             await self._abandon(processing, reserved, cancel=isinstance(exc, asyncio.CancelledError))
+            if isinstance(exc, KeyDestroyed):
+                # Erased since check_target: the key store refused the new object keys, or
+                # the patient's key was gone when the capture was sealed.
+                raise PatientErased() from None
             raise
         if len(reserved) > len(refs):  # a photo with fewer thumbnails: give the spare keys back
             await asyncio.gather(*(self.sealed.destroy(spare.ref, cause="upload_rollback") for spare in reserved[len(refs):]))

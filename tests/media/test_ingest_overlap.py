@@ -47,22 +47,15 @@ def _jpeg() -> bytes:
     return out.getvalue()
 
 
-async def test_a_patient_erased_after_the_target_check_gets_410_and_leaves_nothing(client, clinic, settings, monkeypatch):
-    """The target is checked once, before the body is read: an erasure that lands after
-    that check (here: while the client would still be sending) fails the upload with 410
-    when the key store refuses the new object keys, and nothing is left behind."""
-    pid = await new_patient(client, clinic)
-    media = client.server.app[RUNTIME].media
-    check_target = media.check_target
+async def _erase(client, clinic, patient_id: str) -> None:
+    resp = await client.post(f"/v1/patients/{patient_id}/erasure", json={"reason": "Art. 17 request"},
+                             headers=clinic.auth("erasure"))
+    assert resp.status == 200, await resp.text()
 
-    async def erased_after_the_check(actor, patient_id, treatment_id):
-        target = await check_target(actor, patient_id, treatment_id)
-        resp = await client.post(f"/v1/patients/{patient_id}/erasure", json={"reason": "Art. 17 request"},
-                                 headers=clinic.auth("erasure"))
-        assert resp.status == 200, await resp.text()
-        return target
 
-    monkeypatch.setattr(media, "check_target", erased_after_the_check)
+async def _refused_as_erased_leaving_nothing(client, clinic, settings, pid: str) -> None:
+    """Upload a photo for ``pid`` (erased meanwhile by the test's hook): 410
+    ``patient_erased``, no media, blob or file left, no lease."""
     before = await counts(client, settings)
     resp = await client.post(f"/v1/patients/{pid}/media", data=_jpeg(),
                              headers={**clinic.auth("practitioner"), "Content-Type": "image/jpeg"})
@@ -73,6 +66,23 @@ async def test_a_patient_erased_after_the_target_check_gets_410_and_leaves_nothi
         leases = (await s.execute(text("SELECT COUNT(*) FROM blob_writes WHERE patient_id = :p"), {"p": pid})).scalar()
     assert leases == 0
     await still_answers(client)
+
+
+async def test_a_patient_erased_after_the_target_check_gets_410_and_leaves_nothing(client, clinic, settings, monkeypatch):
+    """The target is checked once, before the body is read: an erasure that lands after
+    that check (here: while the client would still be sending) fails the upload with 410
+    when the key store refuses the new object keys, and nothing is left behind."""
+    pid = await new_patient(client, clinic)
+    media = client.server.app[RUNTIME].media
+    check_target = media.check_target
+
+    async def erased_after_the_check(actor, patient_id, treatment_id):
+        target = await check_target(actor, patient_id, treatment_id)
+        await _erase(client, clinic, patient_id)
+        return target
+
+    monkeypatch.setattr(media, "check_target", erased_after_the_check)
+    await _refused_as_erased_leaving_nothing(client, clinic, settings, pid)
 
 
 async def test_a_patient_erased_after_the_keys_were_reserved_gets_410_and_leaves_nothing(client, clinic, settings,
@@ -89,19 +99,8 @@ async def test_a_patient_erased_after_the_keys_were_reserved_gets_410_and_leaves
         ref = await put_reserved(slot, data)
         if not erased:
             erased.append(True)
-            resp = await client.post(f"/v1/patients/{pid}/erasure", json={"reason": "Art. 17 request"},
-                                     headers=clinic.auth("erasure"))
-            assert resp.status == 200, await resp.text()
+            await _erase(client, clinic, pid)
         return ref
 
     monkeypatch.setattr(sealed, "put_reserved", erased_after_the_original)
-    before = await counts(client, settings)
-    resp = await client.post(f"/v1/patients/{pid}/media", data=_jpeg(),
-                             headers={**clinic.auth("practitioner"), "Content-Type": "image/jpeg"})
-    assert resp.status == 410, await resp.text()
-    assert (await resp.json())["error"] == "patient_erased"
-    assert await counts(client, settings) == before
-    async with client.server.app[RUNTIME].db.session() as s:
-        leases = (await s.execute(text("SELECT COUNT(*) FROM blob_writes WHERE patient_id = :p"), {"p": pid})).scalar()
-    assert leases == 0
-    await still_answers(client)
+    await _refused_as_erased_leaving_nothing(client, clinic, settings, pid)

@@ -51,6 +51,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,6 +255,89 @@ async def audit_summary(url: str, token: str) -> str:
     return f"audit: mean wait for the durable entry {wait:.1f} ms, {batch:.1f} entries per group commit"
 
 
+def vault_env(data_dir: Path, metrics_token: str) -> dict[str, str]:
+    """The environment of the measured `vault serve`: embedded default under ``data_dir``."""
+    # No job runner: the uploaded photo's full face search (seconds of CPU in a decoder
+    # worker) would otherwise run during the first rounds and take a core from the reads.
+    return {**os.environ, "VAULT_DATA_DIR": str(data_dir), "VAULT_LOG_LEVEL": "WARNING", "VAULT_METRICS_TOKEN": metrics_token,
+            "VAULT_INPROCESS_JOBS": "false"}
+
+
+async def fresh_database(pg: str, prefix: str = "bench_read_") -> tuple[str, Callable[[], Awaitable[None]]]:
+    """A new database on the PostgreSQL server of ``pg``: (its URL, same driver as ``pg``;
+    a coroutine function that drops it)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    name = prefix + secrets.token_hex(4)
+    server_url = pg.replace("postgresql+asyncpg", "postgresql")
+    conn = await asyncpg.connect(server_url)
+    await conn.execute(f"CREATE DATABASE {name}")
+    await conn.close()
+
+    async def dropdb() -> None:
+        c = await asyncpg.connect(server_url)
+        await c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await c.close()
+    return pg.rsplit("/", 1)[0] + "/" + name, dropdb
+
+
+def prepare_vault(env: dict[str, str]) -> tuple[str, str]:
+    """Migrate, make the tenant `bench`; (a `records` token, a `practitioner` token)."""
+    vault_cli(env, "migrate")
+    vault_cli(env, "tenant", "create", "bench")
+    token = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "records", "--label", "bench").strip().splitlines()[-1]
+    writer = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "practitioner", "--label", "bench-up").strip().splitlines()[-1]
+    return token, writer
+
+
+async def start_vault(env: dict[str, str], port: int, *, processes: int = 1, cwd: Path | None = None,
+                      prefix: Sequence[str] = (), patience: float = 60) -> subprocess.Popen[bytes]:
+    """`vault serve` on ``port`` (``prefix``: a command that runs it, e.g. callgrind), once it answers /healthz."""
+    server = subprocess.Popen([*prefix, PY, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                               "--processes", str(processes)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL if prefix else None, cwd=cwd)
+    await wait_ok(f"http://127.0.0.1:{port}/healthz", seconds=patience)
+    return server
+
+
+async def upload_sample(base: str, writer: str, token: str) -> tuple[str, bytes]:
+    """Upload the 12 MP sample photo as a new patient's; (its media id, its 256 px thumbnail)."""
+    from bench_pipeline import sample_jpeg
+
+    photo = sample_jpeg()
+    up = {"Authorization": f"Bearer {writer}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(base + "/v1/patients", json={"external_ref": "BENCH-READ"}, headers=up) as r:
+            pid = (await r.json())["id"]
+        async with s.post(f"{base}/v1/patients/{pid}/media", data=io.BytesIO(photo),
+                          headers={**up, "Content-Type": "image/jpeg"}) as r:
+            body = await r.json()
+            assert r.status == 201, body
+            media_id = body["id"]
+        async with s.get(f"{base}/v1/media/{media_id}/thumbnail?size=256", headers={"Authorization": f"Bearer {token}"}) as r:
+            thumb = await r.read()
+    return media_id, thumb
+
+
+def write_peer_data(tmp: Path, thumb: bytes) -> tuple[Path, Path]:
+    """The peer's files: nonce || AES-256-GCM ciphertext of ``thumb`` (AAD ``thumb256``) and its key."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
+    (tmp / "thumb.key").write_bytes(key)
+    (tmp / "thumb.enc").write_bytes(nonce + AESGCM(key).encrypt(nonce, thumb, b"thumb256"))
+    return tmp / "thumb.enc", tmp / "thumb.key"
+
+
+async def start_peer(port: int, enc: Path, key: Path, *, prefix: Sequence[str] = (),
+                     patience: float = 60) -> subprocess.Popen[bytes]:
+    """The bare aiohttp read+decrypt server (:data:`PEER`), once it answers."""
+    peer = subprocess.Popen([*prefix, PY, "-c", PEER, str(port), str(enc), str(key)],
+                            stderr=subprocess.DEVNULL if prefix else None)
+    await wait_ok(f"http://127.0.0.1:{port}/thumb-dec", seconds=patience)
+    return peer
+
+
 async def count_instructions(args: argparse.Namespace, tmp: Path, peer_pid: int, peer_url: str,
                              vaults: dict[str, tuple[int, str]], auth: dict[str, str]) -> None:
     """``--instructions``: interleaved rounds of instructions per request, medians printed."""
@@ -306,30 +390,12 @@ async def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="vault-bench-read-"))
     metrics_token = secrets.token_urlsafe(24)
-    # No job runner: the uploaded photo's full face search (seconds of CPU in a decoder
-    # worker) would otherwise run during the first rounds and take a core from the reads.
-    env = {**os.environ, "VAULT_DATA_DIR": str(tmp / "data"), "VAULT_LOG_LEVEL": "WARNING", "VAULT_METRICS_TOKEN": metrics_token,
-           "VAULT_INPROCESS_JOBS": "false"}
+    env = vault_env(tmp / "data", metrics_token)
     dropdb = None
     if args.pg:
-        import asyncpg  # type: ignore[import-untyped]
-
-        name = "bench_read_" + secrets.token_hex(4)
-        server_url = args.pg.replace("postgresql+asyncpg", "postgresql")
-        conn = await asyncpg.connect(server_url)
-        await conn.execute(f"CREATE DATABASE {name}")
-        await conn.close()
-        db_url = args.pg.rsplit("/", 1)[0] + "/" + name
+        db_url, dropdb = await fresh_database(args.pg)
         env["VAULT_DATABASE_URL"] = env["VAULT_KEYSTORE_URL"] = db_url
-
-        async def dropdb() -> None:
-            c = await asyncpg.connect(server_url)
-            await c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            await c.close()
-    vault_cli(env, "migrate")
-    vault_cli(env, "tenant", "create", "bench")
-    token = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "records", "--label", "bench").strip().splitlines()[-1]
-    writer = vault_cli(env, "token", "create", "--tenant", "bench", "--role", "practitioner", "--label", "bench-up").strip().splitlines()[-1]
+    token, writer = prepare_vault(env)
     ports, pport = {n: free_port() for n in counts}, free_port()
     servers: dict[str, subprocess.Popen[bytes]] = {}
     peer = None
@@ -342,36 +408,14 @@ async def main() -> None:
     patience = 900 if args.instructions else 60
     try:
         for n in counts:  # one after the other: each start migrates the same data first
-            servers[n] = subprocess.Popen([*under(n.replace(" ", "-")), PY, "-m", "vault.cli", "serve", "--host", "127.0.0.1",
-                                           "--port", str(ports[n]), "--processes", str(variants[n][0])],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if args.instructions else None,
-                                          cwd=variants[n][1])
-            await wait_ok(f"http://127.0.0.1:{ports[n]}/healthz", seconds=patience)
+            servers[n] = await start_vault(env, ports[n], processes=variants[n][0], cwd=variants[n][1],
+                                           prefix=under(n.replace(" ", "-")), patience=patience)
         server = servers[counts[0]]
-        from bench_pipeline import sample_jpeg
-
-        photo = sample_jpeg()
-        up = {"Authorization": f"Bearer {writer}"}
-        async with aiohttp.ClientSession() as s:
-            async with s.post(base + "/v1/patients", json={"external_ref": "BENCH-READ"}, headers=up) as r:
-                pid = (await r.json())["id"]
-            async with s.post(f"{base}/v1/patients/{pid}/media", data=io.BytesIO(photo),
-                              headers={**up, "Content-Type": "image/jpeg"}) as r:
-                body = await r.json()
-                assert r.status == 201, body
-                media_id = body["id"]
-            url = f"{base}/v1/media/{media_id}/thumbnail?size=256" if args.path == "thumbnail" else f"{base}/v1/media/{media_id}/content"
-            async with s.get(f"{base}/v1/media/{media_id}/thumbnail?size=256", headers=auth) as r:
-                thumb = await r.read()
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
-        (tmp / "thumb.key").write_bytes(key)
-        (tmp / "thumb.enc").write_bytes(nonce + AESGCM(key).encrypt(nonce, thumb, b"thumb256"))
-        peer = subprocess.Popen([*under("peer"), PY, "-c", PEER, str(pport), str(tmp / "thumb.enc"), str(tmp / "thumb.key")],
-                                stderr=subprocess.DEVNULL if args.instructions else None)
+        media_id, thumb = await upload_sample(base, writer, token)
+        url = f"{base}/v1/media/{media_id}/thumbnail?size=256" if args.path == "thumbnail" else f"{base}/v1/media/{media_id}/content"
+        enc, key = write_peer_data(tmp, thumb)
+        peer = await start_peer(pport, enc, key, prefix=under("peer"), patience=patience)
         peer_url = f"http://127.0.0.1:{pport}/thumb-dec"
-        await wait_ok(peer_url, seconds=patience)
         urls = {n: url.replace(f":{port}/", f":{ports[n]}/") for n in counts}
         for n in counts:
             await rate(urls[n], auth, secs=1, conc=args.conc)  # warm-up

@@ -43,9 +43,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_read import (  # noqa: E402
-    PY, ROOT, cpu_seconds, fresh_database, free_port, prepare_vault, rate, start_peer, start_vault, summarise_profile,
-    tree_cpu_seconds, upload_sample, vault_env, wait_ok, write_peer_data,
+from bench_read import (
+    PY,
+    ROOT,
+    cpu_seconds,
+    free_port,
+    fresh_database,
+    prepare_vault,
+    rate,
+    start_peer,
+    start_vault,
+    summarise_profile,
+    tree_cpu_seconds,
+    upload_sample,
+    vault_env,
+    wait_ok,
+    write_peer_data,
 )
 
 FLOOR = str(ROOT / "bench" / "read_floor_server.py")
@@ -54,7 +67,9 @@ FLOOR = str(ROOT / "bench" / "read_floor_server.py")
 def floor_config(tmp: Path, label: str, *, media_id: str, enc: Path, key: Path, pg_dsn: str | None,
                  pg_audit: str, hold: bool, durable: bool) -> tuple[Path, str, int]:
     """The floor's config file (its token only as a hash); (the file, the token, the port)."""
-    from vault.db.engine import SQLITE_PRAGMAS  # the vault's own pragmas (WAL, synchronous=FULL)
+    from vault.db.engine import (
+        SQLITE_PRAGMAS,  # the vault's own pragmas (WAL, synchronous=FULL)
+    )
 
     token, port = secrets.token_urlsafe(32), free_port()
     folder = tmp / label

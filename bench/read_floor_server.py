@@ -147,7 +147,7 @@ class GroupCommit:
             started = loop.time()
             try:
                 await self._write([event for event, _ in batch])
-            except Exception as exc:  # noqa: BLE001 — every waiting read fails with it (500), none answers unaudited
+            except Exception as exc:
                 for _, done in batch:
                     done.set_exception(exc)
             else:
@@ -262,7 +262,7 @@ class PostgresStores:
         conn = self._idle.pop() if self._idle else await asyncpg.connect(self.dsn)
         try:
             rows = await conn.fetch(self._key_rows, tenant_id, list(dict.fromkeys(o for o, _ in waiting)))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             for _, future in waiting:
                 future.set_exception(exc)
             conn.terminate()

@@ -47,6 +47,7 @@ from bench_read import (
     PY,
     ROOT,
     cpu_seconds,
+    cpu_split,
     free_port,
     fresh_database,
     prepare_vault,
@@ -213,15 +214,16 @@ async def main() -> None:
             targets["vault"] = (f"http://127.0.0.1:{vport}/v1/media/{media_id}/thumbnail?size=256", {"Authorization": f"Bearer {token}"})
         for url, headers in targets.values():
             await rate(url, headers, secs=1, conc=args.conc)  # warm-up
-        per: dict[str, dict[str, list[float]]] = {n: {"rps": [], "p50": [], "cpu": []} for n in targets}
+        per: dict[str, dict[str, list[float]]] = {n: {"rps": [], "p50": [], "cpu": [], "sys": []} for n in targets}
         commits: list[float] = []
         for _ in range(args.rounds):
             commits.append(await commit_ms(tmp, pg_dsn))
             for name, (url, headers) in targets.items():
                 cpu = tree_cpu_seconds if name == "vault" else cpu_seconds
-                c0 = cpu(procs[name].pid)
+                c0, s0 = cpu(procs[name].pid), cpu_split(procs[name].pid)[1]
                 rps, p50 = await rate(url, headers, secs=args.secs, conc=args.conc)
                 per[name]["cpu"].append((cpu(procs[name].pid) - c0) / (rps * args.secs) * 1e6)
+                per[name]["sys"].append((cpu_split(procs[name].pid)[1] - s0) / (rps * args.secs) * 1e6)  # kernel: sockets, fsync
                 per[name]["rps"].append(rps)
                 per[name]["p50"].append(p50)
         profile = None
@@ -253,7 +255,8 @@ async def main() -> None:
                               "durable_commit_ms": round(statistics.median(commits), 2), "servers": {}}
     for name, m in per.items():
         result["servers"][name] = {"rps": round(statistics.median(m["rps"])), "ratio": round(statistics.median(m["rps"]) / peer, 3),
-                                   "cpu_us_per_req": round(statistics.median(m["cpu"])), "p50_ms": round(statistics.median(m["p50"]), 2),
+                                   "cpu_us_per_req": round(statistics.median(m["cpu"])),
+                                   "sys_us_per_req": round(statistics.median(m["sys"])), "p50_ms": round(statistics.median(m["p50"]), 2),
                                    "rounds": [round(x) for x in m["rps"]]}
     for label, (entries, per_commit) in audits.items():
         result["servers"][label].update(audit_entries_verified=entries, entries_per_commit=round(per_commit, 1),
@@ -263,7 +266,7 @@ async def main() -> None:
     for name, row in result["servers"].items():
         extra = (f", {row['entries_per_commit']} entries/commit of {row['commit_ms']} ms ({row['audit_entries_verified']} verified)"
                  if name in audits else "")
-        print(f"  {name:34s} {row['rps']:6d} req/s  ratio {row['ratio']:.2f}  CPU/read {row['cpu_us_per_req']:4d} us"
+        print(f"  {name:34s} {row['rps']:6d} req/s  ratio {row['ratio']:.2f}  CPU/read {row['cpu_us_per_req']:4d} us (system {row['sys_us_per_req']:3d})"
               f"  p50 {row['p50_ms']} ms{extra}")
     commit = result["durable_commit_ms"]
     print(f"  one durable commit (idle server, same minutes): {commit} ms -> {args.conc} readers waiting on commits"

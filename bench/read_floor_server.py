@@ -78,27 +78,30 @@ def aad(label: str, *ids: str | int) -> bytes:
     return "\x1f".join((label, *map(str, ids))).encode()
 
 
-def canonical(e: dict[str, Any]) -> bytes:
-    """``json.dumps(e, sort_keys=True, separators=(",", ":"))`` for these fields, key by key."""
-    return (_ENTRY % (_string(e["action"]), _string(e["actor"]), _string(e["at"].isoformat()), _string(e["outcome"]),
-                      _string(e["request_id"]), _string(e["role"]), e["seq"], _string(e["targets"]),
-                      _string(e["tenant_id"]))).encode()
-
-
 class Chain:
     """The one writer's head of each tenant's chain; builds a batch's rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, text_at: bool) -> None:
         self.heads: dict[str, tuple[int, str]] = {}
+        self._text_at = text_at  # SQLite: `at` stored as the vault stores it, naive UTC text
 
-    def rows(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        now, rows = datetime.now(UTC).replace(tzinfo=None), []
+    def rows(self, events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """Rows in ENTRY_COLUMNS order; each entry's hash over its canonical JSON, which is
+        ``json.dumps(entry, sort_keys=True, separators=(",", ":"))`` written key by key
+        (the batch's one timestamp formatted once), as the vault's ``canonical`` does."""
+        now = datetime.now(UTC).replace(tzinfo=None)
+        iso, at = _string(now.isoformat()), str(now) if self._text_at else now
+        rows = []
         for e in events:
-            seq, prev = self.heads.get(e["tenant_id"]) or (0, hashlib.sha256(f"genesis:{e['tenant_id']}".encode()).hexdigest())
-            entry = {**e, "seq": seq + 1, "at": now}
-            digest = hashlib.sha256(prev.encode() + b"\n" + canonical(entry)).hexdigest()
-            rows.append({**entry, "prev_hash": prev, "hash": digest})
-            self.heads[e["tenant_id"]] = (seq + 1, digest)
+            tenant = e["tenant_id"]
+            seq, prev = self.heads.get(tenant) or (0, hashlib.sha256(f"genesis:{tenant}".encode()).hexdigest())
+            seq += 1
+            body = _ENTRY % (_string(e["action"]), _string(e["actor"]), iso, _string(e["outcome"]), _string(e["request_id"]),
+                             _string(e["role"]), seq, _string(e["targets"]), _string(tenant))
+            digest = hashlib.sha256((prev + "\n" + body).encode()).hexdigest()
+            rows.append((tenant, seq, at, e["actor"], e["role"], e["action"], e["targets"], e["outcome"], e["request_id"],
+                         prev, digest))
+            self.heads[tenant] = (seq, digest)
         return rows
 
 
@@ -147,7 +150,7 @@ class GroupCommit:
             started = loop.time()
             try:
                 await self._write([event for event, _ in batch])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 — every waiting read fails with it (500), none answers unaudited
                 for _, done in batch:
                     done.set_exception(exc)
             else:
@@ -169,7 +172,7 @@ class SqliteStores:
         self._key_row = KEY_ROW.format(s="", t="?", p="?", o="?")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="floor-audit")
         self._audit: sqlite3.Connection | None = None
-        self._chain = Chain()
+        self._chain = Chain(text_at=True)
 
     def _connect(self, path: str) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -196,8 +199,7 @@ class SqliteStores:
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = self._chain.rows(events)
-            # the vault's SQLite writer stores `at` as naive UTC text, "YYYY-MM-DD HH:MM:SS.ffffff"
-            values = [str(r[c]) if c == "at" else r[c] for r in rows for c in ENTRY_COLUMNS]
+            values = [value for row in rows for value in row]
             marks = "(" + ", ".join("?" * len(ENTRY_COLUMNS)) + ")"
             conn.execute(f"INSERT INTO audit_entries ({', '.join(ENTRY_COLUMNS)}) VALUES {', '.join([marks] * len(rows))}",
                          values)
@@ -217,7 +219,7 @@ class PostgresStores:
         self.dsn, self.mode, self.durable = cfg["pg_dsn"], cfg["pg_audit"], cfg.get("durable", True)
         self._idle: list[Any] = []
         self._asks: dict[str, list[tuple[str, asyncio.Future[Any]]]] = {}
-        self._chain = Chain()
+        self._chain = Chain(text_at=False)
         self._audit: Any = None
         cols = ", ".join(ENTRY_COLUMNS)
         self._insert = f"INSERT INTO floor.audit_entries ({cols}) VALUES ({', '.join(f'${i + 1}' for i in range(len(ENTRY_COLUMNS)))})"
@@ -262,7 +264,7 @@ class PostgresStores:
         conn = self._idle.pop() if self._idle else await asyncpg.connect(self.dsn)
         try:
             rows = await conn.fetch(self._key_rows, tenant_id, list(dict.fromkeys(o for o, _ in waiting)))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — the reads waiting on this statement fail with it
             for _, future in waiting:
                 future.set_exception(exc)
             conn.terminate()
@@ -274,10 +276,10 @@ class PostgresStores:
     async def write(self, events: list[dict[str, Any]]) -> None:
         rows = self._chain.rows(events)
         if self.mode == "unnest":  # one statement, its own transaction
-            await self._audit.execute(self._unnest, *([r[c] for r in rows] for c in ENTRY_COLUMNS))
+            await self._audit.execute(self._unnest, *(list(column) for column in zip(*rows)))
             return
         async with self._audit.transaction():
-            await self._audit.executemany(self._insert, [tuple(r[c] for c in ENTRY_COLUMNS) for r in rows])
+            await self._audit.executemany(self._insert, rows)
 
 
 async def make_app(cfg: dict[str, Any]) -> web.Application:

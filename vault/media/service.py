@@ -191,8 +191,9 @@ class MediaService:
 
         ``target``: :meth:`check_target`'s answer, given just before the body was read; it
         is not read again here. An erasure since then fails the upload with 410 (the key
-        store refuses the new object keys, or the commit's locked read of the patient does)
-        and leaves nothing behind.
+        store refuses the new object keys, sealing the capture finds the patient's key
+        destroyed, or the commit's locked read of the patient refuses) and leaves nothing
+        behind.
 
         Overlapped (issue 15 item 3): a decoder worker starts on the photo at once; the
         Idempotency-Key is checked meanwhile, and the stripped original, which the worker

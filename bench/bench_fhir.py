@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import aiohttp  # noqa: E402
 
 from bench_http import PY, free_port, load, pct, vault_cli, wait_up  # noqa: E402
 from bench_pipeline import sample_jpeg  # noqa: E402
+from bench_read import upload_sample  # noqa: E402
 
 
 async def main() -> None:
@@ -53,15 +53,8 @@ async def main() -> None:
     latencies: dict[str, list[float]] = {}
     try:
         await wait_up(base)
+        media_id, _ = await upload_sample(base, tokens["practitioner"], tokens["records"])
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
-            uploader = {"Authorization": f"Bearer {tokens['practitioner']}"}
-            async with s.post(base + "/v1/patients", json={"external_ref": "BENCH-FHIR-1"}, headers=uploader) as r:
-                pid = (await r.json())["id"]
-            async with s.post(f"{base}/v1/patients/{pid}/media", data=io.BytesIO(photo),
-                              headers={**uploader, "Content-Type": "image/jpeg"}) as r:
-                body = await r.json()
-                assert r.status == 201, body
-                media_id = body["id"]
             records = {"Authorization": f"Bearer {tokens['records']}"}
             pairs = {
                 "metadata v1": f"{base}/v1/media/{media_id}",

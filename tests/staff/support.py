@@ -19,15 +19,25 @@ PASSWORD = "correct horse battery staple 42"
 @dataclass
 class Authenticator:
     """A person's authenticator app: each code of a later step than the last one used
-    (the vault refuses a replay), waiting for the clock when three were used in one window."""
+    (the vault refuses a replay), waiting for the clock when none is left in the window
+    the vault accepts (the current step and one either side).
+
+    A code is handed out only while it stays valid for at least ``MARGIN`` seconds: the
+    code of step ``s`` is accepted until step ``s + 2`` begins, so the previous step's code
+    can be seconds from expiring. Handing it out near a step boundary made a browser test's
+    enrolment (code typed, then posted by a loaded machine) fail with 422 in CI."""
 
     secret: str
     last: int = 0
+    MARGIN = 15.0
 
     def code(self) -> str:
         while True:
-            current = int(time.time() // STEP)
+            now = time.time()
+            current = int(now // STEP)
             step = max(self.last + 1, current - 1)
+            while step <= current + 1 and (step + 2) * STEP - now < self.MARGIN:
+                step += 1
             if step <= current + 1:
                 self.last = step
                 return pyotp.TOTP(self.secret).at(step * STEP)

@@ -196,7 +196,10 @@ class Person:
         page.get_by_label("Code from the app").fill(self.app.code())
         with page.expect_response(lambda r: r.request.method == "POST") as answer:
             page.get_by_role("button", name="Finish setting up").click()
-        assert answer.value.status == 200, f"{answer.value.status} {page.content()[-1500:]}"
+        if answer.value.status != 200:
+            alert = page.get_by_role("alert")
+            raise AssertionError(f"enrolment answered {answer.value.status}: "
+                                 f"{alert.inner_text() if alert.count() else page.content()[-1500:]}")
         page.get_by_role("heading", name="Your login is ready").wait_for()
 
     def log_in(self, tenant: str, email: str, *, password: str = PASSWORD, look: bool = False) -> None:

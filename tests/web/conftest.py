@@ -190,7 +190,7 @@ class Person:
         page = self.page
         page.goto(link)
         self.look("enrol")
-        self.app = Authenticator(page.locator("figcaption code").inner_text().strip())
+        self.app = Authenticator(page.locator("figcaption code").inner_text().strip(), margin=15)
         page.get_by_label("New password").fill(PASSWORD)
         page.get_by_label("The same password again").fill(PASSWORD)
         page.get_by_label("Code from the app").fill(self.app.code())
